@@ -1,0 +1,61 @@
+"""Input preprocessing of a classifier: resize, centre crop, scale to [0, 1], normalize."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input.
+
+    size: side of the square input in pixels (default 224).
+    crop_pct: the centre crop covers this fraction of the resized shorter side (timm's convention),
+        so images are resized to ``round(size / crop_pct)`` before cropping.
+    mean, std: per-channel normalization applied to RGB values in [0, 1].
+    mode: ``"crop"`` resizes the shorter side then centre-crops (torchvision/timm); ``"squash"``
+        resizes the whole image to ``size x size``, ignoring the aspect ratio.
+    """
+
+    size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mode: str = "crop"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("crop", "squash"):
+            raise ValueError(f"Preprocess.mode must be 'crop' or 'squash', got {self.mode!r}")
+
+    @property
+    def resize(self) -> int:
+        return int(round(self.size / self.crop_pct))
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> uint8 array, shape (size, size, 3), resized (bicubic) and centre-cropped."""
+        if self.mode == "squash":
+            image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
+            return np.asarray(image, dtype=np.uint8)
+        w, h = image.size
+        scale = self.resize / min(w, h)
+        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        image = image.crop((left, top, left + self.size, top + self.size))
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Float tensor in [0, 1], shape (B, 3, H, W) -> the model's input scale."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def batch(self, arrays: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+        """uint8 array (B, H, W, 3) -> normalized float32 tensor (B, 3, H, W) on ``device``."""
+        x = torch.from_numpy(np.array(arrays, dtype=np.uint8, copy=True)).to(device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.normalize(x)
