@@ -1,0 +1,112 @@
+"""Image sources, frozen into an :class:`InputManifest` at the start of a run.
+
+Row ``i`` of every per-image array in the run store belongs to entry ``i`` of the manifest, so
+the manifest is computed once, stored, and never recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from atlas_core.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+# Real photographs that scikit-image and scikit-learn install (not drawings, charts or masks).
+_SKIMAGE_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
+    "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
+    "motorcycle_left.png", "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg",
+)
+_SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+
+
+@dataclass(frozen=True)
+class InputManifest:
+    """The frozen list of inputs of a run.
+
+    uris: shape (N,), object array of str: local paths or fsspec URLs.
+    crops: shape (N, 4), int32 boxes (left, top, right, bottom) in source pixels; -1 = whole image.
+    root: the directory every local path must stay inside (None: no confinement).
+    """
+
+    uris: np.ndarray
+    crops: np.ndarray
+    root: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.crops.shape != (len(self.uris), 4):
+            raise ValueError(f"crops must have shape ({len(self.uris)}, 4), got {self.crops.shape}")
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+
+def builtin_photos() -> list[Path]:
+    """Paths of the real photographs shipped inside scikit-image and scikit-learn."""
+    import skimage
+    import sklearn.datasets
+
+    sk_dir = Path(skimage.__file__).parent / "data"
+    sl_dir = Path(sklearn.datasets.__file__).parent / "images"
+    paths = [sk_dir / n for n in _SKIMAGE_PHOTOS] + [sl_dir / n for n in _SKLEARN_PHOTOS]
+    found = [p for p in paths if p.is_file()]
+    if not found:
+        raise ConfigError("data", "photos", fix="pip install scikit-image scikit-learn.")
+    return found
+
+
+def photo_crops(
+    n: int, *, seed: int = 0, scales: tuple[float, ...] = (1.0, 0.6, 0.35, 0.2)
+) -> InputManifest:
+    """``n`` seeded square crops of the built-in photos, at several scales.
+
+    Each crop takes a photo (in turn), a side of ``scale * min(w, h)`` pixels and a uniform
+    random position. The same ``(n, seed, scales)`` always gives the same manifest.
+    """
+    if n <= 0:
+        raise ConfigError("data.n_images", n, fix="ask for at least one image.")
+    photos = builtin_photos()
+    sizes = np.array([Image.open(p).size for p in photos])  # header only, no decode
+    rng = np.random.default_rng(seed)
+    which = np.arange(n) % len(photos)
+    side = (np.asarray(scales)[rng.integers(0, len(scales), n)] * sizes[which].min(axis=1))
+    side = np.maximum(side.astype(np.int64), 16)
+    left = (rng.random(n) * (sizes[which, 0] - side + 1)).astype(np.int64)
+    top = (rng.random(n) * (sizes[which, 1] - side + 1)).astype(np.int64)
+    crops = np.stack([left, top, left + side, top + side], axis=1).astype(np.int32)
+    uris = np.array([str(photos[i]) for i in which], dtype=object)
+    return InputManifest(uris=uris, crops=crops, root=None)
+
+
+def folder_manifest(
+    path: str, *, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, limit: int | None = None
+) -> InputManifest:
+    """Every file under ``path`` (recursive, sorted) whose extension looks like an image.
+
+    Files are listed, not opened: a file that is not a valid image is classified when it is
+    decoded, so it gets a status in the store instead of vanishing from the manifest.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError("data.path", str(path), fix="point data.path at an existing directory.")
+    exts = tuple(e.lower() for e in extensions)
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        found.extend(str(Path(dirpath) / f) for f in sorted(filenames) if f.lower().endswith(exts))
+    if limit is not None:
+        found = found[:limit]
+    if not found:
+        raise ConfigError(
+            "data.path", str(path),
+            fix=f"the directory holds no files ending in {', '.join(exts)}; add images or change "
+            "data.extensions.",
+        )
+    crops = np.full((len(found), 4), -1, dtype=np.int32)
+    return InputManifest(uris=np.array(found, dtype=object), crops=crops, root=str(root.resolve()))

@@ -1,0 +1,42 @@
+"""The optimization loop: no display, no file I/O, all randomness from one torch.Generator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from atlas_core.featvis.objectives import Acts, Objective
+from atlas_core.featvis.param import ImageFn
+from atlas_core.featvis.transforms import Transform, compose
+
+Forward = Callable[[torch.Tensor], Acts]
+
+
+def optimize(
+    forward: Forward, objective: Objective, params: Sequence[torch.Tensor], image_fn: ImageFn, *,
+    steps: int, lr: float = 0.05, transforms: Sequence[Transform] = (),
+    generator: torch.Generator | None = None, on_step: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Maximize ``objective`` (summed over the batch) with Adam.
+
+    forward: image batch in [0, 1] (B, 3, H, W) -> captured layer outputs.
+    Returns (final images (B, 3, H, W) in [0, 1], final objective per image (B,) evaluated on the
+    untransformed image, and the summed objective of every step).
+    """
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    transform = compose(list(transforms))
+    opt = torch.optim.Adam(params, lr=lr)
+    history: list[float] = []
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        score = objective(forward(transform(image_fn(), gen)))
+        (-score.sum()).backward()
+        opt.step()
+        history.append(float(score.detach().sum()))
+        if on_step is not None:
+            on_step(step)
+    with torch.no_grad():
+        final = image_fn().detach()
+        final_score = objective(forward(final)).detach().float()
+    return final, final_score, history

@@ -1,0 +1,71 @@
+"""Image parameterizations: each returns ``(params, image_fn)``; ``image_fn()`` gives (B, 3, H, W).
+
+The FFT parameterization scales each frequency by 1 / f^decay_power (Lucid's ``fft_image``),
+and ``to_valid_rgb`` decorrelates colour with Lucid's ImageNet colour-correlation square root
+before a sigmoid, so the optimizer works in a whitened colour space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+ImageFn = Callable[[], torch.Tensor]
+
+# Square root of ImageNet's colour correlation (Lucid's published constants), columns = channels.
+_COLOR_SVD_SQRT = np.array(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
+)
+_COLOR_NORMALIZED = _COLOR_SVD_SQRT / np.max(np.linalg.norm(_COLOR_SVD_SQRT, axis=0))
+
+
+def _freqs(h: int, w: int) -> np.ndarray:
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+def fft_image(
+    shape: tuple[int, int, int, int], *, sd: float = 0.01, decay_power: float = 1.0,
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """Spectrum parameterization of a batch of images of ``shape`` (B, C, H, W), unbounded values."""
+    b, c, h, w = shape
+    freqs = _freqs(h, w)
+    scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
+    scale *= np.sqrt(w * h)
+    scale_t = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, :, :, None]
+    init = torch.randn((b, c, *freqs.shape, 2), generator=generator) * sd
+    spectrum = init.to(device).requires_grad_(True)
+
+    def image_fn() -> torch.Tensor:
+        spec = torch.view_as_complex(spectrum * scale_t)
+        return torch.fft.irfft2(spec, s=(h, w)) / 4.0
+
+    return [spectrum], image_fn
+
+
+def pixel_image(
+    shape: tuple[int, int, int, int], *, sd: float = 0.01,
+    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+) -> tuple[list[torch.Tensor], ImageFn]:
+    """Plain pixel parameterization, unbounded values."""
+    pixels = (torch.randn(shape, generator=generator) * sd).to(device).requires_grad_(True)
+    return [pixels], lambda: pixels
+
+
+def to_valid_rgb(image_fn: ImageFn, *, decorrelate: bool = True, sigmoid: bool = True) -> ImageFn:
+    """Map an unbounded parameterization to RGB in [0, 1]."""
+    mat = torch.tensor(_COLOR_NORMALIZED.T)
+
+    def rgb() -> torch.Tensor:
+        t = image_fn()
+        if decorrelate:
+            t = torch.einsum("bchw,cd->bdhw", t, mat.to(t.device, t.dtype))
+        if sigmoid:
+            return torch.sigmoid(t)
+        return t.clamp(0.0, 1.0)
+
+    return rgb

@@ -1,0 +1,31 @@
+"""UMAP settings shared by every backend, plus per-backend extras passed through unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+_METRICS = ("cosine", "euclidean", "correlation", "manhattan")
+
+
+@dataclass(frozen=True)
+class UmapParams:
+    """n_neighbors, min_dist, metric: the UMAP settings (R1 and R3 defaults: 50 / 0.05 / cosine).
+
+    n_epochs: None lets the backend decide (umap-learn: 200 above 10k rows, else 500).
+    seed: random_state; with umap-learn a seed also makes it single-threaded (reproducible).
+    extras: backend-specific keyword arguments, e.g. ``{"low_memory": True}``.
+    """
+
+    n_neighbors: int = 50
+    min_dist: float = 0.05
+    metric: str = "cosine"
+    n_epochs: int | None = None
+    seed: int | None = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
+        if self.metric not in _METRICS:
+            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(_METRICS)}")

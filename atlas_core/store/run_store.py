@@ -1,0 +1,247 @@
+"""The run store: one Zarr v3 group per run, position-addressed, readable with plain zarr.
+
+Write rules (zarr-python has no locking and rewrites whole chunks):
+- only the driver creates arrays and writes metadata (:meth:`RunStore.create`, ``create_*``);
+- workers open existing arrays and write whole chunks of their own rows (``write_extract_shard``);
+- arrays use NaN (or 0 for status) as the fill value and store empty chunks, so holes show.
+See docs/run-store.md for every array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from atlas_core.data.decode import Status
+from atlas_core.data.plan import ShardPlan
+from atlas_core.data.sources import InputManifest
+from atlas_core.errors import StoreError
+
+FORMAT = "activation-atlas-run"
+FORMAT_VERSION = 1
+_CFG = {"write_empty_chunks": True}
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one extraction task writes: rows ``[start, stop)`` of images and their samples."""
+
+    shard: int
+    start: int
+    stop: int
+    status: np.ndarray  # (n,) uint8
+    error: np.ndarray  # (n,) object (str)
+    content_hash: np.ndarray  # (n,) uint64
+    top_class: np.ndarray  # (n, topk) int32, -1 where not ok
+    top_prob: np.ndarray  # (n, topk) float16, NaN where not ok
+    acts: dict[str, np.ndarray]  # layer -> (n * k, C) float, NaN rows where not ok
+    moment: dict[str, np.ndarray]  # layer -> (C, C) float64
+    moment_count: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GridArrays:
+    """One grid level's kept cells. cell: (M, 2) int32 (ix, iy); mean: (M, C) float32;
+    count: (M,) int32; top_class / top_count: (M, t) int32 (top classes of its samples' images)."""
+
+    size: int
+    cell: np.ndarray
+    mean: np.ndarray
+    count: np.ndarray
+    top_class: np.ndarray
+    top_count: np.ndarray
+
+
+class RunStore:
+    """Typed access to one run's ``atlas.zarr`` group."""
+
+    def __init__(self, group: zarr.Group, url: str) -> None:
+        self.group = group
+        self.url = url
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
+        self.attrs = attrs
+
+    # ------------------------------------------------------------------ creation (driver)
+    @classmethod
+    def create(
+        cls, url: str, *, manifest: InputManifest, plan: ShardPlan, k: int, seed: int,
+        layers: dict[str, tuple[int, int, int]], positions: np.ndarray, topk: int,
+        storage_options: dict[str, Any] | None = None, attrs: dict[str, Any] | None = None,
+        act_dtype: str = "float16",
+    ) -> RunStore:
+        """Create every extraction array and write the frozen input manifest and positions.
+
+        layers: layer -> (C, H, W). positions: (n_images * k, 2) int16 on the coarsest grid.
+        """
+        plan.validate()
+        n, ci = len(manifest), plan.chunk_images
+        g = zarr.open_group(url, mode="w", storage_options=storage_options)
+        coarse = min(layers, key=lambda name: layers[name][1] * layers[name][2])
+        g.attrs.update({
+            "format": FORMAT, "format_version": FORMAT_VERSION, "n_images": n, "k": k,
+            "seed": seed, "chunk_images": ci, "topk": topk, "root": manifest.root,
+            "layers": {name: list(shape) for name, shape in layers.items()},
+            "position_grid": list(layers[coarse][1:]), "status_codes": Status.table(),
+            "shards": [list(b) for b in plan.bounds], **(attrs or {}),
+        })
+        img = g.require_group("images")
+        _arr(img, "uri", (n,), (ci,), str, "")[:] = manifest.uris
+        _arr(img, "crop", (n, 4), (ci, 4), "int32", -1)[:] = manifest.crops
+        _arr(img, "status", (n,), (ci,), "uint8", 0)
+        _arr(img, "error", (n,), (ci,), str, "")
+        _arr(img, "content_hash", (n,), (ci,), "uint64", 0)
+        _arr(img, "top_class", (n, topk), (ci, topk), "int32", -1)
+        _arr(img, "top_prob", (n, topk), (ci, topk), "float16", np.nan)
+        smp = g.require_group("samples")
+        _arr(smp, "image", (n * k,), (ci * k,), "int64", -1)[:] = np.repeat(np.arange(n), k)
+        _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1)[:] = positions
+        for name, (c, _, _) in layers.items():
+            lg = g.require_group(f"layers/{name}")
+            _arr(lg, "acts", (n * k, c), (ci * k, c), act_dtype, np.nan)
+            _arr(lg, "moment_partial", (len(plan), c, c), (1, c, c), "float64", np.nan)
+            _arr(lg, "moment_count", (len(plan),), (1,), "int64", 0)
+        return cls(g, url)
+
+    @classmethod
+    def open(cls, url: str, mode: str = "r", storage_options: dict[str, Any] | None = None
+             ) -> RunStore:
+        try:
+            g = zarr.open_group(url, mode=mode, storage_options=storage_options)
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+            raise StoreError(f"no run store at {url}: run the extract stage first") from exc
+        return cls(g, url)
+
+    # ------------------------------------------------------------------ basic facts
+    @property
+    def n_images(self) -> int:
+        return int(self.attrs["n_images"])
+
+    @property
+    def k(self) -> int:
+        return int(self.attrs["k"])
+
+    @property
+    def layers(self) -> dict[str, tuple[int, int, int]]:
+        return {n: tuple(s) for n, s in self.attrs["layers"].items()}  # type: ignore[misc]
+
+    def manifest(self) -> InputManifest:
+        return InputManifest(
+            uris=np.asarray(self.group["images/uri"][:], dtype=object),
+            crops=np.asarray(self.group["images/crop"][:]), root=self.attrs.get("root"),
+        )
+
+    def positions(self, start: int, stop: int) -> np.ndarray:
+        """(y, x) sample positions of images [start, stop), shape ((stop - start) * k, 2)."""
+        return np.asarray(self.group["samples/pos"][start * self.k : stop * self.k])
+
+    # ------------------------------------------------------------------ extraction (workers)
+    def write_extract_shard(self, r: ShardResult) -> None:
+        """Write one shard's rows; the rows are whole chunks by construction of the plan."""
+        img, k = self.group["images"], self.k
+        s, e = r.start, r.stop
+        img["error"][s:e] = r.error
+        img["content_hash"][s:e] = r.content_hash
+        img["top_class"][s:e] = r.top_class
+        img["top_prob"][s:e] = r.top_prob
+        for name, a in r.acts.items():
+            lg = self.group[f"layers/{name}"]
+            lg["acts"][s * k : e * k] = a
+            lg["moment_partial"][r.shard] = r.moment[name]
+            lg["moment_count"][r.shard : r.shard + 1] = r.moment_count[name]
+        img["status"][s:e] = r.status  # last: status 0 means the shard never finished
+
+    # ------------------------------------------------------------------ reading
+    def status(self) -> np.ndarray:
+        return np.asarray(self.group["images/status"][:])
+
+    def image_of_sample(self) -> np.ndarray:
+        return np.asarray(self.group["samples/image"][:])
+
+    def acts(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 activations of sample rows [start, stop) of ``layer`` (NaN rows are holes)."""
+        return np.asarray(self.group[f"layers/{layer}/acts"][start:stop], dtype=np.float32)
+
+    def top_class(self) -> np.ndarray:
+        return np.asarray(self.group["images/top_class"][:])
+
+    def second_moment(self, layer: str) -> np.ndarray:
+        """Merge the per-shard partial sums into E[x x^T] over every position seen: (C, C)."""
+        part = np.asarray(self.group[f"layers/{layer}/moment_partial"][:])
+        count = np.asarray(self.group[f"layers/{layer}/moment_count"][:])
+        done = count > 0
+        if not done.any():
+            raise StoreError(f"no second-moment partials for layer {layer}: extraction is empty")
+        return part[done].sum(axis=0) / float(count[done].sum())
+
+    # ------------------------------------------------------------------ later stages (driver)
+    def write_layout(self, layer: str, layout: np.ndarray, attrs: dict[str, Any]) -> None:
+        """Write the normalized 2-D layout (n_samples, 2) float32; NaN rows for holes."""
+        lg = self.group[f"layers/{layer}"]
+        ci = int(self.attrs["chunk_images"]) * self.k
+        arr = _arr(lg, "layout", layout.shape, (ci, 2), "float32", np.nan, overwrite=True)
+        arr[:] = layout
+        arr.attrs.update(attrs)
+
+    def layout(self, layer: str) -> np.ndarray:
+        return np.asarray(self.group[f"layers/{layer}/layout"][:])
+
+    def write_grid(self, layer: str, grid: GridArrays, attrs: dict[str, Any]) -> None:
+        gg = self.group.require_group(f"layers/{layer}/grid/{grid.size}")
+        m, c = grid.mean.shape
+        t = grid.top_class.shape[1]
+        for name, arr, chunks, dt, fill in (
+            ("cell", grid.cell, (max(m, 1), 2), "int32", -1),
+            ("count", grid.count, (max(m, 1),), "int32", 0),
+            ("mean", grid.mean, (max(m, 1), c), "float32", np.nan),
+            ("top_class", grid.top_class, (max(m, 1), t), "int32", -1),
+            ("top_count", grid.top_count, (max(m, 1), t), "int32", 0),
+        ):
+            _arr(gg, name, arr.shape, chunks, dt, fill, overwrite=True)[:] = arr
+        gg.attrs.update({"size": grid.size, **attrs})
+
+    def grid(self, layer: str, size: int) -> GridArrays:
+        gg = self.group[f"layers/{layer}/grid/{size}"]
+        return GridArrays(size, *(np.asarray(gg[n][:]) for n in
+                                  ("cell", "mean", "count", "top_class", "top_count")))
+
+    def create_icons(self, layer: str, size: int, n: int, px: int, attrs: dict[str, Any]) -> None:
+        """Icon arrays of a grid level, one chunk per icon so any batch owns whole chunks."""
+        gg = self.group[f"layers/{layer}/grid/{size}"]
+        _arr(gg, "icons", (n, px, px, 3), (1, px, px, 3), "uint8", 0, overwrite=True)
+        _arr(gg, "icon_objective", (n,), (1,), "float32", np.nan, overwrite=True)
+        _arr(gg, "icon_cosine", (n,), (1,), "float32", np.nan, overwrite=True)
+        gg["icons"].attrs.update(attrs)
+
+    def write_icons(self, layer: str, size: int, rows: np.ndarray, icons: np.ndarray,
+                    objective: np.ndarray, cosine: np.ndarray) -> None:
+        """Icons for cell rows ``rows``; the objective is written last (it marks an icon done)."""
+        gg = self.group[f"layers/{layer}/grid/{size}"]
+        rows = np.asarray(rows)
+        gg["icons"].set_orthogonal_selection((rows,), icons)
+        gg["icon_cosine"].set_orthogonal_selection((rows,), cosine)
+        gg["icon_objective"].set_orthogonal_selection((rows,), objective)
+
+    def icons(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective = missing."""
+        gg = self.group[f"layers/{layer}/grid/{size}"]
+        return (np.asarray(gg["icons"][:]), np.asarray(gg["icon_objective"][:]),
+                np.asarray(gg["icon_cosine"][:]))
+
+    def has(self, path: str) -> bool:
+        try:
+            self.group[path]
+        except KeyError:
+            return False
+        return True
+
+
+def _arr(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
+         dtype: Any, fill: Any, overwrite: bool = False) -> zarr.Array:
+    chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape))
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
+                              config=_CFG, overwrite=overwrite)
