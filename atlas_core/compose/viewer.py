@@ -1,0 +1,86 @@
+"""A static viewer page that opens from disk (no server): the atlas with per-cell details on hover.
+
+Cell data is embedded as JSON in a ``<script type="application/json">`` block with ``<``, ``>`` and
+``&`` escaped, and the page writes it with ``textContent`` only, so no string from a dataset, a
+class list or a file name can inject markup.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Activation atlas: __TITLE__</title>
+<style>
+ body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
+ #wrap { position: relative; display: inline-block; }
+ #atlas { width: min(92vmin, 1200px); image-rendering: auto; border: 1px solid #ddd; display: block; }
+ #hl { position: absolute; border: 2px solid #e33; pointer-events: none; display: none; }
+ #tip { position: fixed; background: #fff; border: 1px solid #999; padding: 6px 8px;
+        pointer-events: none; display: none; box-shadow: 0 2px 6px #0003; max-width: 320px; }
+ #tip h4 { margin: 0 0 4px 0; font-size: 13px; } #tip ol { margin: 0; padding-left: 20px; }
+ .meta { color: #666; margin-bottom: 8px; }
+</style></head>
+<body>
+<h2 id="title"></h2>
+<div class="meta" id="meta"></div>
+<div id="wrap"><img id="atlas" src="__IMAGE__" alt="activation atlas"><div id="hl"></div></div>
+<div id="tip"><h4 id="tiph"></h4><ol id="tipl"></ol></div>
+<script type="application/json" id="data">__DATA__</script>
+<script>
+(function () {
+  const D = JSON.parse(document.getElementById("data").textContent);
+  document.getElementById("title").textContent = D.title;
+  document.getElementById("meta").textContent = D.meta;
+  const byCell = new Map(D.cells.map(c => [c.ix + "," + c.iy, c]));
+  const img = document.getElementById("atlas"), tip = document.getElementById("tip");
+  const hl = document.getElementById("hl");
+  img.addEventListener("mousemove", ev => {
+    const r = img.getBoundingClientRect(), g = D.size;
+    const ix = Math.floor((ev.clientX - r.left) / r.width * g);
+    const iy = g - 1 - Math.floor((ev.clientY - r.top) / r.height * g);
+    const c = byCell.get(ix + "," + iy);
+    if (!c) { tip.style.display = "none"; hl.style.display = "none"; return; }
+    document.getElementById("tiph").textContent =
+      "cell (" + ix + ", " + iy + "): " + c.count + " activations";
+    const ol = document.getElementById("tipl"); ol.replaceChildren();
+    for (const [name, n] of c.top) {
+      const li = document.createElement("li"); li.textContent = name + " (" + n + ")"; ol.appendChild(li);
+    }
+    tip.style.left = (ev.clientX + 14) + "px"; tip.style.top = (ev.clientY + 14) + "px";
+    tip.style.display = "block";
+    const w = r.width / g;
+    hl.style.left = (ix * w) + "px"; hl.style.top = ((g - 1 - iy) * w) + "px";
+    hl.style.width = hl.style.height = (w - 4) + "px"; hl.style.display = "block";
+  });
+  img.addEventListener("mouseleave", () => { tip.style.display = "none"; hl.style.display = "none"; });
+})();
+</script>
+</body></html>
+"""
+
+
+def _safe_json(obj: Any) -> str:
+    return (json.dumps(obj, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
+            .replace("&", "\\u0026"))
+
+
+def write_viewer(
+    path: Path, *, image_src: str, size: int, cells: list[dict[str, Any]], title: str, meta: str,
+) -> Path:
+    """Write ``path`` (index.html).
+
+    cells: one dict per drawn cell: ``{"ix", "iy", "count", "top": [[class name, count], ...]}``.
+    image_src: the atlas image, relative to the page (e.g. ``"../atlas.png"``).
+    """
+    data = {"title": title, "meta": meta, "size": int(size), "cells": cells}
+    page = (_PAGE.replace("__TITLE__", html.escape(title))
+            .replace("__IMAGE__", html.escape(image_src, quote=True))
+            .replace("__DATA__", _safe_json(data)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
