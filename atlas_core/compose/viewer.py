@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-from pathlib import Path
 from typing import Any
 
 _PAGE = """<!doctype html>
@@ -69,18 +68,15 @@ def _safe_json(obj: Any) -> str:
             .replace("&", "\\u0026"))
 
 
-def write_viewer(
-    path: Path, *, image_src: str, size: int, cells: list[dict[str, Any]], title: str, meta: str,
-) -> Path:
-    """Write ``path`` (index.html).
+def viewer_html(
+    *, image_src: str, size: int, cells: list[dict[str, Any]], title: str, meta: str,
+) -> str:
+    """The viewer page as one self-contained HTML string.
 
     cells: one dict per drawn cell: ``{"ix", "iy", "count", "top": [[class name, count], ...]}``.
     image_src: the atlas image, relative to the page (e.g. ``"../atlas.png"``).
     """
     data = {"title": title, "meta": meta, "size": int(size), "cells": cells}
-    page = (_PAGE.replace("__TITLE__", html.escape(title))
+    return (_PAGE.replace("__TITLE__", html.escape(title))
             .replace("__IMAGE__", html.escape(image_src, quote=True))
             .replace("__DATA__", _safe_json(data)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
-    return path

@@ -89,7 +89,7 @@ class IconRenderer:
         """
         s = self.settings
         b = len(directions)
-        vecs = torch.as_tensor(np.asarray(directions, np.float32), device=self.device)
+        vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
         wt = torch.as_tensor(whiten, device=self.device) if (s.whiten and whiten is not None) else None
         objective = direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
         best_img = torch.zeros(b, 3, s.icon_px, s.icon_px)

@@ -80,7 +80,7 @@ class RunStore:
         """
         plan.validate()
         n, ci = len(manifest), plan.chunk_images
-        g = zarr.open_group(url, mode="w", storage_options=storage_options)
+        g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
         coarse = min(layers, key=lambda name: layers[name][1] * layers[name][2])
         g.attrs.update({
             "format": FORMAT, "format_version": FORMAT_VERSION, "n_images": n, "k": k,
@@ -111,7 +111,7 @@ class RunStore:
     def open(cls, url: str, mode: str = "r", storage_options: dict[str, Any] | None = None
              ) -> RunStore:
         try:
-            g = zarr.open_group(url, mode=mode, storage_options=storage_options)
+            g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreError(f"no run store at {url}: run the extract stage first") from exc
         return cls(g, url)
@@ -238,6 +238,13 @@ class RunStore:
         except KeyError:
             return False
         return True
+
+
+def _opts(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """zarr accepts storage_options only with an fsspec URL, never with a local path."""
+    if "://" in url and not url.startswith("file://") and storage_options:
+        return {"storage_options": storage_options}
+    return {}
 
 
 def _arr(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],

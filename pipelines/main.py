@@ -1,0 +1,76 @@
+"""The single Hydra entry point (console script ``atlas``).
+
+    atlas                                   # the demo configuration
+    atlas data=folder data.path=/imgs layer=blocks.5 run_dir=/out
+    atlas model=googlenet model.weights=/path/googlenet.pth layer=inception4c
+    atlas stages=[extract,reduce]
+    atlas preset=r3 cluster=ray_cluster     # paper-quality settings on a cluster
+    atlas --help                            # config groups and options
+
+Only this module sees a DictConfig; it turns it into frozen dataclasses at once. No ``_target_``
+is ever instantiated: a config that carries one outside the (empty) allowlist is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from atlas_core.errors import AtlasError, ConfigError
+
+log = logging.getLogger("atlas")
+TARGET_ALLOWLIST: frozenset[str] = frozenset()
+
+
+def check_targets(node: Any, path: str = "") -> None:
+    """Refuse any ``_target_`` not in the allowlist (this project instantiates nothing)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "_target_" and v not in TARGET_ALLOWLIST:
+                raise ConfigError(f"{path}._target_".lstrip("."), v, choices=sorted(TARGET_ALLOWLIST),
+                                  fix="this project instantiates no classes from config; remove it.")
+            check_targets(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            check_targets(v, f"{path}[{i}]")
+
+
+def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+    from pipelines.settings import parse
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(resolved, dict):
+        raise ConfigError("config", type(resolved).__name__, fix="the root config must be a mapping.")
+    check_targets(resolved)
+    return parse(resolved), resolved
+
+
+# The config tree lives at the repository root (conf/); the project is installed editable.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    from pipelines import ray_ops
+    from pipelines.run import run
+
+    try:
+        settings, resolved = to_settings(cfg)
+        manifest = run(settings, resolved)
+    except (ConfigError, AtlasError) as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+    finally:
+        ray_ops.shutdown()
+    stages = manifest["stages"]
+    log.info("atlas written to %s (%.1f s): %s", settings.run_dir, manifest["seconds_total"],
+             {k: v.get("seconds", v.get("status")) for k, v in stages.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Every Ray call of the project, in one place.
+
+Local runs bind to 127.0.0.1 with the dashboard off and usage stats disabled; a cluster run joins
+``cluster.address`` (token authentication is Ray's default from 2.60: the cluster's token must be
+in ``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``, see infra/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from pipelines.settings import ClusterSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _ray():  # type: ignore[no-untyped-def]
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    return ray
+
+
+def init(cluster: ClusterSettings) -> None:
+    """Start (or join) Ray once per process; a second call is a no-op."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    if cluster.address:
+        log.info("joining Ray cluster at %s", cluster.address)
+        ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=True)
+        return
+    log.info("starting local Ray on 127.0.0.1 (%s CPUs)", cluster.num_cpus or "all")
+    ray.init(num_cpus=cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             namespace=cluster.namespace, log_to_driver=True, configure_logging=False)
+
+
+def shutdown() -> None:
+    ray = _ray()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def cluster_resources() -> dict[str, float]:
+    return dict(_ray().cluster_resources())
+
+
+def map_tasks(
+    fn: Callable[[T], R], jobs: Sequence[T], *, num_cpus: float = 1, num_gpus: float = 0,
+    desc: str = "tasks", max_retries: int = 3, on_result: Callable[[int, R], None] | None = None,
+) -> list[R]:
+    """Run ``fn(job)`` for every job as Ray tasks; results in job order, one progress bar.
+
+    A task whose worker dies is retried by Ray (``max_retries``); an exception raised by ``fn``
+    is not retried here and propagates with the job's index in the message.
+    """
+    ray = _ray()
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
+    refs = {remote.remote(job): i for i, job in enumerate(jobs)}
+    results: dict[int, R] = {}
+    pending = list(refs)
+    with tqdm(total=len(jobs), desc=desc, unit="shard") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = refs[done[0]]
+            try:
+                results[i] = ray.get(done[0])
+            except Exception as exc:
+                raise RuntimeError(f"{desc}: job {i} failed: {exc}") from exc
+            if on_result is not None:
+                on_result(i, results[i])
+            bar.update(1)
+    return [results[i] for i in range(len(jobs))]
+
+
+class ActorPool:
+    """A pool of stateful Ray actors fed work items; an actor that dies is replaced and its item
+    re-run, so every item is processed (at least once; results are committed idempotently).
+
+    factory: the class to run as an actor; args: its constructor arguments (built once per actor).
+    """
+
+    def __init__(self, factory: type, args: tuple[Any, ...], *, size: int, num_cpus: float = 1,
+                 num_gpus: float = 0, max_restarts_per_item: int = 3) -> None:
+        ray = _ray()
+        self._cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(factory)
+        self._args = args
+        self.size = max(1, size)
+        self.max_restarts = max_restarts_per_item
+        self.restarts = 0
+        self.actors = [self._cls.remote(*args) for _ in range(self.size)]
+
+    def map(self, method: str, items: Iterable[Any], *, desc: str = "items",
+            on_result: Callable[[Any, Any], None] | None = None, total: int | None = None,
+            ) -> int:
+        """Call ``actor.method(item)`` for every item; ``on_result(item, result)`` in the driver.
+
+        Returns the number of actor deaths survived.
+        """
+        ray = _ray()
+        queue = list(items)
+        tries: dict[int, int] = {}
+        running: dict[Any, tuple[int, Any, Any]] = {}  # ref -> (slot, item, actor)
+        free = list(range(self.size))
+        with tqdm(total=total if total is not None else len(queue), desc=desc) as bar:
+            while queue or running:
+                while queue and free:
+                    slot = free.pop()
+                    item = queue.pop(0)
+                    ref = getattr(self.actors[slot], method).remote(item)
+                    running[ref] = (slot, item, self.actors[slot])
+                done, _ = ray.wait(list(running), num_returns=1)
+                slot, item, _actor = running.pop(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayActorError as exc:
+                    key = id(item)
+                    tries[key] = tries.get(key, 0) + 1
+                    if tries[key] > self.max_restarts:
+                        raise RuntimeError(f"{desc}: an item killed {tries[key]} actors") from exc
+                    log.warning("actor died (%s); replacing it and re-running its item", exc)
+                    self.restarts += 1
+                    self.actors[slot] = self._cls.remote(*self._args)
+                    queue.insert(0, item)
+                    free.append(slot)
+                    continue
+                free.append(slot)
+                if on_result is not None:
+                    on_result(item, result)
+                bar.update(1)
+        return self.restarts
+
+    def kill(self, index: int) -> None:
+        """Kill one actor (fault injection in tests)."""
+        _ray().kill(self.actors[index], no_restart=True)
+
+    def close(self) -> None:
+        ray = _ray()
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+
+def put(value: Any) -> Any:
+    return _ray().put(value)

@@ -1,0 +1,123 @@
+"""Run the stages in order, skipping each one whose commit marker matches its settings.
+
+Every stage has a fingerprint chained from the stages before it, so changing a setting redoes
+that stage and everything after it, and nothing else. ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import fsspec
+
+from atlas_core.errors import ConfigError
+from atlas_core.models.layers import resolve_layer
+from atlas_core.store import Markers, fingerprint
+from pipelines import compose, extract, grid, reduce, render
+from pipelines.common import StageResult, cached_model
+from pipelines.settings import STAGES, Settings
+
+log = logging.getLogger(__name__)
+
+_RUNNERS: dict[str, Callable[[Settings, str], StageResult]] = {
+    "extract": extract.run, "reduce": reduce.run, "grid": grid.run, "render": render.run,
+    "compose": compose.run,
+}
+_PACKAGES = ("torch", "torchvision", "timm", "zarr", "ray", "umap-learn", "numpy", "hydra-core",
+             "scikit-learn", "pillow")
+
+
+def check(s: Settings) -> None:
+    """Every check that needs no work done: run_dir writable, model and layer exist."""
+    if s.is_local:
+        path = s.run_dir.removeprefix("file://")
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as exc:
+            raise ConfigError("run_dir", s.run_dir,
+                              fix=f"choose a directory you can write to ({exc.strerror}).") from exc
+    model = cached_model(s.model, "cpu")
+    for name in s.extract.layers:
+        resolve_layer(model.module, name, model_name=s.model.name)
+
+
+def fingerprints(s: Settings) -> dict[str, str]:
+    fps, prev = {}, ""
+    for stage in STAGES:
+        prev = fingerprint([prev, s.stage_config(stage)])
+        fps[stage] = prev
+    return fps
+
+
+def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the requested stages; returns the manifest (also written to run_dir/manifest.json)."""
+    t0 = time.perf_counter()
+    check(s)
+    markers = Markers(s.run_dir, s.storage_options)
+    fps = fingerprints(s)
+    report: dict[str, Any] = {}
+    for stage in STAGES:
+        prior = markers.read(f"stage-{stage}")
+        complete = prior is not None and prior.get("fingerprint") == fps[stage]
+        if complete:
+            report[stage] = {**prior, "status": "skipped (complete)"}
+            log.info("%s: complete, skipped", stage)
+            continue
+        if stage not in s.stages:
+            if any(STAGES.index(r) > STAGES.index(stage) for r in s.stages):
+                raise ConfigError("stages", list(s.stages), fix=f"stage {stage} has not run with "
+                                  f"these settings yet; add it: stages=[{stage},...].")
+            report[stage] = {"status": "not requested"}
+            continue
+        log.info("%s: running", stage)
+        t = time.perf_counter()
+        result = _RUNNERS[stage](s, fps[stage])
+        record = {"status": result.status, "seconds": round(time.perf_counter() - t, 2),
+                  "counts": result.counts, "details": result.details,
+                  "fingerprint": fps[stage]}
+        markers.write(f"stage-{stage}", record)
+        report[stage] = record
+        log.info("%s: done in %.1f s %s", stage, record["seconds"], result.counts)
+    manifest = {
+        "format": "activation-atlas-manifest", "format_version": 1,
+        "run_dir": s.run_dir, "model": s.model.name, "layer": s.layer, "preset": s.preset,
+        "seeds": {"seed": s.seed, "umap": s.reduce.umap.seed},
+        "config": resolved_config or {}, "versions": _versions(), "git_revision": _git_rev(),
+        "stages": report, "seconds_total": round(time.perf_counter() - t0, 2),
+    }
+    with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_rev() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=False)
+        return rev.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
