@@ -1,4 +1,4 @@
-"""Exceptions of the library, each with a message that names the bad value, the choices and the fix."""
+"""Exceptions of the library; messages name the bad value, the choices and the fix."""
 
 from __future__ import annotations
 

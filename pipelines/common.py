@@ -17,7 +17,9 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA device is visible; use auto or cpu")
+        raise RuntimeError(
+            "device=cuda was asked for but no CUDA device is visible; use auto or cpu"
+        )
     return name
 
 

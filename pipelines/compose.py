@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 from typing import Any
+
 import fsspec
 import numpy as np
 from PIL import Image
@@ -47,15 +48,32 @@ def run(s: Settings, fp: str) -> StageResult:
             _save_png(f"{out}/atlas.png", canvas, s.storage_options)
             files.append("atlas.png")
             cells = [
-                {"ix": int(c[0]), "iy": int(c[1]), "count": int(n),
-                 "top": [[_name(names, int(k)), int(v)] for k, v in zip(tc, tn) if k >= 0]}
-                for c, n, tc, tn, ok in zip(grid.cell, grid.count, grid.top_class,
-                                            grid.top_count, present) if ok
+                {
+                    "ix": int(c[0]),
+                    "iy": int(c[1]),
+                    "count": int(n),
+                    "top": [
+                        [_name(names, int(k)), int(v)]
+                        for k, v in zip(tc, tn, strict=False)
+                        if k >= 0
+                    ],
+                }
+                for c, n, tc, tn, ok in zip(
+                    grid.cell, grid.count, grid.top_class, grid.top_count, present, strict=False
+                )
+                if ok
             ]
-            meta = (f"model {s.model.name}, layer {s.layer}, grid {size}x{size}, "
-                    f"{len(cells)} cells, {store.n_images} images")
-            page = viewer_html(image_src="../atlas.png", size=size, cells=cells,
-                               title=f"{s.model.name} {s.layer}", meta=meta)
+            meta = (
+                f"model {s.model.name}, layer {s.layer}, grid {size}x{size}, "
+                f"{len(cells)} cells, {store.n_images} images"
+            )
+            page = viewer_html(
+                image_src="../atlas.png",
+                size=size,
+                cells=cells,
+                title=f"{s.model.name} {s.layer}",
+                meta=meta,
+            )
             _write(f"{out}/viewer/index.html", page.encode("utf-8"), s.storage_options)
             files.append("viewer/index.html")
     log.info("compose: wrote %s under %s", ", ".join(files), out)

@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from atlas_core.data import DecodePolicy, InputManifest, Status, decode, folder_manifest
-from atlas_core.data import photo_crops, plan_shards
+from atlas_core.data import (
+    DecodePolicy,
+    InputManifest,
+    Status,
+    decode,
+    folder_manifest,
+    photo_crops,
+    plan_shards,
+)
 from atlas_core.extract import ActivationExtractor, sample_positions
 from atlas_core.models.layers import layer_shapes, resolve_layer
 from atlas_core.models.preprocess import Preprocess
@@ -69,16 +76,33 @@ def run(s: Settings, fp: str) -> StageResult:
         if _valid_marker(markers.read(f"extract/shard-{i:06d}"), fp, start, stop):
             skipped += 1
             continue
-        jobs.append(ExtractJob(
-            run_dir=s.run_dir, store_url=s.store_url, shard=i, start=start, stop=stop,
-            model=s.model, layers=s.extract.layers, grids=grids, batch_size=s.extract.batch_size,
-            topk=s.extract.topk, device=device, decode=s.data.decode, fingerprint=fp,
-            storage_options=s.storage_options,
-        ))
+        jobs.append(
+            ExtractJob(
+                run_dir=s.run_dir,
+                store_url=s.store_url,
+                shard=i,
+                start=start,
+                stop=stop,
+                model=s.model,
+                layers=s.extract.layers,
+                grids=grids,
+                batch_size=s.extract.batch_size,
+                topk=s.extract.topk,
+                device=device,
+                decode=s.data.decode,
+                fingerprint=fp,
+                storage_options=s.storage_options,
+            )
+        )
     log.info("extract: %d shards to run, %d already committed", len(jobs), skipped)
     ray_ops.init(s.cluster)
-    records = ray_ops.map_tasks(extract_shard, jobs, num_cpus=s.extract.num_cpus,
-                                num_gpus=s.extract.num_gpus, desc="extract")
+    records = ray_ops.map_tasks(
+        extract_shard,
+        jobs,
+        num_cpus=s.extract.num_cpus,
+        num_gpus=s.extract.num_gpus,
+        desc="extract",
+    )
     return _summarize(store, len(plan), skipped, records)
 
 
@@ -98,28 +122,55 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
     shapes = layer_shapes(model.module, s.extract.layers, model.preprocess.size)
     coarse = min(shapes.values(), key=lambda v: v[1] * v[2])
     k = s.extract.samples_per_image
-    positions = sample_positions(np.arange(len(manifest)), k, (coarse[1], coarse[2]),
-                                 seed=s.seed, edge=s.extract.edge, mode=s.extract.sampling)
-    plan = plan_shards(len(manifest), chunk_images=s.extract.chunk_images,
-                       chunks_per_shard=s.extract.chunks_per_shard)
-    log.info("extract: %d images, %d samples, %d shards, layers %s", len(manifest),
-             len(positions), len(plan), shapes)
+    positions = sample_positions(
+        np.arange(len(manifest)),
+        k,
+        (coarse[1], coarse[2]),
+        seed=s.seed,
+        edge=s.extract.edge,
+        mode=s.extract.sampling,
+    )
+    plan = plan_shards(
+        len(manifest),
+        chunk_images=s.extract.chunk_images,
+        chunks_per_shard=s.extract.chunks_per_shard,
+    )
+    log.info(
+        "extract: %d images, %d samples, %d shards, layers %s",
+        len(manifest),
+        len(positions),
+        len(plan),
+        shapes,
+    )
     return RunStore.create(
-        s.store_url, manifest=manifest, plan=plan, k=k, seed=s.seed, layers=shapes,
-        positions=positions, topk=s.extract.topk, storage_options=s.storage_options,
+        s.store_url,
+        manifest=manifest,
+        plan=plan,
+        k=k,
+        seed=s.seed,
+        layers=shapes,
+        positions=positions,
+        topk=s.extract.topk,
+        storage_options=s.storage_options,
         act_dtype=s.extract.act_dtype,
         attrs={"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY},
     )
 
 
-DECODE_POLICY = ("EXIF orientation applied; first frame of multi-frame images; alpha composited "
-                 "over white; 16-bit scaled to 8 bits by range; CMYK/grey/palette converted to RGB; "
-                 "decompression bombs and truncated files are errors")
+DECODE_POLICY = (
+    "EXIF orientation applied; first frame of multi-frame images; alpha composited "
+    "over white; 16-bit scaled to 8 bits by range; CMYK/grey/palette converted to RGB; "
+    "decompression bombs and truncated files are errors"
+)
 
 
 def _valid_marker(rec: dict[str, Any] | None, fp: str, start: int, stop: int) -> bool:
-    return (rec is not None and rec.get("fingerprint") == fp and rec.get("rows") == [start, stop]
-            and sum(rec.get("status_counts", {}).values()) == stop - start)
+    return (
+        rec is not None
+        and rec.get("fingerprint") == fp
+        and rec.get("rows") == [start, stop]
+        and sum(rec.get("status_counts", {}).values()) == stop - start
+    )
 
 
 def extract_shard(job: ExtractJob) -> dict[str, Any]:
@@ -139,8 +190,9 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     hashes = np.zeros(n, np.uint64)
     top_c = np.full((n, job.topk), -1, np.int32)
     top_p = np.full((n, job.topk), np.nan, np.float16)
-    acts = {name: np.full((n * k, store.layers[name][0]), np.nan, np.float32)
-            for name in job.layers}
+    acts = {
+        name: np.full((n * k, store.layers[name][0]), np.nan, np.float32) for name in job.layers
+    }
     moment = {name: np.zeros((store.layers[name][0],) * 2) for name in job.layers}
     mcount = dict.fromkeys(job.layers, 0)
 
@@ -155,23 +207,39 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
             if arr is not None:
                 batch.append((i, arr))
             if len(batch) == job.batch_size or (i == n - 1 and batch):
-                _run_batch(extractor, model.preprocess, batch, pos, k, acts, moment, mcount,
-                           top_c, top_p)
+                _run_batch(
+                    extractor, model.preprocess, batch, pos, k, acts, moment, mcount, top_c, top_p
+                )
                 batch = []
-    result = ShardResult(job.shard, job.start, job.stop, status, error, hashes, top_c, top_p,
-                         acts, moment, mcount)
+    result = ShardResult(
+        job.shard, job.start, job.stop, status, error, hashes, top_c, top_p, acts, moment, mcount
+    )
     store.write_extract_shard(result)
     counts = Counter(Status(int(v)).name.lower() for v in status)
-    record = {"shard": job.shard, "rows": [job.start, job.stop], "fingerprint": job.fingerprint,
-              "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,
-              "acts_hash": fingerprint([float(np.nansum(a, dtype=np.float64)) for a in acts.values()])}
+    record = {
+        "shard": job.shard,
+        "rows": [job.start, job.stop],
+        "fingerprint": job.fingerprint,
+        "status_counts": dict(counts),
+        "samples_ok": int(counts.get("ok", 0)) * k,
+        "acts_hash": fingerprint([float(np.nansum(a, dtype=np.float64)) for a in acts.values()]),
+    }
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)
     return record
 
 
-def _run_batch(extractor: ActivationExtractor, pre: Preprocess, batch: list[tuple[int, np.ndarray]],
-               pos: np.ndarray, k: int, acts: dict[str, np.ndarray], moment: dict[str, np.ndarray],
-               mcount: dict[str, int], top_c: np.ndarray, top_p: np.ndarray) -> None:
+def _run_batch(
+    extractor: ActivationExtractor,
+    pre: Preprocess,
+    batch: list[tuple[int, np.ndarray]],
+    pos: np.ndarray,
+    k: int,
+    acts: dict[str, np.ndarray],
+    moment: dict[str, np.ndarray],
+    mcount: dict[str, int],
+    top_c: np.ndarray,
+    top_p: np.ndarray,
+) -> None:
     idx = np.array([i for i, _ in batch])
     x = pre.batch(np.stack([a for _, a in batch]))
     rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
@@ -185,17 +253,24 @@ def _run_batch(extractor: ActivationExtractor, pre: Preprocess, batch: list[tupl
         top_p[idx] = out.top_prob
 
 
-def _summarize(store: RunStore, n_shards: int, skipped: int, records: list[dict[str, Any]]
-               ) -> StageResult:
+def _summarize(
+    store: RunStore, n_shards: int, skipped: int, records: list[dict[str, Any]]
+) -> StageResult:
     status = store.status()
     counts = Counter(Status(int(v)).name.lower() for v in status)
     ok = int(counts.get("ok", 0))
     lost = int(counts.get("pending", 0))
     failed = len(status) - ok - lost
-    return StageResult(counts={
-        "images_expected": len(status), "images_ok": ok, "images_failed": failed,
-        "images_lost": lost, "failed_by_reason": {r: c for r, c in counts.items()
-                                                   if r not in ("ok", "pending")},
-        "samples": ok * store.k, "shards": n_shards, "shards_skipped": skipped,
-        "shards_run": len(records),
-    })
+    return StageResult(
+        counts={
+            "images_expected": len(status),
+            "images_ok": ok,
+            "images_failed": failed,
+            "images_lost": lost,
+            "failed_by_reason": {r: c for r, c in counts.items() if r not in ("ok", "pending")},
+            "samples": ok * store.k,
+            "shards": n_shards,
+            "shards_skipped": skipped,
+            "shards_run": len(records),
+        }
+    )

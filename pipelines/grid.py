@@ -1,4 +1,4 @@
-"""Grid stage: bin the layout at every configured size; per kept cell its mean, count, top classes."""
+"""Grid stage: bin the layout at every size; per kept cell its mean, count and top classes."""
 
 from __future__ import annotations
 
@@ -31,9 +31,17 @@ def run(s: Settings, fp: str) -> StageResult:
             tc = np.full((len(kept), s.grid.top), -1, np.int32)
             tn = np.zeros((len(kept), s.grid.top), np.int32)
         xy = np.stack([kept % size, kept // size], axis=1).astype(np.int32)
-        store.write_grid(s.layer, GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
-                         {"min_count": s.grid.min_count, "fingerprint": fp})
+        store.write_grid(
+            s.layer,
+            GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
+            {"min_count": s.grid.min_count, "fingerprint": fp},
+        )
         kept_per_size[str(size)] = len(kept)
-        log.info("grid %d: %d of %d cells kept (count >= %d)", size, len(kept), size * size,
-                 s.grid.min_count)
+        log.info(
+            "grid %d: %d of %d cells kept (count >= %d)",
+            size,
+            len(kept),
+            size * size,
+            s.grid.min_count,
+        )
     return StageResult(counts={"cells_kept": kept_per_size})

@@ -32,8 +32,12 @@ def check_targets(node: Any, path: str = "") -> None:
     if isinstance(node, dict):
         for k, v in node.items():
             if k == "_target_" and v not in TARGET_ALLOWLIST:
-                raise ConfigError(f"{path}._target_".lstrip("."), v, choices=sorted(TARGET_ALLOWLIST),
-                                  fix="this project instantiates no classes from config; remove it.")
+                raise ConfigError(
+                    f"{path}._target_".lstrip("."),
+                    v,
+                    choices=sorted(TARGET_ALLOWLIST),
+                    fix="this project instantiates no classes from config; remove it.",
+                )
             check_targets(v, f"{path}.{k}")
     elif isinstance(node, list):
         for i, v in enumerate(node):
@@ -45,7 +49,9 @@ def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(resolved, dict):
-        raise ConfigError("config", type(resolved).__name__, fix="the root config must be a mapping.")
+        raise ConfigError(
+            "config", type(resolved).__name__, fix="the root config must be a mapping."
+        )
     check_targets(resolved)
     return parse(resolved), resolved
 
@@ -68,8 +74,12 @@ def main(cfg: DictConfig) -> None:
     finally:
         ray_ops.shutdown()
     stages = manifest["stages"]
-    log.info("atlas written to %s (%.1f s): %s", settings.run_dir, manifest["seconds_total"],
-             {k: v.get("seconds", v.get("status")) for k, v in stages.items()})
+    log.info(
+        "atlas written to %s (%.1f s): %s",
+        settings.run_dir,
+        manifest["seconds_total"],
+        {k: v.get("seconds", v.get("status")) for k, v in stages.items()},
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,14 @@ def init(cluster: ClusterSettings) -> None:
         ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=True)
         return
     log.info("starting local Ray on 127.0.0.1 (%s CPUs)", cluster.num_cpus or "all")
-    ray.init(num_cpus=cluster.num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             namespace=cluster.namespace, log_to_driver=True, configure_logging=False)
+    ray.init(
+        num_cpus=cluster.num_cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        namespace=cluster.namespace,
+        log_to_driver=True,
+        configure_logging=False,
+    )
 
 
 def shutdown() -> None:
@@ -53,8 +59,14 @@ def cluster_resources() -> dict[str, float]:
 
 
 def map_tasks(
-    fn: Callable[[T], R], jobs: Sequence[T], *, num_cpus: float = 1, num_gpus: float = 0,
-    desc: str = "tasks", max_retries: int = 3, on_result: Callable[[int, R], None] | None = None,
+    fn: Callable[[T], R],
+    jobs: Sequence[T],
+    *,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    desc: str = "tasks",
+    max_retries: int = 3,
+    on_result: Callable[[int, R], None] | None = None,
 ) -> list[R]:
     """Run ``fn(job)`` for every job as Ray tasks; results in job order, one progress bar.
 
@@ -87,8 +99,16 @@ class ActorPool:
     factory: the class to run as an actor; args: its constructor arguments (built once per actor).
     """
 
-    def __init__(self, factory: type, args: tuple[Any, ...], *, size: int, num_cpus: float = 1,
-                 num_gpus: float = 0, max_restarts_per_item: int = 3) -> None:
+    def __init__(
+        self,
+        factory: type,
+        args: tuple[Any, ...],
+        *,
+        size: int,
+        num_cpus: float = 1,
+        num_gpus: float = 0,
+        max_restarts_per_item: int = 3,
+    ) -> None:
         ray = _ray()
         self._cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(factory)
         self._args = args
@@ -97,9 +117,15 @@ class ActorPool:
         self.restarts = 0
         self.actors = [self._cls.remote(*args) for _ in range(self.size)]
 
-    def map(self, method: str, items: Iterable[Any], *, desc: str = "items",
-            on_result: Callable[[Any, Any], None] | None = None, total: int | None = None,
-            ) -> int:
+    def map(
+        self,
+        method: str,
+        items: Iterable[Any],
+        *,
+        desc: str = "items",
+        on_result: Callable[[Any, Any], None] | None = None,
+        total: int | None = None,
+    ) -> int:
         """Call ``actor.method(item)`` for every item; ``on_result(item, result)`` in the driver.
 
         Returns the number of actor deaths survived.

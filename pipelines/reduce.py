@@ -31,10 +31,16 @@ def run(s: Settings, fp: str) -> StageResult:
     norm, bounds = normalize_layout(raw)
     layout = np.full((len(acts), 2), np.nan, np.float32)
     layout[ok] = norm
-    tw = trustworthiness(acts[ok], raw, metric=s.reduce.umap.metric,
-                         sample=s.reduce.quality_sample, seed=s.seed)
-    store.write_layout(s.layer, layout, {"backend": backend, "bounds": bounds.tolist(),
-                                         "fingerprint": fp, "trustworthiness": tw})
+    tw = trustworthiness(
+        acts[ok], raw, metric=s.reduce.umap.metric, sample=s.reduce.quality_sample, seed=s.seed
+    )
+    store.write_layout(
+        s.layer,
+        layout,
+        {"backend": backend, "bounds": bounds.tolist(), "fingerprint": fp, "trustworthiness": tw},
+    )
     log.info("reduce: %d rows, backend %s, trustworthiness %.3f", n_ok, backend, tw)
-    return StageResult(counts={"rows": n_ok, "holes": int((~ok).sum())},
-                       details={"backend": backend, "trustworthiness_k10": round(tw, 4)})
+    return StageResult(
+        counts={"rows": n_ok, "holes": int((~ok).sum())},
+        details={"backend": backend, "trustworthiness_k10": round(tw, 4)},
+    )

@@ -34,11 +34,22 @@ class RenderBatch:
 class RenderWorker:
     """Actor body: the model and renderer are built once; each call renders one batch."""
 
-    def __init__(self, model: ModelSpec, layer: str, settings: RenderSettings, device: str,
-                 whiten: np.ndarray | None, threads: int = 1) -> None:
+    def __init__(
+        self,
+        model: ModelSpec,
+        layer: str,
+        settings: RenderSettings,
+        device: str,
+        whiten: np.ndarray | None,
+        threads: int = 1,
+    ) -> None:
         torch.set_num_threads(max(1, threads))
-        self.renderer = IconRenderer(cached_model(model, resolve_device(device)), layer, settings,
-                                     device=resolve_device(device))
+        self.renderer = IconRenderer(
+            cached_model(model, resolve_device(device)),
+            layer,
+            settings,
+            device=resolve_device(device),
+        )
         self.whiten = whiten
 
     def render(self, batch: RenderBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,16 +68,24 @@ def run(s: Settings, fp: str) -> StageResult:
             rows = todo[start : start + s.render.batch_size]
             batches.append(RenderBatch(size, rows, grid.mean[rows], s.seed * 100003 + int(rows[0])))
     n_icons = sum(len(b.rows) for b in batches)
-    log.info("render: %d icons in %d batches (%d px, %d steps, best of %d)", n_icons,
-             len(batches), icon.icon_px, icon.steps, icon.attempts)
+    log.info(
+        "render: %d icons in %d batches (%d px, %d steps, best of %d)",
+        n_icons,
+        len(batches),
+        icon.icon_px,
+        icon.steps,
+        icon.attempts,
+    )
     restarts = 0
     if batches:
         ray_ops.init(s.cluster)
         pool = ray_ops.ActorPool(
-            RenderWorker, (s.model, s.layer, icon, s.render.device, whiten,
-                           int(s.render.num_cpus_per_actor)),
-            size=min(s.render.actors, len(batches)), num_cpus=s.render.num_cpus_per_actor,
-            num_gpus=s.render.num_gpus_per_actor)
+            RenderWorker,
+            (s.model, s.layer, icon, s.render.device, whiten, int(s.render.num_cpus_per_actor)),
+            size=min(s.render.actors, len(batches)),
+            num_cpus=s.render.num_cpus_per_actor,
+            num_gpus=s.render.num_gpus_per_actor,
+        )
 
         def commit(batch: RenderBatch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
             store.write_icons(s.layer, batch.size, batch.rows, *out)
@@ -97,7 +116,11 @@ def _summarize(store: RunStore, s: Settings, rendered: int, restarts: int) -> St
     allc = np.concatenate(cos) if cos else np.zeros(0)
     details: dict[str, Any] = {}
     if len(allc):
-        details = {"fidelity_cosine_mean": round(float(allc.mean()), 4),
-                   "fidelity_cosine_std": round(float(allc.std()), 4)}
-    return StageResult(counts={"icons": total, "icons_rendered_now": rendered,
-                               "actor_restarts": restarts}, details=details)
+        details = {
+            "fidelity_cosine_mean": round(float(allc.mean()), 4),
+            "fidelity_cosine_std": round(float(allc.std()), 4),
+        }
+    return StageResult(
+        counts={"icons": total, "icons_rendered_now": rendered, "actor_restarts": restarts},
+        details=details,
+    )

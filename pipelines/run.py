@@ -29,11 +29,24 @@ from pipelines.settings import STAGES, Settings
 log = logging.getLogger(__name__)
 
 _RUNNERS: dict[str, Callable[[Settings, str], StageResult]] = {
-    "extract": extract.run, "reduce": reduce.run, "grid": grid.run, "render": render.run,
+    "extract": extract.run,
+    "reduce": reduce.run,
+    "grid": grid.run,
+    "render": render.run,
     "compose": compose.run,
 }
-_PACKAGES = ("torch", "torchvision", "timm", "zarr", "ray", "umap-learn", "numpy", "hydra-core",
-             "scikit-learn", "pillow")
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "zarr",
+    "ray",
+    "umap-learn",
+    "numpy",
+    "hydra-core",
+    "scikit-learn",
+    "pillow",
+)
 
 
 def check(s: Settings) -> None:
@@ -47,8 +60,9 @@ def check(s: Settings) -> None:
                 f.write("ok")
             os.remove(probe)
         except OSError as exc:
-            raise ConfigError("run_dir", s.run_dir,
-                              fix=f"choose a directory you can write to ({exc.strerror}).") from exc
+            raise ConfigError(
+                "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc.strerror})."
+            ) from exc
     model = cached_model(s.model, "cpu")
     for name in s.extract.layers:
         resolve_layer(model.module, name, model_name=s.model.name)
@@ -78,25 +92,40 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
             continue
         if stage not in s.stages:
             if any(STAGES.index(r) > STAGES.index(stage) for r in s.stages):
-                raise ConfigError("stages", list(s.stages), fix=f"stage {stage} has not run with "
-                                  f"these settings yet; add it: stages=[{stage},...].")
+                raise ConfigError(
+                    "stages",
+                    list(s.stages),
+                    fix=f"stage {stage} has not run with "
+                    f"these settings yet; add it: stages=[{stage},...].",
+                )
             report[stage] = {"status": "not requested"}
             continue
         log.info("%s: running", stage)
         t = time.perf_counter()
         result = _RUNNERS[stage](s, fps[stage])
-        record = {"status": result.status, "seconds": round(time.perf_counter() - t, 2),
-                  "counts": result.counts, "details": result.details,
-                  "fingerprint": fps[stage]}
+        record = {
+            "status": result.status,
+            "seconds": round(time.perf_counter() - t, 2),
+            "counts": result.counts,
+            "details": result.details,
+            "fingerprint": fps[stage],
+        }
         markers.write(f"stage-{stage}", record)
         report[stage] = record
         log.info("%s: done in %.1f s %s", stage, record["seconds"], result.counts)
     manifest = {
-        "format": "activation-atlas-manifest", "format_version": 1,
-        "run_dir": s.run_dir, "model": s.model.name, "layer": s.layer, "preset": s.preset,
+        "format": "activation-atlas-manifest",
+        "format_version": 1,
+        "run_dir": s.run_dir,
+        "model": s.model.name,
+        "layer": s.layer,
+        "preset": s.preset,
         "seeds": {"seed": s.seed, "umap": s.reduce.umap.seed},
-        "config": resolved_config or {}, "versions": _versions(), "git_revision": _git_rev(),
-        "stages": report, "seconds_total": round(time.perf_counter() - t0, 2),
+        "config": resolved_config or {},
+        "versions": _versions(),
+        "git_revision": _git_rev(),
+        "stages": report,
+        "seconds_total": round(time.perf_counter() - t0, 2),
     }
     with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=str)
@@ -116,8 +145,14 @@ def _versions() -> dict[str, str]:
 def _git_rev() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=False)
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return rev.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

@@ -28,7 +28,7 @@ class DataSettings:
     path: str | None = None
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")
     limit: int | None = None
-    decode: DecodePolicy = DecodePolicy()
+    decode: DecodePolicy = field(default_factory=DecodePolicy)
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class ExtractSettings:
 @dataclass(frozen=True)
 class ReduceSettings:
     backend: str = "auto"
-    umap: UmapParams = UmapParams()
+    umap: UmapParams = field(default_factory=UmapParams)
     quality_sample: int = 5000
 
 
@@ -63,7 +63,7 @@ class GridSettings:
 
 @dataclass(frozen=True)
 class RenderStageSettings:
-    icon: RenderSettings = RenderSettings()
+    icon: RenderSettings = field(default_factory=RenderSettings)
     batch_size: int = 64
     actors: int = 1
     num_cpus_per_actor: float = 1.0
@@ -106,8 +106,11 @@ class Settings:
         """The settings one stage's output depends on (its fingerprint input)."""
         base = {"seed": self.seed, "layer": self.layer}
         parts = {
-            "extract": {"model": asdict(self.model), "data": asdict(self.data),
-                        "extract": asdict(self.extract)},
+            "extract": {
+                "model": asdict(self.model),
+                "data": asdict(self.data),
+                "extract": asdict(self.extract),
+            },
             "reduce": {"reduce": asdict(self.reduce)},
             "grid": {"grid": asdict(self.grid)},
             "render": {"icon": asdict(self.render.icon)},
@@ -144,62 +147,100 @@ def parse(cfg: dict[str, Any]) -> Settings:
         layers = (layer, *layers)
     data = DataSettings(
         source=_choice("data.source", d.get("source", "photos"), ("photos", "folder")),
-        n_images=int(d.get("n_images", 2048)), scales=tuple(float(s) for s in d.get("scales", ())),
-        path=d.get("path"), extensions=tuple(d.get("extensions", DataSettings.extensions)),
+        n_images=int(d.get("n_images", 2048)),
+        scales=tuple(float(s) for s in d.get("scales", ())),
+        path=d.get("path"),
+        extensions=tuple(d.get("extensions", DataSettings.extensions)),
         limit=d.get("limit"),
-        decode=DecodePolicy(max_pixels=int(d.get("max_pixels", 64_000_000)),
-                            min_side=int(d.get("min_side", 8))),
+        decode=DecodePolicy(
+            max_pixels=int(d.get("max_pixels", 64_000_000)), min_side=int(d.get("min_side", 8))
+        ),
     )
     if data.source == "folder" and not data.path:
         raise ConfigError("data.path", None, fix="data=folder needs data.path=/dir/of/images.")
     if data.source == "folder" and not os.path.isdir(os.path.expanduser(str(data.path))):
         raise ConfigError("data.path", data.path, fix="point data.path at an existing directory.")
     extract = ExtractSettings(
-        layers=layers, samples_per_image=int(e.get("samples_per_image", 1)),
+        layers=layers,
+        samples_per_image=int(e.get("samples_per_image", 1)),
         sampling=_choice("extract.sampling", e.get("sampling", "random"), ("random", "centre")),
-        edge=int(e.get("edge", 1)), batch_size=int(e.get("batch_size", 64)),
+        edge=int(e.get("edge", 1)),
+        batch_size=int(e.get("batch_size", 64)),
         chunk_images=int(e.get("chunk_images", 256)),
-        chunks_per_shard=int(e.get("chunks_per_shard", 1)), topk=int(e.get("topk", 5)),
-        act_dtype=_choice("extract.act_dtype", e.get("act_dtype", "float16"),
-                          ("float16", "float32")),
+        chunks_per_shard=int(e.get("chunks_per_shard", 1)),
+        topk=int(e.get("topk", 5)),
+        act_dtype=_choice(
+            "extract.act_dtype", e.get("act_dtype", "float16"), ("float16", "float32")
+        ),
         device=_choice("extract.device", e.get("device", "auto"), DEVICES),
-        num_cpus=float(e.get("num_cpus", 1)), num_gpus=float(e.get("num_gpus", 0)),
+        num_cpus=float(e.get("num_cpus", 1)),
+        num_gpus=float(e.get("num_gpus", 0)),
     )
     if extract.samples_per_image < 1 or extract.batch_size < 1 or extract.chunk_images < 1:
-        raise ConfigError("extract", dict(e), fix="samples_per_image, batch_size and chunk_images "
-                          "must be positive.")
+        raise ConfigError(
+            "extract",
+            dict(e),
+            fix="samples_per_image, batch_size and chunk_images must be positive.",
+        )
     try:
-        umap = UmapParams(n_neighbors=int(r["n_neighbors"]), min_dist=float(r["min_dist"]),
-                          metric=str(r["metric"]), n_epochs=r.get("n_epochs"),
-                          seed=r.get("seed", cfg.get("seed", 0)),
-                          extras=dict(r.get("extras") or {}))
+        umap = UmapParams(
+            n_neighbors=int(r["n_neighbors"]),
+            min_dist=float(r["min_dist"]),
+            metric=str(r["metric"]),
+            n_epochs=r.get("n_epochs"),
+            init=str(r.get("init", "spectral")),
+            seed=r.get("seed", cfg.get("seed", 0)),
+            extras=dict(r.get("extras") or {}),
+        )
     except ValueError as exc:
         raise ConfigError("reduce", dict(r), fix=str(exc)) from exc
-    reduce = ReduceSettings(backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
-                            umap=umap, quality_sample=int(r.get("quality_sample", 5000)))
-    grid = GridSettings(sizes=tuple(int(s) for s in _tuple(g.get("sizes")) or (20,)),
-                        min_count=int(g.get("min_count", 5)), top=int(g.get("top", 5)))
+    reduce = ReduceSettings(
+        backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
+        umap=umap,
+        quality_sample=int(r.get("quality_sample", 5000)),
+    )
+    grid = GridSettings(
+        sizes=tuple(int(s) for s in _tuple(g.get("sizes")) or (20,)),
+        min_count=int(g.get("min_count", 5)),
+        top=int(g.get("top", 5)),
+    )
     if any(s < 1 for s in grid.sizes):
         raise ConfigError("grid.sizes", list(grid.sizes), fix="grid sizes must be positive.")
     icon = RenderSettings(
-        icon_px=int(rd["icon_px"]), steps=int(rd["steps"]), attempts=int(rd["attempts"]),
-        lr=float(rd.get("lr", 0.05)), cos_power=float(rd["cos_power"]),
-        whiten=bool(rd["whiten"]), param=_choice("render.param", rd.get("param", "fft"),
-                                                  ("fft", "pixel")),
+        icon_px=int(rd["icon_px"]),
+        steps=int(rd["steps"]),
+        attempts=int(rd["attempts"]),
+        lr=float(rd.get("lr", 0.05)),
+        cos_power=float(rd["cos_power"]),
+        whiten=bool(rd["whiten"]),
+        param=_choice("render.param", rd.get("param", "fft"), ("fft", "pixel")),
         amp=bool(rd.get("amp", True)),
     )
     render = RenderStageSettings(
-        icon=icon, batch_size=int(rd.get("batch_size", 64)), actors=int(rd.get("actors", 1)),
+        icon=icon,
+        batch_size=int(rd.get("batch_size", 64)),
+        actors=int(rd.get("actors", 1)),
         num_cpus_per_actor=float(rd.get("num_cpus_per_actor", 1)),
         num_gpus_per_actor=float(rd.get("num_gpus_per_actor", 0)),
         device=_choice("render.device", rd.get("device", "auto"), DEVICES),
     )
-    cluster = ClusterSettings(address=cl.get("address"), num_cpus=cl.get("num_cpus"),
-                              namespace=str(cl.get("namespace", "atlas")))
+    cluster = ClusterSettings(
+        address=cl.get("address"),
+        num_cpus=cl.get("num_cpus"),
+        namespace=str(cl.get("namespace", "atlas")),
+    )
     return Settings(
-        run_dir=str(cfg["run_dir"]), layer=layer, seed=int(cfg.get("seed", 0)), stages=stages,
-        model=ModelSpec(name=str(m["name"]), weights=m.get("weights")), data=data,
-        extract=extract, reduce=reduce, grid=grid, render=render, cluster=cluster,
+        run_dir=str(cfg["run_dir"]),
+        layer=layer,
+        seed=int(cfg.get("seed", 0)),
+        stages=stages,
+        model=ModelSpec(name=str(m["name"]), weights=m.get("weights")),
+        data=data,
+        extract=extract,
+        reduce=reduce,
+        grid=grid,
+        render=render,
+        cluster=cluster,
         preset=str(cfg.get("preset_name", "custom")),
         storage_options=dict(cfg.get("storage_options") or {}),
     )

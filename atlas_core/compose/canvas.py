@@ -6,7 +6,11 @@ import numpy as np
 
 
 def compose_canvas(
-    cells: np.ndarray, icons: np.ndarray, size: int, *, present: np.ndarray | None = None,
+    cells: np.ndarray,
+    icons: np.ndarray,
+    size: int,
+    *,
+    present: np.ndarray | None = None,
     background: int = 255,
 ) -> np.ndarray:
     """Place icons on a (size * px, size * px, 3) uint8 canvas.

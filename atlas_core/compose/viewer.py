@@ -17,7 +17,7 @@ _PAGE = """<!doctype html>
 <style>
  body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
  #wrap { position: relative; display: inline-block; }
- #atlas { width: min(92vmin, 1200px); image-rendering: auto; border: 1px solid #ddd; display: block; }
+ #atlas { width: min(92vmin, 1200px); border: 1px solid #ddd; display: block; }
  #hl { position: absolute; border: 2px solid #e33; pointer-events: none; display: none; }
  #tip { position: fixed; background: #fff; border: 1px solid #999; padding: 6px 8px;
         pointer-events: none; display: none; box-shadow: 0 2px 6px #0003; max-width: 320px; }
@@ -48,7 +48,9 @@ _PAGE = """<!doctype html>
       "cell (" + ix + ", " + iy + "): " + c.count + " activations";
     const ol = document.getElementById("tipl"); ol.replaceChildren();
     for (const [name, n] of c.top) {
-      const li = document.createElement("li"); li.textContent = name + " (" + n + ")"; ol.appendChild(li);
+      const li = document.createElement("li");
+      li.textContent = name + " (" + n + ")";
+      ol.appendChild(li);
     }
     tip.style.left = (ev.clientX + 14) + "px"; tip.style.top = (ev.clientY + 14) + "px";
     tip.style.display = "block";
@@ -56,7 +58,9 @@ _PAGE = """<!doctype html>
     hl.style.left = (ix * w) + "px"; hl.style.top = ((g - 1 - iy) * w) + "px";
     hl.style.width = hl.style.height = (w - 4) + "px"; hl.style.display = "block";
   });
-  img.addEventListener("mouseleave", () => { tip.style.display = "none"; hl.style.display = "none"; });
+  img.addEventListener("mouseleave", () => {
+    tip.style.display = "none"; hl.style.display = "none";
+  });
 })();
 </script>
 </body></html>
@@ -64,12 +68,21 @@ _PAGE = """<!doctype html>
 
 
 def _safe_json(obj: Any) -> str:
-    return (json.dumps(obj, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("&", "\\u0026"))
+    return (
+        json.dumps(obj, ensure_ascii=True)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
 
 
 def viewer_html(
-    *, image_src: str, size: int, cells: list[dict[str, Any]], title: str, meta: str,
+    *,
+    image_src: str,
+    size: int,
+    cells: list[dict[str, Any]],
+    title: str,
+    meta: str,
 ) -> str:
     """The viewer page as one self-contained HTML string.
 
@@ -77,6 +90,8 @@ def viewer_html(
     image_src: the atlas image, relative to the page (e.g. ``"../atlas.png"``).
     """
     data = {"title": title, "meta": meta, "size": int(size), "cells": cells}
-    return (_PAGE.replace("__TITLE__", html.escape(title))
-            .replace("__IMAGE__", html.escape(image_src, quote=True))
-            .replace("__DATA__", _safe_json(data)))
+    return (
+        _PAGE.replace("__TITLE__", html.escape(title))
+        .replace("__IMAGE__", html.escape(image_src, quote=True))
+        .replace("__DATA__", _safe_json(data))
+    )

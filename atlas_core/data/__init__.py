@@ -1,6 +1,6 @@
 """Data: image sources frozen into an input manifest, the decoding policy, and the sharding plan."""
 
-from atlas_core.data.decode import DecodePolicy, Decoded, Status, decode
+from atlas_core.data.decode import Decoded, DecodePolicy, Status, decode
 from atlas_core.data.plan import ShardPlan, plan_shards
 from atlas_core.data.sources import InputManifest, builtin_photos, folder_manifest, photo_crops
 

@@ -63,7 +63,10 @@ class Decoded:
 
 
 def decode(
-    uri: str, crop: np.ndarray | None = None, *, policy: DecodePolicy = DecodePolicy(),
+    uri: str,
+    crop: np.ndarray | None = None,
+    *,
+    policy: DecodePolicy = DecodePolicy(),
     root: str | None = None,
 ) -> Decoded:
     """Read and decode one input into an RGB PIL image, or classify why it cannot be used.

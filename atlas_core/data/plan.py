@@ -33,7 +33,9 @@ class ShardPlan:
         expect = 0
         for i, (start, stop) in enumerate(self.bounds):
             if start != expect or stop <= start:
-                raise PlanError(f"shard {i} covers [{start}, {stop}); expected to start at {expect}")
+                raise PlanError(
+                    f"shard {i} covers [{start}, {stop}); expected to start at {expect}"
+                )
             if start % self.chunk_images or (stop % self.chunk_images and stop != self.n_images):
                 raise PlanError(
                     f"shard {i} covers images [{start}, {stop}), which is not aligned to storage "

@@ -19,9 +19,22 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 # Real photographs that scikit-image and scikit-learn install (not drawings, charts or masks).
 _SKIMAGE_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png",
-    "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "moon.png",
-    "motorcycle_left.png", "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg",
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
 )
 _SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 
@@ -75,7 +88,7 @@ def photo_crops(
     sizes = np.array([Image.open(p).size for p in photos])  # header only, no decode
     rng = np.random.default_rng(seed)
     which = np.arange(n) % len(photos)
-    side = (np.asarray(scales)[rng.integers(0, len(scales), n)] * sizes[which].min(axis=1))
+    side = np.asarray(scales)[rng.integers(0, len(scales), n)] * sizes[which].min(axis=1)
     side = np.maximum(side.astype(np.int64), 16)
     left = (rng.random(n) * (sizes[which, 0] - side + 1)).astype(np.int64)
     top = (rng.random(n) * (sizes[which, 1] - side + 1)).astype(np.int64)
@@ -104,7 +117,8 @@ def folder_manifest(
         found = found[:limit]
     if not found:
         raise ConfigError(
-            "data.path", str(path),
+            "data.path",
+            str(path),
             fix=f"the directory holds no files ending in {', '.join(exts)}; add images or change "
             "data.extensions.",
         )

@@ -1,4 +1,4 @@
-"""Extract: seeded spatial sampling, and a set-up-once extractor of activations at those positions."""
+"""Extract: seeded spatial sampling, and a set-up-once extractor of activations there."""
 
 from atlas_core.extract.extractor import ActivationExtractor, ExtractBatch
 from atlas_core.extract.sampling import map_positions, sample_positions

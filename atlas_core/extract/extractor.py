@@ -48,8 +48,14 @@ class ActivationExtractor:
     """
 
     def __init__(
-        self, model: LoadedModel, layers: Sequence[str], grids: dict[str, tuple[int, int]], *,
-        topk: int = 5, device: torch.device | str = "cpu", amp_dtype: torch.dtype = torch.bfloat16,
+        self,
+        model: LoadedModel,
+        layers: Sequence[str],
+        grids: dict[str, tuple[int, int]],
+        *,
+        topk: int = 5,
+        device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype = torch.bfloat16,
     ) -> None:
         self.model = model
         self.layers = list(layers)

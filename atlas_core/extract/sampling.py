@@ -31,7 +31,12 @@ def _uniform(seed: int, image: np.ndarray, j: np.ndarray, stream: int) -> np.nda
 
 
 def sample_positions(
-    images: np.ndarray, k: int, grid: tuple[int, int], *, seed: int, edge: int = 1,
+    images: np.ndarray,
+    k: int,
+    grid: tuple[int, int],
+    *,
+    seed: int,
+    edge: int = 1,
     mode: str = "random",
 ) -> np.ndarray:
     """Positions for ``k`` samples of each image.

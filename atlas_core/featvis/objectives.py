@@ -27,8 +27,11 @@ class Objective:
 
     def __add__(self, other: Objective | float) -> Objective:
         if isinstance(other, Objective):
-            return Objective(lambda a: self(a) + other(a), self.layers | other.layers,
-                             f"({self.name} + {other.name})")
+            return Objective(
+                lambda a: self(a) + other(a),
+                self.layers | other.layers,
+                f"({self.name} + {other.name})",
+            )
         return Objective(lambda a: self(a) + other, self.layers, f"({self.name} + {other})")
 
     __radd__ = __add__
@@ -52,24 +55,35 @@ def _centre(t: torch.Tensor) -> torch.Tensor:
 
 def channel(layer: str, index: int) -> Objective:
     """Mean activation of one channel over all positions."""
-    return Objective(lambda a: a[layer][:, index].mean(dim=(1, 2)), frozenset([layer]),
-                     f"channel({layer}:{index})")
+    return Objective(
+        lambda a: a[layer][:, index].mean(dim=(1, 2)),
+        frozenset([layer]),
+        f"channel({layer}:{index})",
+    )
 
 
 def neuron(layer: str, index: int) -> Objective:
     """One channel at the centre position."""
-    return Objective(lambda a: _centre(a[layer])[:, index], frozenset([layer]),
-                     f"neuron({layer}:{index})")
+    return Objective(
+        lambda a: _centre(a[layer])[:, index], frozenset([layer]), f"neuron({layer}:{index})"
+    )
 
 
 def direction(layer: str, vecs: torch.Tensor) -> Objective:
     """Dot product with a direction per batch index at the centre. vecs: (B, C) or (C,)."""
-    return Objective(lambda a: (_centre(a[layer]) * vecs.to(a[layer].device)).sum(-1),
-                     frozenset([layer]), f"direction({layer})")
+    return Objective(
+        lambda a: (_centre(a[layer]) * vecs.to(a[layer].device)).sum(-1),
+        frozenset([layer]),
+        f"direction({layer})",
+    )
 
 
 def direction_cossim(
-    layer: str, vecs: torch.Tensor, *, power: float = 4.0, whiten: torch.Tensor | None = None,
+    layer: str,
+    vecs: torch.Tensor,
+    *,
+    power: float = 4.0,
+    whiten: torch.Tensor | None = None,
 ) -> Objective:
     """The activation-atlas icon objective, one direction per batch index, at the centre cell.
 

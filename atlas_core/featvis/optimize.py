@@ -14,9 +14,16 @@ Forward = Callable[[torch.Tensor], Acts]
 
 
 def optimize(
-    forward: Forward, objective: Objective, params: Sequence[torch.Tensor], image_fn: ImageFn, *,
-    steps: int, lr: float = 0.05, transforms: Sequence[Transform] = (),
-    generator: torch.Generator | None = None, on_step: Callable[[int], None] | None = None,
+    forward: Forward,
+    objective: Objective,
+    params: Sequence[torch.Tensor],
+    image_fn: ImageFn,
+    *,
+    steps: int,
+    lr: float = 0.05,
+    transforms: Sequence[Transform] = (),
+    generator: torch.Generator | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Maximize ``objective`` (summed over the batch) with Adam.
 

@@ -28,10 +28,14 @@ def _freqs(h: int, w: int) -> np.ndarray:
 
 
 def fft_image(
-    shape: tuple[int, int, int, int], *, sd: float = 0.01, decay_power: float = 1.0,
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    shape: tuple[int, int, int, int],
+    *,
+    sd: float = 0.01,
+    decay_power: float = 1.0,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], ImageFn]:
-    """Spectrum parameterization of a batch of images of ``shape`` (B, C, H, W), unbounded values."""
+    """Spectrum parameterization of a batch of ``shape`` (B, C, H, W); unbounded values."""
     b, c, h, w = shape
     freqs = _freqs(h, w)
     scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
@@ -48,8 +52,11 @@ def fft_image(
 
 
 def pixel_image(
-    shape: tuple[int, int, int, int], *, sd: float = 0.01,
-    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    shape: tuple[int, int, int, int],
+    *,
+    sd: float = 0.01,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], ImageFn]:
     """Plain pixel parameterization, unbounded values."""
     pixels = (torch.randn(shape, generator=generator) * sd).to(device).requires_grad_(True)

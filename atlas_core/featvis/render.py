@@ -45,7 +45,7 @@ class RenderSettings:
 
 
 def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """S = inverse of the uncentred second-moment matrix E[x x^T] (C, C), ridge ``eps * mean diag``."""
+    """S = inverse of the uncentred second moment E[x x^T] (C, C), ridge ``eps * mean diag``."""
     m = np.asarray(second_moment, dtype=np.float64)
     ridge = eps * float(np.mean(np.diag(m))) * np.eye(len(m))
     return np.linalg.inv(m + ridge).astype(np.float32)
@@ -54,8 +54,14 @@ def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray
 class IconRenderer:
     """Renders icons for directions at ``layer`` of ``model``."""
 
-    def __init__(self, model: LoadedModel, layer: str, settings: RenderSettings, *,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        layer: str,
+        settings: RenderSettings,
+        *,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.model = model
         self.layer = layer
         self.settings = settings
@@ -71,14 +77,21 @@ class IconRenderer:
         x = self.model.preprocess.normalize(images)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        amp = (torch.autocast("cuda", dtype=torch.bfloat16)
-               if self.cuda and self.settings.amp else nullcontext())
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.cuda and self.settings.amp
+            else nullcontext()
+        )
         with amp, stop_at(self.model.module, [self.layer]) as out:
             run_until(self.model.module, x)
         return {k: v.float() for k, v in out.items()}
 
     def render(
-        self, directions: np.ndarray, *, seed: int, whiten: np.ndarray | None = None,
+        self,
+        directions: np.ndarray,
+        *,
+        seed: int,
+        whiten: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Icons for ``directions`` (B, C).
@@ -90,7 +103,11 @@ class IconRenderer:
         s = self.settings
         b = len(directions)
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
-        wt = torch.as_tensor(whiten, device=self.device) if (s.whiten and whiten is not None) else None
+        wt = (
+            torch.tensor(np.array(whiten, np.float32), device=self.device)
+            if s.whiten and whiten is not None
+            else None
+        )
         objective = direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
         best_img = torch.zeros(b, 3, s.icon_px, s.icon_px)
         best = torch.full((b,), -torch.inf)
@@ -98,14 +115,23 @@ class IconRenderer:
             gen = torch.Generator().manual_seed(int(seed) * 1009 + attempt)
             shape = (b, 3, s.icon_px, s.icon_px)
             if s.param == "fft":
-                params, raw = fft_image(shape, sd=s.sd, decay_power=s.decay_power, generator=gen,
-                                        device=self.device)
+                params, raw = fft_image(
+                    shape, sd=s.sd, decay_power=s.decay_power, generator=gen, device=self.device
+                )
             else:
                 params, raw = pixel_image(shape, sd=s.sd, generator=gen, device=self.device)
             image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
-            img, score, _ = optimize(self.forward, objective, params, image_fn, steps=s.steps,
-                                     lr=s.lr, transforms=self.transforms, generator=gen,
-                                     on_step=on_step)
+            img, score, _ = optimize(
+                self.forward,
+                objective,
+                params,
+                image_fn,
+                steps=s.steps,
+                lr=s.lr,
+                transforms=self.transforms,
+                generator=gen,
+                on_step=on_step,
+            )
             better = score.cpu() > best
             best = torch.where(better, score.cpu(), best)
             best_img[better] = img.cpu()[better]

@@ -48,7 +48,10 @@ def scale_rotate(scales: Sequence[float], degrees: Sequence[float]) -> Transform
         a = _pick(degrees, b, gen) * (math.pi / 180.0)
         cos, sin = torch.cos(a) / s, torch.sin(a) / s
         theta = torch.stack(
-            [torch.stack([cos, -sin, torch.zeros(b)], 1), torch.stack([sin, cos, torch.zeros(b)], 1)],
+            [
+                torch.stack([cos, -sin, torch.zeros(b)], 1),
+                torch.stack([sin, cos, torch.zeros(b)], 1),
+            ],
             1,
         ).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
@@ -88,7 +91,11 @@ def icon_transforms(size: int) -> list[Transform]:
     degrees = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
     return [
         pad(16),
-        jitter(4), jitter(4), jitter(8), jitter(8), jitter(8),
+        jitter(4),
+        jitter(4),
+        jitter(8),
+        jitter(8),
+        jitter(8),
         scale_rotate(scales, [float(d) for d in degrees]),
         jitter(2),
         crop_or_pad_to(size),

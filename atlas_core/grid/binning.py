@@ -80,7 +80,9 @@ def top_classes_per_cell(
     # sort by (row asc, count desc); then rank within each row
     order = np.lexsort((-counts, pairs[:, 0]))
     pairs, counts = pairs[order], counts[order]
-    first = np.r_[0, np.flatnonzero(pairs[1:, 0] != pairs[:-1, 0]) + 1] if len(pairs) else pairs[:0, 0]
+    first = (
+        np.r_[0, np.flatnonzero(pairs[1:, 0] != pairs[:-1, 0]) + 1] if len(pairs) else pairs[:0, 0]
+    )
     rank = np.arange(len(pairs)) - np.repeat(first, np.diff(np.r_[first, len(pairs)]))
     sel = rank < top
     out_c = np.full((len(kept), top), -1, dtype=np.int32)

@@ -33,10 +33,10 @@ class Preprocess:
 
     @property
     def resize(self) -> int:
-        return int(round(self.size / self.crop_pct))
+        return round(self.size / self.crop_pct)
 
     def to_array(self, image: Image.Image) -> np.ndarray:
-        """RGB PIL image -> uint8 array, shape (size, size, 3), resized (bicubic) and centre-cropped."""
+        """RGB PIL image -> uint8 array (size, size, 3), resized (bicubic) and cropped."""
         if self.mode == "squash":
             image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
             return np.asarray(image, dtype=np.uint8)

@@ -101,8 +101,12 @@ def _torchvision(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]
     import torchvision.models as tvm
 
     if arch not in tvm.list_models():
-        raise ConfigError("model.name", f"torchvision:{arch}", choices=tvm.list_models(),
-                          fix="use a torchvision architecture name.")
+        raise ConfigError(
+            "model.name",
+            f"torchvision:{arch}",
+            choices=tvm.list_models(),
+            fix="use a torchvision architecture name.",
+        )
     model = tvm.get_model(arch, weights=None)
     if weights is None:
         raise _needs_weights(f"torchvision:{arch}")
@@ -114,8 +118,12 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
     import timm
 
     if arch not in timm.list_models():
-        raise ConfigError("model.name", f"timm:{arch}", choices=timm.list_models()[:60],
-                          fix="use a timm architecture name (timm.list_models()).")
+        raise ConfigError(
+            "model.name",
+            f"timm:{arch}",
+            choices=timm.list_models()[:60],
+            fix="use a timm architecture name (timm.list_models()).",
+        )
     model = timm.create_model(arch, pretrained=False)
     if weights is None:
         raise _needs_weights(f"timm:{arch}")
@@ -161,8 +169,12 @@ def check_model_name(name: str) -> None:
     prefix, _, arch = name.partition(":")
     if name in _BUILDERS or (prefix in ("torchvision", "timm") and arch):
         return
-    raise ConfigError("model.name", name, choices=available_models(),
-                      fix="set model=<one of the choices> or model.name=timm:<arch>.")
+    raise ConfigError(
+        "model.name",
+        name,
+        choices=available_models(),
+        fix="set model=<one of the choices> or model.name=timm:<arch>.",
+    )
 
 
 def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedModel:

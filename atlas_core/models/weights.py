@@ -1,4 +1,4 @@
-"""Weight files: safetensors preferred, otherwise ``torch.load(weights_only=True)``; never unpickled.
+"""Weight files: safetensors first, else ``torch.load(weights_only=True)``; never unpickled.
 
 Nothing here downloads. A file is either given as a path or looked up in the torch hub cache
 (``$TORCH_HOME/hub/checkpoints``), where ``torch.hub`` would have stored it.
@@ -86,11 +86,15 @@ def load_by_name_or_position(
     the two have the same number of tensors with every shape equal, in order.
     """
     target = module.state_dict()
-    if set(state) == set(target):
-        module.load_state_dict(dict(state), strict=True)
-        return
-    src, dst = list(state.items()), list(target.items())
-    mismatch = len(src) != len(dst) or any(a.shape != b.shape for (_, a), (_, b) in zip(src, dst))
+    same_names = set(state) == set(target)
+    if same_names:
+        src = [(k, state[k]) for k in target]
+    else:
+        src = list(state.items())
+    dst = list(target.items())
+    mismatch = len(src) != len(dst) or any(
+        a.shape != b.shape for (_, a), (_, b) in zip(src, dst, strict=False)
+    )
     if mismatch:
         raise ConfigError(
             "model.weights",
@@ -98,5 +102,6 @@ def load_by_name_or_position(
             fix=f"the file holds {len(src)} tensors that match neither the names nor, in order, "
             f"the shapes of the model's {len(dst)} tensors: check the architecture.",
         )
-    log.info("loading %d tensors from %s by position", len(src), source)
-    module.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src)}, strict=True)
+    if not same_names:
+        log.info("loading %d tensors from %s by position", len(src), source)
+    module.load_state_dict({k: v for (k, _), (_, v) in zip(dst, src, strict=False)}, strict=True)

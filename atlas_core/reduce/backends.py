@@ -49,8 +49,15 @@ def choose_backend(name: str = "auto") -> str:
 
 def make_reducer(params: UmapParams, backend: str):  # type: ignore[no-untyped-def]
     """An unfitted UMAP estimator of ``backend`` with ``params`` (fit / transform interface)."""
-    common = dict(n_neighbors=params.n_neighbors, min_dist=params.min_dist, metric=params.metric,
-                  n_components=2, random_state=params.seed, **params.extras)
+    common = dict(
+        n_neighbors=params.n_neighbors,
+        min_dist=params.min_dist,
+        metric=params.metric,
+        n_components=2,
+        random_state=params.seed,
+        init=params.init,
+        **params.extras,
+    )
     if params.n_epochs is not None:
         common["n_epochs"] = params.n_epochs
     if backend == "cuml":

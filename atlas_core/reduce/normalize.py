@@ -11,7 +11,8 @@ def normalize_layout(
 ) -> tuple[np.ndarray, np.ndarray]:
     """xy: (N, 2) float; NaN rows are ignored and stay NaN.
 
-    Returns (normalized (N, 2) float32 in [0, 1], bounds (2, 2) float64 [[lo_x, lo_y], [hi_x, hi_y]])
+    Returns (normalized (N, 2) float32 in [0, 1],
+             bounds (2, 2) float64 [[lo_x, lo_y], [hi_x, hi_y]])
     so the same mapping can be applied to rows transformed later.
     """
     ok = ~np.isnan(xy).any(axis=1)

@@ -13,6 +13,8 @@ class UmapParams:
     """n_neighbors, min_dist, metric: the UMAP settings (R1 and R3 defaults: 50 / 0.05 / cosine).
 
     n_epochs: None lets the backend decide (umap-learn: 200 above 10k rows, else 500).
+    init: ``"spectral"`` (UMAP's default), ``"pca"`` or ``"random"``. umap-learn's spectral init
+        is not reproducible when the kNN graph falls into disconnected components; ``"pca"`` is.
     seed: random_state; with umap-learn a seed also makes it single-threaded (reproducible).
     extras: backend-specific keyword arguments, e.g. ``{"low_memory": True}``.
     """
@@ -21,11 +23,14 @@ class UmapParams:
     min_dist: float = 0.05
     metric: str = "cosine"
     n_epochs: int | None = None
+    init: str = "spectral"
     seed: int | None = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_neighbors < 2:
             raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
+        if self.init not in ("spectral", "pca", "random"):
+            raise ValueError(f"init {self.init!r} is not one of spectral, pca, random")
         if self.metric not in _METRICS:
             raise ValueError(f"metric {self.metric!r} is not one of {', '.join(_METRICS)}")

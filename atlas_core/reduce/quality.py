@@ -6,10 +6,15 @@ import numpy as np
 
 
 def trustworthiness(
-    high: np.ndarray, low: np.ndarray, *, k: int = 10, metric: str = "cosine",
-    sample: int = 5000, seed: int = 0,
+    high: np.ndarray,
+    low: np.ndarray,
+    *,
+    k: int = 10,
+    metric: str = "cosine",
+    sample: int = 5000,
+    seed: int = 0,
 ) -> float:
-    """scikit-learn's trustworthiness of ``low`` (N, 2) against ``high`` (N, C) on <= ``sample`` rows."""
+    """Trustworthiness of ``low`` (N, 2) against ``high`` (N, C) on <= ``sample`` rows."""
     from sklearn.manifold import trustworthiness as tw
 
     n = len(high)

@@ -32,7 +32,9 @@ class Markers:
 
     def _path(self, name: str) -> str:
         if not _SAFE.match(name) or ".." in name.split("/"):
-            raise ValueError(f"marker name {name!r} must be a relative path of [A-Za-z0-9_.-] parts")
+            raise ValueError(
+                f"marker name {name!r} must be a relative path of [A-Za-z0-9_.-] parts"
+            )
         return f"{self.root}/{name}.json"
 
     def write(self, name: str, record: dict[str, Any]) -> None:

@@ -69,9 +69,18 @@ class RunStore:
     # ------------------------------------------------------------------ creation (driver)
     @classmethod
     def create(
-        cls, url: str, *, manifest: InputManifest, plan: ShardPlan, k: int, seed: int,
-        layers: dict[str, tuple[int, int, int]], positions: np.ndarray, topk: int,
-        storage_options: dict[str, Any] | None = None, attrs: dict[str, Any] | None = None,
+        cls,
+        url: str,
+        *,
+        manifest: InputManifest,
+        plan: ShardPlan,
+        k: int,
+        seed: int,
+        layers: dict[str, tuple[int, int, int]],
+        positions: np.ndarray,
+        topk: int,
+        storage_options: dict[str, Any] | None = None,
+        attrs: dict[str, Any] | None = None,
         act_dtype: str = "float16",
     ) -> RunStore:
         """Create every extraction array and write the frozen input manifest and positions.
@@ -82,13 +91,23 @@ class RunStore:
         n, ci = len(manifest), plan.chunk_images
         g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
         coarse = min(layers, key=lambda name: layers[name][1] * layers[name][2])
-        g.attrs.update({
-            "format": FORMAT, "format_version": FORMAT_VERSION, "n_images": n, "k": k,
-            "seed": seed, "chunk_images": ci, "topk": topk, "root": manifest.root,
-            "layers": {name: list(shape) for name, shape in layers.items()},
-            "position_grid": list(layers[coarse][1:]), "status_codes": Status.table(),
-            "shards": [list(b) for b in plan.bounds], **(attrs or {}),
-        })
+        g.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "n_images": n,
+                "k": k,
+                "seed": seed,
+                "chunk_images": ci,
+                "topk": topk,
+                "root": manifest.root,
+                "layers": {name: list(shape) for name, shape in layers.items()},
+                "position_grid": list(layers[coarse][1:]),
+                "status_codes": Status.table(),
+                "shards": [list(b) for b in plan.bounds],
+                **(attrs or {}),
+            }
+        )
         img = g.require_group("images")
         _arr(img, "uri", (n,), (ci,), str, "")[:] = manifest.uris
         _arr(img, "crop", (n, 4), (ci, 4), "int32", -1)[:] = manifest.crops
@@ -108,8 +127,9 @@ class RunStore:
         return cls(g, url)
 
     @classmethod
-    def open(cls, url: str, mode: str = "r", storage_options: dict[str, Any] | None = None
-             ) -> RunStore:
+    def open(
+        cls, url: str, mode: str = "r", storage_options: dict[str, Any] | None = None
+    ) -> RunStore:
         try:
             g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
@@ -132,7 +152,8 @@ class RunStore:
     def manifest(self) -> InputManifest:
         return InputManifest(
             uris=np.asarray(self.group["images/uri"][:], dtype=object),
-            crops=np.asarray(self.group["images/crop"][:]), root=self.attrs.get("root"),
+            crops=np.asarray(self.group["images/crop"][:]),
+            root=self.attrs.get("root"),
         )
 
     def positions(self, start: int, stop: int) -> np.ndarray:
@@ -140,20 +161,25 @@ class RunStore:
         return np.asarray(self.group["samples/pos"][start * self.k : stop * self.k])
 
     # ------------------------------------------------------------------ extraction (workers)
+    def _w(self, path: str) -> zarr.Array:
+        """An existing array opened for writing, storing chunks even when they equal the fill."""
+        arr = self.group[path]
+        if not isinstance(arr, zarr.Array):
+            raise StoreError(f"{self.url}/{path} is a group, not an array")
+        return arr.with_config(_CFG)
+
     def write_extract_shard(self, r: ShardResult) -> None:
         """Write one shard's rows; the rows are whole chunks by construction of the plan."""
-        img, k = self.group["images"], self.k
-        s, e = r.start, r.stop
-        img["error"][s:e] = r.error
-        img["content_hash"][s:e] = r.content_hash
-        img["top_class"][s:e] = r.top_class
-        img["top_prob"][s:e] = r.top_prob
+        k, s, e = self.k, r.start, r.stop
+        self._w("images/error")[s:e] = r.error
+        self._w("images/content_hash")[s:e] = r.content_hash
+        self._w("images/top_class")[s:e] = r.top_class
+        self._w("images/top_prob")[s:e] = r.top_prob
         for name, a in r.acts.items():
-            lg = self.group[f"layers/{name}"]
-            lg["acts"][s * k : e * k] = a
-            lg["moment_partial"][r.shard] = r.moment[name]
-            lg["moment_count"][r.shard : r.shard + 1] = r.moment_count[name]
-        img["status"][s:e] = r.status  # last: status 0 means the shard never finished
+            self._w(f"layers/{name}/acts")[s * k : e * k] = a
+            self._w(f"layers/{name}/moment_partial")[r.shard] = r.moment[name]
+            self._w(f"layers/{name}/moment_count")[r.shard : r.shard + 1] = r.moment_count[name]
+        self._w("images/status")[s:e] = r.status  # last: 0 means the shard never finished
 
     # ------------------------------------------------------------------ reading
     def status(self) -> np.ndarray:
@@ -206,8 +232,10 @@ class RunStore:
 
     def grid(self, layer: str, size: int) -> GridArrays:
         gg = self.group[f"layers/{layer}/grid/{size}"]
-        return GridArrays(size, *(np.asarray(gg[n][:]) for n in
-                                  ("cell", "mean", "count", "top_class", "top_count")))
+        return GridArrays(
+            size,
+            *(np.asarray(gg[n][:]) for n in ("cell", "mean", "count", "top_class", "top_count")),
+        )
 
     def create_icons(self, layer: str, size: int, n: int, px: int, attrs: dict[str, Any]) -> None:
         """Icon arrays of a grid level, one chunk per icon so any batch owns whole chunks."""
@@ -217,20 +245,30 @@ class RunStore:
         _arr(gg, "icon_cosine", (n,), (1,), "float32", np.nan, overwrite=True)
         gg["icons"].attrs.update(attrs)
 
-    def write_icons(self, layer: str, size: int, rows: np.ndarray, icons: np.ndarray,
-                    objective: np.ndarray, cosine: np.ndarray) -> None:
+    def write_icons(
+        self,
+        layer: str,
+        size: int,
+        rows: np.ndarray,
+        icons: np.ndarray,
+        objective: np.ndarray,
+        cosine: np.ndarray,
+    ) -> None:
         """Icons for cell rows ``rows``; the objective is written last (it marks an icon done)."""
-        gg = self.group[f"layers/{layer}/grid/{size}"]
+        base = f"layers/{layer}/grid/{size}"
         rows = np.asarray(rows)
-        gg["icons"].set_orthogonal_selection((rows,), icons)
-        gg["icon_cosine"].set_orthogonal_selection((rows,), cosine)
-        gg["icon_objective"].set_orthogonal_selection((rows,), objective)
+        self._w(f"{base}/icons").set_orthogonal_selection((rows,), icons)
+        self._w(f"{base}/icon_cosine").set_orthogonal_selection((rows,), cosine)
+        self._w(f"{base}/icon_objective").set_orthogonal_selection((rows,), objective)
 
     def icons(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective = missing."""
         gg = self.group[f"layers/{layer}/grid/{size}"]
-        return (np.asarray(gg["icons"][:]), np.asarray(gg["icon_objective"][:]),
-                np.asarray(gg["icon_cosine"][:]))
+        return (
+            np.asarray(gg["icons"][:]),
+            np.asarray(gg["icon_objective"][:]),
+            np.asarray(gg["icon_cosine"][:]),
+        )
 
     def has(self, path: str) -> bool:
         try:
@@ -247,8 +285,22 @@ def _opts(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     return {}
 
 
-def _arr(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-         dtype: Any, fill: Any, overwrite: bool = False) -> zarr.Array:
-    chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape))
-    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill,
-                              config=_CFG, overwrite=overwrite)
+def _arr(
+    group: zarr.Group,
+    name: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    fill: Any,
+    overwrite: bool = False,
+) -> zarr.Array:
+    chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape, strict=False))
+    return group.create_array(
+        name,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=fill,
+        config=_CFG,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,32 @@
+# The two commands: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: demo test lint bench clean-runs
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip wheel
+	# torch/torchvision first and pinned: pip takes them from the local wheel cache when present
+	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/atlas run_dir=runs/demo
+	@echo "atlas: runs/demo/atlas.png  viewer: runs/demo/viewer/index.html  manifest: runs/demo/manifest.json"
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check atlas_core pipelines tests benchmarks
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,61 @@
+"""Shared fixtures: small generated images and one local Ray per test module that asks for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_images(folder: Path, n: int, *, size: int = 72, seed: int = 0) -> list[Path]:
+    """``n`` random-texture RGB images (PNG and JPEG alternately) in ``folder``/sub*/."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        sub = folder / f"sub{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        base = rng.integers(0, 255, (1, 1, 3))
+        noise = rng.integers(0, 80, (size, size, 3))
+        arr = np.clip(base + noise, 0, 255).astype(np.uint8)
+        p = sub / f"img{i:04d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    return paths
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    make_images(tmp_path / "images", 40)
+    return tmp_path / "images"
+
+
+@pytest.fixture(scope="module")
+def local_ray():  # type: ignore[no-untyped-def]
+    """One local Ray per test module, bound to 127.0.0.1, dashboard off."""
+    import ray
+
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    yield ray
+    ray.shutdown()

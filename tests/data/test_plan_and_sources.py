@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from atlas_core.data import folder_manifest, photo_crops, plan_shards
+from atlas_core.data.plan import ShardPlan
+from atlas_core.errors import ConfigError, PlanError
+from tests.conftest import make_images
+
+
+def test_plans_tile_the_rows_on_chunk_boundaries() -> None:
+    plan = plan_shards(1000, chunk_images=64, chunks_per_shard=3)
+    assert plan.bounds[0] == (0, 192) and plan.bounds[-1] == (960, 1000)
+    assert sum(b - a for a, b in plan.bounds) == 1000
+
+
+@pytest.mark.parametrize("bounds", [((0, 100), (100, 200)), ((0, 128), (100, 200)), ((0, 128),)])
+def test_unaligned_or_incomplete_plans_are_rejected(bounds) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PlanError):
+        ShardPlan(n_images=200, chunk_images=64, bounds=bounds).validate()
+
+
+def test_photo_crops_are_seeded_and_inside_the_photos() -> None:
+    a, b, c = photo_crops(300, seed=1), photo_crops(300, seed=1), photo_crops(300, seed=2)
+    assert (a.crops == b.crops).all() and list(a.uris) == list(b.uris)
+    assert not (a.crops == c.crops).all()
+    assert len(set(a.uris)) >= 15  # every photo is used
+    side = a.crops[:, 2] - a.crops[:, 0]
+    assert (side == a.crops[:, 3] - a.crops[:, 1]).all() and (side >= 16).all()
+
+
+def test_folder_manifest_is_recursive_sorted_and_refuses_empty(tmp_path: Path) -> None:
+    make_images(tmp_path / "imgs", 7)
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    m = folder_manifest(str(tmp_path / "imgs"))
+    assert len(m) == 7 and list(m.uris) == sorted(m.uris)
+    assert (m.crops == -1).all() and m.root == str((tmp_path / "imgs").resolve())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no files ending"):
+        folder_manifest(str(tmp_path / "empty"))
+    with pytest.raises(ConfigError, match="existing directory"):
+        folder_manifest(str(tmp_path / "missing"))
+    assert np.all(folder_manifest(str(tmp_path / "imgs"), limit=3).uris == m.uris[:3])

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from atlas_core.extract import ActivationExtractor, map_positions, sample_positions
+from atlas_core.models import ModelSpec, load_model
+
+
+def test_positions_are_seeded_per_image_and_avoid_edges() -> None:
+    ids = np.arange(5000)
+    a = sample_positions(ids, 3, (14, 14), seed=4)
+    assert a.shape == (15000, 2)
+    assert a.min() == 1 and a.max() == 12  # edge cells 0 and 13 never used, the rest all are
+    sub = np.array([17, 4000, 3])
+    b = sample_positions(sub, 3, (14, 14), seed=4)
+    rows = (sub[:, None] * 3 + np.arange(3)).ravel()
+    assert np.array_equal(a[rows], b)  # any subset can be recreated
+    assert not np.array_equal(a, sample_positions(ids, 3, (14, 14), seed=5))
+    hist = np.bincount(a[:, 0], minlength=14)[1:13]
+    assert hist.min() > 0.8 * hist.mean()  # roughly uniform
+    centre = sample_positions(ids[:4], 2, (7, 7), seed=0, mode="centre")
+    assert (centre == 3).all()
+
+
+def test_map_positions_keeps_the_same_place() -> None:
+    pos = np.array([[0, 0], [3, 6], [6, 6]])
+    assert map_positions(pos, (7, 7), (14, 14)).tolist() == [[1, 1], [7, 13], [13, 13]]
+    assert map_positions(pos, (7, 7), (7, 7)).tolist() == pos.tolist()
+
+
+def test_extraction_equals_a_direct_forward_pass() -> None:
+    m = load_model(ModelSpec(name="tiny"))
+    grids = {"blocks.1": (16, 16), "blocks.2": (8, 8)}
+    ex = ActivationExtractor(m, ["blocks.1", "blocks.2"], grids, topk=3)
+    x = torch.randn(6, 3, 64, 64)
+    pos = sample_positions(np.arange(6), 2, (8, 8), seed=0)
+    out = ex(x, pos)
+    with torch.no_grad():
+        f1 = m.module.blocks[:2](x)
+        f2 = m.module.blocks[2](f1)
+        logits = m.module(x)
+    img = np.repeat(np.arange(6), 2)
+    fine = map_positions(pos, (8, 8), (16, 16))
+    ref2 = f2[img, :, pos[:, 0], pos[:, 1]].numpy()
+    ref1 = f1[img, :, fine[:, 0], fine[:, 1]].numpy()
+    assert np.abs(out.acts["blocks.2"] - ref2).max() < 1e-4
+    assert np.abs(out.acts["blocks.1"] - ref1).max() < 1e-4
+    flat = f2.permute(0, 2, 3, 1).reshape(-1, f2.shape[1]).double().numpy()
+    assert np.allclose(out.moment["blocks.2"], flat.T @ flat, rtol=1e-6)
+    assert out.moment_count["blocks.2"] == 6 * 64
+    assert np.array_equal(out.top_class, logits.topk(3, -1).indices.numpy())
+    assert np.allclose(out.top_prob.sum(1), logits.softmax(-1).topk(3, -1).values.sum(1).numpy())
+
+
+def test_extraction_without_logits_stops_at_the_layer() -> None:
+    m = load_model(ModelSpec(name="tiny"))
+    calls = []
+    m.module.head.register_forward_hook(lambda *_: calls.append(1))
+    ex = ActivationExtractor(m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=0)
+    out = ex(torch.randn(2, 3, 64, 64), np.array([[1, 1], [2, 2]]))
+    assert calls == [] and out.acts["blocks.2"].shape == (2, 32) and out.top_class.shape == (2, 0)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import numpy as np
+
+from atlas_core.grid import cell_index, finalize, merge, partial_sums, top_classes_per_cell
+
+
+def _brute(xy, acts, labels, size, min_count, top):  # type: ignore[no-untyped-def]
+    cells = {}
+    for p, a, lab in zip(xy, acts, labels, strict=False):
+        if np.isnan(p).any():
+            continue
+        ix = min(int(p[0] * size), size - 1)
+        iy = min(int(p[1] * size), size - 1)
+        cells.setdefault((ix, iy), []).append((a, lab))
+    out = {}
+    for key, rows in cells.items():
+        if len(rows) >= min_count:
+            labs = [lab for _, lab in rows if lab >= 0]
+            vals, cnt = np.unique(labs, return_counts=True)
+            order = sorted(zip(-cnt, vals, strict=False))[:top]
+            out[key] = (
+                np.mean([a for a, _ in rows], axis=0),
+                len(rows),
+                [int(v) for _, v in order],
+                [int(-c) for c, _ in order],
+            )
+    return out
+
+
+def test_binning_equals_a_brute_force_loop() -> None:
+    rng = np.random.default_rng(1)
+    n, size = 5000, 7
+    xy = rng.random((n, 2))
+    xy[:5] = np.nan
+    xy[5] = [1.0, 1.0]  # exactly 1 falls in the last cell
+    acts = rng.normal(size=(n, 6))
+    labels = rng.integers(-1, 4, n)
+    cells = cell_index(xy, size)
+    halves = [
+        partial_sums(cells[:2000], acts[:2000], size),
+        partial_sums(cells[2000:], acts[2000:], size),
+    ]
+    kept, mean, count = finalize(merge(halves), min_count=95)
+    tc, tn = top_classes_per_cell(cells, labels, kept, top=3)
+    ref = _brute(xy, acts, labels, size, 95, 3)
+    got = {(int(k % size), int(k // size)): i for i, k in enumerate(kept)}
+    assert set(got) == set(ref) and 0 < len(ref) < size * size
+    for key, i in got.items():
+        m, c, cls, cnt = ref[key]
+        assert count[i] == c and np.allclose(mean[i], m, atol=1e-5)
+        assert tn[i, : len(cnt)].tolist() == cnt
+        assert sorted(zip(tn[i], tc[i], strict=False)) == sorted(
+            zip(cnt, cls, strict=False)
+        )  # ties in any order
+    assert cell_index(xy[5:6], size).tolist() == [size * size - 1]

@@ -1,0 +1,121 @@
+"""A tiny run through local Ray in a temporary directory: every output a user opens, the resume,
+and a corrupt file in the folder counted instead of stopping the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import zarr
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from pipelines.main import CONF_DIR, to_settings
+from pipelines.run import run
+from tests.conftest import make_images
+
+log = logging.getLogger(__name__)
+
+
+def _settings(*overrides: str):  # type: ignore[no-untyped-def]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["debug=fast", *overrides])
+    return to_settings(cfg)
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("e2e")
+    make_images(base / "imgs", 70, size=80)
+    (base / "imgs" / "sub0" / "broken.jpg").write_bytes(b"<html>saved error page</html>")
+    (base / "imgs" / "sub1" / "empty.png").write_bytes(b"")
+    s, resolved = _settings(
+        "data=folder",
+        f"data.path={base / 'imgs'}",
+        f"run_dir={base / 'run'}",
+        "extract.samples_per_image=2",
+    )
+    manifest = run(s, resolved)
+    return s, manifest, base / "run"
+
+
+def test_the_run_writes_every_output(folder_run) -> None:  # type: ignore[no-untyped-def]
+    _s, manifest, run_dir = folder_run
+    assert (run_dir / "atlas.png").is_file() and (run_dir / "atlas-4.png").is_file()
+    assert (run_dir / "viewer" / "index.html").is_file()
+    on_disk = json.loads((run_dir / "manifest.json").read_text())
+    assert on_disk["stages"].keys() == manifest["stages"].keys()
+    ex = on_disk["stages"]["extract"]["counts"]
+    log.info(
+        "rows expected %d = ok %d + failed %d + lost %d",
+        ex["images_expected"],
+        ex["images_ok"],
+        ex["images_failed"],
+        ex["images_lost"],
+    )
+    assert ex["images_expected"] == 72 and ex["images_ok"] == 70 and ex["images_lost"] == 0
+    assert ex["failed_by_reason"] == {"unidentified": 1, "truncated": 1}
+    assert ex["samples"] == 140
+    assert on_disk["versions"]["torch"] and on_disk["seeds"]["seed"] == 0
+    assert on_disk["config"]["model"]["name"] == "tiny"
+    for stage in ("extract", "reduce", "grid", "render", "compose"):
+        assert on_disk["stages"][stage]["status"] == "done"
+        assert on_disk["stages"][stage]["seconds"] > 0
+
+
+def test_the_store_is_consistent(folder_run) -> None:  # type: ignore[no-untyped-def]
+    _s, _manifest, run_dir = folder_run
+    g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
+    status = g["images/status"][:]
+    uris = g["images/uri"][:]
+    bad = [i for i, u in enumerate(uris) if u.endswith(("broken.jpg", "empty.png"))]
+    assert sorted(np.flatnonzero(status != 1).tolist()) == sorted(bad)
+    acts = g["layers/blocks.2/acts"][:]
+    rows_bad = np.array([[2 * i, 2 * i + 1] for i in bad]).ravel()
+    assert np.isnan(acts[rows_bad]).all() and not np.isnan(np.delete(acts, rows_bad, 0)).any()
+    layout = g["layers/blocks.2/layout"][:]
+    assert np.isnan(layout[rows_bad]).all()
+    ok = np.delete(layout, rows_bad, 0)
+    assert ok.min() >= 0 and ok.max() <= 1
+    grid = g["layers/blocks.2/grid/4"]
+    assert grid["count"][:].sum() == 140  # min_count 1: every sample is in a kept cell
+    assert not np.isnan(grid["icon_objective"][:]).any()
+    icons = grid["icons"][:]
+    assert icons.shape == (len(grid["cell"][:]), 32, 32, 3) and icons.std() > 5
+
+
+def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:  # type: ignore[no-untyped-def]
+    _s, _manifest, run_dir = folder_run
+    img = np.asarray(Image.open(run_dir / "atlas.png"))
+    g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")["layers/blocks.2/grid/4"]
+    cells, icons = g["cell"][:], g["icons"][:]
+    assert img.shape == (128, 128, 3)
+    for (ix, iy), icon in zip(cells, icons, strict=False):
+        r = (3 - iy) * 32
+        assert np.array_equal(img[r : r + 32, ix * 32 : ix * 32 + 32], icon)
+    html = (run_dir / "viewer" / "index.html").read_text()
+    assert html.count('"ix"') == len(cells) and "../atlas.png" in html
+
+
+def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folder_run) -> None:  # type: ignore[no-untyped-def]
+    s, _manifest, run_dir = folder_run
+    again = run(s, {})
+    assert all(v["status"] == "skipped (complete)" for v in again["stages"].values())
+    s2, _ = _settings(
+        "data=folder",
+        f"data.path={s.data.path}",
+        f"run_dir={run_dir}",
+        "extract.samples_per_image=2",
+        "render.steps=2",
+    )
+    third = run(s2, {})
+    status = {k: v["status"] for k, v in third["stages"].items()}
+    assert status == {
+        "extract": "skipped (complete)",
+        "reduce": "skipped (complete)",
+        "grid": "skipped (complete)",
+        "render": "done",
+        "compose": "done",
+    }

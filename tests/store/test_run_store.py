@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from atlas_core.data import InputManifest, plan_shards
+from atlas_core.errors import StoreError
+from atlas_core.store import Markers, RunStore, fingerprint
+from atlas_core.store.run_store import ShardResult
+
+
+def _store(tmp_path: Path, n: int = 10, k: int = 2) -> RunStore:
+    man = InputManifest(
+        uris=np.array([f"/img/{i}.jpg" for i in range(n)], dtype=object),
+        crops=np.full((n, 4), -1, np.int32),
+    )
+    plan = plan_shards(n, chunk_images=4)
+    pos = np.tile([[1, 2]], (n * k, 1)).astype(np.int16)
+    return RunStore.create(
+        str(tmp_path / "atlas.zarr"),
+        manifest=man,
+        plan=plan,
+        k=k,
+        seed=0,
+        layers={"l": (3, 7, 7)},
+        positions=pos,
+        topk=2,
+    )
+
+
+def _shard(shard: int, start: int, stop: int, k: int = 2) -> ShardResult:
+    n = stop - start
+    status = np.ones(n, np.uint8)
+    status[0] = 2  # the first image of every shard failed
+    acts = np.arange(n * k * 3, dtype=np.float32).reshape(n * k, 3) + start * 100
+    acts[:k] = np.nan
+    return ShardResult(
+        shard,
+        start,
+        stop,
+        status,
+        np.array(["bad"] + [""] * (n - 1), object),
+        np.arange(n, dtype=np.uint64),
+        np.zeros((n, 2), np.int32),
+        np.ones((n, 2), np.float16),
+        {"l": acts},
+        {"l": np.eye(3) * n},
+        {"l": n},
+    )
+
+
+def test_shards_round_trip_and_holes_stay_visible(tmp_path: Path) -> None:
+    st = _store(tmp_path)
+    st.write_extract_shard(_shard(0, 0, 4))
+    st.write_extract_shard(_shard(2, 8, 10))
+    again = RunStore.open(str(tmp_path / "atlas.zarr"))
+    status = again.status()
+    assert status.tolist() == [2, 1, 1, 1, 0, 0, 0, 0, 2, 1]  # shard 1 never ran: zeros
+    acts = again.acts("l")
+    assert np.isnan(acts[8:16]).all() and np.isnan(acts[:2]).all()
+    assert acts[2, 0] == 6 and acts[18, 0] == 800 + 6
+    assert np.allclose(again.second_moment("l"), np.eye(3))  # (4 I + 2 I) / 6
+    # plain zarr reads it with no help from us
+    g = zarr.open_group(str(tmp_path / "atlas.zarr"), mode="r")
+    assert g.attrs["format"] == "activation-atlas-run" and g["images/uri"][3] == "/img/3.jpg"
+    assert g["samples/image"][:].tolist() == np.repeat(np.arange(10), 2).tolist()
+
+
+def test_empty_chunks_are_stored_so_a_lost_write_is_detectable(tmp_path: Path) -> None:
+    st = _store(tmp_path)
+    r = _shard(0, 0, 4)
+    nan_acts = {"l": np.full_like(r.acts["l"], np.nan)}
+    st.write_extract_shard(ShardResult(**{**r.__dict__, "acts": nan_acts}))
+    chunk_dir = tmp_path / "atlas.zarr" / "layers" / "l" / "acts" / "c"
+    assert sorted(p.name for p in chunk_dir.iterdir()) == ["0"]
+
+
+def test_a_rewrite_is_byte_identical(tmp_path: Path) -> None:
+    st = _store(tmp_path)
+    st.write_extract_shard(_shard(0, 0, 4))
+    chunk = tmp_path / "atlas.zarr" / "layers" / "l" / "acts" / "c" / "0" / "0"
+    before = chunk.read_bytes()
+    st.write_extract_shard(_shard(0, 0, 4))
+    assert chunk.read_bytes() == before
+
+
+def test_open_refuses_what_is_not_a_run(tmp_path: Path) -> None:
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    with pytest.raises(StoreError):
+        RunStore.open(str(tmp_path / "other.zarr"))
+    with pytest.raises(StoreError):
+        RunStore.open(str(tmp_path / "nothing.zarr"))
+
+
+def test_markers_round_trip_and_stay_inside_the_run(tmp_path: Path) -> None:
+    mk = Markers(str(tmp_path))
+    mk.write("extract/shard-000001", {"rows": [0, 4]})
+    assert mk.read("extract/shard-000001") == {"rows": [0, 4]}
+    (tmp_path / "markers" / "torn.json").write_text('{"rows": [0,')
+    assert mk.read("torn") is None and mk.read("absent") is None
+    for bad in ("../escape", "/abs", "a/../../b"):
+        with pytest.raises(ValueError):
+            mk.write(bad, {})
+    mk.remove_prefix("extract")
+    assert mk.read("extract/shard-000001") is None
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1}) != fingerprint({"a": 2})
