@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import resource
+import sys
 from typing import Any
 
 import torch
@@ -29,6 +31,12 @@ def cached_model(spec: ModelSpec, device: str) -> LoadedModel:
     if key not in _MODELS:
         _MODELS[key] = load_model(spec, device=device)
     return _MODELS[key]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 @dataclass

@@ -59,7 +59,7 @@ def cluster_resources() -> dict[str, float]:
 
 
 def map_tasks(
-    fn: Callable[[T], R],
+    fn: Callable[..., R],
     jobs: Sequence[T],
     *,
     num_cpus: float = 1,
@@ -67,15 +67,18 @@ def map_tasks(
     desc: str = "tasks",
     max_retries: int = 3,
     on_result: Callable[[int, R], None] | None = None,
+    shared: Any = None,
 ) -> list[R]:
-    """Run ``fn(job)`` for every job as Ray tasks; results in job order, one progress bar.
+    """Run ``fn(job)`` (or ``fn(job, shared)``) for every job as Ray tasks; results in job order,
+    one progress bar. ``shared`` is put in the object store once, not sent with every task.
 
     A task whose worker dies is retried by Ray (``max_retries``); an exception raised by ``fn``
     is not retried here and propagates with the job's index in the message.
     """
     ray = _ray()
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
-    refs = {remote.remote(job): i for i, job in enumerate(jobs)}
+    extra = () if shared is None else (ray.put(shared),)
+    refs = {remote.remote(job, *extra): i for i, job in enumerate(jobs)}
     results: dict[int, R] = {}
     pending = list(refs)
     with tqdm(total=len(jobs), desc=desc, unit="shard") as bar:

@@ -52,6 +52,10 @@ class ReduceSettings:
     backend: str = "auto"
     umap: UmapParams = field(default_factory=UmapParams)
     quality_sample: int = 5000
+    fit_rows: int = 100_000
+    pca_dim: int | None = None
+    joint_layers: tuple[str, ...] = ()
+    transform_cpus: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -194,10 +198,19 @@ def parse(cfg: dict[str, Any]) -> Settings:
         )
     except ValueError as exc:
         raise ConfigError("reduce", dict(r), fix=str(exc)) from exc
+    joint = tuple(str(x) for x in _tuple(r.get("joint_layers")))
+    missing = [x for x in joint if x not in layers]
+    if missing:
+        raise ConfigError("reduce.joint_layers", missing, choices=layers,
+                          fix="joint layers must be extracted: add them to extract.layers.")
     reduce = ReduceSettings(
         backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
         umap=umap,
         quality_sample=int(r.get("quality_sample", 5000)),
+        fit_rows=int(r.get("fit_rows", 100_000)),
+        pca_dim=int(r["pca_dim"]) if r.get("pca_dim") else None,
+        joint_layers=tuple(dict.fromkeys((layer, *joint))) if joint else (),
+        transform_cpus=float(r.get("transform_cpus", 1)),
     )
     grid = GridSettings(
         sizes=tuple(int(s) for s in _tuple(g.get("sizes")) or (20,)),

@@ -1,8 +1,27 @@
-"""Reduce: UMAP settings, the backend choice (cuML on GPU, umap-learn on CPU), normalization."""
+"""Reduce: UMAP settings, the backend choice (cuML on GPU, umap-learn on CPU), sample fit and
+transform, aligned (joint) features, normalization, and layout quality."""
 
-from atlas_core.reduce.backends import choose_backend, fit_transform
-from atlas_core.reduce.normalize import normalize_layout
+from atlas_core.reduce.backends import (
+    FittedReducer,
+    choose_backend,
+    fit,
+    fit_transform,
+    joint_features,
+)
+from atlas_core.reduce.normalize import apply_bounds, normalize_layout
 from atlas_core.reduce.params import UmapParams
-from atlas_core.reduce.quality import trustworthiness
+from atlas_core.reduce.quality import knn_recall, layout_quality, trustworthiness
 
-__all__ = ["UmapParams", "choose_backend", "fit_transform", "normalize_layout", "trustworthiness"]
+__all__ = [
+    "FittedReducer",
+    "UmapParams",
+    "apply_bounds",
+    "choose_backend",
+    "fit",
+    "fit_transform",
+    "joint_features",
+    "knn_recall",
+    "layout_quality",
+    "normalize_layout",
+    "trustworthiness",
+]

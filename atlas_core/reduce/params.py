@@ -16,7 +16,7 @@ class UmapParams:
     init: ``"spectral"`` (UMAP's default), ``"pca"`` or ``"random"``. umap-learn's spectral init
         is not reproducible when the kNN graph falls into disconnected components; ``"pca"`` is.
     seed: random_state; with umap-learn a seed also makes it single-threaded (reproducible).
-    extras: backend-specific keyword arguments, e.g. ``{"low_memory": True}``.
+    extras: per-backend keyword arguments, ``{"umap-learn": {"low_memory": True}, "cuml": {...}}``.
     """
 
     n_neighbors: int = 50
@@ -25,7 +25,7 @@ class UmapParams:
     n_epochs: int | None = None
     init: str = "spectral"
     seed: int | None = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_neighbors < 2:
@@ -34,3 +34,16 @@ class UmapParams:
             raise ValueError(f"init {self.init!r} is not one of spectral, pca, random")
         if self.metric not in _METRICS:
             raise ValueError(f"metric {self.metric!r} is not one of {', '.join(_METRICS)}")
+        unknown = set(self.extras) - {"umap-learn", "cuml"}
+        if unknown:
+            raise ValueError(f"extras keys must be backend names (umap-learn, cuml), got {unknown}")
+
+    def kwargs(self, backend: str) -> dict[str, Any]:
+        """Keyword arguments of the backend's UMAP class."""
+        kw: dict[str, Any] = dict(n_neighbors=self.n_neighbors, min_dist=self.min_dist,
+                                  metric=self.metric, n_components=2, random_state=self.seed,
+                                  init=self.init)
+        if self.n_epochs is not None:
+            kw["n_epochs"] = self.n_epochs
+        kw.update(self.extras.get(backend, {}))
+        return kw

@@ -192,6 +192,45 @@ class RunStore:
         """float32 activations of sample rows [start, stop) of ``layer`` (NaN rows are holes)."""
         return np.asarray(self.group[f"layers/{layer}/acts"][start:stop], dtype=np.float32)
 
+    def ok_samples(self) -> np.ndarray:
+        """(N * k,) bool: sample rows whose image decoded and was extracted."""
+        return np.repeat(self.status() == 1, self.k)
+
+    def gather(self, layer: str, rows: np.ndarray, what: str = "acts") -> np.ndarray:
+        """float32 rows ``rows`` (sorted ints) of ``layers/<layer>/<what>``, read one chunk at a
+        time, so memory holds the result plus one chunk, never the whole array."""
+        arr = self.group[f"layers/{layer}/{what}"]
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=np.float32)
+        step = int(arr.chunks[0])
+        chunk_of = rows // step
+        bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            c = int(chunk_of[a])
+            block = np.asarray(arr[c * step : (c + 1) * step], dtype=np.float32)
+            out[a:b] = block[rows[a:b] - c * step]
+        return out
+
+    def sample_ranges(self) -> list[tuple[int, int]]:
+        """Sample-row ranges of the extraction plan: chunk-aligned, one per shard."""
+        return [(a * self.k, b * self.k) for a, b in self.attrs["shards"]]
+
+    def create_rows(self, layer: str, name: str, width: int, attrs: dict[str, Any]) -> None:
+        """A per-sample float32 array (N * k, width) of NaN, chunked like the activations."""
+        n = self.n_images * self.k
+        ci = int(self.attrs["chunk_images"]) * self.k
+        lg = self.group[f"layers/{layer}"]
+        _arr(lg, name, (n, width), (ci, width), "float32", np.nan, overwrite=True).attrs.update(
+            attrs
+        )
+
+    def write_rows(self, layer: str, name: str, start: int, stop: int, data: np.ndarray) -> None:
+        """Rows [start, stop) of a per-sample array; the range must be whole chunks."""
+        self._w(f"layers/{layer}/{name}")[start:stop] = data
+
+    def rows(self, layer: str, name: str) -> np.ndarray:
+        return np.asarray(self.group[f"layers/{layer}/{name}"][:])
+
     def top_class(self) -> np.ndarray:
         return np.asarray(self.group["images/top_class"][:])
 

@@ -119,3 +119,24 @@ def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folde
         "render": "done",
         "compose": "done",
     }
+
+
+def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s, _, _ = folder_run
+    layouts = []
+    for name in ("a", "b"):
+        s2, _ = _settings("data=folder", f"data.path={s.data.path}", f"run_dir={tmp_path / name}",
+                          "extract.samples_per_image=2", "reduce.fit_rows=60",
+                          "stages=[extract,reduce]")
+        manifest = run(s2, {})
+        rd = manifest["stages"]["reduce"]
+        assert rd["counts"]["fit_rows"] == 60 and rd["details"]["sampled_fit"] is True
+        assert 0 < rd["details"]["trustworthiness_k10"] <= 1
+        assert 0 < rd["details"]["knn_recall_k10"] <= 1
+        g = zarr.open_group(str(tmp_path / name / "atlas.zarr"), mode="r")
+        layouts.append(g["layers/blocks.2/layout"][:])
+    a, b = layouts
+    holes = np.isnan(a).any(axis=1)
+    assert holes.sum() == 4  # two failed images, two samples each
+    assert np.nanmin(a) >= 0 and np.nanmax(a) <= 1
+    assert np.array_equal(a, b, equal_nan=True)
