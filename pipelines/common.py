@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import resource
 import sys
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -37,6 +38,19 @@ def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+class Clock:
+    """Seconds per named phase: ``clock.lap("fit")`` records the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(now - self.t, 2)
+        self.t = now
 
 
 @dataclass

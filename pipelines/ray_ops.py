@@ -23,6 +23,10 @@ R = TypeVar("R")
 
 def _ray():  # type: ignore[no-untyped-def]
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray's driver replaces builtins.print once worker logs arrive (tqdm_ray); numba then cannot
+    # compile pynndescent's kernels ("Untyped global name 'print'"), which breaks UMAP in the
+    # driver above 4096 rows. Keep the real print.
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     import ray
 
     return ray
@@ -165,6 +169,10 @@ class ActorPool:
                     on_result(item, result)
                 bar.update(1)
         return self.restarts
+
+    def call(self, index: int, method: str, *args: Any) -> Any:
+        """Call one actor's method and wait for the result."""
+        return _ray().get(getattr(self.actors[index], method).remote(*args))
 
     def kill(self, index: int) -> None:
         """Kill one actor (fault injection in tests)."""

@@ -26,7 +26,7 @@ from atlas_core.reduce import (
 )
 from atlas_core.store import RunStore
 from pipelines import ray_ops
-from pipelines.common import StageResult, peak_rss_mb
+from pipelines.common import Clock, StageResult, peak_rss_mb
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,35 +72,67 @@ def run(s: Settings, fp: str) -> StageResult:
         )
     backend = choose_backend(r.backend)
     sampled = len(ok) > r.fit_rows
-    fit_rows = (np.sort(np.random.default_rng(s.seed).choice(ok, r.fit_rows, replace=False))
-                if sampled else ok)
+    fit_rows = (
+        np.sort(np.random.default_rng(s.seed).choice(ok, r.fit_rows, replace=False))
+        if sampled
+        else ok
+    )
+    clock = Clock()
     x_fit = features(store, layers, fit_rows)
     reducer, fit_layout = fit(x_fit, r.umap, backend, pca_dim=r.pca_dim)
+    clock.lap("fit")
     if sampled:
         store.create_rows(layers[0], "layout_raw", 2, {"fingerprint": fp})
-        jobs = [TransformJob(s.store_url, s.storage_options, layers, a, b)
-                for a, b in store.sample_ranges()]
-        log.info("reduce: fitted on %d of %d rows; transforming in %d tasks", len(fit_rows),
-                 len(ok), len(jobs))
+        jobs = [
+            TransformJob(s.store_url, s.storage_options, layers, a, b)
+            for a, b in store.sample_ranges()
+        ]
+        log.info(
+            "reduce: fitted on %d of %d rows; transforming in %d tasks",
+            len(fit_rows),
+            len(ok),
+            len(jobs),
+        )
         ray_ops.init(s.cluster)
-        ray_ops.map_tasks(transform_rows, jobs, num_cpus=r.transform_cpus, desc="transform",
-                          shared=reducer)
+        ray_ops.map_tasks(
+            transform_rows, jobs, num_cpus=r.transform_cpus, desc="transform", shared=reducer
+        )
         raw = store.rows(layers[0], "layout_raw")
+        clock.lap("transform")
     else:
         raw = np.full((len(ok_mask), 2), np.nan, np.float32)
         raw[ok] = fit_layout
     norm, bounds = normalize_layout(raw)
-    quality_rows = np.sort(np.random.default_rng(s.seed + 1).choice(
-        ok, min(len(ok), r.quality_sample), replace=False))
-    quality = layout_quality(features(store, layers, quality_rows), norm[quality_rows],
-                             metric=r.umap.metric, sample=r.quality_sample, seed=s.seed)
-    attrs = {"backend": backend, "bounds": bounds.tolist(), "fingerprint": fp,
-             "joint_layers": list(layers), **quality}
+    quality_rows = np.sort(
+        np.random.default_rng(s.seed + 1).choice(ok, min(len(ok), r.quality_sample), replace=False)
+    )
+    quality = layout_quality(
+        features(store, layers, quality_rows),
+        norm[quality_rows],
+        metric=r.umap.metric,
+        sample=r.quality_sample,
+        seed=s.seed,
+    )
+    clock.lap("quality")
+    attrs = {
+        "backend": backend,
+        "bounds": bounds.tolist(),
+        "fingerprint": fp,
+        "joint_layers": list(layers),
+        **quality,
+    }
     for name in layers:
         store.write_layout(name, norm, attrs)
     log.info("reduce: %d rows (%s fit on %d), %s", len(ok), backend, len(fit_rows), quality)
     return StageResult(
         counts={"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)},
-        details={"backend": backend, "sampled_fit": sampled, "joint_layers": list(layers),
-                 "pca_dim": r.pca_dim, "peak_rss_mb_driver": peak_rss_mb(), **quality},
+        details={
+            "backend": backend,
+            "sampled_fit": sampled,
+            "joint_layers": list(layers),
+            "pca_dim": r.pca_dim,
+            "peak_rss_mb_driver": peak_rss_mb(),
+            **quality,
+            "phase_seconds": clock.laps,
+        },
     )

@@ -68,7 +68,9 @@ class GridSettings:
 @dataclass(frozen=True)
 class RenderStageSettings:
     icon: RenderSettings = field(default_factory=RenderSettings)
-    batch_size: int = 64
+    batch_size: int = 64  # 0: auto (from the device's free memory)
+    cache: bool = True
+    cache_dir: str | None = None
     actors: int = 1
     num_cpus_per_actor: float = 1.0
     num_gpus_per_actor: float = 0.0
@@ -201,8 +203,12 @@ def parse(cfg: dict[str, Any]) -> Settings:
     joint = tuple(str(x) for x in _tuple(r.get("joint_layers")))
     missing = [x for x in joint if x not in layers]
     if missing:
-        raise ConfigError("reduce.joint_layers", missing, choices=layers,
-                          fix="joint layers must be extracted: add them to extract.layers.")
+        raise ConfigError(
+            "reduce.joint_layers",
+            missing,
+            choices=layers,
+            fix="joint layers must be extracted: add them to extract.layers.",
+        )
     reduce = ReduceSettings(
         backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
         umap=umap,
@@ -231,7 +237,9 @@ def parse(cfg: dict[str, Any]) -> Settings:
     )
     render = RenderStageSettings(
         icon=icon,
-        batch_size=int(rd.get("batch_size", 64)),
+        batch_size=0 if rd.get("batch_size", 64) == "auto" else int(rd.get("batch_size", 64)),
+        cache=bool(rd.get("cache", True)),
+        cache_dir=rd.get("cache_dir"),
         actors=int(rd.get("actors", 1)),
         num_cpus_per_actor=float(rd.get("num_cpus_per_actor", 1)),
         num_gpus_per_actor=float(rd.get("num_gpus_per_actor", 0)),

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # see pipelines/ray_ops.py
 torch.set_num_threads(2)
 
 

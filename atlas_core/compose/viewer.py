@@ -11,7 +11,7 @@ import html
 import json
 from typing import Any
 
-_PAGE = """<!doctype html>
+_PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>Activation atlas: __TITLE__</title>
 <style>
@@ -38,29 +38,43 @@ _PAGE = """<!doctype html>
   const byCell = new Map(D.cells.map(c => [c.ix + "," + c.iy, c]));
   const img = document.getElementById("atlas"), tip = document.getElementById("tip");
   const hl = document.getElementById("hl");
-  img.addEventListener("mousemove", ev => {
-    const r = img.getBoundingClientRect(), g = D.size;
-    const ix = Math.floor((ev.clientX - r.left) / r.width * g);
-    const iy = g - 1 - Math.floor((ev.clientY - r.top) / r.height * g);
-    const c = byCell.get(ix + "," + iy);
+  function show(ix, iy, x, y) {
+    const c = byCell.get(ix + "," + iy), g = D.size;
     if (!c) { tip.style.display = "none"; hl.style.display = "none"; return; }
     document.getElementById("tiph").textContent =
       "cell (" + ix + ", " + iy + "): " + c.count + " activations";
-    const ol = document.getElementById("tipl"); ol.replaceChildren();
+    const ol = document.getElementById("tipl");
+    ol.replaceChildren();
     for (const [name, n] of c.top) {
       const li = document.createElement("li");
       li.textContent = name + " (" + n + ")";
       ol.appendChild(li);
     }
-    tip.style.left = (ev.clientX + 14) + "px"; tip.style.top = (ev.clientY + 14) + "px";
+    tip.style.left = (x + 14) + "px"; tip.style.top = (y + 14) + "px";
     tip.style.display = "block";
-    const w = r.width / g;
+    const w = img.getBoundingClientRect().width / g;
     hl.style.left = (ix * w) + "px"; hl.style.top = ((g - 1 - iy) * w) + "px";
     hl.style.width = hl.style.height = (w - 4) + "px"; hl.style.display = "block";
+  }
+  img.addEventListener("mousemove", ev => {
+    const r = img.getBoundingClientRect(), g = D.size;
+    const ix = Math.floor((ev.clientX - r.left) / r.width * g);
+    const iy = g - 1 - Math.floor((ev.clientY - r.top) / r.height * g);
+    show(ix, iy, ev.clientX, ev.clientY);
   });
   img.addEventListener("mouseleave", () => {
     tip.style.display = "none"; hl.style.display = "none";
   });
+  // #cell=ix,iy opens a cell's details: a link to one cell, and what tests use without a mouse
+  function fromHash() {
+    const m = /^#cell=(\d+),(\d+)$/.exec(location.hash);
+    if (!m) return;
+    const r = img.getBoundingClientRect(), g = D.size, w = r.width / g;
+    const ix = +m[1], iy = +m[2];
+    show(ix, iy, r.left + (ix + 1) * w, r.top + (g - iy) * w);
+  }
+  window.addEventListener("hashchange", fromHash);
+  if (img.complete) fromHash(); else img.addEventListener("load", fromHash);
 })();
 </script>
 </body></html>

@@ -139,6 +139,34 @@ class IconRenderer:
         icons = (best_img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
         return icons.numpy(), best.numpy().astype(np.float32), cosine
 
+    def suggest_batch_size(
+        self, *, probe: int = 8, fraction: float = 0.6, cap: int = 1024, cpu_default: int = 64
+    ) -> int:
+        """Icons per batch that fit in ``fraction`` of the device's free memory.
+
+        On CUDA, one optimization step on ``probe`` icons measures the memory per icon; on CPU,
+        where memory is rarely the limit and larger batches stop paying off, ``cpu_default``.
+        """
+        if not self.cuda:
+            return cpu_default
+        s = self.settings
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
+        params, raw = fft_image((probe, 3, s.icon_px, s.icon_px), device=self.device)
+        optimize(
+            self.forward,
+            direction_cossim(self.layer, vecs),
+            params,
+            to_valid_rgb(raw),
+            steps=1,
+            transforms=self.transforms,
+        )
+        per_icon = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(max(1, min(cap, fraction * free // per_icon)))
+
     @torch.no_grad()
     def cosine(self, images: torch.Tensor, vecs: torch.Tensor) -> np.ndarray:
         """Cosine between each image's centre activation and its direction (fidelity), (B,)."""

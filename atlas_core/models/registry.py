@@ -51,6 +51,13 @@ class LoadedModel:
     num_classes: int
     class_names: list[str] = field(default_factory=list)
 
+    def module_channels(self, layer: str) -> int:
+        """Channels of ``layer``'s output (from one tiny dummy pass)."""
+        from atlas_core.models.layers import layer_shapes
+
+        device = next(self.module.parameters()).device
+        return layer_shapes(self.module, [layer], self.preprocess.size, device)[layer][0]
+
     def class_name(self, index: int) -> str:
         if 0 <= index < len(self.class_names):
             return self.class_names[index]

@@ -89,7 +89,11 @@ class FittedReducer:
 
 
 def fit(
-    x: np.ndarray, params: UmapParams, backend: str = "auto", *, pca_dim: int | None = None,
+    x: np.ndarray,
+    params: UmapParams,
+    backend: str = "auto",
+    *,
+    pca_dim: int | None = None,
 ) -> tuple[FittedReducer, np.ndarray]:
     """Fit on ``x`` (N, C) float32; returns the reducer and the raw layout of ``x`` (N, 2)."""
     backend = choose_backend(backend)

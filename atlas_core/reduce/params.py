@@ -40,9 +40,14 @@ class UmapParams:
 
     def kwargs(self, backend: str) -> dict[str, Any]:
         """Keyword arguments of the backend's UMAP class."""
-        kw: dict[str, Any] = dict(n_neighbors=self.n_neighbors, min_dist=self.min_dist,
-                                  metric=self.metric, n_components=2, random_state=self.seed,
-                                  init=self.init)
+        kw: dict[str, Any] = dict(
+            n_neighbors=self.n_neighbors,
+            min_dist=self.min_dist,
+            metric=self.metric,
+            n_components=2,
+            random_state=self.seed,
+            init=self.init,
+        )
         if self.n_epochs is not None:
             kw["n_epochs"] = self.n_epochs
         kw.update(self.extras.get(backend, {}))

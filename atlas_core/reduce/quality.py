@@ -10,8 +10,13 @@ def _sample(n: int, sample: int, seed: int) -> np.ndarray:
 
 
 def trustworthiness(
-    high: np.ndarray, low: np.ndarray, *, k: int = 10, metric: str = "cosine",
-    sample: int = 5000, seed: int = 0,
+    high: np.ndarray,
+    low: np.ndarray,
+    *,
+    k: int = 10,
+    metric: str = "cosine",
+    sample: int = 5000,
+    seed: int = 0,
 ) -> float:
     """Trustworthiness of ``low`` (N, 2) against ``high`` (N, C) on <= ``sample`` rows."""
     from sklearn.manifold import trustworthiness as tw
@@ -21,8 +26,13 @@ def trustworthiness(
 
 
 def knn_recall(
-    high: np.ndarray, low: np.ndarray, *, k: int = 10, metric: str = "cosine",
-    sample: int = 5000, seed: int = 0,
+    high: np.ndarray,
+    low: np.ndarray,
+    *,
+    k: int = 10,
+    metric: str = "cosine",
+    sample: int = 5000,
+    seed: int = 0,
 ) -> float:
     """Mean fraction of each row's k nearest high-dimensional neighbours that are also among its
     k nearest neighbours in the layout (both searched within the same sample of rows)."""
@@ -43,8 +53,9 @@ def layout_quality(
 ) -> dict[str, float]:
     """Both figures, as stored in the manifest."""
     return {
-        "trustworthiness_k10": round(trustworthiness(high, low, metric=metric, sample=sample,
-                                                     seed=seed), 4),
+        "trustworthiness_k10": round(
+            trustworthiness(high, low, metric=metric, sample=sample, seed=seed), 4
+        ),
         "knn_recall_k10": round(knn_recall(high, low, metric=metric, sample=sample, seed=seed), 4),
         "quality_sample": int(min(len(high), sample)),
     }

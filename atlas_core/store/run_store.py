@@ -9,6 +9,7 @@ See docs/run-store.md for every array.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,7 +206,7 @@ class RunStore:
         step = int(arr.chunks[0])
         chunk_of = rows // step
         bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             c = int(chunk_of[a])
             block = np.asarray(arr[c * step : (c + 1) * step], dtype=np.float32)
             out[a:b] = block[rows[a:b] - c * step]

@@ -1,0 +1,193 @@
+"""Render benchmark: our batched renderer against one-icon-at-a-time rendering with the real
+torch-lucent ``render_vis``, on the same model, layer, directions, steps, icon size and objective,
+and against lucent's defaults (128 px upsampled to 224 px, the whole network every step).
+
+Directions are real: means of groups of EfficientNet-Lite0 blocks.4 activations of photo crops.
+Fidelity is the same figure for every method: the cosine between the finished icon's activation at
+the layer's centre (fed back at its own size) and its direction.
+
+    python -m benchmarks.render_bench [--icons 32] [--steps 64] [--px 64] [--lucent-default 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import numpy as np
+import torch
+
+from benchmarks.common import Timer, report, write
+
+log = logging.getLogger("benchmarks.render")
+LAYER = "blocks.4"
+
+
+def directions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n cell-like directions (means of 16 activations each) and the layer's second moment."""
+    from atlas_core.data import decode, photo_crops
+    from atlas_core.extract import ActivationExtractor, sample_positions
+    from atlas_core.models import ModelSpec, load_model
+
+    m = load_model(ModelSpec())
+    man = photo_crops(n * 16, seed=seed)
+    pairs = zip(man.uris, man.crops, strict=True)
+    imgs = np.stack([m.preprocess.to_array(decode(u, c).image) for u, c in pairs])
+    ex = ActivationExtractor(m, [LAYER], {LAYER: (14, 14)}, topk=0)
+    acts, moment, count = [], 0.0, 0
+    for i in range(0, len(imgs), 64):
+        b = imgs[i : i + 64]
+        out = ex(
+            m.preprocess.batch(b),
+            sample_positions(np.arange(i, i + len(b)), 1, (14, 14), seed=seed),
+        )
+        acts.append(out.acts[LAYER])
+        moment = moment + out.moment[LAYER]
+        count += out.moment_count[LAYER]
+    a = np.concatenate(acts)
+    groups = np.random.default_rng(seed).permutation(len(a)).reshape(n, 16)
+    return a[groups].mean(axis=1).astype(np.float32), moment / count
+
+
+def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
+    from atlas_core.featvis import IconRenderer, RenderSettings
+
+    r = IconRenderer(model, LAYER, RenderSettings(icon_px=px, steps=steps, attempts=1))
+    icons, cos = [], []
+    with Timer() as t:
+        for i in range(0, len(dirs), batch):
+            ic, _, c = r.render(dirs[i : i + batch], seed=i, whiten=whiten)
+            icons.append(ic)
+            cos.append(c)
+    return t.seconds, np.concatenate(icons), np.concatenate(cos)
+
+
+def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed):  # type: ignore[no-untyped-def]
+    """Real lucent render_vis, one direction per call, our objective written as a lucent one."""
+    from lucent.optvis import objectives, param, render, transform
+
+    pre = model.preprocess
+    normalize = lambda x: pre.normalize(x)  # noqa: E731  (lucent composes plain callables)
+    vw = torch.tensor(dirs) @ torch.tensor(whiten).T
+
+    @objectives.wrap_objective()
+    def cossim(layer, vec, power=4.0):  # type: ignore[no-untyped-def]
+        def inner(hook):  # type: ignore[no-untyped-def]
+            t = hook(layer)
+            a = t[:, :, t.shape[2] // 2, t.shape[3] // 2]
+            dot = (a * vec).mean(-1)
+            return -(dot * torch.clamp(dot / (a.norm(dim=-1) + 1e-4), min=0.1) ** power).mean()
+
+        return inner
+
+    icons = []
+    with Timer() as t:
+        for v in vw:
+            out = render.render_vis(
+                model.module,
+                cossim(LAYER.replace(".", "_"), v),
+                param_f=lambda: param.image(image_px, fft=True, decorrelate=True),
+                transforms=[*transform.standard_transforms, normalize],
+                thresholds=(steps,),
+                preprocess=False,
+                progress=False,
+                show_image=False,
+                fixed_image_size=fixed,
+            )
+            icons.append(out[-1][0])
+    arr = (np.clip(np.stack(icons), 0, 1) * 255).round().astype(np.uint8)
+    return t.seconds, arr
+
+
+def fidelity(model, icons: np.ndarray, dirs: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+    from atlas_core.featvis import IconRenderer, RenderSettings
+
+    r = IconRenderer(model, LAYER, RenderSettings(icon_px=icons.shape[1]))
+    x = torch.tensor(icons).permute(0, 3, 1, 2).float() / 255
+    return r.cosine(x, torch.tensor(dirs))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--icons", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--px", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lucent-default", type=int, default=3, help="icons rendered at 128->224")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(torch.get_num_threads())
+    from atlas_core.featvis import whitening_matrix
+    from atlas_core.models import ModelSpec, load_model
+
+    model = load_model(ModelSpec())
+    dirs, moment = directions(args.icons)
+    whiten = whitening_matrix(moment)
+    n, steps = args.icons, args.steps
+    t_ours, ic_ours, _ = ours(model, dirs, whiten, args.px, steps, args.batch)
+    t_one, ic_one = lucent_one_at_a_time(model, dirs, whiten, args.px, steps, args.px, args.px)
+    k = max(1, min(args.lucent_default, n))
+    t_def, ic_def = lucent_one_at_a_time(model, dirs[:k], whiten, args.px, steps, 128, None)
+    f_ours, f_one, f_def = (
+        fidelity(model, ic_ours, dirs),
+        fidelity(model, ic_one, dirs),
+        fidelity(model, ic_def, dirs[:k]),
+    )
+    per = {"ours": t_ours / n, "one": t_one / n, "default": t_def / k}
+    report(
+        f"render {n} icons {args.px}px x {steps} steps",
+        per["ours"],
+        per["one"],
+        "s/icon",
+        f"fidelity ours {f_ours.mean():.3f} one-at-a-time {f_one.mean():.3f}",
+    )
+    report(
+        "vs lucent defaults (128->224 px, whole network)",
+        per["ours"],
+        per["default"],
+        "s/icon",
+        f"fidelity lucent default {f_def.mean():.3f}",
+    )
+
+    def block(seconds_per_icon: float, fid: np.ndarray, how: str) -> dict[str, object]:
+        return {
+            "seconds_per_icon": round(seconds_per_icon, 4),
+            "icon_steps_per_second": round(steps / seconds_per_icon, 1),
+            "fidelity_cosine_mean": round(float(fid.mean()), 4),
+            "fidelity_cosine_std": round(float(fid.std()), 4),
+            "method": how,
+        }
+
+    write(
+        "render",
+        {
+            "model": "efficientnet_lite0",
+            "layer": LAYER,
+            "icons": n,
+            "icon_px": args.px,
+            "steps": steps,
+            "objective": "mean(a*Sv) * max(0.1, mean(a*Sv)/|a|)^4 at the centre",
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "ours": block(
+                per["ours"], f_ours, f"batched ({args.batch} per batch), stops at the layer"
+            ),
+            "one_at_a_time": block(
+                per["one"],
+                f_one,
+                "torch-lucent render_vis per direction, same "
+                "px/steps/objective, lucent's standard transforms, whole network",
+            ),
+            "lucent_defaults": block(
+                per["default"],
+                f_def,
+                f"torch-lucent render_vis at 128 px upsampled to 224, {k} icons",
+            ),
+            "ratio_vs_one_at_a_time": round(per["one"] / per["ours"], 2),
+            "ratio_vs_lucent_defaults": round(per["default"] / per["ours"], 2),
+            "fidelity_delta_vs_one_at_a_time": round(float(f_ours.mean() - f_one.mean()), 4),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
