@@ -91,6 +91,7 @@ def ours(n: int) -> dict[str, float]:
         "trustworthiness": res.details["trustworthiness_k10"],
         "knn_recall": res.details["knn_recall_k10"],
         "peak_rss_mb_driver": peak_rss_mb(),
+        "phase_seconds": res.details["phase_seconds"],
     }
 
 

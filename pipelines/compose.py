@@ -44,6 +44,7 @@ def run(s: Settings, fp: str) -> StageResult:
         _save_png(f"{out}/atlas-{size}.png", canvas, s.storage_options)
         files.append(f"atlas-{size}.png")
         drawn[str(size)] = int(present.sum())
+        labels = store.grid_extra(s.layer, size, "attr_top_class")
         if level == 0:
             _save_png(f"{out}/atlas.png", canvas, s.storage_options)
             files.append("atlas.png")
@@ -52,14 +53,21 @@ def run(s: Settings, fp: str) -> StageResult:
                     "ix": int(c[0]),
                     "iy": int(c[1]),
                     "count": int(n),
+                    "label": _name(names, int(lab[0])) if lab is not None else None,
                     "top": [
                         [_name(names, int(k)), int(v)]
                         for k, v in zip(tc, tn, strict=False)
                         if k >= 0
                     ],
                 }
-                for c, n, tc, tn, ok in zip(
-                    grid.cell, grid.count, grid.top_class, grid.top_count, present, strict=False
+                for c, n, tc, tn, ok, lab in zip(
+                    grid.cell,
+                    grid.count,
+                    grid.top_class,
+                    grid.top_count,
+                    present,
+                    labels if labels is not None else [None] * len(present),
+                    strict=False,
                 )
                 if ok
             ]

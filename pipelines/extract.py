@@ -8,13 +8,15 @@ A resume skips every shard whose marker validates.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from atlas_core.data import (
     DecodePolicy,
@@ -25,9 +27,8 @@ from atlas_core.data import (
     photo_crops,
     plan_shards,
 )
-from atlas_core.extract import ActivationExtractor, sample_positions
+from atlas_core.extract import ActivationExtractor, ExtractBatch, sample_positions
 from atlas_core.models.layers import layer_shapes, resolve_layer
-from atlas_core.models.preprocess import Preprocess
 from atlas_core.models.registry import ModelSpec
 from atlas_core.store import Markers, RunStore, fingerprint
 from atlas_core.store.run_store import ShardResult
@@ -57,6 +58,8 @@ class ExtractJob:
     fingerprint: str
     storage_options: dict[str, Any]
     decode_threads: int = 2
+    attr_classes: int = 0
+    fault: str = ""
 
 
 def build_manifest(s: Settings) -> InputManifest:
@@ -92,6 +95,8 @@ def run(s: Settings, fp: str) -> StageResult:
                 decode=s.data.decode,
                 fingerprint=fp,
                 storage_options=s.storage_options,
+                attr_classes=s.extract.attr_classes,
+                fault=s.extract.fault,
             )
         )
     log.info("extract: %d shards to run, %d already committed", len(jobs), skipped)
@@ -153,6 +158,8 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
         topk=s.extract.topk,
         storage_options=s.storage_options,
         act_dtype=s.extract.act_dtype,
+        attr_classes=s.extract.attr_classes,
+        n_classes=model.num_classes,
         attrs={"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY},
     )
 
@@ -173,84 +180,128 @@ def _valid_marker(rec: dict[str, Any] | None, fp: str, start: int, stop: int) ->
     )
 
 
+class _ShardBuffers:
+    """The rows one task writes, filled batch by batch (NaN / -1 / 0 where nothing was written)."""
+
+    def __init__(self, n: int, k: int, channels: dict[str, int], topk: int, attr: int) -> None:
+        self.k = k
+        self.status = np.zeros(n, np.uint8)
+        self.error = np.full(n, "", dtype=object)
+        self.hashes = np.zeros(n, np.uint64)
+        self.top_c = np.full((n, topk), -1, np.int32)
+        self.top_p = np.full((n, topk), np.nan, np.float16)
+        self.acts = {L: np.full((n * k, c), np.nan, np.float32) for L, c in channels.items()}
+        self.attr = (
+            {L: np.full((n * k, attr), np.nan, np.float32) for L in channels} if attr else None
+        )
+        self.moment = {L: np.zeros((c, c)) for L, c in channels.items()}
+        self.mcount = dict.fromkeys(channels, 0)
+
+    def add(self, idx: np.ndarray, out: ExtractBatch) -> None:
+        rows = (idx[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
+        for name, a in out.acts.items():
+            self.acts[name][rows] = a
+            self.moment[name] += out.moment[name]
+            self.mcount[name] += out.moment_count[name]
+            if self.attr is not None and out.attr is not None:
+                self.attr[name][rows] = out.attr[name]
+        if out.top_class.shape[1]:
+            self.top_c[idx] = out.top_class
+            self.top_p[idx] = out.top_prob
+
+    def result(self, job: ExtractJob, seconds: float) -> ShardResult:
+        return ShardResult(
+            job.shard,
+            job.start,
+            job.stop,
+            self.status,
+            self.error,
+            self.hashes,
+            self.top_c,
+            self.top_p,
+            self.acts,
+            self.moment,
+            self.mcount,
+            self.attr,
+            seconds,
+        )
+
+
 def extract_shard(job: ExtractJob) -> dict[str, Any]:
     """The task body: decode, extract, write whole chunks, then the commit marker."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
     model = cached_model(job.model, job.device)
-    n = job.stop - job.start
-    k = store.k
+    n, k, root = job.stop - job.start, store.k, store.attrs.get("root")
     uris = store.group["images/uri"][job.start : job.stop]
     crops = store.group["images/crop"][job.start : job.stop]
     pos = store.positions(job.start, job.stop)
-    root = store.attrs.get("root")
-    extractor = ActivationExtractor(model, job.layers, job.grids, topk=job.topk, device=job.device)
-    status = np.zeros(n, np.uint8)
-    error = np.full(n, "", dtype=object)
-    hashes = np.zeros(n, np.uint64)
-    top_c = np.full((n, job.topk), -1, np.int32)
-    top_p = np.full((n, job.topk), np.nan, np.float16)
-    acts = {
-        name: np.full((n * k, store.layers[name][0]), np.nan, np.float32) for name in job.layers
-    }
-    moment = {name: np.zeros((store.layers[name][0],) * 2) for name in job.layers}
-    mcount = dict.fromkeys(job.layers, 0)
+    extractor = ActivationExtractor(
+        model,
+        job.layers,
+        job.grids,
+        topk=job.topk,
+        device=job.device,
+        attr_classes=job.attr_classes,
+    )
+    n_attr = model.num_classes if job.attr_classes < 0 else job.attr_classes
+    buf = _ShardBuffers(n, k, {L: store.layers[L][0] for L in job.layers}, job.topk, n_attr)
+    pin = job.device == "cuda"
 
     def load(i: int) -> tuple[int, np.ndarray | None]:
         d = decode(str(uris[i]), crops[i], policy=job.decode, root=root)
-        status[i], error[i], hashes[i] = int(d.status), d.detail[:500], d.content_hash
+        buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail[:500], d.content_hash
         return i, (model.preprocess.to_array(d.image) if d.image is not None else None)
 
     with ThreadPoolExecutor(max_workers=job.decode_threads) as pool:
         batch: list[tuple[int, np.ndarray]] = []
-        for i, arr in pool.map(load, range(n)):
+        for i, arr in pool.map(load, range(n)):  # decoding runs ahead on the pool's threads
             if arr is not None:
                 batch.append((i, arr))
             if len(batch) == job.batch_size or (i == n - 1 and batch):
-                _run_batch(
-                    extractor, model.preprocess, batch, pos, k, acts, moment, mcount, top_c, top_p
-                )
+                idx = np.array([j for j, _ in batch])
+                x = model.preprocess.batch(np.stack([a for _, a in batch]))
+                rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
+                buf.add(idx, extractor(x.pin_memory() if pin else x, pos[rows]))
                 batch = []
-    result = ShardResult(
-        job.shard, job.start, job.stop, status, error, hashes, top_c, top_p, acts, moment, mcount
-    )
-    store.write_extract_shard(result)
-    counts = Counter(Status(int(v)).name.lower() for v in status)
+                _inject(job.fault, "mid")
+    seconds = time.perf_counter() - t0
+    store.write_extract_shard(buf.result(job, seconds))
+    _inject(job.fault, "after_write")
+    counts = Counter(Status(int(v)).name.lower() for v in buf.status)
     record = {
         "shard": job.shard,
         "rows": [job.start, job.stop],
         "fingerprint": job.fingerprint,
         "status_counts": dict(counts),
         "samples_ok": int(counts.get("ok", 0)) * k,
-        "acts_hash": fingerprint([float(np.nansum(a, dtype=np.float64)) for a in acts.values()]),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(n / max(seconds, 1e-9), 1),
+        "acts_hash": fingerprint(
+            [float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]
+        ),
     }
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)
     return record
 
 
-def _run_batch(
-    extractor: ActivationExtractor,
-    pre: Preprocess,
-    batch: list[tuple[int, np.ndarray]],
-    pos: np.ndarray,
-    k: int,
-    acts: dict[str, np.ndarray],
-    moment: dict[str, np.ndarray],
-    mcount: dict[str, int],
-    top_c: np.ndarray,
-    top_p: np.ndarray,
-) -> None:
-    idx = np.array([i for i, _ in batch])
-    x = pre.batch(np.stack([a for _, a in batch]))
-    rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
-    out = extractor(x, pos[rows])
-    for name, a in out.acts.items():
-        acts[name][rows] = a
-        moment[name] += out.moment[name]
-        mcount[name] += out.moment_count[name]
-    if out.top_class.shape[1]:
-        top_c[idx] = out.top_class
-        top_p[idx] = out.top_prob
+def _inject(fault: str, where: str) -> None:
+    """Fault injection for the reliability tests (extract.fault; never set in normal runs).
+
+    ``raise:<where>`` raises; ``sigkill_once:<where>:<path>`` kills the worker process the first
+    time (it creates ``path`` so a retry survives).
+    """
+    if not fault:
+        return
+    kind, _, rest = fault.partition(":")
+    at, _, path = rest.partition(":")
+    if at != where:
+        return
+    if kind == "raise":
+        raise RuntimeError(f"injected fault at {where}")
+    if kind == "sigkill_once" and not os.path.exists(path):
+        open(path, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _summarize(
@@ -261,7 +312,17 @@ def _summarize(
     ok = int(counts.get("ok", 0))
     lost = int(counts.get("pending", 0))
     failed = len(status) - ok - lost
+    secs = sorted(float(r["seconds"]) for r in records)
+    details = {}
+    if secs:
+        details = {
+            "shard_seconds": {"min": secs[0], "median": secs[len(secs) // 2], "max": secs[-1]},
+            "shard_images_per_second_median": sorted(
+                float(r["images_per_second"]) for r in records
+            )[len(records) // 2],
+        }
     return StageResult(
+        details=details,
         counts={
             "images_expected": len(status),
             "images_ok": ok,
@@ -272,5 +333,5 @@ def _summarize(
             "shards": n_shards,
             "shards_skipped": skipped,
             "shards_run": len(records),
-        }
+        },
     )

@@ -6,7 +6,13 @@ import logging
 
 import numpy as np
 
-from atlas_core.grid import cell_index, finalize, partial_sums, top_classes_per_cell
+from atlas_core.grid import (
+    attribution_per_cell,
+    cell_index,
+    finalize,
+    partial_sums,
+    top_classes_per_cell,
+)
 from atlas_core.store import RunStore
 from atlas_core.store.run_store import GridArrays
 from pipelines.common import StageResult
@@ -19,8 +25,10 @@ def run(s: Settings, fp: str) -> StageResult:
     store = RunStore.open(s.store_url, mode="r+", storage_options=s.storage_options)
     layout = store.layout(s.layer)
     acts = store.acts(s.layer)
-    top1 = store.top_class()[:, 0] if store.top_class().shape[1] else None
-    sample_label = top1[store.image_of_sample()] if top1 is not None else None
+    top = store.top_class()
+    image = store.image_of_sample()
+    sample_label = top[image, 0] if top.shape[1] else None
+    attr = _attribution(store, s.layer, top, image)
     kept_per_size = {}
     for size in s.grid.sizes:
         cells = cell_index(layout, size)
@@ -36,6 +44,10 @@ def run(s: Settings, fp: str) -> StageResult:
             GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
             {"min_count": s.grid.min_count, "fingerprint": fp},
         )
+        if attr is not None:
+            ac, av = attribution_per_cell(cells, kept, *attr, top=s.grid.top)
+            store.write_grid_extra(s.layer, size, "attr_top_class", ac)
+            store.write_grid_extra(s.layer, size, "attr_top_value", av)
         kept_per_size[str(size)] = len(kept)
         log.info(
             "grid %d: %d of %d cells kept (count >= %d)",
@@ -44,4 +56,22 @@ def run(s: Settings, fp: str) -> StageResult:
             size * size,
             s.grid.min_count,
         )
-    return StageResult(counts={"cells_kept": kept_per_size})
+    return StageResult(
+        counts={"cells_kept": kept_per_size},
+        details={"labels": "attribution" if attr is not None else "predictions"},
+    )
+
+
+def _attribution(
+    store: RunStore, layer: str, top: np.ndarray, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """(classes (S, A), values (S, A), n_classes) of the layer's attribution, if extracted."""
+    if not store.has(f"layers/{layer}/attr"):
+        return None
+    values = store.rows(layer, "attr")
+    a = values.shape[1]
+    if store.group[f"layers/{layer}/attr"].attrs.get("classes") == "all":
+        classes = np.broadcast_to(np.arange(a), values.shape)
+        return np.ascontiguousarray(classes), values, a
+    classes = np.maximum(top[image, :a], 0)
+    return classes, values, int(store.attrs["n_classes"])

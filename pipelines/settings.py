@@ -41,7 +41,9 @@ class ExtractSettings:
     chunk_images: int = 256
     chunks_per_shard: int = 1
     topk: int = 5
+    attr_classes: int = 0
     act_dtype: str = "float16"
+    fault: str = ""  # fault injection for reliability tests only
     device: str = "auto"
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -115,7 +117,7 @@ class Settings:
             "extract": {
                 "model": asdict(self.model),
                 "data": asdict(self.data),
-                "extract": asdict(self.extract),
+                "extract": {k: v for k, v in asdict(self.extract).items() if k != "fault"},
             },
             "reduce": {"reduce": asdict(self.reduce)},
             "grid": {"grid": asdict(self.grid)},
@@ -175,6 +177,8 @@ def parse(cfg: dict[str, Any]) -> Settings:
         chunk_images=int(e.get("chunk_images", 256)),
         chunks_per_shard=int(e.get("chunks_per_shard", 1)),
         topk=int(e.get("topk", 5)),
+        attr_classes=int(e.get("attr_classes", 0)),
+        fault=str(e.get("fault", "")),
         act_dtype=_choice(
             "extract.act_dtype", e.get("act_dtype", "float16"), ("float16", "float32")
         ),

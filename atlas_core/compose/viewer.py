@@ -42,7 +42,8 @@ _PAGE = r"""<!doctype html>
     const c = byCell.get(ix + "," + iy), g = D.size;
     if (!c) { tip.style.display = "none"; hl.style.display = "none"; return; }
     document.getElementById("tiph").textContent =
-      "cell (" + ix + ", " + iy + "): " + c.count + " activations";
+      "cell (" + ix + ", " + iy + "): " + c.count + " activations" +
+      (c.label ? "; label (top attribution): " + c.label : "");
     const ol = document.getElementById("tipl");
     ol.replaceChildren();
     for (const [name, n] of c.top) {
@@ -100,7 +101,8 @@ def viewer_html(
 ) -> str:
     """The viewer page as one self-contained HTML string.
 
-    cells: one dict per drawn cell: ``{"ix", "iy", "count", "top": [[class name, count], ...]}``.
+    cells: one dict per drawn cell: ``{"ix", "iy", "count", "top": [[class name, count], ...]}``
+        and optionally ``"label"`` (the top class of the cell's mean attribution).
     image_src: the atlas image, relative to the page (e.g. ``"../atlas.png"``).
     """
     data = {"title": title, "meta": meta, "size": int(size), "cells": cells}

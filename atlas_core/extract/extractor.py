@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from atlas_core.extract.sampling import map_positions
-from atlas_core.models.layers import capture, run_until, stop_at
+from atlas_core.models.layers import capture, capture_leaves, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
 
 
@@ -28,6 +28,9 @@ class ExtractBatch:
     moment: layer -> float64 array (C, C), sum over every spatial position of x x^T.
     moment_count: layer -> number of vectors summed into ``moment``.
     top_class, top_prob: (B, topk) int64 / float32 (empty when topk = 0).
+    attr: layer -> float32 (B * k, A): activation x gradient of class logits at each sample's
+        position (A = the image's top ``attr_classes`` predictions, in ``top_class`` order, or
+        every class when ``attr_classes`` is -1); None when attribution is off.
     """
 
     acts: dict[str, np.ndarray]
@@ -35,6 +38,7 @@ class ExtractBatch:
     moment_count: dict[str, int]
     top_class: np.ndarray
     top_prob: np.ndarray
+    attr: dict[str, np.ndarray] | None = None
 
 
 class ActivationExtractor:
@@ -45,6 +49,8 @@ class ActivationExtractor:
     topk: how many top predictions to keep per image (0: stop the forward pass at the deepest
     layer instead of running the classifier).
     amp_dtype: autocast dtype on CUDA (bfloat16 by default); ignored on CPU, which runs fp32.
+    attr_classes: 0 = no attribution; n > 0 = for the image's top n classes; -1 = every class
+        (batched vector-Jacobian products, ``class_chunk`` classes at a time).
     """
 
     def __init__(
@@ -56,6 +62,8 @@ class ActivationExtractor:
         topk: int = 5,
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype = torch.bfloat16,
+        attr_classes: int = 0,
+        class_chunk: int = 16,
     ) -> None:
         self.model = model
         self.layers = list(layers)
@@ -65,10 +73,13 @@ class ActivationExtractor:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.amp_dtype = amp_dtype
+        self.attr_classes = attr_classes
+        self.class_chunk = class_chunk
+        if attr_classes and not topk:
+            raise ValueError("attribution needs the logits: set topk > 0")
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
 
-    @torch.no_grad()
     def __call__(self, x: torch.Tensor, pos: np.ndarray) -> ExtractBatch:
         """x: normalized input (B, 3, H, W); pos: int (B * k, 2) (y, x) on the coarsest grid."""
         b = x.shape[0]
@@ -78,28 +89,81 @@ class ActivationExtractor:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda else nullcontext()
         logits = None
-        with amp:
-            if self.topk:
+        grad = torch.enable_grad() if self.attr_classes else torch.no_grad()
+        with grad, amp:
+            if self.attr_classes:
+                with capture_leaves(self.model.module, self.layers) as feats:
+                    logits = self.model.module(x)
+            elif self.topk:
                 with capture(self.model.module, self.layers) as feats:
                     logits = self.model.module(x)
             else:
                 with stop_at(self.model.module, self.layers) as feats:
                     run_until(self.model.module, x)
         img = torch.arange(b, device=self.device).repeat_interleave(k)
-        acts, moment, count = {}, {}, {}
+        where = {}
         for name in self.layers:
-            f = feats[name].float()
             p = map_positions(pos, self.grids[self.coarse], self.grids[name])
-            py = torch.as_tensor(p[:, 0], device=self.device, dtype=torch.long)
-            px = torch.as_tensor(p[:, 1], device=self.device, dtype=torch.long)
-            acts[name] = f[img, :, py, px].cpu().numpy()
-            flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()
-            moment[name] = (flat.T @ flat).cpu().numpy()
-            count[name] = int(flat.shape[0])
+            where[name] = (
+                torch.as_tensor(p[:, 0], device=self.device, dtype=torch.long),
+                torch.as_tensor(p[:, 1], device=self.device, dtype=torch.long),
+            )
+        acts, moment, count = {}, {}, {}
+        with torch.no_grad():
+            for name in self.layers:
+                f = feats[name].detach().float()
+                py, px = where[name]
+                acts[name] = f[img, :, py, px].cpu().numpy()
+                flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()
+                moment[name] = (flat.T @ flat).cpu().numpy()
+                count[name] = int(flat.shape[0])
+        top_class = np.zeros((b, 0), np.int64)
+        top_prob = np.zeros((b, 0), np.float32)
+        cls = None
         if logits is not None:
-            prob, cls = logits.float().softmax(-1).topk(min(self.topk, logits.shape[-1]), dim=-1)
-            top_class, top_prob = cls.cpu().numpy(), prob.cpu().numpy()
+            with torch.no_grad():
+                n = min(max(self.topk, self.attr_classes), logits.shape[-1])
+                prob, cls = logits.detach().float().softmax(-1).topk(n, dim=-1)
+            top_class = cls[:, : self.topk].cpu().numpy()
+            top_prob = prob[:, : self.topk].cpu().numpy()
+        attr = None
+        if self.attr_classes and logits is not None and cls is not None:
+            attr = self._attribution(logits, feats, where, img, cls)
+        return ExtractBatch(acts, moment, count, top_class, top_prob, attr)
+
+    def _attribution(
+        self,
+        logits: torch.Tensor,
+        feats: dict[str, torch.Tensor],
+        where: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        img: torch.Tensor,
+        cls: torch.Tensor,
+    ) -> dict[str, np.ndarray]:
+        """a . d logit_c / d a at each sample's position, for A classes: (B * k, A) per layer.
+
+        Each class column is one vector-Jacobian product (a one-hot cotangent per image, at its
+        own class), computed ``class_chunk`` at a time with batched gradients.
+        """
+        b, n_cls = logits.shape
+        if self.attr_classes < 0:
+            targets = torch.arange(n_cls, device=logits.device).expand(b, n_cls)
         else:
-            top_class = np.zeros((b, 0), np.int64)
-            top_prob = np.zeros((b, 0), np.float32)
-        return ExtractBatch(acts, moment, count, top_class, top_prob)
+            targets = cls[:, : self.attr_classes]
+        a = targets.shape[1]
+        leaves = [feats[n] for n in self.layers]
+        out = {n: np.zeros((len(img), a), np.float32) for n in self.layers}
+        for start in range(0, a, self.class_chunk):
+            cols = targets[:, start : start + self.class_chunk]  # (B, c)
+            onehot = torch.zeros(cols.shape[1], b, n_cls, device=logits.device, dtype=logits.dtype)
+            onehot.scatter_(2, cols.T.unsqueeze(-1), 1.0)
+            grads = torch.autograd.grad(
+                logits, leaves, grad_outputs=onehot, is_grads_batched=True, retain_graph=True
+            )
+            for name, f, g in zip(self.layers, leaves, grads, strict=True):
+                py, px = where[name]
+                av = f.detach().float()[img, :, py, px]  # (S, C)
+                gv = g.float().permute(1, 3, 4, 0, 2)[img, py, px]  # (S, c, C)
+                out[name][:, start : start + cols.shape[1]] = (
+                    (gv * av.unsqueeze(1)).sum(-1).cpu().numpy()
+                )
+        return out

@@ -2,6 +2,7 @@
 
 from atlas_core.grid.binning import (
     CellSums,
+    attribution_per_cell,
     cell_index,
     finalize,
     merge,
@@ -9,4 +10,12 @@ from atlas_core.grid.binning import (
     top_classes_per_cell,
 )
 
-__all__ = ["CellSums", "cell_index", "finalize", "merge", "partial_sums", "top_classes_per_cell"]
+__all__ = [
+    "CellSums",
+    "attribution_per_cell",
+    "cell_index",
+    "finalize",
+    "merge",
+    "partial_sums",
+    "top_classes_per_cell",
+]

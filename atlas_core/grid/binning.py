@@ -90,3 +90,32 @@ def top_classes_per_cell(
     out_c[pairs[sel, 0], rank[sel]] = pairs[sel, 1]
     out_n[pairs[sel, 0], rank[sel]] = counts[sel]
     return out_c, out_n
+
+
+def attribution_per_cell(
+    cells: np.ndarray,
+    kept: np.ndarray,
+    classes: np.ndarray,
+    values: np.ndarray,
+    n_classes: int,
+    top: int = 5,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top classes of each kept cell's mean attribution (a cell's label is the first).
+
+    cells: (N,) flat cell per sample (-1 ignored); classes, values: (N, A) the class of each
+    attribution column and its value (NaN rows ignored). Returns (class (M, top) int32,
+    mean attribution (M, top) float32), sorted by mean attribution, highest first.
+    """
+    pos = np.full(int(max(cells.max(initial=0), kept.max(initial=0))) + 1, -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    row = np.where(cells >= 0, pos[np.maximum(cells, 0)], -1)
+    ok = (row >= 0) & ~np.isnan(values).any(axis=1)
+    m = len(kept)
+    flat = (row[ok, None] * n_classes + classes[ok]).ravel()
+    sums = np.bincount(
+        flat, weights=values[ok].ravel().astype(np.float64), minlength=m * n_classes
+    ).reshape(m, n_classes)
+    counts = np.bincount(row[ok], minlength=m).astype(np.float64)
+    mean = sums / np.maximum(counts, 1)[:, None]
+    order = np.argsort(-mean, axis=1, kind="stable")[:, :top]
+    return order.astype(np.int32), np.take_along_axis(mean, order, axis=1).astype(np.float32)

@@ -84,11 +84,33 @@ def run_until(model: nn.Module, x: torch.Tensor) -> None:
         pass
 
 
-def _recorder(out: dict[str, torch.Tensor], name: str):  # type: ignore[no-untyped-def]
-    def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> None:
+def _recorder(out: dict[str, torch.Tensor], name: str, leaf: bool = False):  # type: ignore[no-untyped-def]
+    def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor | None:
+        if leaf:  # cut the graph here: gradients of later outputs stop at this tensor
+            output = output.detach().requires_grad_(True)
+            out[name] = output
+            return output
         out[name] = output
+        return None
 
     return hook
+
+
+@contextmanager
+def capture_leaves(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Like ``capture``, but each recorded output is a fresh leaf that requires grad, so
+    ``torch.autograd.grad(logits, out[name])`` gives d logits / d activation of that layer."""
+    out: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name in names:
+            handles.append(
+                resolve_layer(model, name).register_forward_hook(_recorder(out, name, leaf=True))
+            )
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def layer_shapes(

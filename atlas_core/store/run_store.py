@@ -41,6 +41,8 @@ class ShardResult:
     acts: dict[str, np.ndarray]  # layer -> (n * k, C) float, NaN rows where not ok
     moment: dict[str, np.ndarray]  # layer -> (C, C) float64
     moment_count: dict[str, int]
+    attr: dict[str, np.ndarray] | None = None  # layer -> (n * k, A) float, NaN rows where not ok
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ class RunStore:
         storage_options: dict[str, Any] | None = None,
         attrs: dict[str, Any] | None = None,
         act_dtype: str = "float16",
+        attr_classes: int = 0,
+        n_classes: int = 0,
     ) -> RunStore:
         """Create every extraction array and write the frozen input manifest and positions.
 
@@ -106,6 +110,7 @@ class RunStore:
                 "position_grid": list(layers[coarse][1:]),
                 "status_codes": Status.table(),
                 "shards": [list(b) for b in plan.bounds],
+                "n_classes": n_classes,
                 **(attrs or {}),
             }
         )
@@ -125,6 +130,11 @@ class RunStore:
             _arr(lg, "acts", (n * k, c), (ci * k, c), act_dtype, np.nan)
             _arr(lg, "moment_partial", (len(plan), c, c), (1, c, c), "float64", np.nan)
             _arr(lg, "moment_count", (len(plan),), (1,), "int64", 0)
+            if attr_classes:
+                a = n_classes if attr_classes < 0 else attr_classes
+                _arr(lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan).attrs.update(
+                    {"classes": "all" if attr_classes < 0 else "images/top_class columns"}
+                )
         return cls(g, url)
 
     @classmethod
@@ -180,6 +190,8 @@ class RunStore:
             self._w(f"layers/{name}/acts")[s * k : e * k] = a
             self._w(f"layers/{name}/moment_partial")[r.shard] = r.moment[name]
             self._w(f"layers/{name}/moment_count")[r.shard : r.shard + 1] = r.moment_count[name]
+            if r.attr is not None:
+                self._w(f"layers/{name}/attr")[s * k : e * k] = r.attr[name]
         self._w("images/status")[s:e] = r.status  # last: 0 means the shard never finished
 
     # ------------------------------------------------------------------ reading
@@ -269,6 +281,16 @@ class RunStore:
         ):
             _arr(gg, name, arr.shape, chunks, dt, fill, overwrite=True)[:] = arr
         gg.attrs.update({"size": grid.size, **attrs})
+
+    def write_grid_extra(self, layer: str, size: int, name: str, arr: np.ndarray) -> None:
+        """An extra per-cell array of a grid level (e.g. attribution labels), shape (M, ...)."""
+        gg = self.group[f"layers/{layer}/grid/{size}"]
+        fill = -1 if arr.dtype.kind == "i" else np.nan
+        _arr(gg, name, arr.shape, arr.shape, arr.dtype, fill, overwrite=True)[:] = arr
+
+    def grid_extra(self, layer: str, size: int, name: str) -> np.ndarray | None:
+        path = f"layers/{layer}/grid/{size}/{name}"
+        return np.asarray(self.group[path][:]) if self.has(path) else None
 
     def grid(self, layer: str, size: int) -> GridArrays:
         gg = self.group[f"layers/{layer}/grid/{size}"]

@@ -15,9 +15,17 @@ from atlas_core.compose import compose_canvas, viewer_html
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--allow-file-access-from-files"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--allow-file-access-from-files",
+]
 
 
 def _page(tmp_path: Path) -> Path:
@@ -25,9 +33,15 @@ def _page(tmp_path: Path) -> Path:
     icons = np.stack([np.full((8, 8, 3), 40, np.uint8), np.full((8, 8, 3), 200, np.uint8)])
     Image.fromarray(compose_canvas(cells, icons, 2)).save(tmp_path / "atlas.png")
     html = viewer_html(
-        image_src="../atlas.png", size=2, title="tiny <layer>", meta="2 cells",
-        cells=[{"ix": 0, "iy": 0, "count": 12, "top": [["Egyptian cat", 7], ["<b>tabby</b>", 5]]},
-               {"ix": 1, "iy": 1, "count": 3, "top": [["espresso", 3]]}])
+        image_src="../atlas.png",
+        size=2,
+        title="tiny <layer>",
+        meta="2 cells",
+        cells=[
+            {"ix": 0, "iy": 0, "count": 12, "top": [["Egyptian cat", 7], ["<b>tabby</b>", 5]]},
+            {"ix": 1, "iy": 1, "count": 3, "top": [["espresso", 3]]},
+        ],
+    )
     (tmp_path / "viewer").mkdir()
     (tmp_path / "viewer" / "index.html").write_text(html)
     return tmp_path / "viewer" / "index.html"
@@ -35,8 +49,19 @@ def _page(tmp_path: Path) -> Path:
 
 def _dom(url: str, tmp_path: Path) -> str:
     out = subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
-         "--dump-dom", url], capture_output=True, text=True, timeout=120, check=False)
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     return out.stdout
 
 
@@ -54,9 +79,19 @@ def test_viewer_shows_a_cells_details_from_disk(tmp_path: Path) -> None:
 def test_screenshot_is_the_atlas(tmp_path: Path) -> None:
     page = _page(tmp_path)
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'p2'}",
-                    f"--screenshot={shot}", "--window-size=600,600",
-                    page.as_uri() + "#cell=0,0"], capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'p2'}",
+            f"--screenshot={shot}",
+            "--window-size=600,600",
+            page.as_uri() + "#cell=0,0",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     # both icon colours are on screen, so the atlas image loaded from ../atlas.png
     assert (np.abs(img - 40).sum(-1) == 0).sum() > 100

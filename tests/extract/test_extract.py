@@ -60,3 +60,39 @@ def test_extraction_without_logits_stops_at_the_layer() -> None:
     ex = ActivationExtractor(m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=0)
     out = ex(torch.randn(2, 3, 64, 64), np.array([[1, 1], [2, 2]]))
     assert calls == [] and out.acts["blocks.2"].shape == (2, 32) and out.top_class.shape == (2, 0)
+
+
+def test_attribution_matches_finite_differences() -> None:
+    """a . d logit_c / d a at the sampled position: d/dt logit_c((1 + t) a) at t = 0."""
+    torch.manual_seed(0)
+    m = load_model(ModelSpec(name="tiny"))
+    m.module.double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    pos = sample_positions(np.arange(2), 2, (8, 8), seed=0)
+    top = ActivationExtractor(m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=3, attr_classes=3)(x, pos)
+    every = ActivationExtractor(
+        m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=3, attr_classes=-1, class_chunk=4
+    )(x, pos)
+    assert top.attr is not None and every.attr is not None
+
+    def logit(b: int, p: np.ndarray, t: float, c: int) -> float:
+        def scale(_m, _i, o):  # type: ignore[no-untyped-def]
+            o = o.clone()
+            o[b, :, p[0], p[1]] *= 1 + t
+            return o
+
+        h = m.module.blocks[2].register_forward_hook(scale)
+        with torch.no_grad():
+            out = float(m.module(x)[b, c])
+        h.remove()
+        return out
+
+    eps = 1e-6
+    for s in range(4):
+        b = s // 2
+        for j in range(3):
+            c = int(top.top_class[b, j])
+            fd = (logit(b, pos[s], eps, c) - logit(b, pos[s], -eps, c)) / (2 * eps)
+            assert abs(top.attr["blocks.2"][s, j] - fd) < 1e-5 * max(1.0, abs(fd))
+            assert abs(every.attr["blocks.2"][s, c] - top.attr["blocks.2"][s, j]) < 1e-6
+    assert every.attr["blocks.2"].shape == (4, 10)

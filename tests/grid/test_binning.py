@@ -54,3 +54,24 @@ def test_binning_equals_a_brute_force_loop() -> None:
             zip(cnt, cls, strict=False)
         )  # ties in any order
     assert cell_index(xy[5:6], size).tolist() == [size * size - 1]
+
+
+def test_attribution_labels_equal_a_brute_force_mean() -> None:
+    from atlas_core.grid import attribution_per_cell
+
+    rng = np.random.default_rng(2)
+    n, n_classes = 400, 6
+    cells = rng.integers(-1, 5, n)
+    classes = np.stack([rng.permutation(n_classes)[:3] for _ in range(n)])
+    values = rng.normal(size=(n, 3))
+    values[:7] = np.nan
+    kept = np.array([0, 2, 4])
+    top_c, top_v = attribution_per_cell(cells, kept, classes, values, n_classes, top=2)
+    for i, cell in enumerate(kept):
+        rows = np.flatnonzero((cells == cell) & ~np.isnan(values).any(1))
+        mean = np.zeros(n_classes)
+        for r in rows:
+            mean[classes[r]] += values[r]
+        mean /= len(rows)
+        assert top_c[i].tolist() == np.argsort(-mean, kind="stable")[:2].tolist()
+        assert np.allclose(top_v[i], np.sort(mean)[::-1][:2], atol=1e-6)

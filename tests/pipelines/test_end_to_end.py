@@ -125,9 +125,14 @@ def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_pat
     s, _, _ = folder_run
     layouts = []
     for name in ("a", "b"):
-        s2, _ = _settings("data=folder", f"data.path={s.data.path}", f"run_dir={tmp_path / name}",
-                          "extract.samples_per_image=2", "reduce.fit_rows=60",
-                          "stages=[extract,reduce]")
+        s2, _ = _settings(
+            "data=folder",
+            f"data.path={s.data.path}",
+            f"run_dir={tmp_path / name}",
+            "extract.samples_per_image=2",
+            "reduce.fit_rows=60",
+            "stages=[extract,reduce]",
+        )
         manifest = run(s2, {})
         rd = manifest["stages"]["reduce"]
         assert rd["counts"]["fit_rows"] == 60 and rd["details"]["sampled_fit"] is True

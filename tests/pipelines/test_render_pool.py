@@ -29,8 +29,12 @@ def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session) 
     settings = RenderSettings(icon_px=32, steps=40, attempts=1, whiten=False)
     dirs = np.random.default_rng(0).normal(size=(24, 32)).astype(np.float32)
     batches = [RenderBatch(4, np.arange(i, i + 4), dirs[i : i + 4], i) for i in range(0, 24, 4)]
-    pool = ray_ops.ActorPool(RenderWorker, (ModelSpec(name="tiny"), "blocks.2", settings, "cpu",
-                                            None, 1), size=1, num_cpus=1)
+    pool = ray_ops.ActorPool(
+        RenderWorker,
+        (ModelSpec(name="tiny"), "blocks.2", settings, "cpu", None, 1),
+        size=1,
+        num_cpus=1,
+    )
     writes: Counter[int] = Counter()
     killed = threading.Event()
 
@@ -46,8 +50,12 @@ def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session) 
         restarts = pool.map("render", batches, desc="render", on_result=commit)
     finally:
         pool.close()
-    log.info("faults injected 1, actor restarts %d, icons expected 24, written %d, lost %d",
-             restarts, len(writes), 24 - len(writes))
+    log.info(
+        "faults injected 1, actor restarts %d, icons expected 24, written %d, lost %d",
+        restarts,
+        len(writes),
+        24 - len(writes),
+    )
     assert restarts == 1
     assert sorted(writes) == list(range(24)) and set(writes.values()) == {1}
 

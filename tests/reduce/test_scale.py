@@ -70,12 +70,20 @@ def test_joint_features_average_the_per_layer_cosines() -> None:
 
 def test_gather_reads_chunk_by_chunk_and_equals_slicing(tmp_path: Path) -> None:
     n = 50
-    man = InputManifest(uris=np.array([str(i) for i in range(n)], dtype=object),
-                        crops=np.full((n, 4), -1, np.int32))
-    st = RunStore.create(str(tmp_path / "a.zarr"), manifest=man,
-                         plan=plan_shards(n, chunk_images=8), k=1, seed=0,
-                         layers={"l": (4, 3, 3)}, positions=np.zeros((n, 2), np.int16), topk=0,
-                         act_dtype="float32")
+    man = InputManifest(
+        uris=np.array([str(i) for i in range(n)], dtype=object), crops=np.full((n, 4), -1, np.int32)
+    )
+    st = RunStore.create(
+        str(tmp_path / "a.zarr"),
+        manifest=man,
+        plan=plan_shards(n, chunk_images=8),
+        k=1,
+        seed=0,
+        layers={"l": (4, 3, 3)},
+        positions=np.zeros((n, 2), np.int16),
+        topk=0,
+        act_dtype="float32",
+    )
     data = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
     st.group["layers/l/acts"][:] = data
     rows = np.array([0, 3, 7, 8, 9, 31, 49])

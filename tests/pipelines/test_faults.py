@@ -1,0 +1,115 @@
+"""Extraction faults: each test ends with the store equal to a clean reference run and reports
+faults injected and survived, and rows expected = ok + failed + lost with lost = 0."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hydra import compose, initialize_config_dir
+
+from pipelines.main import CONF_DIR, to_settings
+from pipelines.run import run
+from tests.conftest import make_images
+
+log = logging.getLogger(__name__)
+ARRAYS = ("images/status", "images/top_class", "layers/blocks.2/acts", "layers/blocks.2/attr")
+
+
+def _settings(images: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                "debug=fast",
+                "data=folder",
+                f"data.path={images}",
+                f"run_dir={run_dir}",
+                "extract.chunk_images=16",
+                "extract.attr_classes=3",
+                "stages=[extract]",
+                *extra,
+            ],
+        )
+    return to_settings(cfg)[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+    base = tmp_path_factory.mktemp("faults")
+    make_images(base / "imgs", 60, size=70, seed=3)
+    (base / "imgs" / "sub2" / "zz_bad.png").write_bytes(b"GIF89a-but-not-really")
+    ref = base / "reference"
+    manifest = run(_settings(base / "imgs", ref), {})
+    return base, ref, manifest
+
+
+def _equal_to_reference(run_dir: Path, ref: Path) -> None:
+    a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
+    b = zarr.open_group(str(ref / "atlas.zarr"), mode="r")
+    for name in ARRAYS:
+        assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
+
+
+def _rows(manifest: dict) -> dict:  # type: ignore[type-arg]
+    c = manifest["stages"]["extract"]["counts"]
+    assert c["images_expected"] == c["images_ok"] + c["images_failed"] + c["images_lost"]
+    return c
+
+
+def test_reference_counts(corpus) -> None:  # type: ignore[no-untyped-def]
+    _, _, manifest = corpus
+    c = _rows(manifest)
+    assert (c["images_expected"], c["images_ok"], c["images_failed"], c["images_lost"]) == (
+        61,
+        60,
+        1,
+        0,
+    )
+    assert c["shards"] == 4
+    d = manifest["stages"]["extract"]["details"]
+    assert d["shard_seconds"]["max"] >= d["shard_seconds"]["min"] > 0
+
+
+def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus) -> None:  # type: ignore[no-untyped-def]
+    base, ref, _ = corpus
+    run_dir = base / "died"
+    with pytest.raises(RuntimeError, match="injected fault"):
+        run(_settings(base / "imgs", run_dir, "+extract.fault='raise:after_write'"), {})
+    done = sorted(p.name for p in (run_dir / "markers" / "extract").glob("*.json"))
+    assert len(done) < 4  # the failing shard never committed
+    resumed = run(_settings(base / "imgs", run_dir), {})
+    c = _rows(resumed)
+    assert c["shards_skipped"] == len(done) and c["shards_run"] == 4 - len(done)
+    assert c["images_lost"] == 0
+    _equal_to_reference(run_dir, ref)
+    log.info("fault 'task dies after a partial write': injected 1, survived 1, lost rows 0")
+
+
+def test_a_worker_killed_with_sigkill_is_retried(corpus) -> None:  # type: ignore[no-untyped-def]
+    base, ref, _ = corpus
+    run_dir = base / "sigkill"
+    flag = base / "killed-once"
+    manifest = run(
+        _settings(base / "imgs", run_dir, f"+extract.fault='sigkill_once:mid:{flag}'"), {}
+    )
+    assert flag.exists()  # the kill happened
+    assert _rows(manifest)["images_lost"] == 0
+    _equal_to_reference(run_dir, ref)
+    log.info("fault 'worker SIGKILL mid-extraction': injected 1, survived 1, lost rows 0")
+
+
+def test_a_rerun_is_a_no_op_and_a_redo_writes_identical_bytes(corpus) -> None:  # type: ignore[no-untyped-def]
+    base, ref, _ = corpus
+    chunk = ref / "atlas.zarr" / "layers" / "blocks.2" / "acts" / "c" / "1" / "0"
+    before = chunk.read_bytes()
+    again = run(_settings(base / "imgs", ref), {})
+    assert again["stages"]["extract"]["status"] == "skipped (complete)"
+    (ref / "markers" / "extract" / "shard-000001.json").unlink()
+    (ref / "markers" / "stage-extract.json").unlink()
+    redo = run(_settings(base / "imgs", ref), {})
+    assert redo["stages"]["extract"]["counts"]["shards_run"] == 1
+    assert chunk.read_bytes() == before
