@@ -30,6 +30,7 @@ from atlas_core.data import (
 from atlas_core.extract import ActivationExtractor, ExtractBatch, sample_positions
 from atlas_core.models.layers import layer_shapes, resolve_layer
 from atlas_core.models.registry import ModelSpec
+from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore, fingerprint
 from atlas_core.store.run_store import ShardResult
 from pipelines import ray_ops
@@ -117,8 +118,8 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
         if store.attrs.get("extract_fingerprint") == fp:
             return store
         log.info("extract settings changed: recreating the run store")
-    except Exception:  # no store yet (or an unreadable one): create it
-        pass
+    except StoreError as exc:  # no store yet: create it
+        log.info("extract: creating the run store (%s)", exc)
     markers.remove_prefix("extract")
     manifest = build_manifest(s)
     model = cached_model(s.model, "cpu")
@@ -264,10 +265,10 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
                 rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
                 buf.add(idx, extractor(x.pin_memory() if pin else x, pos[rows]))
                 batch = []
-                _inject(job.fault, "mid")
+                _inject(job.fault, "mid", job.shard)
     seconds = time.perf_counter() - t0
     store.write_extract_shard(buf.result(job, seconds))
-    _inject(job.fault, "after_write")
+    _inject(job.fault, "after_write", job.shard)
     counts = Counter(Status(int(v)).name.lower() for v in buf.status)
     record = {
         "shard": job.shard,
@@ -285,22 +286,23 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     return record
 
 
-def _inject(fault: str, where: str) -> None:
+def _inject(fault: str, where: str, shard: int) -> None:
     """Fault injection for the reliability tests (extract.fault; never set in normal runs).
 
-    ``raise:<where>`` raises; ``sigkill_once:<where>:<path>`` kills the worker process the first
-    time (it creates ``path`` so a retry survives).
+    ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
+    ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
+    first, so the retry survives).
     """
     if not fault:
         return
     kind, _, rest = fault.partition(":")
-    at, _, path = rest.partition(":")
+    at, _, arg = rest.partition(":")
     if at != where:
         return
-    if kind == "raise":
-        raise RuntimeError(f"injected fault at {where}")
-    if kind == "sigkill_once" and not os.path.exists(path):
-        open(path, "w").close()
+    if kind == "raise" and (not arg or int(arg) == shard):
+        raise RuntimeError(f"injected fault at {where} in shard {shard}")
+    if kind == "sigkill_once" and not os.path.exists(arg):
+        open(arg, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
 
 

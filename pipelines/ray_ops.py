@@ -76,14 +76,16 @@ def map_tasks(
     """Run ``fn(job)`` (or ``fn(job, shared)``) for every job as Ray tasks; results in job order,
     one progress bar. ``shared`` is put in the object store once, not sent with every task.
 
-    A task whose worker dies is retried by Ray (``max_retries``); an exception raised by ``fn``
-    is not retried here and propagates with the job's index in the message.
+    A task whose worker dies is retried by Ray (``max_retries``). An exception raised by ``fn`` is
+    not retried: every other task still runs to its end, then one RuntimeError names the failed
+    jobs (no task is left writing when this returns).
     """
     ray = _ray()
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
     extra = () if shared is None else (ray.put(shared),)
     refs = {remote.remote(job, *extra): i for i, job in enumerate(jobs)}
     results: dict[int, R] = {}
+    errors: dict[int, Exception] = {}
     pending = list(refs)
     with tqdm(total=len(jobs), desc=desc, unit="shard") as bar:
         while pending:
@@ -91,11 +93,19 @@ def map_tasks(
             i = refs[done[0]]
             try:
                 results[i] = ray.get(done[0])
-            except Exception as exc:
-                raise RuntimeError(f"{desc}: job {i} failed: {exc}") from exc
+            except Exception as exc:  # keep going: no task may outlive the call that started it
+                errors[i] = exc
+                log.error("%s: job %d failed: %s", desc, i, exc)
+                continue
             if on_result is not None:
                 on_result(i, results[i])
             bar.update(1)
+    if errors:
+        first = min(errors)
+        raise RuntimeError(
+            f"{desc}: {len(errors)} of {len(jobs)} jobs failed (jobs {sorted(errors)}); the others "
+            f"finished and are committed, so re-running resumes. First error: {errors[first]}"
+        ) from errors[first]
     return [results[i] for i in range(len(jobs))]
 
 

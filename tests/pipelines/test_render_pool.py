@@ -39,7 +39,7 @@ def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session) 
     killed = threading.Event()
 
     def commit(batch: RenderBatch, out) -> None:  # type: ignore[no-untyped-def]
-        icons, objective, cosine = out
+        icons, objective, _cosine = out
         assert icons.shape == (4, 32, 32, 3) and np.isfinite(objective).all()
         writes.update(batch.rows.tolist())
         if not killed.is_set():  # the next batch is now running on actor 0: kill it mid-batch
