@@ -64,6 +64,13 @@ def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
 
 def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed):  # type: ignore[no-untyped-def]
     """Real lucent render_vis, one direction per call, our objective written as a lucent one."""
+    import kornia
+    from kornia.geometry import transform as kgt
+
+    # torch-lucent 0.1.8 calls kornia's pre-0.5 top-level names; current kornia moved them.
+    kornia.get_rotation_matrix2d = getattr(kornia, "get_rotation_matrix2d",
+                                           kgt.get_rotation_matrix2d)
+    kornia.warp_affine = getattr(kornia, "warp_affine", kgt.warp_affine)
     from lucent.optvis import objectives, param, render, transform
 
     pre = model.preprocess
