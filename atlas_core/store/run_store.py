@@ -10,6 +10,7 @@ See docs/run-store.md for every array.
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ from atlas_core.data.plan import ShardPlan
 from atlas_core.data.sources import InputManifest
 from atlas_core.errors import StoreError
 
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 FORMAT = "activation-atlas-run"
 FORMAT_VERSION = 1
 _CFG = {"write_empty_chunks": True}
@@ -61,9 +63,13 @@ class GridArrays:
 class RunStore:
     """Typed access to one run's ``atlas.zarr`` group."""
 
-    def __init__(self, group: zarr.Group, url: str) -> None:
+    def __init__(self, group: zarr.Group, url: str, *, retries: int = 4, backoff: float = 0.2
+                 ) -> None:
         self.group = group
         self.url = url
+        self.retries = retries
+        self.backoff = backoff
+        self.transient_errors = 0
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
@@ -179,20 +185,42 @@ class RunStore:
             raise StoreError(f"{self.url}/{path} is a group, not an array")
         return arr.with_config(_CFG)
 
+    def _put(self, path: str, sel: Any, data: np.ndarray) -> None:
+        """Write ``data`` at ``sel`` of array ``path``, retrying transient errors (OSError,
+        timeouts) with exponential backoff; permanent ones (permissions, missing paths) and
+        exhausted retries raise. Rewriting a region is idempotent, so a retry is always safe."""
+        for attempt in range(self.retries + 1):
+            try:
+                self._w(path)[sel] = data
+                return
+            except _PERMANENT:
+                raise
+            except (OSError, TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise StoreError(f"{self.url}/{path}: write failed {attempt + 1} times: {exc}"
+                                     ) from exc
+                self.transient_errors += 1
+                time.sleep(self.backoff * 2**attempt)
+
     def write_extract_shard(self, r: ShardResult) -> None:
         """Write one shard's rows; the rows are whole chunks by construction of the plan."""
         k, s, e = self.k, r.start, r.stop
-        self._w("images/error")[s:e] = r.error
-        self._w("images/content_hash")[s:e] = r.content_hash
-        self._w("images/top_class")[s:e] = r.top_class
-        self._w("images/top_prob")[s:e] = r.top_prob
-        for name, a in r.acts.items():
-            self._w(f"layers/{name}/acts")[s * k : e * k] = a
-            self._w(f"layers/{name}/moment_partial")[r.shard] = r.moment[name]
-            self._w(f"layers/{name}/moment_count")[r.shard : r.shard + 1] = r.moment_count[name]
-            if r.attr is not None:
-                self._w(f"layers/{name}/attr")[s * k : e * k] = r.attr[name]
-        self._w("images/status")[s:e] = r.status  # last: 0 means the shard never finished
+        try:
+            self._put("images/error", slice(s, e), r.error)
+            self._put("images/content_hash", slice(s, e), r.content_hash)
+            self._put("images/top_class", slice(s, e), r.top_class)
+            self._put("images/top_prob", slice(s, e), r.top_prob)
+            for name, a in r.acts.items():
+                self._put(f"layers/{name}/acts", slice(s * k, e * k), a)
+                self._put(f"layers/{name}/moment_partial", r.shard, r.moment[name])
+                self._put(f"layers/{name}/moment_count", slice(r.shard, r.shard + 1),
+                          np.array([r.moment_count[name]]))
+                if r.attr is not None:
+                    self._put(f"layers/{name}/attr", slice(s * k, e * k), r.attr[name])
+            self._put("images/status", slice(s, e), r.status)  # last: 0 = never finished
+        except (StoreError, *_PERMANENT) as exc:
+            raise StoreError(f"extraction shard {r.shard} (images {s}..{e}) could not be "
+                             f"written to {self.url}: {exc}") from exc
 
     # ------------------------------------------------------------------ reading
     def status(self) -> np.ndarray:

@@ -107,3 +107,46 @@ def test_markers_round_trip_and_stay_inside_the_run(tmp_path: Path) -> None:
     mk.remove_prefix("extract")
     assert mk.read("extract/shard-000001") is None
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1}) != fingerprint({"a": 2})
+
+
+class _FlakyStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
+    """Fails the first ``fail`` chunk writes with a transient error, or every one with
+    ``permanent``."""
+
+    def __init__(self, store, fail: int = 0, permanent: bool = False) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(store)
+        self.fail = fail
+        self.permanent = permanent
+        self.injected = 0
+
+    async def set(self, key, value):  # type: ignore[no-untyped-def]
+        if "/c/" in key or key.endswith("/c"):
+            if self.permanent:
+                raise PermissionError(f"denied: {key}")
+            if self.injected < self.fail:
+                self.injected += 1
+                raise ConnectionResetError(f"transient failure writing {key}")
+        return await self._store.set(key, value)
+
+
+def _flaky(tmp_path: Path, **kw) -> tuple[RunStore, _FlakyStore]:  # type: ignore[no-untyped-def]
+    _store(tmp_path)
+    flaky = _FlakyStore(zarr.storage.LocalStore(str(tmp_path / "atlas.zarr")), **kw)
+    return RunStore(zarr.open_group(flaky, mode="r+"), "flaky://", backoff=0.001), flaky
+
+
+def test_transient_store_errors_are_retried(tmp_path: Path) -> None:
+    st, flaky = _flaky(tmp_path, fail=3)
+    st.write_extract_shard(_shard(0, 0, 4))
+    assert flaky.injected == 3 and st.transient_errors == 3  # injected 3, survived 3
+    again = RunStore.open(str(tmp_path / "atlas.zarr"))
+    assert again.status()[:4].tolist() == [2, 1, 1, 1]
+
+
+def test_a_permanent_store_error_fails_loudly_naming_the_shard(tmp_path: Path) -> None:
+    st, _ = _flaky(tmp_path, permanent=True)
+    with pytest.raises(StoreError, match=r"shard 2 \(images 8\.\.10\)"):
+        st.write_extract_shard(_shard(2, 8, 10))
+    st2, _ = _flaky(tmp_path / "b", fail=100)
+    with pytest.raises(StoreError, match="shard 0.*failed 5 times"):
+        st2.write_extract_shard(_shard(0, 0, 4))
