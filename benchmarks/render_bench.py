@@ -68,8 +68,9 @@ def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed):  # ty
     from kornia.geometry import transform as kgt
 
     # torch-lucent 0.1.8 calls kornia's pre-0.5 top-level names; current kornia moved them.
-    kornia.get_rotation_matrix2d = getattr(kornia, "get_rotation_matrix2d",
-                                           kgt.get_rotation_matrix2d)
+    kornia.get_rotation_matrix2d = getattr(
+        kornia, "get_rotation_matrix2d", kgt.get_rotation_matrix2d
+    )
     kornia.warp_affine = getattr(kornia, "warp_affine", kgt.warp_affine)
     from lucent.optvis import objectives, param, render, transform
 

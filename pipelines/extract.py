@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -23,14 +24,17 @@ from atlas_core.data import (
     InputManifest,
     Status,
     decode,
+    file_list_manifest,
+    folder_labels,
     folder_manifest,
     photo_crops,
     plan_shards,
 )
+from atlas_core.data.decode import cropped
+from atlas_core.errors import StoreError
 from atlas_core.extract import ActivationExtractor, ExtractBatch, sample_positions
 from atlas_core.models.layers import layer_shapes, resolve_layer
 from atlas_core.models.registry import ModelSpec
-from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore, fingerprint
 from atlas_core.store.run_store import ShardResult
 from pipelines import ray_ops
@@ -64,8 +68,14 @@ class ExtractJob:
 
 
 def build_manifest(s: Settings) -> InputManifest:
+    if s.data.source == "filelist":
+        return file_list_manifest(str(s.data.path), limit=s.data.limit)
     if s.data.source == "folder":
-        return folder_manifest(str(s.data.path), extensions=s.data.extensions, limit=s.data.limit)
+        man = folder_manifest(str(s.data.path), extensions=s.data.extensions, limit=s.data.limit)
+        if s.data.labels == "folder":
+            labels, names = folder_labels(man.uris)
+            man = InputManifest(man.uris, man.crops, man.root, labels, names)
+        return man
     return photo_crops(s.data.n_images, seed=s.seed, scales=s.data.scales or (1.0,))
 
 
@@ -249,8 +259,15 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     buf = _ShardBuffers(n, k, {L: store.layers[L][0] for L in job.layers}, job.topk, n_attr)
     pin = job.device == "cuda"
 
+    # Crops of one source file (the photo source) decode that file once per task.
+    whole = lru_cache(maxsize=32)(lambda uri: decode(uri, None, policy=job.decode, root=root))
+    repeated = bool((crops[:, 0] >= 0).any())
+
     def load(i: int) -> tuple[int, np.ndarray | None]:
-        d = decode(str(uris[i]), crops[i], policy=job.decode, root=root)
+        if repeated:
+            d = cropped(whole(str(uris[i])), crops[i])
+        else:
+            d = decode(str(uris[i]), crops[i], policy=job.decode, root=root)
         buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail[:500], d.content_hash
         return i, (model.preprocess.to_array(d.image) if d.image is not None else None)
 
@@ -290,6 +307,7 @@ def _inject(fault: str, where: str, shard: int) -> None:
     """Fault injection for the reliability tests (extract.fault; never set in normal runs).
 
     ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
+    ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);
     ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
     first, so the retry survives).
     """
@@ -301,6 +319,8 @@ def _inject(fault: str, where: str, shard: int) -> None:
         return
     if kind == "raise" and (not arg or int(arg) == shard):
         raise RuntimeError(f"injected fault at {where} in shard {shard}")
+    if kind == "sleep":
+        time.sleep(float(arg))
     if kind == "sigkill_once" and not os.path.exists(arg):
         open(arg, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -34,6 +34,10 @@ def _ray():  # type: ignore[no-untyped-def]
 
 def init(cluster: ClusterSettings) -> None:
     """Start (or join) Ray once per process; a second call is a no-op."""
+    if not cluster.address:
+        # Local runs stay on loopback: with this, Ray resolves every node address to 127.0.0.1
+        # instead of the machine's interface (read when ray is first imported).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
     if ray.is_initialized():
         return

@@ -28,6 +28,7 @@ class DataSettings:
     path: str | None = None
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")
     limit: int | None = None
+    labels: str = "none"
     decode: DecodePolicy = field(default_factory=DecodePolicy)
 
 
@@ -154,18 +155,19 @@ def parse(cfg: dict[str, Any]) -> Settings:
     if layer not in layers:
         layers = (layer, *layers)
     data = DataSettings(
-        source=_choice("data.source", d.get("source", "photos"), ("photos", "folder")),
+        source=_choice("data.source", d.get("source", "photos"), ("photos", "folder", "filelist")),
         n_images=int(d.get("n_images", 2048)),
         scales=tuple(float(s) for s in d.get("scales", ())),
         path=d.get("path"),
         extensions=tuple(d.get("extensions", DataSettings.extensions)),
         limit=d.get("limit"),
+        labels=_choice("data.labels", d.get("labels", "none"), ("none", "folder")),
         decode=DecodePolicy(
             max_pixels=int(d.get("max_pixels", 64_000_000)), min_side=int(d.get("min_side", 8))
         ),
     )
-    if data.source == "folder" and not data.path:
-        raise ConfigError("data.path", None, fix="data=folder needs data.path=/dir/of/images.")
+    if data.source in ("folder", "filelist") and not data.path:
+        raise ConfigError("data.path", None, fix=f"data={data.source} needs data.path=<path>.")
     if data.source == "folder" and not os.path.isdir(os.path.expanduser(str(data.path))):
         raise ConfigError("data.path", data.path, fix="point data.path at an existing directory.")
     extract = ExtractSettings(

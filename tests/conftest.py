@@ -12,6 +12,8 @@ from PIL import Image
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # see pipelines/ray_ops.py
+# Every Ray address resolves to 127.0.0.1 (else Ray picks the machine's interface address).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(2)
 
 

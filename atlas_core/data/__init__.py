@@ -2,7 +2,14 @@
 
 from atlas_core.data.decode import Decoded, DecodePolicy, Status, decode
 from atlas_core.data.plan import ShardPlan, plan_shards
-from atlas_core.data.sources import InputManifest, builtin_photos, folder_manifest, photo_crops
+from atlas_core.data.sources import (
+    InputManifest,
+    builtin_photos,
+    file_list_manifest,
+    folder_labels,
+    folder_manifest,
+    photo_crops,
+)
 
 __all__ = [
     "DecodePolicy",
@@ -12,6 +19,8 @@ __all__ = [
     "Status",
     "builtin_photos",
     "decode",
+    "file_list_manifest",
+    "folder_labels",
     "folder_manifest",
     "photo_crops",
     "plan_shards",

@@ -80,9 +80,15 @@ def decode(
     digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
     result = _decode_bytes(data, policy)
     result.content_hash = digest
-    if result.image is not None and crop is not None and int(crop[0]) >= 0:
-        result.image = result.image.crop(tuple(int(c) for c in crop))
-    return result
+    return cropped(result, crop)
+
+
+def cropped(d: Decoded, crop: np.ndarray | None) -> Decoded:
+    """``d`` with its image cut to ``crop`` (left, top, right, bottom); -1 or None: unchanged.
+    A new Decoded: a cached whole-image result can be cropped many times."""
+    if d.image is None or crop is None or int(crop[0]) < 0:
+        return d
+    return Decoded(d.status, d.image.crop(tuple(int(c) for c in crop)), d.detail, d.content_hash)
 
 
 def _read(uri: str, root: str | None) -> bytes | Decoded:

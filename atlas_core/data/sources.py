@@ -51,6 +51,8 @@ class InputManifest:
     uris: np.ndarray
     crops: np.ndarray
     root: str | None = None
+    labels: np.ndarray | None = None  # (N,) int32 class per image (-1 unknown), e.g. from synsets
+    label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.crops.shape != (len(self.uris), 4):
@@ -124,3 +126,37 @@ def folder_manifest(
         )
     crops = np.full((len(found), 4), -1, dtype=np.int32)
     return InputManifest(uris=np.array(found, dtype=object), crops=crops, root=str(root.resolve()))
+
+
+def folder_labels(uris: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """ImageNet-style labels: the index of each file's parent folder name (a synset such as
+    ``n01440764``) among the sorted distinct folder names."""
+    parents = np.array([Path(u).parent.name for u in uris], dtype=object)
+    names = tuple(sorted(set(parents)))
+    index = {n: i for i, n in enumerate(names)}
+    return np.array([index[p] for p in parents], dtype=np.int32), names
+
+
+def file_list_manifest(path: str, *, limit: int | None = None) -> InputManifest:
+    """One input per non-empty line of a text file: local paths or fsspec URLs (s3://, gs://).
+
+    A line's entry is not checked here; one that cannot be read gets a status when decoded.
+    """
+    import fsspec
+
+    try:
+        with fsspec.open(path, "r") as f:
+            lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            "data.path", path, fix="give a text file with one image path or URL per line."
+        ) from exc
+    if limit is not None:
+        lines = lines[:limit]
+    if not lines:
+        raise ConfigError("data.path", path, fix="the file list is empty.")
+    return InputManifest(
+        uris=np.array(lines, dtype=object),
+        crops=np.full((len(lines), 4), -1, dtype=np.int32),
+        root=None,
+    )

@@ -63,8 +63,9 @@ class GridArrays:
 class RunStore:
     """Typed access to one run's ``atlas.zarr`` group."""
 
-    def __init__(self, group: zarr.Group, url: str, *, retries: int = 4, backoff: float = 0.2
-                 ) -> None:
+    def __init__(
+        self, group: zarr.Group, url: str, *, retries: int = 4, backoff: float = 0.2
+    ) -> None:
         self.group = group
         self.url = url
         self.retries = retries
@@ -128,6 +129,10 @@ class RunStore:
         _arr(img, "content_hash", (n,), (ci,), "uint64", 0)
         _arr(img, "top_class", (n, topk), (ci, topk), "int32", -1)
         _arr(img, "top_prob", (n, topk), (ci, topk), "float16", np.nan)
+        if manifest.labels is not None:
+            lab = _arr(img, "label", (n,), (ci,), "int32", -1)
+            lab[:] = manifest.labels
+            lab.attrs["names"] = list(manifest.label_names)
         smp = g.require_group("samples")
         _arr(smp, "image", (n * k,), (ci * k,), "int64", -1)[:] = np.repeat(np.arange(n), k)
         _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1)[:] = positions
@@ -197,8 +202,9 @@ class RunStore:
                 raise
             except (OSError, TimeoutError) as exc:
                 if attempt == self.retries:
-                    raise StoreError(f"{self.url}/{path}: write failed {attempt + 1} times: {exc}"
-                                     ) from exc
+                    raise StoreError(
+                        f"{self.url}/{path}: write failed {attempt + 1} times: {exc}"
+                    ) from exc
                 self.transient_errors += 1
                 time.sleep(self.backoff * 2**attempt)
 
@@ -213,14 +219,19 @@ class RunStore:
             for name, a in r.acts.items():
                 self._put(f"layers/{name}/acts", slice(s * k, e * k), a)
                 self._put(f"layers/{name}/moment_partial", r.shard, r.moment[name])
-                self._put(f"layers/{name}/moment_count", slice(r.shard, r.shard + 1),
-                          np.array([r.moment_count[name]]))
+                self._put(
+                    f"layers/{name}/moment_count",
+                    slice(r.shard, r.shard + 1),
+                    np.array([r.moment_count[name]]),
+                )
                 if r.attr is not None:
                     self._put(f"layers/{name}/attr", slice(s * k, e * k), r.attr[name])
             self._put("images/status", slice(s, e), r.status)  # last: 0 = never finished
         except (StoreError, *_PERMANENT) as exc:
-            raise StoreError(f"extraction shard {r.shard} (images {s}..{e}) could not be "
-                             f"written to {self.url}: {exc}") from exc
+            raise StoreError(
+                f"extraction shard {r.shard} (images {s}..{e}) could not be "
+                f"written to {self.url}: {exc}"
+            ) from exc
 
     # ------------------------------------------------------------------ reading
     def status(self) -> np.ndarray:

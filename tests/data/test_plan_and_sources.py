@@ -44,3 +44,20 @@ def test_folder_manifest_is_recursive_sorted_and_refuses_empty(tmp_path: Path) -
     with pytest.raises(ConfigError, match="existing directory"):
         folder_manifest(str(tmp_path / "missing"))
     assert np.all(folder_manifest(str(tmp_path / "imgs"), limit=3).uris == m.uris[:3])
+
+
+def test_imagenet_folder_labels_and_file_lists(tmp_path: Path) -> None:
+    from atlas_core.data import file_list_manifest, folder_labels
+
+    for syn in ("n02", "n01"):
+        make_images(tmp_path / "train" / syn, 2, seed=len(syn))
+    m = folder_manifest(str(tmp_path / "train"))
+    labels, names = folder_labels(m.uris)
+    assert names == ("sub0", "sub1")  # make_images nests one level: labels come from the parent
+    lst = tmp_path / "list.txt"
+    lst.write_text("# inputs\n" + "\n".join(m.uris) + "\ns3://bucket/remote.jpg\n\n")
+    fl = file_list_manifest(str(lst))
+    assert list(fl.uris) == [*m.uris, "s3://bucket/remote.jpg"] and fl.root is None
+    assert labels.tolist() == [0 if "/sub0/" in u else 1 for u in m.uris]
+    with pytest.raises(ConfigError):
+        file_list_manifest(str(tmp_path / "nope.txt"))

@@ -39,7 +39,12 @@ def _compose(*overrides: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Path) -> None:
-    extra = [f"data.path={tmp_path}"] if option == "folder" else []
+    (tmp_path / "list.txt").write_text("/a.jpg\n")
+    extra = {
+        "folder": [f"data.path={tmp_path}"],
+        "imagenet": [f"data.path={tmp_path}"],
+        "filelist": [f"data.path={tmp_path / 'list.txt'}"],
+    }.get(option, [])
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)
     assert s.layer == resolved["layer"] and s.layer in s.extract.layers

@@ -28,20 +28,35 @@ def s3(local_ray, tmp_path_factory):  # type: ignore[no-untyped-def]
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id="test", aws_secret_access_key="test").create_bucket(
-        Bucket="atlas")
-    opts = {"key": "test", "secret": "test", "client_kwargs": {"endpoint_url": endpoint,
-                                                               "region_name": "us-east-1"}}
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    ).create_bucket(Bucket="atlas")
+    opts = {
+        "key": "test",
+        "secret": "test",
+        "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
     yield opts, tmp_path_factory.mktemp("s3imgs")
     server.stop()
 
 
 def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped-def,type-arg]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "debug=fast", "data=folder", f"data.path={images}", "run_dir=s3://atlas/run1",
-            "extract.chunk_images=16", *extra])
+        cfg = compose(
+            "config",
+            overrides=[
+                "debug=fast",
+                "data=folder",
+                f"data.path={images}",
+                "run_dir=s3://atlas/run1",
+                "extract.chunk_images=16",
+                *extra,
+            ],
+        )
     s, resolved = to_settings(cfg)
     return s.__class__(**{**s.__dict__, "storage_options": opts}), resolved
 
@@ -66,5 +81,6 @@ def test_a_run_on_s3_resumes_and_finishes(s3) -> None:  # type: ignore[no-untype
     g = zarr.open_group("s3://atlas/run1/atlas.zarr", mode="r", storage_options=opts)
     assert (g["images/status"][:] == 1).all()
     assert not np.isnan(g["layers/blocks.2/layout"][:]).any()
-    log.info("S3 run: fault injected 1, survived 1, shards skipped on resume %d",
-             ex["shards_skipped"])
+    log.info(
+        "S3 run: fault injected 1, survived 1, shards skipped on resume %d", ex["shards_skipped"]
+    )
