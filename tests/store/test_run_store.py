@@ -148,5 +148,5 @@ def test_a_permanent_store_error_fails_loudly_naming_the_shard(tmp_path: Path) -
     with pytest.raises(StoreError, match=r"shard 2 \(images 8\.\.10\)"):
         st.write_extract_shard(_shard(2, 8, 10))
     st2, _ = _flaky(tmp_path / "b", fail=100)
-    with pytest.raises(StoreError, match="shard 0.*failed 5 times"):
+    with pytest.raises(StoreError, match=r"shard 0.*failed 5 times"):
         st2.write_extract_shard(_shard(0, 0, 4))
