@@ -27,6 +27,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check atlas_core pipelines tests benchmarks
 
 bench: $(STAMP)
+	# the render peer is the real torch-lucent (its pins are from 2020: install it without deps)
+	$(PY) -m pip install decorator kornia ipython
+	$(PY) -m pip install --no-deps torch-lucent==0.1.8
 	$(PY) -m benchmarks.run
 
 clean-runs:
