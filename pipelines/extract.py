@@ -7,11 +7,13 @@ A resume skips every shard whose marker validates.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +33,8 @@ from atlas_core.data import (
     plan_shards,
 )
 from atlas_core.data.decode import cropped
+from atlas_core.data.tars import PREFIX as TAR_PREFIX
+from atlas_core.data.tars import stream_members, tar_manifest
 from atlas_core.errors import StoreError
 from atlas_core.extract import ActivationExtractor, ExtractBatch, sample_positions
 from atlas_core.models.layers import layer_shapes, resolve_layer
@@ -70,6 +74,12 @@ class ExtractJob:
 def build_manifest(s: Settings) -> InputManifest:
     if s.data.source == "filelist":
         return file_list_manifest(str(s.data.path), limit=s.data.limit)
+    if s.data.source == "tar":
+        path = str(s.data.path)
+        tars = sorted(
+            glob.glob(os.path.join(path, "*.tar")) if os.path.isdir(path) else glob.glob(path)
+        )
+        return tar_manifest(tars, extensions=s.data.extensions)
     if s.data.source == "folder":
         man = folder_manifest(str(s.data.path), extensions=s.data.extensions, limit=s.data.limit)
         if s.data.labels == "folder":
@@ -271,9 +281,19 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
         buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail[:500], d.content_hash
         return i, (model.preprocess.to_array(d.image) if d.image is not None else None)
 
+    def from_tar() -> Iterator[tuple[int, np.ndarray | None]]:
+        """Tar members, each tar streamed once; yields rows in order, like ``load``."""
+        got = dict(stream_members([str(u) for u in uris], job.decode))
+        for i in range(n):
+            d = got[i]
+            buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail, d.content_hash
+            yield i, (model.preprocess.to_array(d.image) if d.image is not None else None)
+
+    tar = n > 0 and str(uris[0]).startswith(TAR_PREFIX)
     with ThreadPoolExecutor(max_workers=job.decode_threads) as pool:
         batch: list[tuple[int, np.ndarray]] = []
-        for i, arr in pool.map(load, range(n)):  # decoding runs ahead on the pool's threads
+        rows_in = from_tar() if tar else pool.map(load, range(n))  # decoding runs ahead
+        for i, arr in rows_in:
             if arr is not None:
                 batch.append((i, arr))
             if len(batch) == job.batch_size or (i == n - 1 and batch):

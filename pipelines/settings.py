@@ -155,7 +155,9 @@ def parse(cfg: dict[str, Any]) -> Settings:
     if layer not in layers:
         layers = (layer, *layers)
     data = DataSettings(
-        source=_choice("data.source", d.get("source", "photos"), ("photos", "folder", "filelist")),
+        source=_choice(
+            "data.source", d.get("source", "photos"), ("photos", "folder", "filelist", "tar")
+        ),
         n_images=int(d.get("n_images", 2048)),
         scales=tuple(float(s) for s in d.get("scales", ())),
         path=d.get("path"),
@@ -166,7 +168,7 @@ def parse(cfg: dict[str, Any]) -> Settings:
             max_pixels=int(d.get("max_pixels", 64_000_000)), min_side=int(d.get("min_side", 8))
         ),
     )
-    if data.source in ("folder", "filelist") and not data.path:
+    if data.source in ("folder", "filelist", "tar") and not data.path:
         raise ConfigError("data.path", None, fix=f"data={data.source} needs data.path=<path>.")
     if data.source == "folder" and not os.path.isdir(os.path.expanduser(str(data.path))):
         raise ConfigError("data.path", data.path, fix="point data.path at an existing directory.")

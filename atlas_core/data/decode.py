@@ -77,10 +77,14 @@ def decode(
     data = _read(uri, root)
     if isinstance(data, Decoded):
         return data
-    digest = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    return cropped(decode_bytes(data, policy), crop)
+
+
+def decode_bytes(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded:
+    """Decode an image held in memory (a tar member, an object-store blob), with its hash."""
     result = _decode_bytes(data, policy)
-    result.content_hash = digest
-    return cropped(result, crop)
+    result.content_hash = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    return result
 
 
 def cropped(d: Decoded, crop: np.ndarray | None) -> Decoded:

@@ -22,18 +22,34 @@ ROOT = Path(CONF_DIR).parent
 
 
 def _cmd(images: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.main", "debug=fast", "data=folder",
-            f"data.path={images}", f"run_dir={run_dir}", "extract.chunk_images=8",
-            "extract.batch_size=4", "stages=[extract]", "cluster.num_cpus=1", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.main",
+        "debug=fast",
+        "data=folder",
+        f"data.path={images}",
+        f"run_dir={run_dir}",
+        "extract.chunk_images=8",
+        "extract.batch_size=4",
+        "stages=[extract]",
+        "cluster.num_cpus=1",
+        *extra,
+    ]
 
 
 def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 48, size=64, seed=9)
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(_cmd(tmp_path / "imgs", run_dir, "+extract.fault='sleep:mid:0.5'"),
-                            cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cmd(tmp_path / "imgs", run_dir, "+extract.fault='sleep:mid:0.5'"),
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     markers = run_dir / "markers" / "extract"
     deadline = time.time() + 180
     while time.time() < deadline and not (markers.exists() and any(markers.iterdir())):
@@ -44,18 +60,32 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     time.sleep(3)
     committed = len(list(markers.glob("*.json")))
     assert 1 <= committed < 6
-    resumed = subprocess.run(_cmd(tmp_path / "imgs", run_dir), cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(tmp_path / "imgs", run_dir),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert f"{6 - committed} shards to run, {committed} already committed" in (
-        resumed.stdout + resumed.stderr)
-    ref = subprocess.run(_cmd(tmp_path / "imgs", ref_dir), cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=300)
+        resumed.stdout + resumed.stderr
+    )
+    ref = subprocess.run(
+        _cmd(tmp_path / "imgs", ref_dir),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0
     a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
     for name in ("images/status", "layers/blocks.2/acts", "images/top_class"):
         assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
     assert (a["images/status"][:] == 1).all()
-    log.info("fault 'driver killed': injected 1, survived 1; %d of 6 shards kept, rows lost 0",
-             committed)
+    log.info(
+        "fault 'driver killed': injected 1, survived 1; %d of 6 shards kept, rows lost 0", committed
+    )
