@@ -62,3 +62,30 @@ def local_ray():  # type: ignore[no-untyped-def]
     )
     yield ray
     ray.shutdown()
+
+
+def debug_settings(*overrides: str):  # type: ignore[no-untyped-def]
+    """(Settings, resolved config) of the ``debug=fast`` configuration plus ``overrides``."""
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.main import CONF_DIR, to_settings
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_settings(compose("config", overrides=["debug=fast", *overrides]))
+
+
+def folder_settings(images: Path, run_dir: Path | str, *overrides: str):  # type: ignore[no-untyped-def]
+    """Settings of an extraction-only debug run over a folder of images."""
+    return debug_settings(
+        "data=folder", f"data.path={images}", f"run_dir={run_dir}", "stages=[extract]", *overrides
+    )[0]
+
+
+def assert_same_store(a_dir: Path, b_dir: Path, arrays: tuple[str, ...]) -> None:
+    """The named arrays of two runs' stores are equal (NaN holes included)."""
+    import zarr
+
+    a = zarr.open_group(str(a_dir / "atlas.zarr"), mode="r")
+    b = zarr.open_group(str(b_dir / "atlas.zarr"), mode="r")
+    for name in arrays:
+        assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name

@@ -9,35 +9,19 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
-from hydra import compose, initialize_config_dir
 
 from pipelines import ray_ops
-from pipelines.main import CONF_DIR, to_settings
 from pipelines.run import run
-from tests.conftest import make_images
+from tests.conftest import assert_same_store, folder_settings, make_images
 
 log = logging.getLogger(__name__)
 
 
 def _settings(images: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "data=folder",
-                f"data.path={images}",
-                f"run_dir={run_dir}",
-                "extract.chunk_images=8",
-                "extract.batch_size=4",
-                "stages=[extract]",
-                *extra,
-            ],
-        )
-    return to_settings(cfg)[0]
+    return folder_settings(
+        images, run_dir, "extract.chunk_images=8", "extract.batch_size=4", *extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +65,7 @@ def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path) -> None:
     # the reference: the same inputs with no fault, on the node that is left
     ref = run(_settings(tmp_path / "imgs", ref_dir, f"cluster.address={c.address}"), {})
     assert ref["stages"]["extract"]["counts"]["images_ok"] == 48
-    a = zarr.open_group(str(tmp_path / "run" / "atlas.zarr"), mode="r")
-    b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
-    for name in ("images/status", "layers/blocks.2/acts", "images/top_class"):
-        assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
+    assert_same_store(
+        tmp_path / "run", ref_dir, ("images/status", "layers/blocks.2/acts", "images/top_class")
+    )
     log.info("fault 'node removed mid-run': injected 1, survived 1, rows 48 = ok 48 + 0 + 0")

@@ -44,6 +44,7 @@ def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Pat
         "folder": [f"data.path={tmp_path}"],
         "imagenet": [f"data.path={tmp_path}"],
         "filelist": [f"data.path={tmp_path / 'list.txt'}"],
+        "tar": [f"data.path={tmp_path}"],
     }.get(option, [])
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)

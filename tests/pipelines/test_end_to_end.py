@@ -9,20 +9,15 @@ import logging
 import numpy as np
 import pytest
 import zarr
-from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from pipelines.main import CONF_DIR, to_settings
 from pipelines.run import run
-from tests.conftest import make_images
+from tests.conftest import debug_settings, make_images
 
 log = logging.getLogger(__name__)
 
 
-def _settings(*overrides: str):  # type: ignore[no-untyped-def]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["debug=fast", *overrides])
-    return to_settings(cfg)
+_settings = debug_settings
 
 
 @pytest.fixture(scope="module")

@@ -6,35 +6,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
-from hydra import compose, initialize_config_dir
 
-from pipelines.main import CONF_DIR, to_settings
 from pipelines.run import run
-from tests.conftest import make_images
+from tests.conftest import assert_same_store, folder_settings, make_images
 
 log = logging.getLogger(__name__)
 ARRAYS = ("images/status", "images/top_class", "layers/blocks.2/acts", "layers/blocks.2/attr")
 
 
 def _settings(images: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "data=folder",
-                f"data.path={images}",
-                f"run_dir={run_dir}",
-                "extract.chunk_images=16",
-                "extract.attr_classes=3",
-                "stages=[extract]",
-                *extra,
-            ],
-        )
-    return to_settings(cfg)[0]
+    return folder_settings(
+        images, run_dir, "extract.chunk_images=16", "extract.attr_classes=3", *extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +32,7 @@ def corpus(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
 
 
 def _equal_to_reference(run_dir: Path, ref: Path) -> None:
-    a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
-    b = zarr.open_group(str(ref / "atlas.zarr"), mode="r")
-    for name in ARRAYS:
-        assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
+    assert_same_store(run_dir, ref, ARRAYS)
 
 
 def _rows(manifest: dict) -> dict:  # type: ignore[type-arg]

@@ -9,11 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from pipelines.main import CONF_DIR, to_settings
 from pipelines.run import run
-from tests.conftest import make_images
+from tests.conftest import debug_settings, make_images
 
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
@@ -45,19 +43,13 @@ def s3(local_ray, tmp_path_factory):  # type: ignore[no-untyped-def]
 
 
 def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped-def,type-arg]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "data=folder",
-                f"data.path={images}",
-                "run_dir=s3://atlas/run1",
-                "extract.chunk_images=16",
-                *extra,
-            ],
-        )
-    s, resolved = to_settings(cfg)
+    s, resolved = debug_settings(
+        "data=folder",
+        f"data.path={images}",
+        "run_dir=s3://atlas/run1",
+        "extract.chunk_images=16",
+        *extra,
+    )
     return s.__class__(**{**s.__dict__, "storage_options": opts}), resolved
 
 

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from hydra import compose, initialize_config_dir
 
-from pipelines.main import CONF_DIR, to_settings
 from pipelines.run import run
+from tests.conftest import debug_settings
 from tests.data.test_tars import _png, _tar
 
 
@@ -19,19 +18,13 @@ def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:  # type: ignore[
         if t == 1:
             members["../evil.png"] = _png(7)
         _tar(tmp_path / f"shard-{t}.tar", members)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                "debug=fast",
-                "data=tar",
-                f"data.path={tmp_path}",
-                f"run_dir={tmp_path / 'run'}",
-                "stages=[extract]",
-                "extract.chunk_images=16",
-            ],
-        )
-    s, _ = to_settings(cfg)
+    s, _ = debug_settings(
+        "data=tar",
+        f"data.path={tmp_path}",
+        f"run_dir={tmp_path / 'run'}",
+        "stages=[extract]",
+        "extract.chunk_images=16",
+    )
     manifest = run(s, {})
     c = manifest["stages"]["extract"]["counts"]
     assert (c["images_expected"], c["images_ok"], c["images_lost"]) == (41, 40, 0)
