@@ -47,17 +47,20 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 48, size=64, seed=9)
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        _cmd(tmp_path / "imgs", run_dir, "+extract.fault='sleep:mid:0.5'"),
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as driver_log:
+        proc = subprocess.Popen(
+            _cmd(tmp_path / "imgs", run_dir, "+extract.fault='sleep:mid:0.5'"),
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=driver_log,
+            stderr=driver_log,
+        )
     markers = run_dir / "markers" / "extract"
     deadline = time.time() + 180
-    while time.time() < deadline and not (markers.exists() and any(markers.iterdir())):
+    while time.time() < deadline and not (markers.exists() and any(markers.glob("*.json"))):
+        assert proc.poll() is None, log_path.read_text()[-3000:]  # the driver must still run
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
     proc.wait(timeout=30)
