@@ -242,6 +242,7 @@ def parse(cfg: dict[str, Any]) -> Settings:
         whiten=bool(rd["whiten"]),
         param=_choice("render.param", rd.get("param", "fft"), ("fft", "pixel")),
         amp=bool(rd.get("amp", True)),
+        alpha=bool(rd.get("alpha", False)),
     )
     render = RenderStageSettings(
         icon=icon,

@@ -8,7 +8,7 @@ import torch
 
 from atlas_core.featvis.objectives import Acts, Objective
 from atlas_core.featvis.param import ImageFn
-from atlas_core.featvis.transforms import Transform, compose
+from atlas_core.featvis.transforms import Transform, compose, flatten_alpha
 
 Forward = Callable[[torch.Tensor], Acts]
 
@@ -29,7 +29,7 @@ def optimize(
 
     forward: image batch in [0, 1] (B, 3, H, W) -> captured layer outputs.
     Returns (final images (B, 3, H, W) in [0, 1], final objective per image (B,) evaluated on the
-    untransformed image, and the summed objective of every step).
+    untransformed image (RGBA flattened on white), and the summed objective of every step).
     """
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     transform = compose(list(transforms))
@@ -45,5 +45,5 @@ def optimize(
             on_step(step)
     with torch.no_grad():
         final = image_fn().detach()
-        final_score = objective(forward(final)).detach().float()
+        final_score = objective(forward(flatten_alpha(final))).detach().float()
     return final, final_score, history

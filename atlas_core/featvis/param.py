@@ -64,15 +64,17 @@ def pixel_image(
 
 
 def to_valid_rgb(image_fn: ImageFn, *, decorrelate: bool = True, sigmoid: bool = True) -> ImageFn:
-    """Map an unbounded parameterization to RGB in [0, 1]."""
+    """Map an unbounded parameterization to RGB in [0, 1]. A 4th channel, if any, is alpha: it
+    is not decorrelated and always goes through a sigmoid (RGBA out)."""
     mat = torch.tensor(_COLOR_NORMALIZED.T)
 
     def rgb() -> torch.Tensor:
         t = image_fn()
+        alpha = t[:, 3:]
+        t = t[:, :3]
         if decorrelate:
             t = torch.einsum("bchw,cd->bdhw", t, mat.to(t.device, t.dtype))
-        if sigmoid:
-            return torch.sigmoid(t)
-        return t.clamp(0.0, 1.0)
+        t = torch.sigmoid(t) if sigmoid else t.clamp(0.0, 1.0)
+        return torch.cat([t, torch.sigmoid(alpha)], dim=1) if alpha.shape[1] else t
 
     return rgb

@@ -17,7 +17,7 @@ import torch
 from atlas_core.featvis.objectives import Acts, direction_cossim
 from atlas_core.featvis.optimize import optimize
 from atlas_core.featvis.param import fft_image, pixel_image, to_valid_rgb
-from atlas_core.featvis.transforms import icon_transforms
+from atlas_core.featvis.transforms import collapse_alpha, flatten_alpha, icon_transforms
 from atlas_core.models.layers import run_until, stop_at
 from atlas_core.models.registry import LoadedModel
 
@@ -27,6 +27,7 @@ class RenderSettings:
     """Icon rendering settings (R3 defaults: 80 px, 1024 steps, best of 4, cosine power 4).
 
     param: ``"fft"`` (decorrelated colour, sigmoid) or ``"pixel"``.
+    alpha: optimize an alpha channel too, over random backgrounds; icons are flattened on white.
     whiten: use S = inverse second-moment matrix on the directions.
     amp: bfloat16 autocast on CUDA (ignored on CPU).
     """
@@ -42,6 +43,7 @@ class RenderSettings:
     decay_power: float = 1.0
     transforms: bool = True
     amp: bool = True
+    alpha: bool = False
 
 
 def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -71,6 +73,8 @@ class IconRenderer:
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
         self.transforms = icon_transforms(settings.icon_px) if settings.transforms else []
+        if settings.alpha:
+            self.transforms = [collapse_alpha(), *self.transforms]
 
     def forward(self, images: torch.Tensor) -> Acts:
         """[0, 1] images (B, 3, H, W) -> {layer: output}, stopping the pass at the layer."""
@@ -113,7 +117,7 @@ class IconRenderer:
         best = torch.full((b,), -torch.inf)
         for attempt in range(s.attempts):
             gen = torch.Generator().manual_seed(int(seed) * 1009 + attempt)
-            shape = (b, 3, s.icon_px, s.icon_px)
+            shape = (b, 4 if s.alpha else 3, s.icon_px, s.icon_px)
             if s.param == "fft":
                 params, raw = fft_image(
                     shape, sd=s.sd, decay_power=s.decay_power, generator=gen, device=self.device
@@ -121,7 +125,7 @@ class IconRenderer:
             else:
                 params, raw = pixel_image(shape, sd=s.sd, generator=gen, device=self.device)
             image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
-            img, score, _ = optimize(
+            img, score, _ = optimize(  # final scores see the icon flattened on white
                 self.forward,
                 objective,
                 params,
@@ -132,6 +136,7 @@ class IconRenderer:
                 generator=gen,
                 on_step=on_step,
             )
+            img = flatten_alpha(img)
             better = score.cpu() > best
             best = torch.where(better, score.cpu(), best)
             best_img[better] = img.cpu()[better]

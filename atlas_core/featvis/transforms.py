@@ -75,6 +75,29 @@ def crop_or_pad_to(size: int, value: float = 0.5) -> Transform:
     return t
 
 
+def collapse_alpha() -> Transform:
+    """RGBA -> RGB over a fresh random background each step (Lucid's alpha trick): only what the
+    objective needs stays opaque. RGB input passes through unchanged."""
+
+    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if x.shape[1] != 4:
+            return x
+        bg = torch.rand((x.shape[0], 3, 1, 1), generator=gen).to(x.device, x.dtype)
+        noise = torch.rand(x.shape[0], 3, *x.shape[2:], generator=gen).to(x.device, x.dtype)
+        bg = 0.5 * bg + 0.5 * noise
+        a = x[:, 3:]
+        return x[:, :3] * a + bg * (1 - a)
+
+    return t
+
+
+def flatten_alpha(x: torch.Tensor, background: float = 1.0) -> torch.Tensor:
+    """RGBA -> RGB over a plain background (white by default), for the finished icon."""
+    if x.shape[1] != 4:
+        return x
+    return x[:, :3] * x[:, 3:] + background * (1 - x[:, 3:])
+
+
 def compose(transforms: Sequence[Transform]) -> Transform:
     def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         for f in transforms:

@@ -121,3 +121,20 @@ def _render_with_seed(r: IconRenderer, d: np.ndarray, gen_seed: int) -> np.ndarr
         generator=gen,
     )
     return score.numpy()
+
+
+def test_alpha_parameterization_renders_rgb_icons_on_white() -> None:
+    gen = torch.Generator().manual_seed(0)
+    params, raw = fft_image((2, 4, 32, 32), generator=gen)
+    rgba = to_valid_rgb(raw)()
+    assert rgba.shape == (2, 4, 32, 32) and 0 <= rgba.min() and rgba.max() <= 1
+    from atlas_core.featvis.transforms import collapse_alpha, flatten_alpha
+
+    out = collapse_alpha()(rgba, gen)
+    out.sum().backward()
+    assert out.shape == (2, 3, 32, 32) and params[0].grad[:, 3].abs().sum() > 0  # alpha learns
+    clear = torch.cat([torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)], 1)
+    assert torch.equal(flatten_alpha(clear), torch.ones(1, 3, 4, 4))  # transparent -> white
+    d = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+    icons, score, cos = _tiny_renderer(alpha=True).render(d, seed=1)
+    assert icons.shape == (2, 32, 32, 3) and np.isfinite(score).all() and cos.shape == (2,)
