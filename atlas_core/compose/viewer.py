@@ -16,9 +16,10 @@ _PAGE = r"""<!doctype html>
 <title>Activation atlas: __TITLE__</title>
 <style>
  body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
- #wrap { position: relative; display: inline-block; }
+ #wrap { position: relative; display: inline-block; line-height: 0; }
  #atlas { width: min(92vmin, 1200px); border: 1px solid #ddd; display: block; }
- #hl { position: absolute; border: 2px solid #e33; pointer-events: none; display: none; }
+ #hl { position: absolute; box-sizing: border-box; border: 2px solid #e33;
+       pointer-events: none; display: none; }
  #tip { position: fixed; background: #fff; border: 1px solid #999; padding: 6px 8px;
         pointer-events: none; display: none; box-shadow: 0 2px 6px #0003; max-width: 320px; }
  #tip h4 { margin: 0 0 4px 0; font-size: 13px; } #tip ol { margin: 0; padding-left: 20px; }
@@ -53,9 +54,9 @@ _PAGE = r"""<!doctype html>
     }
     tip.style.left = (x + 14) + "px"; tip.style.top = (y + 14) + "px";
     tip.style.display = "block";
-    const w = img.getBoundingClientRect().width / g;
-    hl.style.left = (ix * w) + "px"; hl.style.top = ((g - 1 - iy) * w) + "px";
-    hl.style.width = hl.style.height = (w - 4) + "px"; hl.style.display = "block";
+    // percentages of the image: right at any size, before or after layout and on resize
+    hl.style.left = (100 * ix / g) + "%"; hl.style.top = (100 * (g - 1 - iy) / g) + "%";
+    hl.style.width = hl.style.height = (100 / g) + "%"; hl.style.display = "block";
   }
   img.addEventListener("mousemove", ev => {
     const r = img.getBoundingClientRect(), g = D.size;
