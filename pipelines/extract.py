@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 
 from atlas_core.data import (
     DecodePolicy,
@@ -32,7 +33,8 @@ from atlas_core.data import (
     photo_crops,
     plan_shards,
 )
-from atlas_core.data.decode import cropped
+from atlas_core.data.decode import content_hash, cropped, read_bytes
+from atlas_core.data.jpeg import decode_jpegs
 from atlas_core.data.tars import PREFIX as TAR_PREFIX
 from atlas_core.data.tars import stream_members, tar_manifest
 from atlas_core.errors import StoreError
@@ -68,6 +70,7 @@ class ExtractJob:
     storage_options: dict[str, Any]
     decode_threads: int = 2
     attr_classes: int = 0
+    jpeg_decoder: str = "auto"
     fault: str = ""
 
 
@@ -117,6 +120,7 @@ def run(s: Settings, fp: str) -> StageResult:
                 fingerprint=fp,
                 storage_options=s.storage_options,
                 attr_classes=s.extract.attr_classes,
+                jpeg_decoder=s.extract.jpeg_decoder,
                 fault=s.extract.fault,
             )
         )
@@ -289,18 +293,54 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
             buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail, d.content_hash
             yield i, (model.preprocess.to_array(d.image) if d.image is not None else None)
 
+    def by_torchvision(pool: ThreadPoolExecutor) -> Iterator[tuple[int, torch.Tensor | None]]:
+        """JPEGs decoded by torchvision a batch at a time (nvJPEG on the GPU); anything else, or
+        anything it refuses, through the PIL policy. Yields model-sized [0, 1] tensors."""
+        pre = model.preprocess
+        for start in range(0, n, job.batch_size):
+            ids = list(range(start, min(n, start + job.batch_size)))
+            raw = list(pool.map(lambda i: read_bytes(str(uris[i]), root), ids))
+            datas = [r if isinstance(r, bytes) else b"" for r in raw]
+            for i, r, t in zip(
+                ids, raw, decode_jpegs(datas, device=job.device, policy=job.decode), strict=True
+            ):
+                if t is not None and isinstance(r, bytes):
+                    buf.status[i], buf.hashes[i] = int(Status.OK), content_hash(r)
+                    yield i, pre.tensor_to_input(t)
+                else:
+                    _, arr = load(i)
+                    yield (
+                        i,
+                        (
+                            None
+                            if arr is None
+                            else torch.from_numpy(arr).to(job.device).permute(2, 0, 1).float() / 255
+                        ),
+                    )
+
     tar = n > 0 and str(uris[0]).startswith(TAR_PREFIX)
+    tv = job.jpeg_decoder == "torchvision" or (job.jpeg_decoder == "auto" and job.device == "cuda")
+    tv_jpeg = tv and not tar and not repeated
     with ThreadPoolExecutor(max_workers=job.decode_threads) as pool:
-        batch: list[tuple[int, np.ndarray]] = []
-        rows_in = from_tar() if tar else pool.map(load, range(n))  # decoding runs ahead
-        for i, arr in rows_in:
-            if arr is not None:
-                batch.append((i, arr))
+        batch: list[tuple[int, Any]] = []
+        if tar:
+            rows_in: Iterator[tuple[int, Any]] = from_tar()
+        elif tv_jpeg:
+            rows_in = by_torchvision(pool)
+        else:
+            rows_in = pool.map(load, range(n))  # decoding runs ahead on the pool's threads
+        for i, item in rows_in:
+            if item is not None:
+                batch.append((i, item))
             if len(batch) == job.batch_size or (i == n - 1 and batch):
                 idx = np.array([j for j, _ in batch])
-                x = model.preprocess.batch(np.stack([a for _, a in batch]))
+                if isinstance(batch[0][1], torch.Tensor):
+                    x = model.preprocess.normalize(torch.stack([t for _, t in batch]))
+                else:
+                    x = model.preprocess.batch(np.stack([a for _, a in batch]))
+                    x = x.pin_memory() if pin else x
                 rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
-                buf.add(idx, extractor(x.pin_memory() if pin else x, pos[rows]))
+                buf.add(idx, extractor(x, pos[rows]))
                 batch = []
                 _inject(job.fault, "mid", job.shard)
     seconds = time.perf_counter() - t0

@@ -43,6 +43,7 @@ class ExtractSettings:
     chunks_per_shard: int = 1
     topk: int = 5
     attr_classes: int = 0
+    jpeg_decoder: str = "auto"
     act_dtype: str = "float16"
     fault: str = ""  # fault injection for reliability tests only
     device: str = "auto"
@@ -182,6 +183,9 @@ def parse(cfg: dict[str, Any]) -> Settings:
         chunks_per_shard=int(e.get("chunks_per_shard", 1)),
         topk=int(e.get("topk", 5)),
         attr_classes=int(e.get("attr_classes", 0)),
+        jpeg_decoder=_choice(
+            "extract.jpeg_decoder", e.get("jpeg_decoder", "auto"), ("auto", "torchvision", "pil")
+        ),
         fault=str(e.get("fault", "")),
         act_dtype=_choice(
             "extract.act_dtype", e.get("act_dtype", "float16"), ("float16", "float32")

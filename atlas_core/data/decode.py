@@ -83,8 +83,18 @@ def decode(
 def decode_bytes(data: bytes, policy: DecodePolicy = DecodePolicy()) -> Decoded:
     """Decode an image held in memory (a tar member, an object-store blob), with its hash."""
     result = _decode_bytes(data, policy)
-    result.content_hash = int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+    result.content_hash = content_hash(data)
     return result
+
+
+def content_hash(data: bytes) -> int:
+    """blake2b-64 of a file's bytes, as stored in ``images/content_hash``."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+
+
+def read_bytes(uri: str, root: str | None = None) -> bytes | Decoded:
+    """A file's bytes, or a Decoded with the status that says why they cannot be read."""
+    return _read(uri, root)
 
 
 def cropped(d: Decoded, crop: np.ndarray | None) -> Decoded:

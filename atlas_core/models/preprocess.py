@@ -48,6 +48,22 @@ class Preprocess:
         image = image.crop((left, top, left + self.size, top + self.size))
         return np.asarray(image, dtype=np.uint8)
 
+    def tensor_to_input(self, img: torch.Tensor) -> torch.Tensor:
+        """uint8 (3, H, W) on any device -> float (3, size, size) in [0, 1], resized (bicubic,
+        antialiased) and cropped like :meth:`to_array`, on the same device (the GPU path)."""
+        import torch.nn.functional as F
+
+        x = img.unsqueeze(0).float().div_(255.0)
+        h, w = x.shape[-2:]
+        if self.mode == "squash":
+            size = (self.size, self.size)
+        else:
+            scale = self.resize / min(w, h)
+            size = (max(self.size, round(h * scale)), max(self.size, round(w * scale)))
+        x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+        return x[0, :, top : top + self.size, left : left + self.size].clamp_(0.0, 1.0)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Float tensor in [0, 1], shape (B, 3, H, W) -> the model's input scale."""
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

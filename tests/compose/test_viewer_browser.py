@@ -73,7 +73,9 @@ def test_viewer_shows_a_cells_details_from_disk(tmp_path: Path) -> None:
     assert "Egyptian cat (7)" in dom and "&lt;b&gt;tabby&lt;/b&gt; (5)" in dom
     assert "<b>tabby</b>" not in dom  # a class name is never markup
     # the highlight covers cell (0, 0): the bottom-left quarter of a 2 x 2 atlas
-    assert '<div id="hl" style="left: 0%; top: 50%; height: 50%; width: 50%; display: block;">' in dom
+    assert (
+        '<div id="hl" style="left: 0%; top: 50%; height: 50%; width: 50%; display: block;">' in dom
+    )
     other = _dom(page.as_uri() + "#cell=1,1", tmp_path)
     assert "cell (1, 1): 3 activations" in other and "espresso (3)" in other
 

@@ -37,3 +37,27 @@ def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:  # type: ignore[
     ) == 1
     assert (status[[i for i, u in enumerate(uris) if "evil" in u]] == 7).all()
     assert not np.isnan(g["layers/blocks.2/acts"][:][status == 1]).any()
+
+
+def test_torchvision_jpeg_decoder_matches_the_pil_path(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
+    """The batch-decoding branch the GPU takes (here on the CPU): same statuses, close acts."""
+    from tests.conftest import folder_settings, make_images
+
+    make_images(tmp_path / "imgs", 24, size=80, seed=4)  # half JPEG, half PNG
+    (tmp_path / "imgs" / "sub0" / "cut.jpg").write_bytes(
+        (tmp_path / "imgs" / "sub0" / "img0000.jpg").read_bytes()[:300]
+    )
+    runs = {}
+    for dec in ("pil", "torchvision"):
+        s = folder_settings(tmp_path / "imgs", tmp_path / dec, f"extract.jpeg_decoder={dec}")
+        c = run(s, {})["stages"]["extract"]["counts"]
+        assert (c["images_ok"], c["images_failed"], c["images_lost"]) == (24, 1, 0)
+        runs[dec] = zarr.open_group(str(tmp_path / dec / "atlas.zarr"), mode="r")
+    a, b = runs["pil"], runs["torchvision"]
+    assert np.array_equal(a["images/status"][:], b["images/status"][:])
+    assert np.array_equal(a["images/content_hash"][:], b["images/content_hash"][:])
+    x, y = a["layers/blocks.2/acts"][:], b["layers/blocks.2/acts"][:]
+    ok = ~np.isnan(x).any(axis=1)
+    assert np.array_equal(ok, ~np.isnan(y).any(axis=1))
+    cos = (x[ok] * y[ok]).sum(1) / np.linalg.norm(x[ok], axis=1) / np.linalg.norm(y[ok], axis=1)
+    assert cos.min() > 0.95  # two decoders and resamplers, the same image
