@@ -35,6 +35,7 @@ from atlas_core.data import (
 )
 from atlas_core.data.decode import content_hash, cropped, read_bytes
 from atlas_core.data.jpeg import decode_jpegs
+from atlas_core.data.plan import duplicate_rows
 from atlas_core.data.tars import PREFIX as TAR_PREFIX
 from atlas_core.data.tars import stream_members, tar_manifest
 from atlas_core.errors import StoreError
@@ -133,6 +134,12 @@ def run(s: Settings, fp: str) -> StageResult:
         num_gpus=s.extract.num_gpus,
         desc="extract",
     )
+    dup, first = duplicate_rows(
+        store.group["images/content_hash"][:],
+        store.group["images/crop"][:],
+        store.status() == Status.OK,
+    )
+    store.mark_duplicates(dup, first)
     return _summarize(store, len(plan), skipped, records)
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from atlas_core.errors import PlanError
 
 
@@ -56,3 +58,21 @@ def plan_shards(n_images: int, *, chunk_images: int, chunks_per_shard: int = 1) 
     plan = ShardPlan(n_images=n_images, chunk_images=chunk_images, bounds=bounds)
     plan.validate()
     return plan
+
+
+def duplicate_rows(
+    hashes: np.ndarray, crops: np.ndarray, ok: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose bytes and crop repeat an earlier usable row: (rows, the first row of each).
+
+    hashes: (N,) uint64 content hashes; crops: (N, 4) boxes; ok: (N,) bool rows that decoded.
+    Crops of one file are distinct inputs; the same file listed twice (or copied) is not.
+    """
+    idx = np.flatnonzero(ok)
+    if not len(idx):
+        return idx, idx
+    key = np.concatenate([hashes[idx, None].view(np.int64), crops[idx].astype(np.int64)], axis=1)
+    _, first, inverse = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.ravel()
+    dup = idx[first[inverse] != np.arange(len(idx))]
+    return dup, idx[first[inverse]][first[inverse] != np.arange(len(idx))]

@@ -233,6 +233,24 @@ class RunStore:
                 f"written to {self.url}: {exc}"
             ) from exc
 
+    def mark_duplicates(self, rows: np.ndarray, originals: np.ndarray) -> None:
+        """Driver, after every shard finished: classify ``rows`` as duplicates of ``originals``
+        and turn their samples into holes (idempotent)."""
+        if not len(rows):
+            return
+        status = self.status()
+        status[rows] = int(Status.DUPLICATE)
+        error = np.asarray(self.group["images/error"][:], dtype=object)
+        error[rows] = [f"same bytes and crop as image {int(o)}" for o in originals]
+        samples = (rows[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
+        for name in self.layers:
+            for what in ("acts", "attr"):
+                if self.has(f"layers/{name}/{what}"):
+                    arr = self._w(f"layers/{name}/{what}")
+                    arr.set_orthogonal_selection((samples, slice(None)), np.nan)
+        self._put("images/error", slice(None), error)
+        self._put("images/status", slice(None), status)
+
     # ------------------------------------------------------------------ reading
     def status(self) -> np.ndarray:
         return np.asarray(self.group["images/status"][:])

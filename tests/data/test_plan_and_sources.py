@@ -61,3 +61,14 @@ def test_imagenet_folder_labels_and_file_lists(tmp_path: Path) -> None:
     assert labels.tolist() == [0 if "/sub0/" in u else 1 for u in m.uris]
     with pytest.raises(ConfigError):
         file_list_manifest(str(tmp_path / "nope.txt"))
+
+
+def test_duplicates_are_same_bytes_and_crop_of_an_earlier_usable_row() -> None:
+    from atlas_core.data.plan import duplicate_rows
+
+    hashes = np.array([5, 7, 5, 5, 9, 7, 5], dtype=np.uint64)
+    crops = np.full((7, 4), -1, np.int32)
+    crops[3] = [0, 0, 8, 8]  # same file, another crop: a distinct input
+    ok = np.array([True, True, True, True, True, True, False])  # row 6 failed: not counted
+    dup, first = duplicate_rows(hashes, crops, ok)
+    assert dup.tolist() == [2, 5] and first.tolist() == [0, 1]

@@ -26,6 +26,9 @@ def folder_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
     make_images(base / "imgs", 70, size=80)
     (base / "imgs" / "sub0" / "broken.jpg").write_bytes(b"<html>saved error page</html>")
     (base / "imgs" / "sub1" / "empty.png").write_bytes(b"")
+    # the same bytes twice: the later copy (in sorted order) is classified as a duplicate
+    (base / "imgs" / "sub2" / "zz_copy.png").write_bytes(
+        (base / "imgs" / "sub1" / "img0001.png").read_bytes())
     s, resolved = _settings(
         "data=folder",
         f"data.path={base / 'imgs'}",
@@ -50,8 +53,8 @@ def test_the_run_writes_every_output(folder_run) -> None:  # type: ignore[no-unt
         ex["images_failed"],
         ex["images_lost"],
     )
-    assert ex["images_expected"] == 72 and ex["images_ok"] == 70 and ex["images_lost"] == 0
-    assert ex["failed_by_reason"] == {"unidentified": 1, "truncated": 1}
+    assert ex["images_expected"] == 73 and ex["images_ok"] == 70 and ex["images_lost"] == 0
+    assert ex["failed_by_reason"] == {"unidentified": 1, "truncated": 1, "duplicate": 1}
     assert ex["samples"] == 140
     assert on_disk["versions"]["torch"] and on_disk["seeds"]["seed"] == 0
     assert on_disk["config"]["model"]["name"] == "tiny"
@@ -65,7 +68,7 @@ def test_the_store_is_consistent(folder_run) -> None:  # type: ignore[no-untyped
     g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     status = g["images/status"][:]
     uris = g["images/uri"][:]
-    bad = [i for i, u in enumerate(uris) if u.endswith(("broken.jpg", "empty.png"))]
+    bad = [i for i, u in enumerate(uris) if u.endswith(("broken.jpg", "empty.png", "zz_copy.png"))]
     assert sorted(np.flatnonzero(status != 1).tolist()) == sorted(bad)
     acts = g["layers/blocks.2/acts"][:]
     rows_bad = np.array([[2 * i, 2 * i + 1] for i in bad]).ravel()
@@ -137,6 +140,6 @@ def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_pat
         layouts.append(g["layers/blocks.2/layout"][:])
     a, b = layouts
     holes = np.isnan(a).any(axis=1)
-    assert holes.sum() == 4  # two failed images, two samples each
+    assert holes.sum() == 6  # two failed images and one duplicate, two samples each
     assert np.nanmin(a) >= 0 and np.nanmax(a) <= 1
     assert np.array_equal(a, b, equal_nan=True)
