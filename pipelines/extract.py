@@ -167,9 +167,10 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
         edge=s.extract.edge,
         mode=s.extract.sampling,
     )
+    # the storage object a task owns: one chunk, or one zarr shard of zarr_shard_chunks chunks
     plan = plan_shards(
         len(manifest),
-        chunk_images=s.extract.chunk_images,
+        chunk_images=s.extract.chunk_images * s.extract.zarr_shard_chunks,
         chunks_per_shard=s.extract.chunks_per_shard,
     )
     log.info(
@@ -192,6 +193,7 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
         act_dtype=s.extract.act_dtype,
         attr_classes=s.extract.attr_classes,
         n_classes=model.num_classes,
+        inner=s.extract.zarr_shard_chunks,
         attrs={"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY},
     )
 

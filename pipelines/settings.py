@@ -44,6 +44,7 @@ class ExtractSettings:
     topk: int = 5
     attr_classes: int = 0
     jpeg_decoder: str = "auto"
+    zarr_shard_chunks: int = 1
     act_dtype: str = "float16"
     fault: str = ""  # fault injection for reliability tests only
     device: str = "auto"
@@ -183,6 +184,7 @@ def parse(cfg: dict[str, Any]) -> Settings:
         chunks_per_shard=int(e.get("chunks_per_shard", 1)),
         topk=int(e.get("topk", 5)),
         attr_classes=int(e.get("attr_classes", 0)),
+        zarr_shard_chunks=max(1, int(e.get("zarr_shard_chunks", 1) or 1)),
         jpeg_decoder=_choice(
             "extract.jpeg_decoder", e.get("jpeg_decoder", "auto"), ("auto", "torchvision", "pil")
         ),

@@ -94,6 +94,7 @@ class RunStore:
         act_dtype: str = "float16",
         attr_classes: int = 0,
         n_classes: int = 0,
+        inner: int = 1,
     ) -> RunStore:
         """Create every extraction array and write the frozen input manifest and positions.
 
@@ -118,32 +119,37 @@ class RunStore:
                 "status_codes": Status.table(),
                 "shards": [list(b) for b in plan.bounds],
                 "n_classes": n_classes,
+                "zarr_shard_chunks": inner,
                 **(attrs or {}),
             }
         )
         img = g.require_group("images")
-        _arr(img, "uri", (n,), (ci,), str, "")[:] = manifest.uris
-        _arr(img, "crop", (n, 4), (ci, 4), "int32", -1)[:] = manifest.crops
-        _arr(img, "status", (n,), (ci,), "uint8", 0)
-        _arr(img, "error", (n,), (ci,), str, "")
-        _arr(img, "content_hash", (n,), (ci,), "uint64", 0)
-        _arr(img, "top_class", (n, topk), (ci, topk), "int32", -1)
-        _arr(img, "top_prob", (n, topk), (ci, topk), "float16", np.nan)
+        _arr(img, "uri", (n,), (ci,), str, "", inner=inner)[:] = manifest.uris
+        _arr(img, "crop", (n, 4), (ci, 4), "int32", -1, inner=inner)[:] = manifest.crops
+        _arr(img, "status", (n,), (ci,), "uint8", 0, inner=inner)
+        _arr(img, "error", (n,), (ci,), str, "", inner=inner)
+        _arr(img, "content_hash", (n,), (ci,), "uint64", 0, inner=inner)
+        _arr(img, "top_class", (n, topk), (ci, topk), "int32", -1, inner=inner)
+        _arr(img, "top_prob", (n, topk), (ci, topk), "float16", np.nan, inner=inner)
         if manifest.labels is not None:
-            lab = _arr(img, "label", (n,), (ci,), "int32", -1)
+            lab = _arr(img, "label", (n,), (ci,), "int32", -1, inner=inner)
             lab[:] = manifest.labels
             lab.attrs["names"] = list(manifest.label_names)
         smp = g.require_group("samples")
-        _arr(smp, "image", (n * k,), (ci * k,), "int64", -1)[:] = np.repeat(np.arange(n), k)
-        _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1)[:] = positions
+        _arr(smp, "image", (n * k,), (ci * k,), "int64", -1, inner=inner)[:] = np.repeat(
+            np.arange(n), k
+        )
+        _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1, inner=inner)[:] = positions
         for name, (c, _, _) in layers.items():
             lg = g.require_group(f"layers/{name}")
-            _arr(lg, "acts", (n * k, c), (ci * k, c), act_dtype, np.nan)
+            _arr(lg, "acts", (n * k, c), (ci * k, c), act_dtype, np.nan, inner=inner)
             _arr(lg, "moment_partial", (len(plan), c, c), (1, c, c), "float64", np.nan)
             _arr(lg, "moment_count", (len(plan),), (1,), "int64", 0)
             if attr_classes:
                 a = n_classes if attr_classes < 0 else attr_classes
-                _arr(lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan).attrs.update(
+                _arr(
+                    lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan, inner=inner
+                ).attrs.update(
                     {"classes": "all" if attr_classes < 0 else "images/top_class columns"}
                 )
         return cls(g, url)
@@ -412,12 +418,19 @@ def _arr(
     dtype: Any,
     fill: Any,
     overwrite: bool = False,
+    inner: int = 1,
 ) -> zarr.Array:
+    """An array whose storage objects are ``chunks``; with ``inner`` > 1 each storage object is a
+    shard (zarr's sharding codec) of ``inner`` chunks along the rows."""
     chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape, strict=False))
+    shards = None
+    if inner > 1 and chunks[0] % inner == 0 and chunks[0] >= inner:
+        shards, chunks = chunks, (chunks[0] // inner, *chunks[1:])
     return group.create_array(
         name,
         shape=shape,
         chunks=chunks,
+        shards=shards,
         dtype=dtype,
         fill_value=fill,
         config=_CFG,

@@ -28,7 +28,8 @@ def folder_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
     (base / "imgs" / "sub1" / "empty.png").write_bytes(b"")
     # the same bytes twice: the later copy (in sorted order) is classified as a duplicate
     (base / "imgs" / "sub2" / "zz_copy.png").write_bytes(
-        (base / "imgs" / "sub1" / "img0001.png").read_bytes())
+        (base / "imgs" / "sub1" / "img0001.png").read_bytes()
+    )
     s, resolved = _settings(
         "data=folder",
         f"data.path={base / 'imgs'}",

@@ -94,3 +94,19 @@ def test_a_rerun_is_a_no_op_and_a_redo_writes_identical_bytes(corpus) -> None:  
     redo = run(_settings(base / "imgs", ref), {})
     assert redo["stages"]["extract"]["counts"]["shards_run"] == 1
     assert chunk.read_bytes() == before
+
+
+def test_the_sharding_codec_gives_the_same_store(corpus) -> None:  # type: ignore[no-untyped-def]
+    """zarr's sharding codec on: tasks own whole shards (2 chunks of 8), same data as chunks."""
+    import zarr
+
+    base, ref, _ = corpus
+    run_dir = base / "sharded"
+    manifest = run(
+        _settings(base / "imgs", run_dir, "extract.chunk_images=8", "extract.zarr_shard_chunks=2"),
+        {},
+    )
+    assert _rows(manifest)["shards"] == 4
+    acts = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")["layers/blocks.2/acts"]
+    assert acts.shards == (16, 32) and acts.chunks == (8, 32)
+    _equal_to_reference(run_dir, ref)
