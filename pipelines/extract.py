@@ -72,6 +72,7 @@ class ExtractJob:
     decode_threads: int = 2
     attr_classes: int = 0
     jpeg_decoder: str = "auto"
+    amp: str = "bf16"
     fault: str = ""
 
 
@@ -122,6 +123,7 @@ def run(s: Settings, fp: str) -> StageResult:
                 storage_options=s.storage_options,
                 attr_classes=s.extract.attr_classes,
                 jpeg_decoder=s.extract.jpeg_decoder,
+                amp=s.extract.amp,
                 fault=s.extract.fault,
             )
         )
@@ -277,6 +279,7 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
         topk=job.topk,
         device=job.device,
         attr_classes=job.attr_classes,
+        amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[job.amp],
     )
     n_attr = model.num_classes if job.attr_classes < 0 else job.attr_classes
     buf = _ShardBuffers(n, k, {L: store.layers[L][0] for L in job.layers}, job.topk, n_attr)

@@ -45,6 +45,7 @@ class ExtractSettings:
     attr_classes: int = 0
     jpeg_decoder: str = "auto"
     zarr_shard_chunks: int = 1
+    amp: str = "bf16"
     act_dtype: str = "float16"
     fault: str = ""  # fault injection for reliability tests only
     device: str = "auto"
@@ -185,6 +186,7 @@ def parse(cfg: dict[str, Any]) -> Settings:
         topk=int(e.get("topk", 5)),
         attr_classes=int(e.get("attr_classes", 0)),
         zarr_shard_chunks=max(1, int(e.get("zarr_shard_chunks", 1) or 1)),
+        amp=_choice("extract.amp", e.get("amp", "bf16"), ("bf16", "fp16", "off")),
         jpeg_decoder=_choice(
             "extract.jpeg_decoder", e.get("jpeg_decoder", "auto"), ("auto", "torchvision", "pil")
         ),

@@ -48,7 +48,8 @@ class ActivationExtractor:
     coarsest grid (fewest cells) and mapped to the others with :func:`map_positions`.
     topk: how many top predictions to keep per image (0: stop the forward pass at the deepest
     layer instead of running the classifier).
-    amp_dtype: autocast dtype on CUDA (bfloat16 by default); ignored on CPU, which runs fp32.
+    amp_dtype: autocast dtype on CUDA (bfloat16 by default, float16, or None for fp32); ignored
+        on CPU, which runs fp32.
     attr_classes: 0 = no attribution; n > 0 = for the image's top n classes; -1 = every class
         (batched vector-Jacobian products, ``class_chunk`` classes at a time).
     """
@@ -61,7 +62,7 @@ class ActivationExtractor:
         *,
         topk: int = 5,
         device: torch.device | str = "cpu",
-        amp_dtype: torch.dtype = torch.bfloat16,
+        amp_dtype: torch.dtype | None = torch.bfloat16,
         attr_classes: int = 0,
         class_chunk: int = 16,
     ) -> None:
@@ -87,7 +88,11 @@ class ActivationExtractor:
         x = x.to(self.device, non_blocking=True)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        amp = torch.autocast("cuda", dtype=self.amp_dtype) if self.cuda else nullcontext()
+        amp = (
+            torch.autocast("cuda", dtype=self.amp_dtype)
+            if self.cuda and self.amp_dtype
+            else nullcontext()
+        )
         logits = None
         grad = torch.enable_grad() if self.attr_classes else torch.no_grad()
         with grad, amp:
