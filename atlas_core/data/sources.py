@@ -90,13 +90,28 @@ def photo_crops(
     sizes = np.array([Image.open(p).size for p in photos])  # header only, no decode
     rng = np.random.default_rng(seed)
     which = np.arange(n) % len(photos)
-    side = np.asarray(scales)[rng.integers(0, len(scales), n)] * sizes[which].min(axis=1)
-    side = np.maximum(side.astype(np.int64), 16)
-    left = (rng.random(n) * (sizes[which, 0] - side + 1)).astype(np.int64)
-    top = (rng.random(n) * (sizes[which, 1] - side + 1)).astype(np.int64)
-    crops = np.stack([left, top, left + side, top + side], axis=1).astype(np.int32)
+    frac = np.asarray(scales, dtype=np.float64)[rng.integers(0, len(scales), n)]
+    crops = _draw(rng, sizes[which], frac)
+    # A crop drawn twice (a square photo at scale 1.0 has one position) would be the same input
+    # twice: re-draw repeats a little smaller, deterministically, until every crop is distinct.
+    for _ in range(32):
+        key = np.concatenate([which[:, None], crops], axis=1)
+        _, first = np.unique(key, axis=0, return_index=True)
+        again = np.setdiff1d(np.arange(n), first)
+        if not len(again):
+            break
+        frac[again] *= 0.9
+        crops[again] = _draw(rng, sizes[which[again]], frac[again])
     uris = np.array([str(photos[i]) for i in which], dtype=object)
     return InputManifest(uris=uris, crops=crops, root=None)
+
+
+def _draw(rng: np.random.Generator, sizes: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Square boxes of side ``frac * min(w, h)`` (at least 16 px) at uniform positions."""
+    side = np.maximum((frac * sizes.min(axis=1)).astype(np.int64), 16)
+    left = (rng.random(len(sizes)) * (sizes[:, 0] - side + 1)).astype(np.int64)
+    top = (rng.random(len(sizes)) * (sizes[:, 1] - side + 1)).astype(np.int64)
+    return np.stack([left, top, left + side, top + side], axis=1).astype(np.int32)
 
 
 def folder_manifest(

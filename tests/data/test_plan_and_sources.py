@@ -28,6 +28,8 @@ def test_photo_crops_are_seeded_and_inside_the_photos() -> None:
     assert (a.crops == b.crops).all() and list(a.uris) == list(b.uris)
     assert not (a.crops == c.crops).all()
     assert len(set(a.uris)) >= 15  # every photo is used
+    keys = {(u, *c) for u, c in zip(a.uris, a.crops.tolist(), strict=True)}
+    assert len(keys) == 300  # no crop repeats (a square photo at scale 1.0 has one position)
     side = a.crops[:, 2] - a.crops[:, 0]
     assert (side == a.crops[:, 3] - a.crops[:, 1]).all() and (side >= 16).all()
 
