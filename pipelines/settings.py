@@ -9,6 +9,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import atlas_core
 from atlas_core.data.decode import DecodePolicy
 from atlas_core.errors import ConfigError
 from atlas_core.featvis.render import RenderSettings
@@ -116,7 +117,8 @@ class Settings:
 
     def stage_config(self, stage: str) -> dict[str, Any]:
         """The settings one stage's output depends on (its fingerprint input)."""
-        base = {"seed": self.seed, "layer": self.layer}
+        # the library version too: a release that changes what a stage computes redoes it
+        base = {"seed": self.seed, "layer": self.layer, "atlas_core": atlas_core.__version__}
         parts = {
             "extract": {
                 "model": asdict(self.model),
