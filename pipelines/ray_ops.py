@@ -198,6 +198,3 @@ class ActorPool:
             ray.kill(a, no_restart=True)
         self.actors = []
 
-
-def put(value: Any) -> Any:
-    return _ray().put(value)
