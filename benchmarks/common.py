@@ -36,6 +36,38 @@ def children_peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
+class RayRssSampler:
+    """Largest resident memory of any one Ray worker process (``ray::*``) while the block runs,
+    sampled every ``every`` seconds: what one task needed, as opposed to the driver's own peak."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every = every
+        self.peak_mb = 0.0
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self.every):
+            for p in psutil.process_iter(["name", "memory_info"]):
+                name = p.info.get("name") or ""
+                mem = p.info.get("memory_info")
+                if name.startswith("ray::") and mem is not None:
+                    self.peak_mb = max(self.peak_mb, mem.rss / 2**20)
+
+    def __enter__(self) -> RayRssSampler:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = round(self.peak_mb, 1)
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.t0 = time.perf_counter()
@@ -68,10 +100,13 @@ def write(name: str, result: dict[str, Any]) -> Path:
 
 
 def report(label: str, ours: float, peer: float, unit: str, quality: str) -> None:
-    """One line: our figure, the peer's, their ratio, and the quality next to it."""
-    ratio = ours / peer if peer else float("nan")
+    """One line: our figure, the peer's, how many times better ours is, and the quality next to
+    it. Units of time per item ("s", "s/icon") are better when lower; rates when higher."""
+    lower_is_better = unit == "s" or unit.startswith("s/")
+    num, den = (peer, ours) if lower_is_better else (ours, peer)
+    ratio = num / den if den else float("nan")
     log.info(
-        "%s: ours %.3g %s, peer %.3g %s, ratio %.2fx; %s",
+        "%s: ours %.3g %s, peer %.3g %s, ours %.2fx better; %s",
         label,
         ours,
         unit,

@@ -66,6 +66,78 @@ def cluster_resources() -> dict[str, float]:
     return dict(_ray().cluster_resources())
 
 
+_REMOTES: dict[Callable[..., Any], Any] = {}
+
+
+def put(value: Any) -> Any:
+    """Put ``value`` in the object store once; pass the handle to many :func:`submit` calls."""
+    return _ray().put(value)
+
+
+def submit(
+    fn: Callable[..., R],
+    *args: Any,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    max_retries: int = 3,
+) -> Any:
+    """Start ``fn(*args)`` as one Ray task and return its handle at once.
+
+    Handles (from :func:`put` or :func:`submit`) among ``args`` are resolved by Ray before the
+    task starts, so chained submits form a task graph: a task waits for its inputs without holding
+    a CPU, and nothing blocks in the driver. A task whose worker dies is retried (``max_retries``),
+    and a lost result is rebuilt from its lineage.
+    """
+    remote = _REMOTES.get(fn)
+    if remote is None:
+        remote = _REMOTES[fn] = _ray().remote(fn)  # exported once per function, not per task
+    opts = remote.options(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    return opts.remote(*args)
+
+
+def gather(
+    handles: Sequence[Any],
+    *,
+    desc: str = "tasks",
+    labels: Sequence[str] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
+    unit: str = "task",
+) -> list[Any]:
+    """Wait for every handle (one progress bar); results in order.
+
+    A failed task does not stop the wait: every other task runs to its end, then one RuntimeError
+    names the failed ones (no task is left writing when this returns).
+    """
+    ray = _ray()
+    index = {h: i for i, h in enumerate(handles)}
+    names = list(labels) if labels is not None else [f"job {i}" for i in range(len(handles))]
+    results: dict[int, Any] = {}
+    errors: dict[int, Exception] = {}
+    pending = list(handles)
+    with tqdm(total=len(handles), desc=desc, unit=unit) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            i = index[done[0]]
+            try:
+                results[i] = ray.get(done[0])
+            except Exception as exc:  # keep going: no task may outlive the call that started it
+                errors[i] = exc
+                log.error("%s: %s failed: %s", desc, names[i], exc)
+                continue
+            if on_result is not None:
+                on_result(i, results[i])
+            bar.update(1)
+    if errors:
+        first = min(errors)
+        failed = ", ".join(names[i] for i in sorted(errors))
+        raise RuntimeError(
+            f"{desc}: {len(errors)} of {len(handles)} failed ({failed}); "
+            f"the others finished and are committed, so re-running resumes. "
+            f"First error: {errors[first]}"
+        ) from errors[first]
+    return [results[i] for i in range(len(handles))]
+
+
 def map_tasks(
     fn: Callable[..., R],
     jobs: Sequence[T],
@@ -84,33 +156,18 @@ def map_tasks(
     not retried: every other task still runs to its end, then one RuntimeError names the failed
     jobs (no task is left writing when this returns).
     """
-    ray = _ray()
-    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)(fn)
-    extra = () if shared is None else (ray.put(shared),)
-    refs = {remote.remote(job, *extra): i for i, job in enumerate(jobs)}
-    results: dict[int, R] = {}
-    errors: dict[int, Exception] = {}
-    pending = list(refs)
-    with tqdm(total=len(jobs), desc=desc, unit="shard") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            i = refs[done[0]]
-            try:
-                results[i] = ray.get(done[0])
-            except Exception as exc:  # keep going: no task may outlive the call that started it
-                errors[i] = exc
-                log.error("%s: job %d failed: %s", desc, i, exc)
-                continue
-            if on_result is not None:
-                on_result(i, results[i])
-            bar.update(1)
-    if errors:
-        first = min(errors)
-        raise RuntimeError(
-            f"{desc}: {len(errors)} of {len(jobs)} jobs failed (jobs {sorted(errors)}); the others "
-            f"finished and are committed, so re-running resumes. First error: {errors[first]}"
-        ) from errors[first]
-    return [results[i] for i in range(len(jobs))]
+    extra = () if shared is None else (put(shared),)
+    handles = [
+        submit(fn, job, *extra, num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+        for job in jobs
+    ]
+    return gather(
+        handles,
+        desc=desc,
+        labels=[f"job {i}" for i in range(len(jobs))],
+        on_result=on_result,
+        unit="shard",
+    )
 
 
 class ActorPool:
@@ -197,4 +254,3 @@ class ActorPool:
         for a in self.actors:
             ray.kill(a, no_restart=True)
         self.actors = []
-

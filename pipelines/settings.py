@@ -14,7 +14,7 @@ from atlas_core.data.decode import DecodePolicy
 from atlas_core.errors import ConfigError
 from atlas_core.featvis.render import RenderSettings
 from atlas_core.models.registry import ModelSpec, check_model_name
-from atlas_core.reduce.backends import BACKENDS
+from atlas_core.reduce.backends import BACKENDS, KNN_MODES
 from atlas_core.reduce.params import UmapParams
 
 STAGES = ("extract", "reduce", "grid", "render", "compose")
@@ -62,7 +62,14 @@ class ReduceSettings:
     fit_rows: int = 100_000
     pca_dim: int | None = None
     joint_layers: tuple[str, ...] = ()
+    # other runs (run_dir, layer) on the same images whose activations join this run's in one fit
+    align_with: tuple[tuple[str, str], ...] = ()
+    knn: str = "auto"
+    place_neighbors: int = 10
+    fit_cpus: float = 1.0
     transform_cpus: float = 1.0
+    transform_gpus: float = 0.0
+    device: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -227,8 +234,24 @@ def parse(cfg: dict[str, Any]) -> Settings:
             choices=layers,
             fix="joint layers must be extracted: add them to extract.layers.",
         )
+    align = []
+    for item in r.get("align_with") or ():
+        if not isinstance(item, dict) or not item.get("run_dir") or not item.get("layer"):
+            raise ConfigError(
+                "reduce.align_with",
+                item,
+                fix="each entry is {run_dir: <another run on the same images>, "
+                "layer: <its layer>}.",
+            )
+        align.append((str(item["run_dir"]), str(item["layer"])))
     reduce = ReduceSettings(
         backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
+        align_with=tuple(align),
+        knn=_choice("reduce.knn", r.get("knn", "auto"), KNN_MODES),
+        place_neighbors=max(1, int(r.get("place_neighbors", 10))),
+        fit_cpus=float(r.get("fit_cpus", 1)),
+        transform_gpus=float(r.get("transform_gpus", 0)),
+        device=_choice("reduce.device", r.get("device", "auto"), DEVICES),
         umap=umap,
         quality_sample=int(r.get("quality_sample", 5000)),
         fit_rows=int(r.get("fit_rows", 100_000)),

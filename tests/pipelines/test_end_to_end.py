@@ -144,3 +144,64 @@ def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_pat
     assert holes.sum() == 6  # two failed images and one duplicate, two samples each
     assert np.nanmin(a) >= 0 and np.nanmax(a) <= 1
     assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Run A (the toy model) and run B (the toy model with other weights: another model) on the
+    same images; each run's reduce lists the other in reduce.align_with and both end with the
+    same layout, fitted on the joint features (sampled fit + Ray transform)."""
+    from safetensors.torch import save_file
+
+    from atlas_core.errors import ConfigError
+    from atlas_core.models.tiny import TinyNet
+
+    s, _, _ = folder_run
+    weights = tmp_path / "other.safetensors"
+    save_file(TinyNet(seed=1).state_dict(), str(weights))
+    common = ("data=folder", f"data.path={s.data.path}", "extract.samples_per_image=2")
+    runs = {"a": (), "b": (f"model.weights={weights}",)}
+    for name, extra in runs.items():
+        s_x, _ = _settings(*common, *extra, f"run_dir={tmp_path / name}", "stages=[extract]")
+        run(s_x, {})
+    layouts, manifests = {}, {}
+    for name, extra in runs.items():
+        other = tmp_path / ("b" if name == "a" else "a")
+        s_r, _ = _settings(
+            *common,
+            *extra,
+            f"run_dir={tmp_path / name}",
+            "stages=[reduce]",
+            "reduce.fit_rows=60",
+            f"reduce.align_with=[{{run_dir:'{other}',layer:blocks.2}}]",
+        )
+        manifests[name] = run(s_r, {})["stages"]["reduce"]
+        g = zarr.open_group(str(tmp_path / name / "atlas.zarr"), mode="r")
+        layouts[name] = g["layers/blocks.2/layout"][:]
+    a, b = layouts["a"], layouts["b"]
+    acts_a = zarr.open_group(str(tmp_path / "a" / "atlas.zarr"))["layers/blocks.2/acts"][:]
+    acts_b = zarr.open_group(str(tmp_path / "b" / "atlas.zarr"))["layers/blocks.2/acts"][:]
+    ok = ~np.isnan(a).any(axis=1)
+    assert (~ok).sum() == 6 and ok.sum() == 140  # 2 failed + 1 duplicate image, 2 samples each
+    assert not np.allclose(acts_a[ok], acts_b[ok], atol=1e-2)  # two different models
+    assert np.array_equal(a, b, equal_nan=True)
+    for m in manifests.values():
+        assert m["details"]["sampled_fit"] and len(m["details"]["joint_layers"]) == 2
+        assert m["details"]["trustworthiness_k10"] > 0.5
+
+    # a run over other images cannot be aligned: stopped before any work, with the reason
+    make_images(tmp_path / "few", 12, size=80)
+    s_c, _ = _settings(
+        "data=folder",
+        f"data.path={tmp_path / 'few'}",
+        f"run_dir={tmp_path / 'c'}",
+        "stages=[extract]",
+    )
+    run(s_c, {})
+    s_bad, _ = _settings(
+        *common,
+        f"run_dir={tmp_path / 'a'}",
+        "stages=[reduce]",
+        f"reduce.align_with=[{{run_dir:'{tmp_path / 'c'}',layer:blocks.2}}]",
+    )
+    with pytest.raises(ConfigError, match="align_with"):
+        run(s_bad, {})
