@@ -1,30 +1,73 @@
-"""Grid stage: bin the layout at every size; per kept cell its mean, count and top classes."""
+"""Grid stage: bin the layout at every size; per kept cell its mean, count and top classes.
+
+Activation sums are computed by Ray tasks, one per shard's row range, each reading only its own
+rows and returning sparse per-cell sums (never larger than its rows) that the driver adds into
+one dense total per grid size as they arrive: no process holds every activation. The driver
+holds per-row scalars only (the layout and each sample's label; attribution values too, when
+extracted).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from atlas_core.grid import (
+    SparseSums,
+    add_sparse,
     attribution_per_cell,
     cell_index,
+    empty_sums,
     finalize,
-    partial_sums,
+    sparse_partial_sums,
     top_classes_per_cell,
 )
 from atlas_core.store import RunStore
 from atlas_core.store.run_store import GridArrays
-from pipelines.common import StageResult
+from pipelines import ray_ops
+from pipelines.common import StageResult, peak_rss_mb
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class GridJob:
+    store_url: str
+    storage_options: dict[str, Any]
+    layer: str
+    sizes: tuple[int, ...]
+    start: int
+    stop: int
+
+
+def sums_task(job: GridJob) -> list[SparseSums]:
+    """Task body: sparse per-cell activation sums of rows [start, stop), one per grid size."""
+    store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
+    xy = np.asarray(store.group[f"layers/{job.layer}/layout"][job.start : job.stop])
+    acts = store.acts(job.layer, job.start, job.stop)
+    return [sparse_partial_sums(cell_index(xy, g), acts, g) for g in job.sizes]
+
+
 def run(s: Settings, fp: str) -> StageResult:
     store = RunStore.open(s.store_url, mode="r+", storage_options=s.storage_options)
     layout = store.layout(s.layer)
-    acts = store.acts(s.layer)
+    channels = store.layers[s.layer][0]
+    totals = {g: empty_sums(g, channels) for g in s.grid.sizes}
+
+    def add(_: int, parts: list[SparseSums]) -> None:
+        for part in parts:
+            add_sparse(totals[part.size], part)
+
+    jobs = [
+        GridJob(s.store_url, s.storage_options, s.layer, s.grid.sizes, a, b)
+        for a, b in store.sample_ranges()
+    ]
+    ray_ops.init(s.cluster)
+    ray_ops.map_tasks(sums_task, jobs, desc="grid sums", on_result=add)
     top = store.top_class()
     image = store.image_of_sample()
     sample_label = top[image, 0] if top.shape[1] else None
@@ -32,7 +75,7 @@ def run(s: Settings, fp: str) -> StageResult:
     kept_per_size = {}
     for size in s.grid.sizes:
         cells = cell_index(layout, size)
-        kept, mean, count = finalize(partial_sums(cells, acts, size), s.grid.min_count)
+        kept, mean, count = finalize(totals[size], s.grid.min_count)
         if sample_label is not None:
             tc, tn = top_classes_per_cell(cells, sample_label, kept, s.grid.top)
         else:
@@ -58,7 +101,11 @@ def run(s: Settings, fp: str) -> StageResult:
         )
     return StageResult(
         counts={"cells_kept": kept_per_size},
-        details={"labels": "attribution" if attr is not None else "predictions"},
+        details={
+            "labels": "attribution" if attr is not None else "predictions",
+            "tasks": len(jobs),
+            "peak_rss_mb_driver": peak_rss_mb(),
+        },
     )
 
 

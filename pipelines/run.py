@@ -68,10 +68,29 @@ def check(s: Settings) -> None:
         resolve_layer(model.module, name, model_name=s.model.name)
 
 
+def _aligned_extractions(s: Settings) -> list[list[str]]:
+    """(run_dir, layer, extract fingerprint) of each run in reduce.align_with: a re-extracted
+    aligned run changes this run's reduce fingerprint, so the layout is refitted."""
+    out = []
+    for run_dir, layer in s.reduce.align_with:
+        marker = Markers(run_dir, s.storage_options).read("stage-extract")
+        if marker is None:
+            raise ConfigError(
+                "reduce.align_with",
+                run_dir,
+                fix="that run has no finished extraction: run it with stages=[extract] first.",
+            )
+        out.append([run_dir, layer, str(marker.get("fingerprint"))])
+    return out
+
+
 def fingerprints(s: Settings) -> dict[str, str]:
     fps, prev = {}, ""
     for stage in STAGES:
-        prev = fingerprint([prev, s.stage_config(stage)])
+        parts: list[Any] = [prev, s.stage_config(stage)]
+        if stage == "reduce" and s.reduce.align_with:
+            parts.append(_aligned_extractions(s))
+        prev = fingerprint(parts)
         fps[stage] = prev
     return fps
 

@@ -2,20 +2,28 @@
 
 from atlas_core.grid.binning import (
     CellSums,
+    SparseSums,
+    add_sparse,
     attribution_per_cell,
     cell_index,
+    empty_sums,
     finalize,
     merge,
     partial_sums,
+    sparse_partial_sums,
     top_classes_per_cell,
 )
 
 __all__ = [
     "CellSums",
+    "SparseSums",
+    "add_sparse",
     "attribution_per_cell",
     "cell_index",
+    "empty_sums",
     "finalize",
     "merge",
     "partial_sums",
+    "sparse_partial_sums",
     "top_classes_per_cell",
 ]

@@ -49,6 +49,44 @@ def _sorted_add(sums: np.ndarray, c: np.ndarray, a: np.ndarray) -> None:
     sums[cs[starts]] += np.add.reduceat(a[order], starts, axis=0)
 
 
+@dataclass
+class SparseSums:
+    """Partial sums of one row range over its non-empty cells only: flat cell (M,) sorted
+    unique, sums (M, C) float64, counts (M,) int64. A range of R rows holds at most R cells, so
+    a partial is never larger than its rows, however fine the grid."""
+
+    size: int
+    cells: np.ndarray
+    sums: np.ndarray
+    counts: np.ndarray
+
+
+def sparse_partial_sums(cells: np.ndarray, acts: np.ndarray, size: int) -> SparseSums:
+    """Per-cell sums and counts of ``acts`` (N, C) over the cells that rows fall in."""
+    keep = cells >= 0
+    c, a = cells[keep], acts[keep].astype(np.float64)
+    order = np.argsort(c, kind="stable")
+    cs = c[order]
+    if len(cs) == 0:
+        return SparseSums(size, cs, np.zeros((0, acts.shape[1])), np.zeros(0, np.int64))
+    starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
+    sums = np.add.reduceat(a[order], starts, axis=0)
+    counts = np.diff(np.r_[starts, len(cs)]).astype(np.int64)
+    return SparseSums(size, cs[starts], sums, counts)
+
+
+def add_sparse(total: CellSums, part: SparseSums) -> None:
+    """Add a sparse partial into a dense total of the same grid size, in place."""
+    if part.size != total.size:
+        raise ValueError("cannot merge partial sums of different grid sizes")
+    total.sums[part.cells] += part.sums
+    total.counts[part.cells] += part.counts
+
+
+def empty_sums(size: int, channels: int) -> CellSums:
+    return CellSums(size, np.zeros((size * size, channels)), np.zeros(size * size, np.int64))
+
+
 def merge(parts: list[CellSums]) -> CellSums:
     """Sum partials of the same grid size."""
     size = parts[0].size

@@ -75,3 +75,27 @@ def test_attribution_labels_equal_a_brute_force_mean() -> None:
         mean /= len(rows)
         assert top_c[i].tolist() == np.argsort(-mean, kind="stable")[:2].tolist()
         assert np.allclose(top_v[i], np.sort(mean)[::-1][:2], atol=1e-6)
+
+
+def test_sparse_partials_added_in_any_order_equal_the_dense_sums() -> None:
+    from atlas_core.grid import add_sparse, empty_sums, sparse_partial_sums
+
+    rng = np.random.default_rng(3)
+    n, size = 3000, 40  # a fine grid: most cells of a range are empty or hold one row
+    xy = rng.random((n, 2))
+    xy[::97] = np.nan
+    acts = rng.normal(size=(n, 5))
+    cells = cell_index(xy, size)
+    dense = partial_sums(cells, acts, size)
+    parts = [
+        sparse_partial_sums(cells[a : a + 700], acts[a : a + 700], size)
+        for a in (0, 700, 1400, 2100, 2800)
+    ]
+    assert all(len(p.cells) <= 700 and np.all(np.diff(p.cells) > 0) for p in parts)
+    total = empty_sums(size, 5)
+    for p in reversed(parts):
+        add_sparse(total, p)
+    assert np.array_equal(total.counts, dense.counts) and total.counts.sum() == n - len(xy[::97])
+    np.testing.assert_allclose(total.sums, dense.sums, rtol=1e-12, atol=1e-12)
+    empty = sparse_partial_sums(np.full(4, -1), acts[:4], size)
+    assert len(empty.cells) == 0 and empty.sums.shape == (0, 5)
