@@ -4,7 +4,7 @@ run store) against umap-learn ``fit_transform`` on all rows, at equal UMAP setti
 Data: a synthetic non-negative Gaussian mixture with the dimension of EfficientNet-Lite0's
 blocks.4 (112 channels), since the demo corpus has only a few thousand real rows.
 
-    python -m benchmarks.reduce_bench [--rows 200000] [--scaling 50000,100000,200000,400000]
+    python -m benchmarks.reduce_bench [--rows 200000] [--scaling 50000,100000,200000,400000,1000000]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def _subprocess(which: str, n: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
-    ap.add_argument("--scaling", default="50000,100000,200000,400000")
+    ap.add_argument("--scaling", default="50000,100000,200000,400000,1000000")
     ap.add_argument("--one", choices=["ours", "peer"])
     args = ap.parse_args()
     if args.one:
@@ -195,6 +195,10 @@ def main() -> None:
             "trustworthiness_delta": round(o["trustworthiness"] - p["trustworthiness"], 4),
             "scaling_ours_seconds": {k: round(v["seconds"], 1) for k, v in scaling.items()},
             "scaling_ours_trustworthiness": {k: v["trustworthiness"] for k, v in scaling.items()},
+            "scaling_ours_peak_rss_mb": {
+                k: {"driver": v["peak_rss_mb_driver"], "one_worker": v["peak_rss_mb_one_worker"]}
+                for k, v in scaling.items()
+            },
         },
     )
 
