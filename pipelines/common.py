@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -60,3 +62,27 @@ class StageResult:
     status: str = "done"
     counts: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+def inject_fault(fault: str, where: str, shard: int) -> None:
+    """Fault injection for the reliability tests (extract.fault, reduce.fault; never set in
+    normal runs).
+
+    ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
+    ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);
+    ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
+    first, so the retry survives).
+    """
+    if not fault:
+        return
+    kind, _, rest = fault.partition(":")
+    at, _, arg = rest.partition(":")
+    if at != where:
+        return
+    if kind == "raise" and (not arg or int(arg) == shard):
+        raise RuntimeError(f"injected fault at {where} in shard {shard}")
+    if kind == "sleep":
+        time.sleep(float(arg))
+    if kind == "sigkill_once" and not os.path.exists(arg):
+        open(arg, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ from atlas_core.models.registry import ModelSpec
 from atlas_core.store import Markers, RunStore, fingerprint
 from atlas_core.store.run_store import ShardResult
 from pipelines import ray_ops
-from pipelines.common import StageResult, cached_model, resolve_device
+from pipelines.common import StageResult, cached_model, inject_fault, resolve_device
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -354,10 +353,10 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
                 rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
                 buf.add(idx, extractor(x, pos[rows]))
                 batch = []
-                _inject(job.fault, "mid", job.shard)
+                inject_fault(job.fault, "mid", job.shard)
     seconds = time.perf_counter() - t0
     store.write_extract_shard(buf.result(job, seconds))
-    _inject(job.fault, "after_write", job.shard)
+    inject_fault(job.fault, "after_write", job.shard)
     counts = Counter(Status(int(v)).name.lower() for v in buf.status)
     record = {
         "shard": job.shard,
@@ -373,29 +372,6 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     }
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)
     return record
-
-
-def _inject(fault: str, where: str, shard: int) -> None:
-    """Fault injection for the reliability tests (extract.fault; never set in normal runs).
-
-    ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
-    ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);
-    ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
-    first, so the retry survives).
-    """
-    if not fault:
-        return
-    kind, _, rest = fault.partition(":")
-    at, _, arg = rest.partition(":")
-    if at != where:
-        return
-    if kind == "raise" and (not arg or int(arg) == shard):
-        raise RuntimeError(f"injected fault at {where} in shard {shard}")
-    if kind == "sleep":
-        time.sleep(float(arg))
-    if kind == "sigkill_once" and not os.path.exists(arg):
-        open(arg, "w").close()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _summarize(

@@ -42,7 +42,7 @@ from atlas_core.reduce import (
 from atlas_core.reduce.params import UmapParams
 from atlas_core.store import RunStore
 from pipelines import ray_ops
-from pipelines.common import Clock, StageResult, peak_rss_mb
+from pipelines.common import Clock, StageResult, inject_fault, peak_rss_mb
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class TransformJob:
     sources: tuple[Source, ...]
     start: int
     stop: int
+    fault: str = ""
 
 
 def _open(url: str, opts: tuple[tuple[str, Any], ...]) -> RunStore:
@@ -128,8 +129,11 @@ def usable_rows(store: RunStore, sources: tuple[Source, ...]) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- task bodies
-def fit_task(landmarks: Landmarks, params: UmapParams, backend: str, knn: str) -> np.ndarray:
+def fit_task(
+    landmarks: Landmarks, params: UmapParams, backend: str, knn: str, fault: str = ""
+) -> np.ndarray:
     """Task body: the landmarks' raw 2-D layout (m, 2)."""
+    inject_fault(fault, "fit", 0)
     return fit_landmarks(landmarks, params, backend, knn=knn)
 
 
@@ -137,6 +141,7 @@ def search_task(
     job: TransformJob, landmarks: Landmarks, device: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Task body: (rows, nearest landmark indices, distances) of the usable rows of the job."""
+    inject_fault(job.fault, "search", job.start)
     own = _open(job.store_url, tuple(sorted(job.storage_options.items())))
     ok = np.flatnonzero(own.ok_samples()[job.start : job.stop]) + job.start
     for src in job.sources:
@@ -188,7 +193,7 @@ def _sampled(
     out_layer = (r.joint_layers or (s.layer,))[0]
     store.create_rows(out_layer, "layout_raw", 2, {"fingerprint": fp})
     jobs = [
-        TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b)
+        TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b, r.fault)
         for a, b in store.sample_ranges()
     ]
     log.info(
@@ -207,8 +212,9 @@ def _sampled(
         r.umap,
         backend,
         r.knn,
+        r.fault,
         num_cpus=r.fit_cpus,
-        num_gpus=1 if backend == "cuml" else 0,
+        num_gpus=max(r.fit_gpus, 1.0 if backend == "cuml" else 0.0),
     )
     placed = [
         ray_ops.submit(

@@ -67,9 +67,11 @@ class ReduceSettings:
     knn: str = "auto"
     place_neighbors: int = 10
     fit_cpus: float = 1.0
+    fit_gpus: float = 0.0
     transform_cpus: float = 1.0
     transform_gpus: float = 0.0
     device: str = "auto"
+    fault: str = ""  # fault injection for reliability tests only: <kind>:fit|search:<arg>
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class Settings:
                 "data": asdict(self.data),
                 "extract": {k: v for k, v in asdict(self.extract).items() if k != "fault"},
             },
-            "reduce": {"reduce": asdict(self.reduce)},
+            "reduce": {"reduce": {k: v for k, v in asdict(self.reduce).items() if k != "fault"}},
             "grid": {"grid": asdict(self.grid)},
             "render": {"icon": asdict(self.render.icon)},
             "compose": {},
@@ -250,6 +252,8 @@ def parse(cfg: dict[str, Any]) -> Settings:
         knn=_choice("reduce.knn", r.get("knn", "auto"), KNN_MODES),
         place_neighbors=max(1, int(r.get("place_neighbors", 10))),
         fit_cpus=float(r.get("fit_cpus", 1)),
+        fit_gpus=float(r.get("fit_gpus", 0)),
+        fault=str(r.get("fault", "")),
         transform_gpus=float(r.get("transform_gpus", 0)),
         device=_choice("reduce.device", r.get("device", "auto"), DEVICES),
         umap=umap,

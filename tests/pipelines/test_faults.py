@@ -110,3 +110,36 @@ def test_the_sharding_codec_gives_the_same_store(corpus) -> None:  # type: ignor
     acts = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")["layers/blocks.2/acts"]
     assert acts.shards == (16, 32) and acts.chunks == (8, 32)
     _equal_to_reference(run_dir, ref)
+
+
+def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus) -> None:  # type: ignore[no-untyped-def]
+    """The sampled reduce is a Ray task graph (fit, searches, placements): a worker killed in the
+    fit or in a search is retried by Ray and the layout equals the clean run's."""
+    import shutil
+
+    import numpy as np
+    import zarr
+
+    base, ref, _ = corpus
+    stages = ("stages=[extract,reduce]", "reduce.fit_rows=30")
+    layouts, injected = {}, 0
+    for name, fault in (("clean", ""), ("fit", "fit"), ("search", "search")):
+        run_dir = base / f"reduce-{name}"
+        shutil.copytree(ref, run_dir)  # extraction done: its markers match, so it is skipped
+        extra = [f"+reduce.fault='sigkill_once:{fault}:{base / f'killed-{name}'}'"] if fault else []
+        manifest = run(_settings(base / "imgs", run_dir, *stages, *extra), {})
+        assert manifest["stages"]["extract"]["status"].startswith("skipped")
+        assert manifest["stages"]["reduce"]["details"]["sampled_fit"] is True
+        if fault:
+            assert (base / f"killed-{name}").exists()  # the kill happened
+            injected += 1
+        layouts[name] = zarr.open_group(str(run_dir / "atlas.zarr"))["layers/blocks.2/layout"][:]
+    clean = layouts.pop("clean")
+    assert np.isnan(clean).any(axis=1).sum() == 1  # the one bad image
+    survived = [n for n, lay in layouts.items() if np.array_equal(lay, clean, equal_nan=True)]
+    log.info(
+        "fault 'reduce worker SIGKILL (fit, search)': injected %d, survived %d",
+        injected,
+        len(survived),
+    )
+    assert injected == 2 and sorted(survived) == ["fit", "search"]
