@@ -205,3 +205,25 @@ def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_pa
     )
     with pytest.raises(ConfigError, match="align_with"):
         run(s_bad, {})
+
+
+def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s, _, _ = folder_run
+    s2, _ = _settings(
+        "data=folder",
+        f"data.path={s.data.path}",
+        f"run_dir={tmp_path / 'joint'}",
+        "extract.samples_per_image=2",
+        "extract.layers=[blocks.1,blocks.2]",
+        "reduce.joint_layers=[blocks.1]",
+        "reduce.fit_rows=60",
+        "stages=[extract,reduce]",
+    )
+    rd = run(s2, {})["stages"]["reduce"]
+    assert (
+        rd["details"]["joint_layers"] == ["blocks.2", "blocks.1"] and rd["details"]["sampled_fit"]
+    )
+    g = zarr.open_group(str(tmp_path / "joint" / "atlas.zarr"), mode="r")
+    a, b = g["layers/blocks.2/layout"][:], g["layers/blocks.1/layout"][:]
+    assert np.array_equal(a, b, equal_nan=True) and (~np.isnan(a).any(axis=1)).sum() == 140
+    assert g["layers/blocks.1/layout"].attrs["joint_layers"] == ["blocks.2", "blocks.1"]
