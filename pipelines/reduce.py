@@ -138,16 +138,12 @@ def fit_task(
 
 
 def search_task(
-    job: TransformJob, landmarks: Landmarks, device: str
+    job: TransformJob, landmarks: Landmarks, usable: np.ndarray, device: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Task body: (rows, nearest landmark indices, distances) of the usable rows of the job."""
+    """Task body: (rows, nearest landmark indices, distances) of the job's usable rows
+    (``usable``: the driver's :func:`usable_rows` mask, shared once)."""
     inject_fault(job.fault, "search", job.start)
-    own = _open(job.store_url, tuple(sorted(job.storage_options.items())))
-    ok = np.flatnonzero(own.ok_samples()[job.start : job.stop]) + job.start
-    for src in job.sources:
-        if _canonical(src.store_url) != _canonical(job.store_url):
-            other_ok = _open(src.store_url, src.storage_options).ok_samples()
-            ok = ok[other_ok[ok]]
+    ok = np.flatnonzero(usable[job.start : job.stop]) + job.start
     idx, dist = landmarks.neighbors(features(job.sources, ok), device=device)
     return ok, idx, dist
 
@@ -175,6 +171,7 @@ def _sampled(
     s: Settings,
     store: RunStore,
     sources: tuple[Source, ...],
+    ok_mask: np.ndarray,
     fit_rows: np.ndarray,
     backend: str,
     fp: str,
@@ -206,6 +203,7 @@ def _sampled(
     lm = ray_ops.put(landmarks)
     del landmarks
     rows_ref = ray_ops.put(fit_rows)
+    usable = ray_ops.put(ok_mask)
     emb = ray_ops.submit(
         fit_task,
         lm,
@@ -221,7 +219,13 @@ def _sampled(
             place_task,
             job,
             ray_ops.submit(
-                search_task, job, lm, r.device, num_cpus=r.transform_cpus, num_gpus=r.transform_gpus
+                search_task,
+                job,
+                lm,
+                usable,
+                r.device,
+                num_cpus=r.transform_cpus,
+                num_gpus=r.transform_gpus,
             ),
             emb,
             rows_ref,
@@ -260,7 +264,7 @@ def run(s: Settings, fp: str) -> StageResult:
     )
     clock = Clock()
     if sampled:
-        raw = _sampled(s, store, sources, fit_rows, backend, fp, clock)
+        raw = _sampled(s, store, sources, ok_mask, fit_rows, backend, fp, clock)
     else:
         _, fit_layout = fit(
             features(sources, fit_rows), r.umap, backend, pca_dim=r.pca_dim, knn=r.knn
