@@ -153,6 +153,8 @@ def fit_landmarks(
     the one the transform searches, and the seeded fit is reproducible.
     """
     backend = choose_backend(backend)
+    # the rows as the metric compares them (unit rows for cosine): the same distances, so the
+    # same graph, and the same rows the transform's searches see
     x = landmarks.index.ref
     kw = params.kwargs(backend)
     k = params.n_neighbors
