@@ -22,13 +22,17 @@ class ConfigError(AtlasError, ValueError):
         value: object,
         *,
         choices: Iterable[object] | None = None,
+        valid: str = "",
         fix: str = "",
     ) -> None:
         self.what = what
         self.value = value
         self.choices = list(choices) if choices is not None else None
+        self.valid = valid
         self.fix = fix
         msg = f"{what}: {value!r} is not valid."
+        if valid:
+            msg += f" Valid range: {valid}."
         if self.choices is not None:
             shown = ", ".join(str(c) for c in self.choices[:60])
             more = f" (and {len(self.choices) - 60} more)" if len(self.choices) > 60 else ""
@@ -36,6 +40,12 @@ class ConfigError(AtlasError, ValueError):
         if fix:
             msg += f" Fix: {fix}"
         super().__init__(msg)
+
+    def at(self, prefix: str, name: str | None = None) -> ConfigError:
+        """The same error for the setting ``prefix.name`` (a caller maps the library's parameter
+        name to its own key; the fix text is kept)."""
+        what = f"{prefix}.{name or self.what}"
+        return ConfigError(what, self.value, choices=self.choices, valid=self.valid, fix=self.fix)
 
 
 class StoreError(AtlasError):

@@ -38,6 +38,7 @@ def _store(path: Path, x: np.ndarray) -> str:
     from atlas_core.data import InputManifest, plan_shards
     from atlas_core.data.decode import Status
     from atlas_core.store import RunStore
+    from atlas_core.store.run_store import StoreLayout
 
     n = len(x)
     man = InputManifest(
@@ -47,13 +48,10 @@ def _store(path: Path, x: np.ndarray) -> str:
     plan = plan_shards(n, chunk_images=8192, chunks_per_shard=4)
     st = RunStore.create(
         str(path),
-        manifest=man,
-        plan=plan,
-        k=1,
-        seed=0,
-        layers={"blocks.4": (DIM, 14, 14)},
-        positions=np.zeros((n, 2), np.int16),
-        topk=0,
+        man,
+        plan,
+        np.zeros((n, 2), np.int16),
+        StoreLayout(k=1, seed=0, layers={"blocks.4": (DIM, 14, 14)}, topk=0),
     )
     st.group["layers/blocks.4/acts"][:] = x.astype(np.float16)
     st.group["images/status"][:] = np.full(n, int(Status.OK), np.uint8)

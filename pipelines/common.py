@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from atlas_core.errors import ConfigError
 from atlas_core.models.registry import LoadedModel, ModelSpec, load_model
 
 _MODELS: dict[tuple[ModelSpec, str], LoadedModel] = {}
@@ -22,9 +23,11 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "device=cuda was asked for but no CUDA device is visible; use auto or cpu"
-        )
+        raise ConfigError(
+            "device", name, choices=("auto", "cpu"),
+            fix="no CUDA device is visible to this process: give the stage GPUs "
+            "(cluster.<stage>.num_gpus) or use auto.",
+        )  # fmt: skip
     return name
 
 
@@ -64,9 +67,18 @@ class StageResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+FAULT_ENV = "ATLAS_TEST_FAULT"
+
+
+def test_fault() -> str:
+    """The fault the reliability tests inject: the ``ATLAS_TEST_FAULT`` environment variable of
+    the driver (empty in normal runs), handed to tasks and actors as a plain value. It is no
+    setting a user sees and never part of a fingerprint."""
+    return os.environ.get(FAULT_ENV, "")
+
+
 def inject_fault(fault: str, where: str, shard: int) -> None:
-    """Fault injection for the reliability tests (extract.fault, reduce.fault; never set in
-    normal runs).
+    """Fault injection for the reliability tests (see :func:`test_fault`).
 
     ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
     ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);

@@ -13,7 +13,7 @@ from PIL import Image
 from atlas_core.compose import compose_canvas, viewer_html
 from atlas_core.store import RunStore
 from pipelines.common import StageResult, cached_model
-from pipelines.settings import Settings
+from pipelines.settings import BACKGROUNDS, Settings
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,16 @@ def _write(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
 
 def run(s: Settings, fp: str) -> StageResult:
     store = RunStore.open(s.store_url, mode="r", storage_options=s.storage_options)
-    names = cached_model(s.model, "cpu").class_names
+    names = cached_model(s.model.spec, "cpu").class_names
     out = s.run_dir.rstrip("/")
     files, drawn = [], {}
     for level, size in enumerate(s.grid.sizes):
         grid = store.grid(s.layer, size)
         icons, objective, _ = store.icons(s.layer, size)
         present = ~np.isnan(objective)
-        canvas = compose_canvas(grid.cell, icons, size, present=present)
+        canvas = compose_canvas(
+            grid.cell, icons, size, present=present, background=BACKGROUNDS[s.compose.background]
+        )
         _save_png(f"{out}/atlas-{size}.png", canvas, s.storage_options)
         files.append(f"atlas-{size}.png")
         drawn[str(size)] = int(present.sum())

@@ -1,8 +1,9 @@
 """Extract stage: freeze the input manifest, plan shards, run one Ray task per unfinished shard.
 
-Each task decodes its images on a thread pool (overlapping the forward pass), extracts the
-activations at the seeded positions, writes its whole chunks, then writes its commit marker.
-A resume skips every shard whose marker validates.
+plan: the store (created once per extract fingerprint) and the shards without a valid marker;
+run: one task per shard (``ray_ops.map_tasks``) reads its images, extracts the activations at the
+seeded positions and writes its whole chunks, then its commit marker; commit: the driver marks
+duplicates; summarize: counts per status from the store. A resume skips committed shards.
 """
 
 from __future__ import annotations
@@ -12,136 +13,108 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 
 from atlas_core.data import (
-    DecodePolicy,
     InputManifest,
-    Status,
-    decode,
     file_list_manifest,
     folder_labels,
     folder_manifest,
     photo_crops,
     plan_shards,
 )
-from atlas_core.data.decode import content_hash, cropped, read_bytes
-from atlas_core.data.jpeg import decode_jpegs
+from atlas_core.data.decode import DECODE_POLICY, DecodePolicy, Status
 from atlas_core.data.plan import duplicate_rows
-from atlas_core.data.tars import PREFIX as TAR_PREFIX
-from atlas_core.data.tars import stream_members, tar_manifest
+from atlas_core.data.reader import ImageReader
+from atlas_core.data.tars import tar_manifest
 from atlas_core.errors import StoreError
-from atlas_core.extract import ActivationExtractor, ExtractBatch, sample_positions
-from atlas_core.models.layers import layer_shapes, resolve_layer
+from atlas_core.extract import ActivationExtractor, ShardBuffers, sample_positions
+from atlas_core.models.layers import layer_shapes
 from atlas_core.models.registry import ModelSpec
 from atlas_core.store import Markers, RunStore, fingerprint
-from atlas_core.store.run_store import ShardResult
+from atlas_core.store.run_store import StoreLayout
 from pipelines import ray_ops
-from pipelines.common import StageResult, cached_model, inject_fault, resolve_device
-from pipelines.settings import Settings
+from pipelines.common import StageResult, cached_model, inject_fault, resolve_device, test_fault
+from pipelines.settings import DataConf, Settings, setting
 
 log = logging.getLogger(__name__)
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
 
 
 @dataclass(frozen=True)
 class ExtractJob:
-    """Everything one extraction task needs, as plain values."""
+    """Everything one extraction task needs, as plain values. ``device`` is a request (auto, cpu,
+    cuda), resolved by the task on its own node."""
 
     run_dir: str
     store_url: str
+    storage_options: dict[str, Any]
     shard: int
     start: int
     stop: int
+    fingerprint: str
     model: ModelSpec
     layers: tuple[str, ...]
-    grids: dict[str, tuple[int, int]]
     batch_size: int
     topk: int
-    device: str
+    attr_classes: int
     decode: DecodePolicy
-    fingerprint: str
-    storage_options: dict[str, Any]
-    decode_threads: int = 2
-    attr_classes: int = 0
     jpeg_decoder: str = "auto"
     amp: str = "bf16"
+    device: str = "auto"
     fault: str = ""
 
 
-def build_manifest(s: Settings) -> InputManifest:
-    if s.data.source == "filelist":
-        return file_list_manifest(str(s.data.path), limit=s.data.limit)
-    if s.data.source == "tar":
-        path = str(s.data.path)
-        tars = sorted(
-            glob.glob(os.path.join(path, "*.tar")) if os.path.isdir(path) else glob.glob(path)
-        )
-        return tar_manifest(tars, extensions=s.data.extensions)
-    if s.data.source == "folder":
-        man = folder_manifest(str(s.data.path), extensions=s.data.extensions, limit=s.data.limit)
-        if s.data.labels == "folder":
-            labels, names = folder_labels(man.uris)
-            man = InputManifest(man.uris, man.crops, man.root, labels, names)
-        return man
-    return photo_crops(s.data.n_images, seed=s.seed, scales=s.data.scales or (1.0,))
+def build_manifest(data: DataConf, seed: int) -> InputManifest:
+    """The frozen list of inputs the data settings name."""
+    with setting("data", rename={"n": "n_images", "tars": "path"}):
+        if data.source == "filelist":
+            return file_list_manifest(str(data.path), limit=data.limit)
+        if data.source == "tar":
+            path = str(data.path)
+            found = glob.glob(os.path.join(path, "*.tar")) if os.path.isdir(path) else glob.glob(path)
+            return tar_manifest(sorted(found), extensions=data.extensions)
+        if data.source == "folder":
+            man = folder_manifest(str(data.path), extensions=data.extensions, limit=data.limit)
+            if data.labels == "folder":
+                labels, names = folder_labels(man.uris)
+                man = InputManifest(man.uris, man.crops, man.root, labels, names)
+            return man
+        return photo_crops(data.n_images, seed=seed, scales=data.scales)
 
 
 def run(s: Settings, fp: str) -> StageResult:
     markers = Markers(s.run_dir, s.storage_options)
     store = _open_or_create(s, fp, markers)
-    plan = [tuple(b) for b in store.attrs["shards"]]
-    grids = {n: (int(v[1]), int(v[2])) for n, v in store.layers.items()}
-    device = resolve_device(s.extract.device)
-    jobs, skipped = [], 0
-    for i, (start, stop) in enumerate(plan):
-        if _valid_marker(markers.read(f"extract/shard-{i:06d}"), fp, start, stop):
-            skipped += 1
-            continue
-        jobs.append(
-            ExtractJob(
-                run_dir=s.run_dir,
-                store_url=s.store_url,
-                shard=i,
-                start=start,
-                stop=stop,
-                model=s.model,
-                layers=s.extract.layers,
-                grids=grids,
-                batch_size=s.extract.batch_size,
-                topk=s.extract.topk,
-                device=device,
-                decode=s.data.decode,
-                fingerprint=fp,
-                storage_options=s.storage_options,
-                attr_classes=s.extract.attr_classes,
-                jpeg_decoder=s.extract.jpeg_decoder,
-                amp=s.extract.amp,
-                fault=s.extract.fault,
-            )
-        )
-    log.info("extract: %d shards to run, %d already committed", len(jobs), skipped)
+    plan = store.shards
+    todo = [
+        i for i, (a, b) in enumerate(plan)
+        if not _valid_marker(markers.read(f"extract/shard-{i:06d}"), fp, a, b)
+    ]  # fmt: skip
+    jobs = [_job(s, fp, i, *plan[i]) for i in todo]
+    log.info("extract: %d shards to run, %d already committed", len(jobs), len(plan) - len(jobs))
     ray_ops.init(s.cluster)
+    res = s.cluster.extract
     records = ray_ops.map_tasks(
-        extract_shard,
-        jobs,
-        num_cpus=s.extract.num_cpus,
-        num_gpus=s.extract.num_gpus,
-        desc="extract",
-    )
-    dup, first = duplicate_rows(
-        store.group["images/content_hash"][:],
-        store.group["images/crop"][:],
-        store.status() == Status.OK,
-    )
+        extract_shard, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="extract",
+        labels=[f"shard {j.shard} (images {j.start}..{j.stop})" for j in jobs],
+    )  # fmt: skip
+    dup, first = duplicate_rows(store.content_hashes(), store.crops(), store.status() == Status.OK)
     store.mark_duplicates(dup, first)
-    return _summarize(store, len(plan), skipped, records)
+    return _summarize(store, len(plan), records)
+
+
+def _job(s: Settings, fp: str, shard: int, start: int, stop: int) -> ExtractJob:
+    e = s.extract
+    return ExtractJob(
+        s.run_dir, s.store_url, s.storage_options, shard, start, stop, fp, s.model.spec,
+        s.layers, e.batch_size, e.kept_classes, e.attr_classes, s.data.decode, e.jpeg_decoder,
+        e.amp, s.cluster.extract.device, test_fault(),
+    )  # fmt: skip
 
 
 def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
@@ -153,57 +126,31 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
     except StoreError as exc:  # no store yet: create it
         log.info("extract: creating the run store (%s)", exc)
     markers.remove_prefix("extract")
-    manifest = build_manifest(s)
-    model = cached_model(s.model, "cpu")
-    for name in s.extract.layers:
-        resolve_layer(model.module, name, model_name=s.model.name)
-    shapes = layer_shapes(model.module, s.extract.layers, model.preprocess.size)
+    manifest = build_manifest(s.data, s.seed)
+    model = cached_model(s.model.spec, "cpu")
+    shapes = layer_shapes(model.module, s.layers, model.preprocess.size)
     coarse = min(shapes.values(), key=lambda v: v[1] * v[2])
-    k = s.extract.samples_per_image
+    e = s.extract
     positions = sample_positions(
-        np.arange(len(manifest)),
-        k,
-        (coarse[1], coarse[2]),
-        seed=s.seed,
-        edge=s.extract.edge,
-        mode=s.extract.sampling,
-    )
+        np.arange(len(manifest)), e.samples_per_image, (coarse[1], coarse[2]),
+        seed=s.seed, edge=e.edge, mode=e.sampling,
+    )  # fmt: skip
     # the storage object a task owns: one chunk, or one zarr shard of zarr_shard_chunks chunks
     plan = plan_shards(
         len(manifest),
-        chunk_images=s.extract.chunk_images * s.extract.zarr_shard_chunks,
-        chunks_per_shard=s.extract.chunks_per_shard,
+        chunk_images=e.chunk_images * e.zarr_shard_chunks,
+        chunks_per_shard=e.chunks_per_shard,
     )
-    log.info(
-        "extract: %d images, %d samples, %d shards, layers %s",
-        len(manifest),
-        len(positions),
-        len(plan),
-        shapes,
-    )
+    log.info("extract: %d images, %d shards, layers %s", len(manifest), len(plan), shapes)
+    layout = StoreLayout(
+        k=e.samples_per_image, seed=s.seed, layers=shapes, topk=e.kept_classes,
+        act_dtype=e.act_dtype, attr_classes=e.attr_classes, n_classes=model.num_classes,
+        inner=e.zarr_shard_chunks,
+    )  # fmt: skip
+    attrs = {"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY}
     return RunStore.create(
-        s.store_url,
-        manifest=manifest,
-        plan=plan,
-        k=k,
-        seed=s.seed,
-        layers=shapes,
-        positions=positions,
-        topk=s.extract.topk,
-        storage_options=s.storage_options,
-        act_dtype=s.extract.act_dtype,
-        attr_classes=s.extract.attr_classes,
-        n_classes=model.num_classes,
-        inner=s.extract.zarr_shard_chunks,
-        attrs={"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY},
+        s.store_url, manifest, plan, positions, layout, s.storage_options, attrs=attrs
     )
-
-
-DECODE_POLICY = (
-    "EXIF orientation applied; first frame of multi-frame images; alpha composited "
-    "over white; 16-bit scaled to 8 bits by range; CMYK/grey/palette converted to RGB; "
-    "decompression bombs and truncated files are errors"
-)
 
 
 def _valid_marker(rec: dict[str, Any] | None, fp: str, start: int, stop: int) -> bool:
@@ -215,193 +162,73 @@ def _valid_marker(rec: dict[str, Any] | None, fp: str, start: int, stop: int) ->
     )
 
 
-class _ShardBuffers:
-    """The rows one task writes, filled batch by batch (NaN / -1 / 0 where nothing was written)."""
-
-    def __init__(self, n: int, k: int, channels: dict[str, int], topk: int, attr: int) -> None:
-        self.k = k
-        self.status = np.zeros(n, np.uint8)
-        self.error = np.full(n, "", dtype=object)
-        self.hashes = np.zeros(n, np.uint64)
-        self.top_c = np.full((n, topk), -1, np.int32)
-        self.top_p = np.full((n, topk), np.nan, np.float16)
-        self.acts = {L: np.full((n * k, c), np.nan, np.float32) for L, c in channels.items()}
-        self.attr = (
-            {L: np.full((n * k, attr), np.nan, np.float32) for L in channels} if attr else None
-        )
-        self.moment = {L: np.zeros((c, c)) for L, c in channels.items()}
-        self.mcount = dict.fromkeys(channels, 0)
-
-    def add(self, idx: np.ndarray, out: ExtractBatch) -> None:
-        rows = (idx[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
-        for name, a in out.acts.items():
-            self.acts[name][rows] = a
-            self.moment[name] += out.moment[name]
-            self.mcount[name] += out.moment_count[name]
-            if self.attr is not None and out.attr is not None:
-                self.attr[name][rows] = out.attr[name]
-        if out.top_class.shape[1]:
-            self.top_c[idx] = out.top_class
-            self.top_p[idx] = out.top_prob
-
-    def result(self, job: ExtractJob, seconds: float) -> ShardResult:
-        return ShardResult(
-            job.shard,
-            job.start,
-            job.stop,
-            self.status,
-            self.error,
-            self.hashes,
-            self.top_c,
-            self.top_p,
-            self.acts,
-            self.moment,
-            self.mcount,
-            self.attr,
-            seconds,
-        )
-
-
 def extract_shard(job: ExtractJob) -> dict[str, Any]:
-    """The task body: decode, extract, write whole chunks, then the commit marker."""
+    """The task body: read, extract, write whole chunks, then the commit marker."""
     t0 = time.perf_counter()
+    device = resolve_device(job.device)
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
-    model = cached_model(job.model, job.device)
-    n, k, root = job.stop - job.start, store.k, store.attrs.get("root")
-    uris = store.group["images/uri"][job.start : job.stop]
-    crops = store.group["images/crop"][job.start : job.stop]
-    pos = store.positions(job.start, job.stop)
+    model = cached_model(job.model, device)
     extractor = ActivationExtractor(
-        model,
-        job.layers,
-        job.grids,
-        topk=job.topk,
-        device=job.device,
-        attr_classes=job.attr_classes,
-        amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[job.amp],
-    )
-    n_attr = model.num_classes if job.attr_classes < 0 else job.attr_classes
-    buf = _ShardBuffers(n, k, {L: store.layers[L][0] for L in job.layers}, job.topk, n_attr)
-    pin = job.device == "cuda"
-
-    # Crops of one source file (the photo source) decode that file once per task.
-    whole = lru_cache(maxsize=32)(lambda uri: decode(uri, None, policy=job.decode, root=root))
-    repeated = bool((crops[:, 0] >= 0).any())
-
-    def load(i: int) -> tuple[int, np.ndarray | None]:
-        if repeated:
-            d = cropped(whole(str(uris[i])), crops[i])
-        else:
-            d = decode(str(uris[i]), crops[i], policy=job.decode, root=root)
-        buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail[:500], d.content_hash
-        return i, (model.preprocess.to_array(d.image) if d.image is not None else None)
-
-    def from_tar() -> Iterator[tuple[int, np.ndarray | None]]:
-        """Tar members, each tar streamed once; yields rows in order, like ``load``."""
-        got = dict(stream_members([str(u) for u in uris], job.decode))
-        for i in range(n):
-            d = got[i]
-            buf.status[i], buf.error[i], buf.hashes[i] = int(d.status), d.detail, d.content_hash
-            yield i, (model.preprocess.to_array(d.image) if d.image is not None else None)
-
-    def by_torchvision(pool: ThreadPoolExecutor) -> Iterator[tuple[int, torch.Tensor | None]]:
-        """JPEGs decoded by torchvision a batch at a time (nvJPEG on the GPU); anything else, or
-        anything it refuses, through the PIL policy. Yields model-sized [0, 1] tensors."""
-        pre = model.preprocess
-        for start in range(0, n, job.batch_size):
-            ids = list(range(start, min(n, start + job.batch_size)))
-            raw = list(pool.map(lambda i: read_bytes(str(uris[i]), root), ids))
-            datas = [r if isinstance(r, bytes) else b"" for r in raw]
-            for i, r, t in zip(
-                ids, raw, decode_jpegs(datas, device=job.device, policy=job.decode), strict=True
-            ):
-                if t is not None and isinstance(r, bytes):
-                    buf.status[i], buf.hashes[i] = int(Status.OK), content_hash(r)
-                    yield i, pre.tensor_to_input(t)
-                else:
-                    _, arr = load(i)
-                    yield (
-                        i,
-                        (
-                            None
-                            if arr is None
-                            else torch.from_numpy(arr).to(job.device).permute(2, 0, 1).float() / 255
-                        ),
-                    )
-
-    tar = n > 0 and str(uris[0]).startswith(TAR_PREFIX)
-    tv = job.jpeg_decoder == "torchvision" or (job.jpeg_decoder == "auto" and job.device == "cuda")
-    tv_jpeg = tv and not tar and not repeated
-    with ThreadPoolExecutor(max_workers=job.decode_threads) as pool:
-        batch: list[tuple[int, Any]] = []
-        if tar:
-            rows_in: Iterator[tuple[int, Any]] = from_tar()
-        elif tv_jpeg:
-            rows_in = by_torchvision(pool)
-        else:
-            rows_in = pool.map(load, range(n))  # decoding runs ahead on the pool's threads
-        for i, item in rows_in:
-            if item is not None:
-                batch.append((i, item))
-            if len(batch) == job.batch_size or (i == n - 1 and batch):
-                idx = np.array([j for j, _ in batch])
-                if isinstance(batch[0][1], torch.Tensor):
-                    x = model.preprocess.normalize(torch.stack([t for _, t in batch]))
-                else:
-                    x = model.preprocess.batch(np.stack([a for _, a in batch]))
-                    x = x.pin_memory() if pin else x
-                rows = (idx[:, None] * k + np.arange(k)[None, :]).ravel()
-                buf.add(idx, extractor(x, pos[rows]))
-                batch = []
-                inject_fault(job.fault, "mid", job.shard)
+        model, job.layers, {L: store.layers[L][1:] for L in job.layers}, topk=job.topk,
+        device=device, attr_classes=job.attr_classes, amp_dtype=AMP[job.amp],
+    )  # fmt: skip
+    reader = ImageReader(
+        store.uris(job.start, job.stop), store.crops(job.start, job.stop), model.preprocess,
+        root=store.attrs.get("root"), policy=job.decode, device=device,
+        decoder=job.jpeg_decoder, batch_size=job.batch_size,
+    )  # fmt: skip
+    k, pos = store.k, store.positions(job.start, job.stop)
+    buf = ShardBuffers(job.stop - job.start, k, {L: store.layers[L][0] for L in job.layers},
+                       job.topk, extractor.attr_width)  # fmt: skip
+    startup = time.perf_counter() - t0
+    for idx, x in reader.batches():
+        buf.add(idx, extractor(x, pos[buf.sample_rows(idx)]))
+        inject_fault(job.fault, "mid", job.shard)
+    buf.set_inputs(reader.status, reader.error, reader.hashes)
     seconds = time.perf_counter() - t0
-    store.write_extract_shard(buf.result(job, seconds))
+    store.write_extract_shard(buf.result(job.shard, job.start, job.stop, seconds))
     inject_fault(job.fault, "after_write", job.shard)
-    counts = Counter(Status(int(v)).name.lower() for v in buf.status)
+    counts = Counter(Status(int(v)).name.lower() for v in reader.status)
     record = {
-        "shard": job.shard,
-        "rows": [job.start, job.stop],
-        "fingerprint": job.fingerprint,
-        "status_counts": dict(counts),
-        "samples_ok": int(counts.get("ok", 0)) * k,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(n / max(seconds, 1e-9), 1),
-        "acts_hash": fingerprint(
-            [float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]
-        ),
-    }
+        "shard": job.shard, "rows": [job.start, job.stop], "fingerprint": job.fingerprint,
+        "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,
+        "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+        "images_per_second": round((job.stop - job.start) / max(seconds, 1e-9), 1),
+        "acts_hash": fingerprint([float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]),
+        "where": {**ray_ops.where_am_i(), "device": device, "reader": reader.strategy},
+    }  # fmt: skip
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)
     return record
 
 
-def _summarize(
-    store: RunStore, n_shards: int, skipped: int, records: list[dict[str, Any]]
-) -> StageResult:
-    status = store.status()
-    counts = Counter(Status(int(v)).name.lower() for v in status)
-    ok = int(counts.get("ok", 0))
-    lost = int(counts.get("pending", 0))
-    failed = len(status) - ok - lost
-    secs = sorted(float(r["seconds"]) for r in records)
-    details = {}
-    if secs:
+def _summarize(store: RunStore, n_shards: int, records: list[dict[str, Any]]) -> StageResult:
+    """Counts per status, each counted from the stored statuses (never as a remainder)."""
+    by_status = Counter(Status(int(v)).name.lower() for v in store.status())
+    failed = {r: c for r, c in by_status.items() if r not in ("ok", "pending")}
+    details: dict[str, Any] = {}
+    if records:
+        secs = sorted(float(r["seconds"]) for r in records)
+        ups = sorted(float(r["startup_seconds"]) for r in records)
         details = {
             "shard_seconds": {"min": secs[0], "median": secs[len(secs) // 2], "max": secs[-1]},
+            "shard_startup_seconds_median": ups[len(ups) // 2],
             "shard_images_per_second_median": sorted(
                 float(r["images_per_second"]) for r in records
             )[len(records) // 2],
+            "nodes": sorted({str(r["where"].get("node", "")) for r in records}),
+            "devices": sorted({str(r["where"]["device"]) for r in records}),
         }
     return StageResult(
         details=details,
         counts={
-            "images_expected": len(status),
-            "images_ok": ok,
-            "images_failed": failed,
-            "images_lost": lost,
-            "failed_by_reason": {r: c for r, c in counts.items() if r not in ("ok", "pending")},
-            "samples": ok * store.k,
+            "images_expected": store.n_images,
+            "images_ok": by_status.get("ok", 0),
+            "images_failed": sum(failed.values()),
+            "images_lost": by_status.get("pending", 0),
+            "failed_by_reason": failed,
+            "samples": by_status.get("ok", 0) * store.k,
             "shards": n_shards,
-            "shards_skipped": skipped,
+            "shards_skipped": n_shards - len(records),
             "shards_run": len(records),
         },
     )

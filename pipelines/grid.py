@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas_core.errors import StoreError
 from atlas_core.grid import (
     SparseSums,
     add_sparse,
@@ -47,7 +48,7 @@ class GridJob:
 def sums_task(job: GridJob) -> list[SparseSums]:
     """Task body: sparse per-cell activation sums of rows [start, stop), one per grid size."""
     store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    xy = np.asarray(store.group[f"layers/{job.layer}/layout"][job.start : job.stop])
+    xy = store.layout(job.layer, job.start, job.stop)
     acts = store.acts(job.layer, job.start, job.stop)
     return [sparse_partial_sums(cell_index(xy, g), acts, g) for g in job.sizes]
 
@@ -67,7 +68,11 @@ def run(s: Settings, fp: str) -> StageResult:
         for a, b in store.sample_ranges()
     ]
     ray_ops.init(s.cluster)
-    ray_ops.map_tasks(sums_task, jobs, desc="grid sums", on_result=add)
+    res = s.cluster.grid
+    ray_ops.map_tasks(
+        sums_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="grid sums",
+        on_result=add, labels=[f"rows {j.start}..{j.stop}" for j in jobs],
+    )  # fmt: skip
     top = store.top_class()
     image = store.image_of_sample()
     sample_label = top[image, 0] if top.shape[1] else None
@@ -113,12 +118,18 @@ def _attribution(
     store: RunStore, layer: str, top: np.ndarray, image: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
     """(classes (S, A), values (S, A), n_classes) of the layer's attribution, if extracted."""
-    if not store.has(f"layers/{layer}/attr"):
+    found = store.attribution(layer)
+    if found is None:
         return None
-    values = store.rows(layer, "attr")
+    values, every = found
     a = values.shape[1]
-    if store.group[f"layers/{layer}/attr"].attrs.get("classes") == "all":
+    if every:
         classes = np.broadcast_to(np.arange(a), values.shape)
         return np.ascontiguousarray(classes), values, a
+    if top.shape[1] < a:
+        raise StoreError(
+            f"layer {layer} has {a} attribution columns but the store keeps only "
+            f"{top.shape[1]} top classes per image: re-extract (extract.topk >= attr_classes)"
+        )
     classes = np.maximum(top[image, :a], 0)
     return classes, values, int(store.attrs["n_classes"])

@@ -20,8 +20,10 @@ from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
 
 from atlas_core.errors import AtlasError, ConfigError
+from pipelines.settings import register as register_schemas
 
 log = logging.getLogger("atlas")
 TARGET_ALLOWLIST: frozenset[str] = frozenset()
@@ -45,19 +47,49 @@ def check_targets(node: Any, path: str = "") -> None:
 
 
 def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
-    from pipelines.settings import parse
+    """(Settings, the resolved config as plain values) from a composed config.
+
+    Every value is validated by the group schemas (pipelines/settings.py); a key the schema does
+    not declare (``+foo=bar``) and any ``_target_`` are refused here, naming the key.
+    """
+    from pipelines.settings import Settings, schema
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(resolved, dict):
         raise ConfigError(
             "config", type(resolved).__name__, fix="the root config must be a mapping."
         )
+    resolved.pop("hydra", None)
     check_targets(resolved)
-    return parse(resolved), resolved
+    check_keys(resolved, OmegaConf.to_container(OmegaConf.structured(Settings)))
+    try:
+        settings = OmegaConf.to_object(OmegaConf.merge(schema(Settings), resolved))
+    except ValidationError as exc:  # a value of the wrong type, e.g. steps=abc
+        raise ConfigError(
+            str(exc.full_key), exc.value if hasattr(exc, "value") else None,
+            fix=f"{exc.msg.splitlines()[0]}",
+        ) from None  # fmt: skip
+    return settings, resolved
+
+
+def check_keys(node: Any, schema: Any, path: str = "") -> None:
+    """Refuse keys the schema does not declare (Hydra's ``+key=value`` adds them silently)."""
+    if not isinstance(node, dict) or not isinstance(schema, dict):
+        return
+    for k, v in node.items():
+        where = f"{path}.{k}".lstrip(".")
+        if k not in schema:
+            raise ConfigError(
+                where, v, choices=sorted(schema),
+                fix=f"{where} is not a setting; remove it or use one of the keys listed.",
+            )  # fmt: skip
+        if schema[k] is not None and not str(k).endswith(("options", "extras")):
+            check_keys(v, schema[k], where)
 
 
 # The config tree lives at the repository root (conf/); the project is installed editable.
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from pipelines.settings import ClusterSettings
+from atlas_core.errors import AtlasError
+from pipelines.settings import ClusterConf
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,7 +33,7 @@ def _ray():  # type: ignore[no-untyped-def]
     return ray
 
 
-def init(cluster: ClusterSettings) -> None:
+def init(cluster: ClusterConf) -> None:
     """Start (or join) Ray once per process; a second call is a no-op."""
     if not cluster.address:
         # Local runs stay on loopback: with this, Ray resolves every node address to 127.0.0.1
@@ -64,6 +65,15 @@ def shutdown() -> None:
 
 def cluster_resources() -> dict[str, float]:
     return dict(_ray().cluster_resources())
+
+
+def where_am_i() -> dict[str, str]:
+    """The node (Ray node id and host name) running the caller, for markers and manifests."""
+    import socket
+
+    ray = _ray()
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return {"node": str(node or ""), "host": socket.gethostname()}
 
 
 _REMOTES: dict[Callable[..., Any], Any] = {}
@@ -129,6 +139,10 @@ def gather(
             bar.update(1)
     if errors:
         first = min(errors)
+        for i in sorted(errors):  # a library error (a bad setting, a broken store) as itself
+            cause = getattr(errors[i], "cause", None)
+            if isinstance(cause, AtlasError):
+                raise cause
         failed = ", ".join(names[i] for i in sorted(errors))
         raise RuntimeError(
             f"{desc}: {len(errors)} of {len(handles)} failed ({failed}); "
@@ -148,13 +162,14 @@ def map_tasks(
     max_retries: int = 3,
     on_result: Callable[[int, R], None] | None = None,
     shared: Any = None,
+    labels: Sequence[str] | None = None,
 ) -> list[R]:
     """Run ``fn(job)`` (or ``fn(job, shared)``) for every job as Ray tasks; results in job order,
     one progress bar. ``shared`` is put in the object store once, not sent with every task.
 
     A task whose worker dies is retried by Ray (``max_retries``). An exception raised by ``fn`` is
     not retried: every other task still runs to its end, then one RuntimeError names the failed
-    jobs (no task is left writing when this returns).
+    jobs by ``labels`` (say, their shard numbers; no task is left writing when this returns).
     """
     extra = () if shared is None else (put(shared),)
     handles = [
@@ -164,7 +179,7 @@ def map_tasks(
     return gather(
         handles,
         desc=desc,
-        labels=[f"job {i}" for i in range(len(jobs))],
+        labels=labels if labels is not None else [f"job {i}" for i in range(len(jobs))],
         on_result=on_result,
         unit="shard",
     )

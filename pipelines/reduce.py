@@ -1,7 +1,8 @@
 """Reduce stage: UMAP of the layer's activations, normalized, written position-addressed.
 
-Up to ``reduce.fit_rows`` usable rows, one fit on all of them in the driver. Above, a seeded
-sample (the landmarks) is gathered by the driver and the rest is a Ray task graph:
+The fit always runs in a Ray task, so ``backend=auto`` is decided on the node that fits (cuML
+where that node has it and a GPU). Up to ``reduce.fit_rows`` usable rows, every row is a landmark
+and the searches have nothing to do; above, a seeded sample is, and the rest is placed:
 
     fit (1 task: UMAP of the landmarks)  ---------------------------.
     search (1 task per shard: its rows' nearest landmarks, exact) --+--> place (1 task per shard:
@@ -32,7 +33,6 @@ from atlas_core.errors import ConfigError, StoreError
 from atlas_core.reduce import (
     Landmarks,
     choose_backend,
-    fit,
     fit_landmarks,
     joint_features,
     layout_quality,
@@ -42,8 +42,8 @@ from atlas_core.reduce import (
 from atlas_core.reduce.params import UmapParams
 from atlas_core.store import RunStore
 from pipelines import ray_ops
-from pipelines.common import Clock, StageResult, inject_fault, peak_rss_mb
-from pipelines.settings import Settings
+from pipelines.common import Clock, StageResult, inject_fault, peak_rss_mb, test_fault
+from pipelines.settings import Settings, setting, store_url
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,8 @@ def sources_of(s: Settings) -> tuple[Source, ...]:
     """This run's layer(s) plus any aligned runs', in a canonical order (sorted by store and
     layer) so that every run of an aligned set builds the same feature rows."""
     opts = tuple(sorted(s.storage_options.items()))
-    own = [Source(s.store_url, name, opts) for name in (s.reduce.joint_layers or (s.layer,))]
-    other = [
-        Source(run_dir.rstrip("/") + "/atlas.zarr", layer, opts)
-        for run_dir, layer in s.reduce.align_with
-    ]
+    own = [Source(s.store_url, name, opts) for name in (s.joint_layers or (s.layer,))]
+    other = [Source(store_url(a.run_dir), a.layer, opts) for a in s.reduce.align_with]
     if not other:
         return tuple(own)
     return tuple(sorted(own + other, key=lambda x: (_canonical(x.store_url), x.layer)))
@@ -130,11 +127,15 @@ def usable_rows(store: RunStore, sources: tuple[Source, ...]) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- task bodies
 def fit_task(
-    landmarks: Landmarks, params: UmapParams, backend: str, knn: str, fault: str = ""
-) -> np.ndarray:
-    """Task body: the landmarks' raw 2-D layout (m, 2)."""
+    landmarks: Landmarks, params: UmapParams, backend: str, knn: str, device: str, fault: str = ""
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Task body: the landmarks' raw 2-D layout (m, 2), and where it ran with which backend
+    (``auto`` is resolved here, on the fitting node)."""
     inject_fault(fault, "fit", 0)
-    return fit_landmarks(landmarks, params, backend, knn=knn)
+    with setting("reduce"):
+        backend = choose_backend(backend)
+    layout = fit_landmarks(landmarks, params, backend, knn=knn, device=device)
+    return layout, {**ray_ops.where_am_i(), "backend": backend}
 
 
 def search_task(
@@ -151,12 +152,13 @@ def search_task(
 def place_task(
     job: TransformJob,
     found: tuple[np.ndarray, np.ndarray, np.ndarray],
-    embedding: np.ndarray,
+    fitted: tuple[np.ndarray, dict[str, str]],
     fit_rows: np.ndarray,
 ) -> int:
     """Task body: place the job's rows and write the raw layout to rows [start, stop). Landmark
     rows keep their fitted position."""
     rows, idx, dist = found
+    embedding = fitted[0]
     out = np.full((job.stop - job.start, 2), np.nan, np.float32)
     out[rows - job.start] = place(idx, dist, embedding)
     a, b = np.searchsorted(fit_rows, [job.start, job.stop])
@@ -167,80 +169,57 @@ def place_task(
 
 
 # ---------------------------------------------------------------------------- stage
-def _sampled(
+def _fit_and_place(
     s: Settings,
     store: RunStore,
     sources: tuple[Source, ...],
     ok_mask: np.ndarray,
     fit_rows: np.ndarray,
-    backend: str,
     fp: str,
     clock: Clock,
-) -> np.ndarray:
-    """The task graph above; returns the raw layout of every row (N * k, 2), NaN for holes."""
-    r = s.reduce
+) -> tuple[np.ndarray, dict[str, str]]:
+    """The task graph above; returns the raw layout of every row (N * k, 2), NaN for holes, and
+    where the fit ran."""
+    r, res = s.reduce, s.cluster
     landmarks = Landmarks.build(
-        features(sources, fit_rows),
-        r.umap.metric,
-        pca_dim=r.pca_dim,
-        seed=r.umap.seed,
+        features(sources, fit_rows), r.metric, pca_dim=r.pca_dim, seed=r.seed,
         n_place=r.place_neighbors,
-    )
+    )  # fmt: skip
     clock.lap("landmarks")
-    out_layer = (r.joint_layers or (s.layer,))[0]
+    out_layer = (s.joint_layers or (s.layer,))[0]
     store.create_rows(out_layer, "layout_raw", 2, {"fingerprint": fp})
+    fault = test_fault()
     jobs = [
-        TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b, r.fault)
+        TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b, fault)
         for a, b in store.sample_ranges()
     ]
-    log.info(
-        "reduce: fitting %d landmarks while %d tasks search every row's %d nearest",
-        len(fit_rows),
-        len(jobs),
-        r.place_neighbors,
-    )
+    to_place = ok_mask.copy()
+    to_place[fit_rows] = False  # landmarks keep their fitted positions
+    log.info("reduce: fitting %d landmarks, placing %d rows", len(fit_rows), to_place.sum())
     ray_ops.init(s.cluster)
-    lm = ray_ops.put(landmarks)
+    lm, rows_ref, usable = (ray_ops.put(x) for x in (landmarks, fit_rows, to_place))
     del landmarks
-    rows_ref = ray_ops.put(fit_rows)
-    usable = ray_ops.put(ok_mask)
+    fit_gpus = max(res.reduce_fit.num_gpus, 1.0 if r.backend == "cuml" else 0.0)
     emb = ray_ops.submit(
-        fit_task,
-        lm,
-        r.umap,
-        backend,
-        r.knn,
-        r.fault,
-        num_cpus=r.fit_cpus,
-        num_gpus=max(r.fit_gpus, 1.0 if backend == "cuml" else 0.0),
-    )
+        fit_task, lm, r.umap, r.backend, r.knn, res.reduce_fit.device, fault,
+        num_cpus=res.reduce_fit.num_cpus, num_gpus=fit_gpus,
+    )  # fmt: skip
+    sr = res.reduce_search
     placed = [
         ray_ops.submit(
-            place_task,
-            job,
-            ray_ops.submit(
-                search_task,
-                job,
-                lm,
-                usable,
-                r.device,
-                num_cpus=r.transform_cpus,
-                num_gpus=r.transform_gpus,
-            ),
-            emb,
-            rows_ref,
-            num_cpus=min(1.0, r.transform_cpus),
-        )
+            place_task, job,
+            ray_ops.submit(search_task, job, lm, usable, sr.device,
+                           num_cpus=sr.num_cpus, num_gpus=sr.num_gpus),
+            emb, rows_ref, num_cpus=min(1.0, sr.num_cpus),
+        )  # fmt: skip
         for job in jobs
     ]
-    ray_ops.gather(
-        [emb, *placed],
-        desc="reduce",
-        labels=["fit", *(f"rows {j.start}-{j.stop}" for j in jobs)],
-        unit="task",
-    )
-    clock.lap("fit+transform")
-    return store.rows(out_layer, "layout_raw")
+    (_, where), *_ = ray_ops.gather(
+        [emb, *placed], desc="reduce", unit="task",
+        labels=["fit", *(f"rows {j.start}..{j.stop}" for j in jobs)],
+    )  # fmt: skip
+    clock.lap("fit+place")
+    return store.rows(out_layer, "layout_raw"), where
 
 
 def run(s: Settings, fp: str) -> StageResult:
@@ -249,62 +228,35 @@ def run(s: Settings, fp: str) -> StageResult:
     sources = sources_of(s)
     ok_mask = usable_rows(store, sources)
     ok = np.flatnonzero(ok_mask)
-    if len(ok) <= r.umap.n_neighbors:
+    if len(ok) <= r.n_neighbors:
         raise StoreError(
             f"only {len(ok)} usable activation rows for layer {s.layer}, fewer than "
-            f"n_neighbors={r.umap.n_neighbors}: add images (data.n_images) or lower "
-            "reduce.n_neighbors"
+            f"n_neighbors={r.n_neighbors}: add images (data.n_images) or lower reduce.n_neighbors"
         )
-    backend = choose_backend(r.backend)
     sampled = len(ok) > r.fit_rows
-    fit_rows = (
-        np.sort(np.random.default_rng(s.seed).choice(ok, r.fit_rows, replace=False))
-        if sampled
-        else ok
-    )
+    rng = np.random.default_rng(s.seed)
+    fit_rows = np.sort(rng.choice(ok, r.fit_rows, replace=False)) if sampled else ok
     clock = Clock()
-    if sampled:
-        raw = _sampled(s, store, sources, ok_mask, fit_rows, backend, fp, clock)
-    else:
-        _, fit_layout = fit(
-            features(sources, fit_rows), r.umap, backend, pca_dim=r.pca_dim, knn=r.knn
-        )
-        raw = np.full((len(ok_mask), 2), np.nan, np.float32)
-        raw[ok] = fit_layout
-        clock.lap("fit")
+    raw, where = _fit_and_place(s, store, sources, ok_mask, fit_rows, fp, clock)
     norm, bounds = normalize_layout(raw)
-    quality_rows = np.sort(
-        np.random.default_rng(s.seed + 1).choice(ok, min(len(ok), r.quality_sample), replace=False)
-    )
+    q_rng = np.random.default_rng(s.seed + 1)
+    quality_rows = np.sort(q_rng.choice(ok, min(len(ok), r.quality_sample), replace=False))
     quality = layout_quality(
-        features(sources, quality_rows),
-        norm[quality_rows],
-        metric=r.umap.metric,
-        sample=r.quality_sample,
-        seed=s.seed,
-    )
+        features(sources, quality_rows), norm[quality_rows], metric=r.metric,
+        sample=r.quality_sample, seed=s.seed,
+    )  # fmt: skip
     clock.lap("quality")
-    attrs = {
-        "backend": backend,
-        "bounds": bounds.tolist(),
-        "fingerprint": fp,
-        "joint_layers": [f"{x.store_url}:{x.layer}" if r.align_with else x.layer for x in sources],
-        **quality,
-    }
-    for name in r.joint_layers or (s.layer,):
+    joint = [f"{x.store_url}:{x.layer}" if r.align_with else x.layer for x in sources]
+    attrs = {"backend": where["backend"], "bounds": bounds.tolist(), "fingerprint": fp,
+             "joint_layers": joint, **quality}  # fmt: skip
+    for name in s.joint_layers or (s.layer,):
         store.write_layout(name, norm, attrs)
-    log.info("reduce: %d rows (%s fit on %d), %s", len(ok), backend, len(fit_rows), quality)
-    return StageResult(
-        counts={"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)},
-        details={
-            "backend": backend,
-            "sampled_fit": sampled,
-            "joint_layers": attrs["joint_layers"],
-            "align_with": [list(x) for x in r.align_with],
-            "pca_dim": r.pca_dim,
-            "knn": r.knn,
-            "peak_rss_mb_driver": peak_rss_mb(),
-            **quality,
-            "phase_seconds": clock.laps,
-        },
-    )
+    log.info("reduce: %d rows (%s fit on %d), %s", len(ok), where["backend"], len(fit_rows), quality)
+    details = {
+        "backend": where["backend"], "where": where, "sampled_fit": sampled,
+        "joint_layers": joint, "align_with": [[a.run_dir, a.layer] for a in r.align_with],
+        "pca_dim": r.pca_dim, "knn": r.knn, "peak_rss_mb_driver": peak_rss_mb(), **quality,
+        "phase_seconds": clock.laps,
+    }  # fmt: skip
+    counts = {"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)}
+    return StageResult(counts=counts, details=details)

@@ -21,10 +21,11 @@ import fsspec
 
 from atlas_core.errors import ConfigError
 from atlas_core.models.layers import resolve_layer
+from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
 from pipelines import compose, extract, grid, reduce, render
 from pipelines.common import StageResult, cached_model
-from pipelines.settings import STAGES, Settings
+from pipelines.settings import STAGES, Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -63,24 +64,27 @@ def check(s: Settings) -> None:
             raise ConfigError(
                 "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc.strerror})."
             ) from exc
-    model = cached_model(s.model, "cpu")
-    for name in s.extract.layers:
+    model = cached_model(s.model.spec, "cpu")
+    for name in s.layers:
         resolve_layer(model.module, name, model_name=s.model.name)
+    if s.reduce.backend == "cuml" and not s.cluster.address:  # local: the fit runs here
+        with setting("reduce"):
+            choose_backend("cuml")
 
 
 def _aligned_extractions(s: Settings) -> list[list[str]]:
     """(run_dir, layer, extract fingerprint) of each run in reduce.align_with: a re-extracted
     aligned run changes this run's reduce fingerprint, so the layout is refitted."""
     out = []
-    for run_dir, layer in s.reduce.align_with:
-        marker = Markers(run_dir, s.storage_options).read("stage-extract")
+    for a in s.reduce.align_with:
+        marker = Markers(a.run_dir, s.storage_options).read("stage-extract")
         if marker is None:
             raise ConfigError(
                 "reduce.align_with",
-                run_dir,
+                a.run_dir,
                 fix="that run has no finished extraction: run it with stages=[extract] first.",
             )
-        out.append([run_dir, layer, str(marker.get("fingerprint"))])
+        out.append([a.run_dir, a.layer, str(marker.get("fingerprint"))])
     return out
 
 
@@ -138,8 +142,8 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
         "run_dir": s.run_dir,
         "model": s.model.name,
         "layer": s.layer,
-        "preset": s.preset,
-        "seeds": {"seed": s.seed, "umap": s.reduce.umap.seed},
+        "preset": s.preset_name,
+        "seeds": {"seed": s.seed, "umap": s.reduce.seed},
         "config": resolved_config or {},
         "versions": _versions(),
         "git_revision": _git_rev(),

@@ -1,313 +1,489 @@
-"""The config, parsed once into frozen dataclasses. Workers only ever see these plain values.
+"""Typed configuration: one frozen dataclass per config group, registered with Hydra's ConfigStore.
 
-Every check a user can fail is here, so a bad setting stops the run before any work starts.
+The defaults are written here, once; ``conf/*.yaml`` only select and override. Hydra checks keys
+and types when it composes (an unknown key fails naming the key and the group); each dataclass
+checks ranges and choices in ``__post_init__``, so a bad value stops the run before any work with
+the key, the value, the valid range or choices, and the fix (exit code 2).
+
+These same objects are what the stages and workers receive: plain, frozen, picklable values. Ray
+resources (CPUs, GPUs, actors, devices) live under ``cluster``, one entry per stage; the stage
+groups hold algorithm settings only.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from omegaconf import II
 
 import atlas_core
 from atlas_core.data.decode import DecodePolicy
+from atlas_core.data.sources import IMAGE_EXTENSIONS, PHOTO_SCALES
 from atlas_core.errors import ConfigError
 from atlas_core.featvis.render import RenderSettings
 from atlas_core.models.registry import ModelSpec, check_model_name
 from atlas_core.reduce.backends import BACKENDS, KNN_MODES
-from atlas_core.reduce.params import UmapParams
+from atlas_core.reduce.params import INITS, METRICS, UmapParams
 
 STAGES = ("extract", "reduce", "grid", "render", "compose")
 DEVICES = ("auto", "cpu", "cuda")
+SOURCES = ("photos", "folder", "filelist", "tar")
+
+
+# ------------------------------------------------------------------------------ checks
+@contextmanager
+def setting(prefix: str, rename: dict[str, str] | None = None) -> Iterator[None]:
+    """Turn a ConfigError that ``atlas_core`` raised with its own parameter name into one that
+    names the config key (``name`` -> ``model.name``)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if "." in exc.what or exc.what == prefix:
+            raise
+        raise exc.at(prefix, (rename or {}).get(exc.what, exc.what)) from exc
+
+
+def _choice(key: str, value: Any, choices: Iterable[Any]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(key, value, choices=choices, fix=f"set {key}=<one of the choices>.")
+
+
+def _range(key: str, value: Any, lo: float | None = None, hi: float | None = None) -> None:
+    """``lo <= value <= hi`` (either bound may be open); bools are not numbers here."""
+    bad = isinstance(value, bool) or not isinstance(value, (int, float))
+    bad = bad or (lo is not None and value < lo) or (hi is not None and value > hi)
+    if bad:
+        span = f"[{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+        raise ConfigError(key, value, valid=span, fix=f"set {key} to a number in {span}.")
+
+
+class _Group:
+    """Shared by the group schemas: GROUP names the group in messages; lists become tuples."""
+
+    GROUP: ClassVar[str] = ""
+
+    def _key(self, name: str) -> str:
+        return f"{self.GROUP}.{name}" if self.GROUP else name
+
+    def _tuples(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]  # every subclass is a dataclass
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                object.__setattr__(self, f.name, tuple(v))
+
+    def _ranges(self, spec: dict[str, tuple[float | None, float | None]]) -> None:
+        for name, (lo, hi) in spec.items():
+            v = getattr(self, name)
+            if v is not None:
+                _range(self._key(name), v, lo, hi)
+
+
+# ------------------------------------------------------------------------------ groups
+@dataclass(frozen=True)
+class ModelConf(_Group):
+    """model: a registry name (or ``timm:<arch>``, ``torchvision:<arch>``) and its weights."""
+
+    GROUP: ClassVar[str] = "model"
+    name: str = "efficientnet_lite0"
+    weights: str | None = None
+    default_layer: str = "blocks.4"
+
+    def __post_init__(self) -> None:
+        with setting("model"):
+            check_model_name(self.name)
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(name=self.name, weights=self.weights)
 
 
 @dataclass(frozen=True)
-class DataSettings:
+class DataConf(_Group):
+    """data: where the images come from and the decoder's limits."""
+
+    GROUP: ClassVar[str] = "data"
     source: str = "photos"
-    n_images: int = 2048
-    scales: tuple[float, ...] = (1.0, 0.6, 0.35, 0.2)
+    n_images: int = 2048  # photos only
+    scales: tuple[float, ...] = PHOTO_SCALES  # photos only: crop side / short side of the photo
     path: str | None = None
-    extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png")
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
     limit: int | None = None
-    labels: str = "none"
-    decode: DecodePolicy = field(default_factory=DecodePolicy)
+    labels: str = "none"  # none | folder (ImageNet synset folders -> images/label)
+    max_pixels: int = 64_000_000  # larger images are refused as decompression bombs
+    min_side: int = 8
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        _choice("data.source", self.source, SOURCES)
+        _choice("data.labels", self.labels, ("none", "folder"))
+        self._ranges({"n_images": (1, None), "limit": (1, None), "max_pixels": (1, None)})
+        self._ranges({"min_side": (1, None)})
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ConfigError(
+                "data.scales", list(self.scales), valid="(0, 1]", fix="give crop scales in (0, 1]."
+            )
+        if self.source != "photos" and not self.path:
+            raise ConfigError("data.path", None, fix=f"data={self.source} needs data.path=<path>.")
+        if self.source == "folder" and not os.path.isdir(os.path.expanduser(str(self.path))):
+            raise ConfigError(
+                "data.path", self.path, fix="point data.path at an existing directory."
+            )
+
+    @property
+    def decode(self) -> DecodePolicy:
+        return DecodePolicy(max_pixels=self.max_pixels, min_side=self.min_side)
 
 
 @dataclass(frozen=True)
-class ExtractSettings:
-    layers: tuple[str, ...] = ("blocks.4",)
+class ExtractConf(_Group):
+    """extract: sampling, attribution, chunking and dtypes of the activations."""
+
+    GROUP: ClassVar[str] = "extract"
+    layers: tuple[str, ...] = ()  # extra layers sampled at the same positions as ``layer``
     samples_per_image: int = 1
-    sampling: str = "random"
-    edge: int = 1
+    sampling: str = "random"  # random | centre
+    edge: int = 1  # cells at the border that random positions avoid
     batch_size: int = 64
-    chunk_images: int = 256
+    chunk_images: int = 256  # images per Zarr chunk; a task writes whole chunks
     chunks_per_shard: int = 1
-    topk: int = 5
-    attr_classes: int = 0
-    jpeg_decoder: str = "auto"
-    zarr_shard_chunks: int = 1
-    amp: str = "bf16"
+    zarr_shard_chunks: int = 1  # > 1: zarr's sharding codec, this many chunks per storage object
+    topk: int = 5  # top predictions kept per image (for cell labels)
+    attr_classes: int = 0  # attribution a.grad(logit_c): 0 off, n: top n classes, -1: all
     act_dtype: str = "float16"
-    fault: str = ""  # fault injection for reliability tests only
-    device: str = "auto"
+    amp: str = "bf16"  # autocast on CUDA: bf16 | fp16 | off (CPU always runs fp32)
+    jpeg_decoder: str = "auto"  # auto: nvJPEG on CUDA, PIL on CPU | torchvision | pil
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        _choice("extract.sampling", self.sampling, ("random", "centre"))
+        _choice("extract.act_dtype", self.act_dtype, ("float16", "float32"))
+        _choice("extract.amp", self.amp, ("bf16", "fp16", "off"))
+        _choice("extract.jpeg_decoder", self.jpeg_decoder, ("auto", "torchvision", "pil"))
+        self._ranges(
+            {
+                "samples_per_image": (1, 4096),
+                "edge": (0, None),
+                "batch_size": (1, None),
+                "chunk_images": (1, None),
+                "chunks_per_shard": (1, None),
+                "zarr_shard_chunks": (1, None),
+                "topk": (0, 1000),
+                "attr_classes": (-1, 1000),
+            }
+        )
+
+    @property
+    def kept_classes(self) -> int:
+        """Top classes stored per image: enough for the labels and for the attribution columns
+        (``attr_classes`` > ``topk`` keeps ``attr_classes``)."""
+        return max(self.topk, self.attr_classes, 1 if self.attr_classes else 0)
+
+
+@dataclass(frozen=True)
+class AlignConf:
+    """One other run whose activations join this run's layout fit (``reduce.align_with``)."""
+
+    run_dir: str = "???"
+    layer: str = "???"
+
+
+@dataclass(frozen=True)
+class ReduceConf(_Group):
+    """reduce: UMAP and how it scales (landmark fit, exact search, placement)."""
+
+    GROUP: ClassVar[str] = "reduce"
+    backend: str = "auto"  # auto: cuML where the fit runs has it and a GPU, else umap-learn
+    n_neighbors: int = 50
+    min_dist: float = 0.05
+    metric: str = "cosine"
+    n_epochs: int | None = None
+    init: str = "spectral"  # spectral | pca | random (pca: reproducible on disconnected graphs)
+    seed: int = II("seed")
+    extras: dict[str, Any] = field(default_factory=dict)  # {umap-learn: {...}, cuml: {...}}
+    knn: str = "auto"  # kNN graph of a umap-learn fit: auto | exact | nndescent
+    fit_rows: int = 100_000  # above: fit a seeded sample (the landmarks), place the rest
+    pca_dim: int | None = None
+    place_neighbors: int = 10
+    quality_sample: int = 5000
+    joint_layers: tuple[str, ...] = ()  # one joint fit over several extracted layers ...
+    align_with: tuple[AlignConf, ...] = ()  # ... or over other runs on the same images
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        _choice("reduce.backend", self.backend, BACKENDS)
+        _choice("reduce.metric", self.metric, METRICS)
+        _choice("reduce.init", self.init, INITS)
+        _choice("reduce.knn", self.knn, KNN_MODES)
+        self._ranges(
+            {
+                "n_neighbors": (2, 10_000),
+                "min_dist": (0.0, 1.0),
+                "n_epochs": (1, None),
+                "fit_rows": (2, None),
+                "pca_dim": (1, None),
+                "place_neighbors": (1, 1000),
+                "quality_sample": (10, None),
+            }
+        )
+        unknown = set(self.extras) - {"umap-learn", "cuml"}
+        if unknown:
+            raise ConfigError(
+                "reduce.extras", sorted(unknown), choices=("umap-learn", "cuml"),
+                fix="key the extras by backend: {umap-learn: {...}, cuml: {...}}.",
+            )  # fmt: skip
+        for item in self.align_with:
+            if "???" in (item.run_dir, item.layer):
+                raise ConfigError(
+                    "reduce.align_with", item,
+                    fix="each entry is {run_dir: <another run on the same images>, "
+                    "layer: <its layer>}.",
+                )  # fmt: skip
+
+    @property
+    def umap(self) -> UmapParams:
+        extras = {k: dict(v) for k, v in self.extras.items()}
+        r = self
+        return UmapParams(r.n_neighbors, r.min_dist, r.metric, r.n_epochs, r.init, r.seed, extras)
+
+
+@dataclass(frozen=True)
+class GridConf(_Group):
+    """grid: the grid sizes (zoom levels of one layout) and which cells are kept."""
+
+    GROUP: ClassVar[str] = "grid"
+    sizes: tuple[int, ...] = (20,)
+    min_count: int = 5  # cells with fewer samples are dropped
+    top: int = 5  # top classes kept per cell
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        if not self.sizes:
+            raise ConfigError("grid.sizes", [], fix="give at least one grid size: grid.sizes=[20].")
+        for s in self.sizes:
+            _range("grid.sizes", s, 1, 4096)
+        self._ranges({"min_count": (1, None), "top": (1, 1000)})
+
+
+@dataclass(frozen=True)
+class RenderConf(_Group):
+    """render: lucid-faithful icons (FFT + decorrelated colour, atlas transforms, dot x cos^n)."""
+
+    GROUP: ClassVar[str] = "render"
+    icon_px: int = 80
+    steps: int = 1024
+    attempts: int = 4  # best of N per icon
+    lr: float = 0.05
+    cos_power: float = 4.0
+    whiten: bool = True
+    param: str = "fft"  # fft | pixel
+    amp: bool = True  # bfloat16 autocast on CUDA
+    alpha: bool = False  # optimize transparency too; icons flattened on white
+    batch_size: Any = 64  # icons per batch (never changes the icons), or auto (GPU free memory)
+    cache: bool = True  # content-addressed icon cache: never render the same icon twice
+    cache_dir: str | None = None  # default <run_dir>/icon-cache; share one across runs
+
+    def __post_init__(self) -> None:
+        _choice("render.param", self.param, ("fft", "pixel"))
+        self._ranges(
+            {
+                "icon_px": (8, 1024),
+                "steps": (1, None),
+                "attempts": (1, 64),
+                "lr": (1e-6, 10.0),
+                "cos_power": (0.0, 16.0),
+            }
+        )
+        if self.batch_size != "auto":
+            _range("render.batch_size", self.batch_size, 1, None)
+
+    @property
+    def icon(self) -> RenderSettings:
+        return RenderSettings(
+            icon_px=self.icon_px,
+            steps=self.steps,
+            attempts=self.attempts,
+            lr=self.lr,
+            cos_power=self.cos_power,
+            whiten=self.whiten,
+            param=self.param,
+            amp=self.amp,
+            alpha=self.alpha,
+        )
+
+
+BACKGROUNDS = {"white": 255, "grey": 128, "black": 0}
+
+
+@dataclass(frozen=True)
+class ComposeConf(_Group):
+    """compose: the atlas images and the viewer."""
+
+    GROUP: ClassVar[str] = "compose"
+    background: str = "white"  # canvas behind the icons and in empty cells: white | grey | black
+
+    def __post_init__(self) -> None:
+        _choice("compose.background", self.background, BACKGROUNDS)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Ray resources of one stage's tasks (or of each actor), and the device they compute on
+    (``auto`` is resolved by the task itself, on its node)."""
+
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-
-
-@dataclass(frozen=True)
-class ReduceSettings:
-    backend: str = "auto"
-    umap: UmapParams = field(default_factory=UmapParams)
-    quality_sample: int = 5000
-    fit_rows: int = 100_000
-    pca_dim: int | None = None
-    joint_layers: tuple[str, ...] = ()
-    # other runs (run_dir, layer) on the same images whose activations join this run's in one fit
-    align_with: tuple[tuple[str, str], ...] = ()
-    knn: str = "auto"
-    place_neighbors: int = 10
-    fit_cpus: float = 1.0
-    fit_gpus: float = 0.0
-    transform_cpus: float = 1.0
-    transform_gpus: float = 0.0
     device: str = "auto"
-    fault: str = ""  # fault injection for reliability tests only: <kind>:fit|search:<arg>
 
 
 @dataclass(frozen=True)
-class GridSettings:
-    sizes: tuple[int, ...] = (20,)
-    min_count: int = 5
-    top: int = 5
-
-
-@dataclass(frozen=True)
-class RenderStageSettings:
-    icon: RenderSettings = field(default_factory=RenderSettings)
-    batch_size: int = 64  # 0: auto (from the device's free memory)
-    cache: bool = True
-    cache_dir: str | None = None
+class ActorResources(Resources):
     actors: int = 1
-    num_cpus_per_actor: float = 1.0
-    num_gpus_per_actor: float = 0.0
-    device: str = "auto"
 
 
 @dataclass(frozen=True)
-class ClusterSettings:
-    address: str | None = None
-    num_cpus: int | None = None
+class ClusterConf(_Group):
+    """cluster: where Ray runs and every stage's resources, in one place."""
+
+    GROUP: ClassVar[str] = "cluster"
+    address: str | None = None  # null: a local Ray on 127.0.0.1; auto or host:port: join one
+    num_cpus: int | None = None  # local Ray only
     namespace: str = "atlas"
+    extract: Resources = field(default_factory=Resources)
+    reduce_fit: Resources = field(default_factory=Resources)  # one task: the landmark fit
+    reduce_search: Resources = field(default_factory=Resources)  # one task per shard
+    grid: Resources = field(default_factory=Resources)
+    render: ActorResources = field(default_factory=ActorResources)
+
+    def __post_init__(self) -> None:
+        self._ranges({"num_cpus": (1, None)})
+        for name in ("extract", "reduce_fit", "reduce_search", "grid", "render"):
+            r = getattr(self, name)
+            _range(f"cluster.{name}.num_cpus", r.num_cpus, 0.0, None)
+            _range(f"cluster.{name}.num_gpus", r.num_gpus, 0.0, None)
+            _choice(f"cluster.{name}.device", r.device, DEVICES)
+        _range("cluster.render.actors", self.render.actors, 1, None)
 
 
+# ------------------------------------------------------------------------------ the root
 @dataclass(frozen=True)
 class Settings:
-    run_dir: str
-    layer: str
-    seed: int
-    stages: tuple[str, ...]
-    model: ModelSpec
-    data: DataSettings
-    extract: ExtractSettings
-    reduce: ReduceSettings
-    grid: GridSettings
-    render: RenderStageSettings
-    cluster: ClusterSettings
-    preset: str = "custom"
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    """The whole run. ``layer`` is the atlas's layer; ``extract.layers`` adds layers sampled at
+    the same positions in the same pass."""
+
+    model: ModelConf = field(default_factory=ModelConf)
+    data: DataConf = field(default_factory=DataConf)
+    extract: ExtractConf = field(default_factory=ExtractConf)
+    reduce: ReduceConf = field(default_factory=ReduceConf)
+    grid: GridConf = field(default_factory=GridConf)
+    render: RenderConf = field(default_factory=RenderConf)
+    compose: ComposeConf = field(default_factory=ComposeConf)
+    cluster: ClusterConf = field(default_factory=ClusterConf)
+    run_dir: str = "runs/demo"
+    layer: str = II("model.default_layer")
+    seed: int = 0
+    stages: tuple[str, ...] = STAGES
+    preset_name: str = "custom"
+    storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of run_dir
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        for s in self.stages:
+            _choice("stages", s, STAGES)
+        missing = [x for x in self.reduce.joint_layers if x not in self.layers]
+        if missing:
+            raise ConfigError(
+                "reduce.joint_layers", missing, choices=self.layers,
+                fix="joint layers must be extracted: add them to extract.layers.",
+            )  # fmt: skip
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Every layer extracted: ``layer`` first, then ``extract.layers``."""
+        return tuple(dict.fromkeys((self.layer, *self.extract.layers)))
+
+    @property
+    def joint_layers(self) -> tuple[str, ...]:
+        """The layers one layout is fitted on (``layer`` first), or ``()`` for ``layer`` alone."""
+        if not self.reduce.joint_layers:
+            return ()
+        return tuple(dict.fromkeys((self.layer, *self.reduce.joint_layers)))
 
     @property
     def store_url(self) -> str:
-        return self.run_dir.rstrip("/") + "/atlas.zarr"
+        return store_url(self.run_dir)
 
     @property
     def is_local(self) -> bool:
         return "://" not in self.run_dir or self.run_dir.startswith("file://")
 
     def stage_config(self, stage: str) -> dict[str, Any]:
-        """The settings one stage's output depends on (its fingerprint input)."""
-        # the library version too: a release that changes what a stage computes redoes it
+        """The settings one stage's output depends on (its fingerprint input): never resources,
+        batch sizes or worker counts, which do not change what a stage writes."""
+        from dataclasses import asdict
+
         base = {"seed": self.seed, "layer": self.layer, "atlas_core": atlas_core.__version__}
+        render = asdict(self.render)
+        for k in ("batch_size", "cache", "cache_dir"):
+            render.pop(k)
+        extract = asdict(self.extract)
+        extract.pop("batch_size")
         parts = {
             "extract": {
-                "model": asdict(self.model),
+                "model": asdict(self.model.spec),
                 "data": asdict(self.data),
-                "extract": {k: v for k, v in asdict(self.extract).items() if k != "fault"},
+                "extract": {**extract, "layers": list(self.layers)},
             },
-            "reduce": {"reduce": {k: v for k, v in asdict(self.reduce).items() if k != "fault"}},
+            "reduce": {"reduce": asdict(self.reduce), "joint": list(self.joint_layers)},
             "grid": {"grid": asdict(self.grid)},
-            "render": {"icon": asdict(self.render.icon)},
-            "compose": {},
+            "render": {"render": render},
+            "compose": {"compose": asdict(self.compose)},
         }
         return {**base, **parts[stage]}
 
 
-def _tuple(v: Any) -> tuple[Any, ...]:
-    if v is None:
-        return ()
-    if isinstance(v, (list, tuple)):
-        return tuple(v)
-    return (v,)
+def store_url(run_dir: str) -> str:
+    """The run store of a run directory (local path or fsspec URL)."""
+    return run_dir.rstrip("/") + "/atlas.zarr"
 
 
-def _choice(what: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(what, value, choices=choices, fix=f"set {what}=<one of the choices>.")
-    return str(value)
+def schema(cls: type) -> Any:
+    """A writable OmegaConf node typed by the frozen dataclass ``cls``: OmegaConf marks frozen
+    dataclasses read-only, which would stop Hydra merging the YAML files into them. The objects
+    that ``OmegaConf.to_object`` makes from it are frozen again."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(cls)
+
+    def writable(n: Any) -> None:
+        n._set_flag("readonly", None)
+        for key in list(n.keys()) if hasattr(n, "keys") else []:
+            child = n._get_node(key)
+            if hasattr(child, "_set_flag"):
+                writable(child)
+
+    writable(node)
+    return node
 
 
-def parse(cfg: dict[str, Any]) -> Settings:
-    """Turn the resolved config (a plain dict) into :class:`Settings`, validating each value."""
-    m, d, e, r = cfg["model"], cfg["data"], cfg["extract"], cfg["reduce"]
-    g, rd, cl = cfg["grid"], cfg["render"], cfg.get("cluster") or {}
-    check_model_name(str(m["name"]))
-    stages = _tuple(cfg.get("stages")) or STAGES
-    for s in stages:
-        _choice("stages", s, STAGES)
-    layer = str(cfg["layer"])
-    layers = _tuple(e.get("layers")) or (layer,)
-    if layer not in layers:
-        layers = (layer, *layers)
-    data = DataSettings(
-        source=_choice(
-            "data.source", d.get("source", "photos"), ("photos", "folder", "filelist", "tar")
-        ),
-        n_images=int(d.get("n_images", 2048)),
-        scales=tuple(float(s) for s in d.get("scales", ())),
-        path=d.get("path"),
-        extensions=tuple(d.get("extensions", DataSettings.extensions)),
-        limit=d.get("limit"),
-        labels=_choice("data.labels", d.get("labels", "none"), ("none", "folder")),
-        decode=DecodePolicy(
-            max_pixels=int(d.get("max_pixels", 64_000_000)), min_side=int(d.get("min_side", 8))
-        ),
-    )
-    if data.source in ("folder", "filelist", "tar") and not data.path:
-        raise ConfigError("data.path", None, fix=f"data={data.source} needs data.path=<path>.")
-    if data.source == "folder" and not os.path.isdir(os.path.expanduser(str(data.path))):
-        raise ConfigError("data.path", data.path, fix="point data.path at an existing directory.")
-    extract = ExtractSettings(
-        layers=layers,
-        samples_per_image=int(e.get("samples_per_image", 1)),
-        sampling=_choice("extract.sampling", e.get("sampling", "random"), ("random", "centre")),
-        edge=int(e.get("edge", 1)),
-        batch_size=int(e.get("batch_size", 64)),
-        chunk_images=int(e.get("chunk_images", 256)),
-        chunks_per_shard=int(e.get("chunks_per_shard", 1)),
-        topk=int(e.get("topk", 5)),
-        attr_classes=int(e.get("attr_classes", 0)),
-        zarr_shard_chunks=max(1, int(e.get("zarr_shard_chunks", 1) or 1)),
-        amp=_choice("extract.amp", e.get("amp", "bf16"), ("bf16", "fp16", "off")),
-        jpeg_decoder=_choice(
-            "extract.jpeg_decoder", e.get("jpeg_decoder", "auto"), ("auto", "torchvision", "pil")
-        ),
-        fault=str(e.get("fault", "")),
-        act_dtype=_choice(
-            "extract.act_dtype", e.get("act_dtype", "float16"), ("float16", "float32")
-        ),
-        device=_choice("extract.device", e.get("device", "auto"), DEVICES),
-        num_cpus=float(e.get("num_cpus", 1)),
-        num_gpus=float(e.get("num_gpus", 0)),
-    )
-    if extract.samples_per_image < 1 or extract.batch_size < 1 or extract.chunk_images < 1:
-        raise ConfigError(
-            "extract",
-            dict(e),
-            fix="samples_per_image, batch_size and chunk_images must be positive.",
-        )
-    try:
-        umap = UmapParams(
-            n_neighbors=int(r["n_neighbors"]),
-            min_dist=float(r["min_dist"]),
-            metric=str(r["metric"]),
-            n_epochs=r.get("n_epochs"),
-            init=str(r.get("init", "spectral")),
-            seed=r.get("seed", cfg.get("seed", 0)),
-            extras=dict(r.get("extras") or {}),
-        )
-    except ValueError as exc:
-        raise ConfigError("reduce", dict(r), fix=str(exc)) from exc
-    joint = tuple(str(x) for x in _tuple(r.get("joint_layers")))
-    missing = [x for x in joint if x not in layers]
-    if missing:
-        raise ConfigError(
-            "reduce.joint_layers",
-            missing,
-            choices=layers,
-            fix="joint layers must be extracted: add them to extract.layers.",
-        )
-    align = []
-    for item in r.get("align_with") or ():
-        if not isinstance(item, dict) or not item.get("run_dir") or not item.get("layer"):
-            raise ConfigError(
-                "reduce.align_with",
-                item,
-                fix="each entry is {run_dir: <another run on the same images>, "
-                "layer: <its layer>}.",
-            )
-        align.append((str(item["run_dir"]), str(item["layer"])))
-    reduce = ReduceSettings(
-        backend=_choice("reduce.backend", r.get("backend", "auto"), BACKENDS),
-        align_with=tuple(align),
-        knn=_choice("reduce.knn", r.get("knn", "auto"), KNN_MODES),
-        place_neighbors=max(1, int(r.get("place_neighbors", 10))),
-        fit_cpus=float(r.get("fit_cpus", 1)),
-        fit_gpus=float(r.get("fit_gpus", 0)),
-        fault=str(r.get("fault", "")),
-        transform_gpus=float(r.get("transform_gpus", 0)),
-        device=_choice("reduce.device", r.get("device", "auto"), DEVICES),
-        umap=umap,
-        quality_sample=int(r.get("quality_sample", 5000)),
-        fit_rows=int(r.get("fit_rows", 100_000)),
-        pca_dim=int(r["pca_dim"]) if r.get("pca_dim") else None,
-        joint_layers=tuple(dict.fromkeys((layer, *joint))) if joint else (),
-        transform_cpus=float(r.get("transform_cpus", 1)),
-    )
-    grid = GridSettings(
-        sizes=tuple(int(s) for s in _tuple(g.get("sizes")) or (20,)),
-        min_count=int(g.get("min_count", 5)),
-        top=int(g.get("top", 5)),
-    )
-    if any(s < 1 for s in grid.sizes):
-        raise ConfigError("grid.sizes", list(grid.sizes), fix="grid sizes must be positive.")
-    icon = RenderSettings(
-        icon_px=int(rd["icon_px"]),
-        steps=int(rd["steps"]),
-        attempts=int(rd["attempts"]),
-        lr=float(rd.get("lr", 0.05)),
-        cos_power=float(rd["cos_power"]),
-        whiten=bool(rd["whiten"]),
-        param=_choice("render.param", rd.get("param", "fft"), ("fft", "pixel")),
-        amp=bool(rd.get("amp", True)),
-        alpha=bool(rd.get("alpha", False)),
-    )
-    render = RenderStageSettings(
-        icon=icon,
-        batch_size=0 if rd.get("batch_size", 64) == "auto" else int(rd.get("batch_size", 64)),
-        cache=bool(rd.get("cache", True)),
-        cache_dir=rd.get("cache_dir"),
-        actors=int(rd.get("actors", 1)),
-        num_cpus_per_actor=float(rd.get("num_cpus_per_actor", 1)),
-        num_gpus_per_actor=float(rd.get("num_gpus_per_actor", 0)),
-        device=_choice("render.device", rd.get("device", "auto"), DEVICES),
-    )
-    cluster = ClusterSettings(
-        address=cl.get("address"),
-        num_cpus=cl.get("num_cpus"),
-        namespace=str(cl.get("namespace", "atlas")),
-    )
-    return Settings(
-        run_dir=str(cfg["run_dir"]),
-        layer=layer,
-        seed=int(cfg.get("seed", 0)),
-        stages=stages,
-        model=ModelSpec(name=str(m["name"]), weights=m.get("weights")),
-        data=data,
-        extract=extract,
-        reduce=reduce,
-        grid=grid,
-        render=render,
-        cluster=cluster,
-        preset=str(cfg.get("preset_name", "custom")),
-        storage_options=dict(cfg.get("storage_options") or {}),
-    )
+def register() -> None:
+    """Register every group schema with Hydra's ConfigStore (``conf/`` files extend them)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="atlas_schema", node=schema(Settings))
+    for name, node in (
+        ("model", ModelConf),
+        ("data", DataConf),
+        ("extract", ExtractConf),
+        ("reduce", ReduceConf),
+        ("grid", GridConf),
+        ("render", RenderConf),
+        ("compose", ComposeConf),
+        ("cluster", ClusterConf),
+    ):
+        cs.store(group=name, name=f"{name}_schema", node=schema(node))

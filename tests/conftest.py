@@ -64,6 +64,19 @@ def local_ray():  # type: ignore[no-untyped-def]
     ray.shutdown()
 
 
+@pytest.fixture
+def inject(monkeypatch):  # type: ignore[no-untyped-def]
+    """``inject("raise:after_write:1")``: the fault the next run's tasks see (the test hook
+    ``ATLAS_TEST_FAULT``, read by the driver; no config key)."""
+    from pipelines.common import FAULT_ENV
+
+    def set_fault(fault: str) -> None:
+        monkeypatch.setenv(FAULT_ENV, fault)
+
+    yield set_fault
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+
+
 def debug_settings(*overrides: str):  # type: ignore[no-untyped-def]
     """(Settings, resolved config) of the ``debug=fast`` configuration plus ``overrides``."""
     from hydra import compose, initialize_config_dir

@@ -45,6 +45,14 @@ class Status(IntEnum):
         return {s.name.lower(): int(s) for s in cls}
 
 
+# What the decoder does to every input, recorded in the run store (DESIGN section 7).
+DECODE_POLICY = (
+    "EXIF orientation applied; first frame of multi-frame images; alpha composited "
+    "over white; 16-bit scaled to 8 bits by range; CMYK/grey/palette converted to RGB; "
+    "decompression bombs and truncated files are errors"
+)
+
+
 @dataclass(frozen=True)
 class DecodePolicy:
     """Limits of the decoder. max_pixels: bomb threshold; min_side: smaller images are refused."""

@@ -16,6 +16,8 @@ from PIL import Image
 from atlas_core.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+# Crop side / the photo's short side, drawn in turn: whole photos, then closer views.
+PHOTO_SCALES = (1.0, 0.6, 0.4, 0.25)
 
 # Real photographs that scikit-image and scikit-learn install (not drawings, charts or masks).
 _SKIMAGE_PHOTOS = (
@@ -72,20 +74,18 @@ def builtin_photos() -> list[Path]:
     paths = [sk_dir / n for n in _SKIMAGE_PHOTOS] + [sl_dir / n for n in _SKLEARN_PHOTOS]
     found = [p for p in paths if p.is_file()]
     if not found:
-        raise ConfigError("data", "photos", fix="pip install scikit-image scikit-learn.")
+        raise ConfigError("source", "photos", fix="pip install scikit-image scikit-learn.")
     return found
 
 
-def photo_crops(
-    n: int, *, seed: int = 0, scales: tuple[float, ...] = (1.0, 0.6, 0.35, 0.2)
-) -> InputManifest:
+def photo_crops(n: int, *, seed: int = 0, scales: tuple[float, ...] = PHOTO_SCALES) -> InputManifest:
     """``n`` seeded square crops of the built-in photos, at several scales.
 
     Each crop takes a photo (in turn), a side of ``scale * min(w, h)`` pixels and a uniform
     random position. The same ``(n, seed, scales)`` always gives the same manifest.
     """
     if n <= 0:
-        raise ConfigError("data.n_images", n, fix="ask for at least one image.")
+        raise ConfigError("n", n, valid="[1, inf]", fix="ask for at least one image.")
     photos = builtin_photos()
     sizes = np.array([Image.open(p).size for p in photos])  # header only, no decode
     rng = np.random.default_rng(seed)
@@ -124,7 +124,7 @@ def folder_manifest(
     """
     root = Path(path).expanduser()
     if not root.is_dir():
-        raise ConfigError("data.path", str(path), fix="point data.path at an existing directory.")
+        raise ConfigError("path", str(path), fix="give an existing directory.")
     exts = tuple(e.lower() for e in extensions)
     found: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -134,10 +134,10 @@ def folder_manifest(
         found = found[:limit]
     if not found:
         raise ConfigError(
-            "data.path",
+            "path",
             str(path),
             fix=f"the directory holds no files ending in {', '.join(exts)}; add images or change "
-            "data.extensions.",
+            "the extensions.",
         )
     crops = np.full((len(found), 4), -1, dtype=np.int32)
     return InputManifest(uris=np.array(found, dtype=object), crops=crops, root=str(root.resolve()))
@@ -164,12 +164,12 @@ def file_list_manifest(path: str, *, limit: int | None = None) -> InputManifest:
             lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
     except FileNotFoundError as exc:
         raise ConfigError(
-            "data.path", path, fix="give a text file with one image path or URL per line."
+            "path", path, fix="give a text file with one image path or URL per line."
         ) from exc
     if limit is not None:
         lines = lines[:limit]
     if not lines:
-        raise ConfigError("data.path", path, fix="the file list is empty.")
+        raise ConfigError("path", path, fix="the file list is empty.")
     return InputManifest(
         uris=np.array(lines, dtype=object),
         crops=np.full((len(lines), 4), -1, dtype=np.int32),

@@ -46,7 +46,7 @@ def tar_manifest(
     A tar truncated mid-way contributes the members whose headers could be read.
     """
     if not tars:
-        raise ConfigError("data.path", tars, fix="give a folder or glob with .tar shards.")
+        raise ConfigError("tars", tars, fix="give a folder or glob with .tar shards.")
     exts = tuple(e.lower() for e in extensions)
     uris: list[str] = []
     for tar in sorted(tars):
@@ -59,7 +59,7 @@ def tar_manifest(
             except (tarfile.ReadError, EOFError, OSError):
                 pass  # truncated: keep what was listed; decoding classifies the rest
     if not uris:
-        raise ConfigError("data.path", tars, fix="the tar shards hold no image members.")
+        raise ConfigError("tars", tars, fix="the tar shards hold no image members.")
     return InputManifest(
         uris=np.array(uris, dtype=object), crops=np.full((len(uris), 4), -1, np.int32), root=None
     )

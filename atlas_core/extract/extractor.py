@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from atlas_core.errors import ConfigError
 from atlas_core.extract.sampling import map_positions
 from atlas_core.models.layers import capture, capture_leaves, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
@@ -77,9 +78,21 @@ class ActivationExtractor:
         self.attr_classes = attr_classes
         self.class_chunk = class_chunk
         if attr_classes and not topk:
-            raise ValueError("attribution needs the logits: set topk > 0")
+            raise ConfigError("topk", topk, fix="attribution needs the logits: topk >= 1.")
+        if attr_classes > topk:
+            raise ConfigError(
+                "attr_classes", attr_classes, valid=f"[-1, topk={topk}]",
+                fix="keep at least as many top classes as attribution columns.",
+            )  # fmt: skip
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
+
+    @property
+    def attr_width(self) -> int:
+        """Attribution columns per sample (0: attribution off)."""
+        if self.attr_classes < 0:
+            return self.model.num_classes
+        return self.attr_classes
 
     def __call__(self, x: torch.Tensor, pos: np.ndarray) -> ExtractBatch:
         """x: normalized input (B, 3, H, W); pos: int (B * k, 2) (y, x) on the coarsest grid."""

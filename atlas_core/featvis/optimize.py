@@ -1,4 +1,4 @@
-"""The optimization loop: no display, no file I/O, all randomness from one torch.Generator."""
+"""The optimization loop: no display, no file I/O, all randomness from per-icon streams."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from atlas_core.featvis.objectives import Acts, Objective
 from atlas_core.featvis.param import ImageFn
+from atlas_core.featvis.streams import Streams
 from atlas_core.featvis.transforms import Transform, compose, flatten_alpha
 
 Forward = Callable[[torch.Tensor], Acts]
@@ -22,7 +23,7 @@ def optimize(
     steps: int,
     lr: float = 0.05,
     transforms: Sequence[Transform] = (),
-    generator: torch.Generator | None = None,
+    rng: Streams | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
     """Maximize ``objective`` (summed over the batch) with Adam.
@@ -30,11 +31,12 @@ def optimize(
     forward: image batch in [0, 1] (B, 3, H, W) -> captured layer outputs.
     Returns (final images (B, 3, H, W) in [0, 1], final objective per image (B,) evaluated on the
     untransformed image (RGBA flattened on white), and the summed objective of every step).
+    rng: the batch's per-icon random streams (default: streams from seed 0).
     """
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     transform = compose(list(transforms))
     opt = torch.optim.Adam(params, lr=lr)
     history: list[float] = []
+    gen = rng if rng is not None else Streams.from_seed(0, len(params[0]))
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         score = objective(forward(transform(image_fn(), gen)))

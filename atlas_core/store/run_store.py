@@ -60,6 +60,68 @@ class GridArrays:
     top_count: np.ndarray
 
 
+ATTR_TOP_COLUMNS = "images/top_class columns"
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The shape of a run's extraction arrays.
+
+    k: samples per image; layers: layer -> (C, H, W); topk: top classes kept per image;
+    attr_classes: 0 (no attribution), n (the image's top n classes) or -1 (every class);
+    inner: chunks per zarr shard (1: no sharding codec).
+    """
+
+    k: int
+    seed: int
+    layers: dict[str, tuple[int, int, int]]
+    topk: int
+    act_dtype: str = "float16"
+    attr_classes: int = 0
+    n_classes: int = 0
+    inner: int = 1
+
+    @property
+    def attr_width(self) -> int:
+        return self.n_classes if self.attr_classes < 0 else self.attr_classes
+
+    def attrs(self, n: int, plan: ShardPlan, root: str | None) -> dict[str, Any]:
+        coarse = min(self.layers, key=lambda name: self.layers[name][1] * self.layers[name][2])
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "n_images": n,
+            "k": self.k,
+            "seed": self.seed,
+            "chunk_images": plan.chunk_images,
+            "topk": self.topk,
+            "root": root,
+            "layers": {name: list(shape) for name, shape in self.layers.items()},
+            "position_grid": list(self.layers[coarse][1:]),
+            "status_codes": Status.table(),
+            "shards": [list(b) for b in plan.bounds],
+            "n_classes": self.n_classes,
+            "zarr_shard_chunks": self.inner,
+        }
+
+
+def _create_images(g: zarr.Group, manifest: InputManifest, ci: int, layout: StoreLayout) -> None:
+    """The per-image arrays; the manifest's uris, crops and labels are written now."""
+    n, t, inner = len(manifest), layout.topk, layout.inner
+    img = g.require_group("images")
+    _arr(img, "uri", (n,), (ci,), str, "", inner=inner)[:] = manifest.uris
+    _arr(img, "crop", (n, 4), (ci, 4), "int32", -1, inner=inner)[:] = manifest.crops
+    _arr(img, "status", (n,), (ci,), "uint8", 0, inner=inner)
+    _arr(img, "error", (n,), (ci,), str, "", inner=inner)
+    _arr(img, "content_hash", (n,), (ci,), "uint64", 0, inner=inner)
+    _arr(img, "top_class", (n, t), (ci, t), "int32", -1, inner=inner)
+    _arr(img, "top_prob", (n, t), (ci, t), "float16", np.nan, inner=inner)
+    if manifest.labels is not None:
+        lab = _arr(img, "label", (n,), (ci,), "int32", -1, inner=inner)
+        lab[:] = manifest.labels
+        lab.attrs["names"] = list(manifest.label_names)
+
+
 class RunStore:
     """Typed access to one run's ``atlas.zarr`` group."""
 
@@ -81,77 +143,34 @@ class RunStore:
     def create(
         cls,
         url: str,
-        *,
         manifest: InputManifest,
         plan: ShardPlan,
-        k: int,
-        seed: int,
-        layers: dict[str, tuple[int, int, int]],
         positions: np.ndarray,
-        topk: int,
+        layout: StoreLayout,
         storage_options: dict[str, Any] | None = None,
+        *,
         attrs: dict[str, Any] | None = None,
-        act_dtype: str = "float16",
-        attr_classes: int = 0,
-        n_classes: int = 0,
-        inner: int = 1,
     ) -> RunStore:
-        """Create every extraction array and write the frozen input manifest and positions.
-
-        layers: layer -> (C, H, W). positions: (n_images * k, 2) int16 on the coarsest grid.
-        """
+        """Create every extraction array; write the frozen input manifest and the positions
+        ((n_images * k, 2) int16 (y, x) on the coarsest layer's grid)."""
         plan.validate()
-        n, ci = len(manifest), plan.chunk_images
         g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
-        coarse = min(layers, key=lambda name: layers[name][1] * layers[name][2])
-        g.attrs.update(
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "n_images": n,
-                "k": k,
-                "seed": seed,
-                "chunk_images": ci,
-                "topk": topk,
-                "root": manifest.root,
-                "layers": {name: list(shape) for name, shape in layers.items()},
-                "position_grid": list(layers[coarse][1:]),
-                "status_codes": Status.table(),
-                "shards": [list(b) for b in plan.bounds],
-                "n_classes": n_classes,
-                "zarr_shard_chunks": inner,
-                **(attrs or {}),
-            }
-        )
-        img = g.require_group("images")
-        _arr(img, "uri", (n,), (ci,), str, "", inner=inner)[:] = manifest.uris
-        _arr(img, "crop", (n, 4), (ci, 4), "int32", -1, inner=inner)[:] = manifest.crops
-        _arr(img, "status", (n,), (ci,), "uint8", 0, inner=inner)
-        _arr(img, "error", (n,), (ci,), str, "", inner=inner)
-        _arr(img, "content_hash", (n,), (ci,), "uint64", 0, inner=inner)
-        _arr(img, "top_class", (n, topk), (ci, topk), "int32", -1, inner=inner)
-        _arr(img, "top_prob", (n, topk), (ci, topk), "float16", np.nan, inner=inner)
-        if manifest.labels is not None:
-            lab = _arr(img, "label", (n,), (ci,), "int32", -1, inner=inner)
-            lab[:] = manifest.labels
-            lab.attrs["names"] = list(manifest.label_names)
+        g.attrs.update({**layout.attrs(len(manifest), plan, manifest.root), **(attrs or {})})
+        _create_images(g, manifest, plan.chunk_images, layout)
+        n, ci, k, inner = len(manifest), plan.chunk_images, layout.k, layout.inner
         smp = g.require_group("samples")
-        _arr(smp, "image", (n * k,), (ci * k,), "int64", -1, inner=inner)[:] = np.repeat(
-            np.arange(n), k
-        )
+        image = _arr(smp, "image", (n * k,), (ci * k,), "int64", -1, inner=inner)
+        image[:] = np.repeat(np.arange(n), k)
         _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1, inner=inner)[:] = positions
-        for name, (c, _, _) in layers.items():
+        for name, (c, _, _) in layout.layers.items():
             lg = g.require_group(f"layers/{name}")
-            _arr(lg, "acts", (n * k, c), (ci * k, c), act_dtype, np.nan, inner=inner)
+            _arr(lg, "acts", (n * k, c), (ci * k, c), layout.act_dtype, np.nan, inner=inner)
             _arr(lg, "moment_partial", (len(plan), c, c), (1, c, c), "float64", np.nan)
             _arr(lg, "moment_count", (len(plan),), (1,), "int64", 0)
-            if attr_classes:
-                a = n_classes if attr_classes < 0 else attr_classes
-                _arr(
-                    lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan, inner=inner
-                ).attrs.update(
-                    {"classes": "all" if attr_classes < 0 else "images/top_class columns"}
-                )
+            if layout.attr_width:
+                a = layout.attr_width
+                arr = _arr(lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan, inner=inner)
+                arr.attrs["classes"] = "all" if layout.attr_classes < 0 else ATTR_TOP_COLUMNS
         return cls(g, url)
 
     @classmethod
@@ -177,10 +196,24 @@ class RunStore:
     def layers(self) -> dict[str, tuple[int, int, int]]:
         return {n: tuple(s) for n, s in self.attrs["layers"].items()}  # type: ignore[misc]
 
+    @property
+    def shards(self) -> list[tuple[int, int]]:
+        """Image-row ranges ``[start, stop)`` of the extraction plan, one per shard."""
+        return [(int(a), int(b)) for a, b in self.attrs["shards"]]
+
+    def uris(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.group["images/uri"][start:stop], dtype=object)
+
+    def crops(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.group["images/crop"][start:stop])
+
+    def content_hashes(self) -> np.ndarray:
+        return np.asarray(self.group["images/content_hash"][:])
+
     def manifest(self) -> InputManifest:
         return InputManifest(
-            uris=np.asarray(self.group["images/uri"][:], dtype=object),
-            crops=np.asarray(self.group["images/crop"][:]),
+            uris=self.uris(),
+            crops=self.crops(),
             root=self.attrs.get("root"),
         )
 
@@ -328,8 +361,24 @@ class RunStore:
         arr[:] = layout
         arr.attrs.update(attrs)
 
-    def layout(self, layer: str) -> np.ndarray:
-        return np.asarray(self.group[f"layers/{layer}/layout"][:])
+    def layout(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Normalized layout of sample rows [start, stop): (n, 2) float32, NaN for holes."""
+        return np.asarray(self.group[f"layers/{layer}/layout"][start:stop])
+
+    def attribution(self, layer: str) -> tuple[np.ndarray, bool] | None:
+        """(attribution (N * k, A) float32, whether its columns are every class in order) of
+        ``layer``, or None when attribution was not extracted. Otherwise column j is the
+        image's j-th top class (``images/top_class``)."""
+        path = f"layers/{layer}/attr"
+        if not self.has(path):
+            return None
+        every = self.group[path].attrs.get("classes") == "all"
+        return self.rows(layer, "attr").astype(np.float32), every
+
+    def icons_fingerprint(self, layer: str, size: int) -> str | None:
+        """The render fingerprint a grid level's icon arrays were created for (None: none)."""
+        path = f"layers/{layer}/grid/{size}/icons"
+        return self.group[path].attrs.get("fingerprint") if self.has(path) else None
 
     def write_grid(self, layer: str, grid: GridArrays, attrs: dict[str, Any]) -> None:
         gg = self.group.require_group(f"layers/{layer}/grid/{grid.size}")

@@ -15,6 +15,7 @@ from atlas_core.featvis import (
     whitening_matrix,
 )
 from atlas_core.featvis.optimize import optimize
+from atlas_core.featvis.streams import Streams, icon_seed
 from atlas_core.featvis.transforms import compose
 from atlas_core.models import ModelSpec, load_model
 
@@ -57,8 +58,8 @@ def test_whitening_is_the_inverse_second_moment() -> None:
 
 
 def test_fft_image_and_transforms_keep_shapes_in_range() -> None:
-    gen = torch.Generator().manual_seed(0)
-    params, raw = fft_image((4, 3, 40, 40), generator=gen)
+    gen = Streams.from_seed(0, 4)
+    params, raw = fft_image((4, 3, 40, 40), rng=gen)
     img = to_valid_rgb(raw)()
     assert img.shape == (4, 3, 40, 40) and img.min() >= 0 and img.max() <= 1
     out = compose(icon_transforms(40))(img, gen)
@@ -72,7 +73,7 @@ def test_objective_rises_after_a_few_steps() -> None:
     gen = torch.Generator().manual_seed(0)
     vecs = torch.randn(4, 32, generator=gen)
     obj = direction_cossim("blocks.2", vecs, power=2)
-    params, raw = fft_image((4, 3, 32, 32), generator=gen)
+    params, raw = fft_image((4, 3, 32, 32), rng=Streams.from_seed(1, 4))
     image_fn = to_valid_rgb(raw)
     with torch.no_grad():
         before = obj(r.forward(image_fn()))
@@ -81,34 +82,53 @@ def test_objective_rises_after_a_few_steps() -> None:
         obj,
         params,
         image_fn,
-        steps=20,
+        steps=40,
         lr=0.05,
         transforms=icon_transforms(32),
-        generator=gen,
+        rng=Streams.from_seed(2, 4),
     )
     assert (after > before).all(), (before, after)
     assert hist[-1] > hist[0]
 
 
+SEEDS = (11, 12, 13, 14, 15, 16)
+
+
 def test_rendering_is_reproducible_and_best_of_n_keeps_the_best() -> None:
-    d = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
-    one = _tiny_renderer().render(d, seed=5)
-    two = _tiny_renderer().render(d, seed=5)
+    d = np.random.default_rng(0).normal(size=(6, 32)).astype(np.float32)
+    one = _tiny_renderer().render(d, seeds=SEEDS)
+    two = _tiny_renderer().render(d, seeds=SEEDS)
     assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1])
-    assert one[0].shape == (3, 32, 32, 3) and one[0].dtype == np.uint8
-    # attempt i of a render seeds its generator with seed * 1009 + i
-    per_attempt = [_render_with_seed(_tiny_renderer(), d, 5 * 1009 + i) for i in range(3)]
+    assert one[0].shape == (6, 32, 32, 3) and one[0].dtype == np.uint8
+    # attempt a of icon i draws from the stream icon_seed(seeds[i], "attempt", a)
+    per_attempt = [_render_attempt(_tiny_renderer(), d, a) for a in range(3)]
     assert np.allclose(per_attempt[0], one[1], atol=1e-6)
-    _icons, best, cos = _tiny_renderer(attempts=3).render(d, seed=5)
+    _icons, best, cos = _tiny_renderer(attempts=3).render(d, seeds=SEEDS)
     assert np.allclose(best, np.max(per_attempt, axis=0), atol=1e-6)
     assert not np.allclose(best, per_attempt[0])  # some icon took a later attempt
-    assert cos.shape == (3,) and (np.abs(cos) <= 1).all()
+    assert cos.shape == (6,) and (np.abs(cos) <= 1).all()
 
 
-def _render_with_seed(r: IconRenderer, d: np.ndarray, gen_seed: int) -> np.ndarray:
+def test_an_icon_does_not_depend_on_its_batch() -> None:
+    """Every random draw of an icon comes from its own seed: the same icon, rendered alone, in
+    another batch split, or in another order, has the same bytes."""
+    d = np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32)
+    seeds = [icon_seed(0, "blocks.2", 4, i, 0) for i in range(5)]
+    r = _tiny_renderer(steps=8, attempts=2)
+    whole = r.render(d, seeds=seeds)[0]
+    split = np.concatenate([r.render(d[a:b], seeds=seeds[a:b])[0] for a, b in ((0, 2), (2, 5))])
+    alone = r.render(d[3:4], seeds=seeds[3:4])[0]
+    backwards = r.render(d[::-1].copy(), seeds=seeds[::-1])[0][::-1]
+    assert np.array_equal(whole, split) and np.array_equal(whole[3:4], alone)
+    assert np.array_equal(whole, backwards)
+    other = r.render(d[:1], seeds=[seeds[0] + 1])[0]
+    assert not np.array_equal(whole[:1], other)  # the seed does matter
+
+
+def _render_attempt(r: IconRenderer, d: np.ndarray, attempt: int) -> np.ndarray:
     s = r.settings
-    gen = torch.Generator().manual_seed(gen_seed)
-    params, raw = fft_image((len(d), 3, s.icon_px, s.icon_px), sd=s.sd, generator=gen)
+    gen = Streams([icon_seed(x, "attempt", attempt) for x in SEEDS])
+    params, raw = fft_image((len(d), 3, s.icon_px, s.icon_px), sd=s.sd, rng=gen)
     obj = direction_cossim(r.layer, torch.tensor(d), power=s.cos_power)
     _, score, _ = optimize(
         r.forward,
@@ -118,14 +138,14 @@ def _render_with_seed(r: IconRenderer, d: np.ndarray, gen_seed: int) -> np.ndarr
         steps=s.steps,
         lr=s.lr,
         transforms=r.transforms,
-        generator=gen,
+        rng=gen,
     )
     return score.numpy()
 
 
 def test_alpha_parameterization_renders_rgb_icons_on_white() -> None:
-    gen = torch.Generator().manual_seed(0)
-    params, raw = fft_image((2, 4, 32, 32), generator=gen)
+    gen = Streams.from_seed(0, 2)
+    params, raw = fft_image((2, 4, 32, 32), rng=gen)
     rgba = to_valid_rgb(raw)()
     assert rgba.shape == (2, 4, 32, 32) and 0 <= rgba.min() and rgba.max() <= 1
     from atlas_core.featvis.transforms import collapse_alpha, flatten_alpha
@@ -136,5 +156,5 @@ def test_alpha_parameterization_renders_rgb_icons_on_white() -> None:
     clear = torch.cat([torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)], 1)
     assert torch.equal(flatten_alpha(clear), torch.ones(1, 3, 4, 4))  # transparent -> white
     d = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
-    icons, score, cos = _tiny_renderer(alpha=True).render(d, seed=1)
+    icons, score, cos = _tiny_renderer(alpha=True).render(d, seeds=(1, 2))
     assert icons.shape == (2, 32, 32, 3) and np.isfinite(score).all() and cos.shape == (2,)

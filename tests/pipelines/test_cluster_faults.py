@@ -39,14 +39,14 @@ def cluster():  # type: ignore[no-untyped-def]
     c.shutdown()
 
 
-def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) -> None:  # type: ignore[no-untyped-def]
     c, workers = cluster
+    inject("sleep:mid:0.4")
     make_images(tmp_path / "imgs", 48, size=64, seed=5)
     ref_dir = tmp_path / "ref"
     s = _settings(
         tmp_path / "imgs",
         tmp_path / "run",
-        "+extract.fault='sleep:mid:0.4'",
         f"cluster.address={c.address}",
     )
     result: dict = {}  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Pat
     }.get(option, [])
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)
-    assert s.layer == resolved["layer"] and s.layer in s.extract.layers
+    assert s.layer == resolved["layer"] and s.layers[0] == s.layer
     assert s.stages == ("extract", "reduce", "grid", "render", "compose")
 
 
@@ -56,7 +57,7 @@ def test_presets_carry_the_reference_parameters() -> None:
     r1, _ = to_settings(_compose("preset=r1"))
     r2, _ = to_settings(_compose("preset=r2"))
     r3, _ = to_settings(_compose("preset=r3"))
-    assert (r1.reduce.umap.n_neighbors, r1.reduce.umap.min_dist, r1.render.icon.cos_power) == (
+    assert (r1.reduce.n_neighbors, r1.reduce.umap.min_dist, r1.render.icon.cos_power) == (
         50,
         0.05,
         2,
@@ -73,20 +74,67 @@ def test_presets_carry_the_reference_parameters() -> None:
 
 
 @pytest.mark.parametrize(
-    "overrides,needle",
+    "overrides,key,value",
     [
-        (["model.name=resnet9000"], "resnet9000"),
-        (["data=folder"], "data.path"),
-        (["data=folder", "data.path=/no/such/dir"], "/no/such/dir"),
-        (["reduce.backend=tsne"], "tsne"),
-        (["stages=[extract,paint]"], "paint"),
-        (["+model._target_=os.system"], "_target_"),
+        (["model.name=resnet9000"], "model.name", "resnet9000"),
+        (["data=folder"], "data.path", "None"),
+        (["data=folder", "data.path=/no/such/dir"], "data.path", "/no/such/dir"),
+        (["reduce.backend=tsne"], "reduce.backend", "tsne"),
+        (["stages=[extract,paint]"], "stages", "paint"),
+        (["+model._target_=os.system"], "model._target_", "os.system"),
+        (["+foo=bar"], "foo", "bar"),
+        (["+render.colour=red"], "render.colour", "red"),
+        (["render.steps=-5"], "render.steps", "-5"),
+        (["render.batch_size=0"], "render.batch_size", "0"),
+        (["render.batch_size=many"], "render.batch_size", "many"),
+        (["extract.samples_per_image=0"], "extract.samples_per_image", "0"),
+        (["extract.attr_classes=-2"], "extract.attr_classes", "-2"),
+        (["reduce.n_neighbors=1"], "reduce.n_neighbors", "1"),
+        (["reduce.min_dist=1.5"], "reduce.min_dist", "1.5"),
+        (["grid.sizes=[20,0]"], "grid.sizes", "0"),
+        (["grid.min_count=0"], "grid.min_count", "0"),
+        (["data.scales=[1.0,1.5]"], "data.scales", "1.5"),
+        (["cluster.render.actors=0"], "cluster.render.actors", "0"),
+        (["cluster.extract.num_gpus=-1"], "cluster.extract.num_gpus", "-1"),
+        (["cluster.render.device=tpu"], "cluster.render.device", "tpu"),
+        (["compose.background=pink"], "compose.background", "pink"),
     ],
 )
-def test_bad_settings_name_the_value(overrides: list[str], needle: str) -> None:
+def test_bad_settings_name_the_key_and_the_value(
+    overrides: list[str], key: str, value: str
+) -> None:
     with pytest.raises(ConfigError) as e:
         to_settings(_compose(*overrides))
-    assert (needle in str(e.value) and "Fix" in str(e.value)) or "choices" in str(e.value)
+    msg = str(e.value)
+    assert msg.startswith(f"{key}: ") and value in msg.split("Fix:")[0], msg
+    assert "Fix:" in msg and ("Valid" in msg or e.value.fix), msg
+    if "=" in overrides[-1] and overrides[-1].split("=")[1].lstrip("-").isdigit():
+        assert "Valid range" in msg, msg  # a number out of range names the range
+
+
+def test_a_misspelled_key_fails_when_composed() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match=r"render\.stepz"):
+        _compose("render.stepz=3")
+
+
+def test_attribution_wider_than_topk_keeps_enough_classes() -> None:
+    s, _ = to_settings(_compose("extract.topk=5", "extract.attr_classes=10"))
+    assert s.extract.kept_classes == 10
+    s, _ = to_settings(_compose("extract.topk=0", "extract.attr_classes=-1"))
+    assert s.extract.kept_classes == 1
+
+
+def test_resources_live_under_cluster_only() -> None:
+    s, _ = to_settings(_compose("cluster=ray_cluster"))
+    assert (s.cluster.extract.num_gpus, s.cluster.render.num_gpus) == (1, 1)
+    assert (s.cluster.reduce_fit.num_gpus, s.cluster.reduce_search.num_gpus) == (1, 0.25)
+    from dataclasses import fields
+
+    for group in (s.extract, s.reduce, s.grid, s.render):
+        names = {f.name for f in fields(group)}
+        assert not names & {"num_cpus", "num_gpus", "actors", "device"}, (group, names)
 
 
 def test_unknown_layer_and_unwritable_run_dir_fail_before_work(tmp_path: Path) -> None:
@@ -98,7 +146,7 @@ def test_unknown_layer_and_unwritable_run_dir_fail_before_work(tmp_path: Path) -
     ro.chmod(0o500)
     s, _ = to_settings(_compose("debug=fast", f"run_dir={ro}/run"))
     if subprocess.run(["id", "-u"], capture_output=True, text=True).stdout.strip() == "0":
-        s = s.__class__(**{**s.__dict__, "run_dir": "/proc/atlas-run"})  # root ignores modes
+        s = dataclasses.replace(s, run_dir="/proc/atlas-run")  # root ignores modes
     with pytest.raises(ConfigError, match="run_dir"):
         check(s)
 
@@ -125,5 +173,6 @@ def test_cli_exits_non_zero_with_the_message(tmp_path: Path) -> None:
         cwd=Path(CONF_DIR).parent,
     )
     assert out.returncode == 2
-    assert "nope" in out.stdout + out.stderr and "efficientnet_lite0" in out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "model.name: 'nope' is not valid" in text and "efficientnet_lite0" in text
     assert not (tmp_path / "r" / "atlas.zarr").exists()

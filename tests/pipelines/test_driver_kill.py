@@ -13,6 +13,7 @@ from pathlib import Path
 
 import zarr
 
+from pipelines.common import FAULT_ENV
 from pipelines.main import CONF_DIR
 from tests.conftest import assert_same_store, make_images
 
@@ -46,11 +47,11 @@ def _atlas(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
 def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 48, size=64, seed=9)
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", FAULT_ENV: "sleep:mid:0.5"}
     log_path = tmp_path / "driver.log"
     with open(log_path, "w") as driver_log:
         proc = subprocess.Popen(
-            _cmd(tmp_path / "imgs", run_dir, "+extract.fault='sleep:mid:0.5'"),
+            _cmd(tmp_path / "imgs", run_dir),
             cwd=ROOT,
             env=env,
             start_new_session=True,
@@ -68,6 +69,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     time.sleep(3)
     committed = len(list(markers.glob("*.json")))
     assert 1 <= committed < 6
+    env.pop(FAULT_ENV)  # the resumed and reference runs have no fault
     resumed = _atlas(_cmd(tmp_path / "imgs", run_dir), env)
     assert f"{6 - committed} shards to run, {committed} already committed" in (
         resumed.stdout + resumed.stderr

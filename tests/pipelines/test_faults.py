@@ -55,11 +55,13 @@ def test_reference_counts(corpus) -> None:  # type: ignore[no-untyped-def]
     assert d["shard_seconds"]["max"] >= d["shard_seconds"]["min"] > 0
 
 
-def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     base, ref, _ = corpus
     run_dir = base / "died"
-    with pytest.raises(RuntimeError, match="injected fault"):
-        run(_settings(base / "imgs", run_dir, "+extract.fault='raise:after_write:1'"), {})
+    inject("raise:after_write:1")
+    with pytest.raises(RuntimeError, match=r"shard 1 \(images 16\.\.32\).*injected fault"):
+        run(_settings(base / "imgs", run_dir), {})
+    inject("")
     done = sorted(p.name for p in (run_dir / "markers" / "extract").glob("*.json"))
     assert len(done) == 3  # the failing shard never committed; the others did
     resumed = run(_settings(base / "imgs", run_dir), {})
@@ -70,13 +72,12 @@ def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus) -> None:  
     log.info("fault 'task dies after a partial write': injected 1, survived 1, lost rows 0")
 
 
-def test_a_worker_killed_with_sigkill_is_retried(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_killed_with_sigkill_is_retried(corpus, inject) -> None:  # type: ignore[no-untyped-def]
     base, ref, _ = corpus
     run_dir = base / "sigkill"
     flag = base / "killed-once"
-    manifest = run(
-        _settings(base / "imgs", run_dir, f"+extract.fault='sigkill_once:mid:{flag}'"), {}
-    )
+    inject(f"sigkill_once:mid:{flag}")
+    manifest = run(_settings(base / "imgs", run_dir), {})
     assert flag.exists()  # the kill happened
     assert _rows(manifest)["images_lost"] == 0
     _equal_to_reference(run_dir, ref)
@@ -112,7 +113,7 @@ def test_the_sharding_codec_gives_the_same_store(corpus) -> None:  # type: ignor
     _equal_to_reference(run_dir, ref)
 
 
-def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus, inject) -> None:  # type: ignore[no-untyped-def]
     """The sampled reduce is a Ray task graph (fit, searches, placements): a worker killed in the
     fit or in a search is retried by Ray and the layout equals the clean run's."""
     import shutil
@@ -126,8 +127,8 @@ def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus)
     for name, fault in (("clean", ""), ("fit", "fit"), ("search", "search")):
         run_dir = base / f"reduce-{name}"
         shutil.copytree(ref, run_dir)  # extraction done: its markers match, so it is skipped
-        extra = [f"+reduce.fault='sigkill_once:{fault}:{base / f'killed-{name}'}'"] if fault else []
-        manifest = run(_settings(base / "imgs", run_dir, *stages, *extra), {})
+        inject(f"sigkill_once:{fault}:{base / f'killed-{name}'}" if fault else "")
+        manifest = run(_settings(base / "imgs", run_dir, *stages), {})
         assert manifest["stages"]["extract"]["status"].startswith("skipped")
         assert manifest["stages"]["reduce"]["details"]["sampled_fit"] is True
         if fault:

@@ -3,6 +3,7 @@ an injected fault, and every later stage writing back to the bucket."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -50,15 +51,17 @@ def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped
         "extract.chunk_images=16",
         *extra,
     )
-    return s.__class__(**{**s.__dict__, "storage_options": opts}), resolved
+    return dataclasses.replace(s, storage_options=opts), resolved
 
 
-def test_a_run_on_s3_resumes_and_finishes(s3) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:  # type: ignore[no-untyped-def]
     opts, base = s3
     make_images(base / "imgs", 40, size=70)
-    s, _ = _settings(base / "imgs", opts, "+extract.fault='raise:after_write:1'")
+    inject("raise:after_write:1")
+    s, _ = _settings(base / "imgs", opts)
     with pytest.raises(RuntimeError, match="injected fault"):
         run(s, {})
+    inject("")
     s, resolved = _settings(base / "imgs", opts)
     manifest = run(s, resolved)
     ex = manifest["stages"]["extract"]["counts"]

@@ -10,6 +10,7 @@ import numpy as np
 from atlas_core.data import InputManifest, plan_shards
 from atlas_core.reduce import UmapParams, fit, joint_features, knn_recall, trustworthiness
 from atlas_core.store import RunStore
+from atlas_core.store.run_store import StoreLayout
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,10 @@ def test_gather_reads_chunk_by_chunk_and_equals_slicing(tmp_path: Path) -> None:
     )
     st = RunStore.create(
         str(tmp_path / "a.zarr"),
-        manifest=man,
-        plan=plan_shards(n, chunk_images=8),
-        k=1,
-        seed=0,
-        layers={"l": (4, 3, 3)},
-        positions=np.zeros((n, 2), np.int16),
-        topk=0,
-        act_dtype="float32",
+        man,
+        plan_shards(n, chunk_images=8),
+        np.zeros((n, 2), np.int16),
+        StoreLayout(k=1, seed=0, layers={"l": (4, 3, 3)}, topk=0, act_dtype="float32"),
     )
     data = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
     st.group["layers/l/acts"][:] = data

@@ -9,7 +9,7 @@ import zarr
 from atlas_core.data import InputManifest, plan_shards
 from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore, fingerprint
-from atlas_core.store.run_store import ShardResult
+from atlas_core.store.run_store import ShardResult, StoreLayout
 
 
 def _store(tmp_path: Path, n: int = 10, k: int = 2) -> RunStore:
@@ -21,13 +21,10 @@ def _store(tmp_path: Path, n: int = 10, k: int = 2) -> RunStore:
     pos = np.tile([[1, 2]], (n * k, 1)).astype(np.int16)
     return RunStore.create(
         str(tmp_path / "atlas.zarr"),
-        manifest=man,
-        plan=plan,
-        k=k,
-        seed=0,
-        layers={"l": (3, 7, 7)},
-        positions=pos,
-        topk=2,
+        man,
+        plan,
+        pos,
+        StoreLayout(k=k, seed=0, layers={"l": (3, 7, 7)}, topk=2),
     )
 
 
