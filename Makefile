@@ -25,6 +25,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check atlas_core pipelines tests benchmarks
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	# the render peer is the real torch-lucent (its pins are from 2020: install it without deps)

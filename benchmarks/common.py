@@ -115,3 +115,14 @@ def report(label: str, ours: float, peer: float, unit: str, quality: str) -> Non
         ratio,
         quality,
     )
+
+
+def settings(*overrides: str) -> Any:
+    """The pipeline's Settings for ``overrides`` on the default config, composed by Hydra as
+    ``atlas`` would (so benchmarks run exactly what users run)."""
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.main import CONF_DIR, to_settings
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_settings(compose("config", overrides=list(overrides)))[0]

@@ -15,11 +15,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from benchmarks.common import Timer, report, write
+from benchmarks.common import Timer, report, settings, write
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # the local cluster on loopback
 
@@ -28,18 +29,12 @@ LAYER = "blocks.4"
 BATCH = 64
 
 
-def _cfg(run_dir: str, n: int, chunk: int) -> dict:  # type: ignore[type-arg]
-    return {
-        "run_dir": run_dir,
-        "layer": LAYER,
-        "seed": 0,
-        "model": {"name": "efficientnet_lite0"},
-        "data": {"source": "photos", "n_images": n, "scales": [1.0, 0.6, 0.4, 0.25]},
-        "extract": {"layers": [LAYER], "batch_size": BATCH, "chunk_images": chunk, "topk": 5},
-        "reduce": {"n_neighbors": 20, "min_dist": 0.05, "metric": "cosine"},
-        "grid": {},
-        "render": {"icon_px": 8, "steps": 1, "attempts": 1, "cos_power": 4, "whiten": False},
-    }
+def _settings(run_dir: str, n: int, chunk: int, address: str | None) -> Any:
+    return settings(
+        f"run_dir={run_dir}", f"layer={LAYER}", f"data.n_images={n}",
+        f"extract.batch_size={BATCH}", f"extract.chunk_images={chunk}",
+        f"cluster.address={address or 'null'}", f"cluster.num_cpus={'null' if address else 2}",
+    )  # fmt: skip
 
 
 def ours(n: int, cluster_address: str | None = None, chunk: int = 128) -> tuple[float, str, float]:
@@ -47,11 +42,10 @@ def ours(n: int, cluster_address: str | None = None, chunk: int = 128) -> tuple[
     commit markers included), the store's URL, and the steady rate: the median shard's
     images per second times the number of tasks running at once (the CPUs)."""
     from pipelines import extract, ray_ops
-    from pipelines.settings import ClusterSettings, parse
 
     tmp = tempfile.mkdtemp()
-    s = parse(_cfg(tmp, n, chunk))
-    ray_ops.init(ClusterSettings(address=cluster_address, num_cpus=None if cluster_address else 2))
+    s = _settings(tmp, n, chunk, cluster_address)
+    ray_ops.init(s.cluster)
     with Timer() as t:
         res = extract.run(s, "bench")
     parallel = ray_ops.cluster_resources().get("CPU", 1)

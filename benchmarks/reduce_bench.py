@@ -25,6 +25,7 @@ from benchmarks.common import (
     mixture,
     peak_rss_mb,
     report,
+    settings,
     write,
 )
 
@@ -71,7 +72,6 @@ def ours(n: int) -> dict[str, float]:
 
     from pipelines import ray_ops
     from pipelines.reduce import run
-    from pipelines.settings import ClusterSettings, parse
 
     with tempfile.TemporaryDirectory() as tmp:
         child = multiprocessing.get_context("spawn").Process(
@@ -81,26 +81,12 @@ def ours(n: int) -> dict[str, float]:
         child.join()
         if child.exitcode != 0:
             raise RuntimeError(f"writing the synthetic store failed ({child.exitcode})")
-        cfg = {
-            "run_dir": tmp,
-            "layer": "blocks.4",
-            "seed": 0,
-            "model": {"name": "tiny"},
-            "data": {"source": "photos"},
-            "extract": {"layers": ["blocks.4"]},
-            "reduce": {
-                "backend": "umap-learn",
-                "n_neighbors": N_NEIGHBORS,
-                "min_dist": 0.05,
-                "metric": "cosine",
-                "fit_rows": FIT_ROWS,
-                "quality_sample": 5000,
-            },
-            "grid": {},
-            "render": {"icon_px": 8, "steps": 1, "attempts": 1, "cos_power": 4, "whiten": False},
-        }
-        s = parse(cfg)
-        ray_ops.init(ClusterSettings(num_cpus=2))
+        s = settings(
+            f"run_dir={tmp}", "model=tiny", "layer=blocks.4", "reduce.backend=umap-learn",
+            f"reduce.n_neighbors={N_NEIGHBORS}", "reduce.min_dist=0.05", "reduce.metric=cosine",
+            f"reduce.fit_rows={FIT_ROWS}", "reduce.quality_sample=5000", "cluster.num_cpus=2",
+        )  # fmt: skip
+        ray_ops.init(s.cluster)
         with RayRssSampler() as workers, Timer() as t:
             res = run(s, "bench")
         ray_ops.shutdown()

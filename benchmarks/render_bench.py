@@ -56,7 +56,9 @@ def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
     icons, cos = [], []
     with Timer() as t:
         for i in range(0, len(dirs), batch):
-            ic, _, c = r.render(dirs[i : i + batch], seeds=range(i, i + len(dirs[i : i + batch])), whiten=whiten)
+            ic, _, c = r.render(
+                dirs[i : i + batch], seeds=range(i, i + len(dirs[i : i + batch])), whiten=whiten
+            )
             icons.append(ic)
             cos.append(c)
     return t.seconds, np.concatenate(icons), np.concatenate(cos)

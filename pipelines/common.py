@@ -78,19 +78,23 @@ def test_fault() -> str:
 
 
 def inject_fault(fault: str, where: str, shard: int) -> None:
-    """Fault injection for the reliability tests (see :func:`test_fault`).
+    """Fault injection for the reliability tests (see :func:`test_fault`); several faults are
+    separated by ``;``.
 
     ``raise:<where>[:<shard>]`` raises (in every shard, or only the one named);
     ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);
     ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
-    first, so the retry survives).
+    first, so the retry survives);
+    ``trace:<where>:<dir>`` writes ``<dir>/shard-<shard>-<node>-<pid>``: which node started what.
     """
-    if not fault:
-        return
-    kind, _, rest = fault.partition(":")
-    at, _, arg = rest.partition(":")
-    if at != where:
-        return
+    for one in filter(None, fault.split(";")):
+        kind, _, rest = one.partition(":")
+        at, _, arg = rest.partition(":")
+        if at == where:
+            _inject(kind, where, arg, shard)
+
+
+def _inject(kind: str, where: str, arg: str, shard: int) -> None:
     if kind == "raise" and (not arg or int(arg) == shard):
         raise RuntimeError(f"injected fault at {where} in shard {shard}")
     if kind == "sleep":
@@ -98,3 +102,8 @@ def inject_fault(fault: str, where: str, shard: int) -> None:
     if kind == "sigkill_once" and not os.path.exists(arg):
         open(arg, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "trace":
+        from pipelines.ray_ops import where_am_i
+
+        node = where_am_i()["node"] or "driver"
+        open(os.path.join(arg, f"shard-{shard:06d}-{node}-{os.getpid()}"), "w").close()

@@ -76,7 +76,7 @@ def build_manifest(data: DataConf, seed: int) -> InputManifest:
             return file_list_manifest(str(data.path), limit=data.limit)
         if data.source == "tar":
             path = str(data.path)
-            found = glob.glob(os.path.join(path, "*.tar")) if os.path.isdir(path) else glob.glob(path)
+            found = glob.glob(os.path.join(path, "*.tar") if os.path.isdir(path) else path)
             return tar_manifest(sorted(found), extensions=data.extensions)
         if data.source == "folder":
             man = folder_manifest(str(data.path), extensions=data.extensions, limit=data.limit)
@@ -165,6 +165,7 @@ def _valid_marker(rec: dict[str, Any] | None, fp: str, start: int, stop: int) ->
 def extract_shard(job: ExtractJob) -> dict[str, Any]:
     """The task body: read, extract, write whole chunks, then the commit marker."""
     t0 = time.perf_counter()
+    inject_fault(job.fault, "start", job.shard)
     device = resolve_device(job.device)
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
     model = cached_model(job.model, device)
@@ -181,6 +182,7 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     buf = ShardBuffers(job.stop - job.start, k, {L: store.layers[L][0] for L in job.layers},
                        job.topk, extractor.attr_width)  # fmt: skip
     startup = time.perf_counter() - t0
+    sums = lambda: [float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]  # noqa: E731
     for idx, x in reader.batches():
         buf.add(idx, extractor(x, pos[buf.sample_rows(idx)]))
         inject_fault(job.fault, "mid", job.shard)
@@ -194,7 +196,7 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
         "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,
         "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
         "images_per_second": round((job.stop - job.start) / max(seconds, 1e-9), 1),
-        "acts_hash": fingerprint([float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]),
+        "acts_hash": fingerprint(sums()),
         "where": {**ray_ops.where_am_i(), "device": device, "reader": reader.strategy},
     }  # fmt: skip
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)

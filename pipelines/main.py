@@ -67,9 +67,9 @@ def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
     except ValidationError as exc:  # a value of the wrong type, e.g. steps=abc
         raise ConfigError(
             str(exc.full_key), exc.value if hasattr(exc, "value") else None,
-            fix=f"{exc.msg.splitlines()[0]}",
+            fix=str(exc.msg).splitlines()[0],
         ) from None  # fmt: skip
-    return settings, resolved
+    return settings, resolved  # type: ignore[return-value]  # resolved is a dict of str keys
 
 
 def check_keys(node: Any, schema: Any, path: str = "") -> None:

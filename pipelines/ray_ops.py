@@ -22,7 +22,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _ray():  # type: ignore[no-untyped-def]
+def _ray() -> Any:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     # Ray's driver replaces builtins.print once worker logs arrive (tqdm_ray); numba then cannot
     # compile pynndescent's kernels ("Untyped global name 'print'"), which breaks UMAP in the

@@ -145,6 +145,8 @@ def search_task(
     (``usable``: the driver's :func:`usable_rows` mask, shared once)."""
     inject_fault(job.fault, "search", job.start)
     ok = np.flatnonzero(usable[job.start : job.stop]) + job.start
+    if not len(ok):  # every usable row of this shard is a landmark
+        return ok, np.zeros((0, landmarks.n_place), np.int64), np.zeros((0, landmarks.n_place))
     idx, dist = landmarks.neighbors(features(job.sources, ok), device=device)
     return ok, idx, dist
 
@@ -160,7 +162,8 @@ def place_task(
     rows, idx, dist = found
     embedding = fitted[0]
     out = np.full((job.stop - job.start, 2), np.nan, np.float32)
-    out[rows - job.start] = place(idx, dist, embedding)
+    if len(rows):
+        out[rows - job.start] = place(idx, dist, embedding)
     a, b = np.searchsorted(fit_rows, [job.start, job.stop])
     out[fit_rows[a:b] - job.start] = embedding[a:b]
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
@@ -205,14 +208,14 @@ def _fit_and_place(
         num_cpus=res.reduce_fit.num_cpus, num_gpus=fit_gpus,
     )  # fmt: skip
     sr = res.reduce_search
+    found = [
+        ray_ops.submit(search_task, j, lm, usable, sr.device, num_cpus=sr.num_cpus,
+                       num_gpus=sr.num_gpus)
+        for j in jobs
+    ]  # fmt: skip
     placed = [
-        ray_ops.submit(
-            place_task, job,
-            ray_ops.submit(search_task, job, lm, usable, sr.device,
-                           num_cpus=sr.num_cpus, num_gpus=sr.num_gpus),
-            emb, rows_ref, num_cpus=min(1.0, sr.num_cpus),
-        )  # fmt: skip
-        for job in jobs
+        ray_ops.submit(place_task, j, f, emb, rows_ref, num_cpus=min(1.0, sr.num_cpus))
+        for j, f in zip(jobs, found, strict=True)
     ]
     (_, where), *_ = ray_ops.gather(
         [emb, *placed], desc="reduce", unit="task",
@@ -251,7 +254,7 @@ def run(s: Settings, fp: str) -> StageResult:
              "joint_layers": joint, **quality}  # fmt: skip
     for name in s.joint_layers or (s.layer,):
         store.write_layout(name, norm, attrs)
-    log.info("reduce: %d rows (%s fit on %d), %s", len(ok), where["backend"], len(fit_rows), quality)
+    log.info("reduce: %d rows (fit on %d with %s): %s", len(ok), len(fit_rows), where, quality)
     details = {
         "backend": where["backend"], "where": where, "sampled_fit": sampled,
         "joint_layers": joint, "align_with": [[a.run_dir, a.layer] for a in r.align_with],

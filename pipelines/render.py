@@ -103,7 +103,7 @@ def run(s: Settings, fp: str) -> StageResult:
         s.render.icon_px, s.render.steps, s.render.attempts,
         f"; {cache.hits} from the icon cache" if cache else "",
     )  # fmt: skip
-    restarts, where = 0, {}
+    restarts, where = 0, dict[str, Any]()
     if n_icons:
         restarts, where = _render(s, store, todo, whiten, cache)
     return _summarize(store, s, n_icons, restarts, cache.hits if cache else 0, where)

@@ -109,7 +109,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
     for stage in STAGES:
         prior = markers.read(f"stage-{stage}")
         complete = prior is not None and prior.get("fingerprint") == fps[stage]
-        if complete:
+        if complete and prior is not None:
             report[stage] = {**prior, "status": "skipped (complete)"}
             log.info("%s: complete, skipped", stage)
             continue

@@ -432,7 +432,7 @@ class Settings:
             render.pop(k)
         extract = asdict(self.extract)
         extract.pop("batch_size")
-        parts = {
+        parts: dict[str, dict[str, Any]] = {
             "extract": {
                 "model": asdict(self.model.spec),
                 "data": asdict(self.data),

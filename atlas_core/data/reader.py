@@ -109,7 +109,11 @@ class ImageReader:
 
     # ------------------------------------------------------------------ strategies
     def _record(self, i: int, d: Decoded) -> np.ndarray | None:
-        self.status[i], self.error[i], self.hashes[i] = int(d.status), d.detail[:500], d.content_hash
+        self.status[i], self.error[i], self.hashes[i] = (
+            int(d.status),
+            d.detail[:500],
+            d.content_hash,
+        )
         return self.pre.to_array(d.image) if d.image is not None else None
 
     def _decode_whole(self, uri: str) -> Decoded:

@@ -78,7 +78,9 @@ def builtin_photos() -> list[Path]:
     return found
 
 
-def photo_crops(n: int, *, seed: int = 0, scales: tuple[float, ...] = PHOTO_SCALES) -> InputManifest:
+def photo_crops(
+    n: int, *, seed: int = 0, scales: tuple[float, ...] = PHOTO_SCALES
+) -> InputManifest:
     """``n`` seeded square crops of the built-in photos, at several scales.
 
     Each crop takes a photo (in turn), a side of ``scale * min(w, h)`` pixels and a uniform

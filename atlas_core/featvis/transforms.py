@@ -24,8 +24,11 @@ def _pick(values: Sequence[float], rng: Streams) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)[rng.choice(len(values))]
 
 
-def crop_each(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """Crop image ``b`` of ``x`` (B, C, H, W) to ``[top[b] : top[b] + h, left[b] : left[b] + w]``."""
+def crop_each(
+    x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, h: int, w: int
+) -> torch.Tensor:
+    """Crop image ``b`` of ``x`` (B, C, H, W) to rows ``top[b] + [0, h)``, columns
+    ``left[b] + [0, w)``: one gather for the batch."""
     dev = x.device
     ys = (top.to(dev)[:, None] + torch.arange(h, device=dev))[:, :, None]  # (B, h, 1)
     xs = (left.to(dev)[:, None] + torch.arange(w, device=dev))[:, None, :]  # (B, 1, w)

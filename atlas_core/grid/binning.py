@@ -92,7 +92,8 @@ def merge(parts: list[CellSums]) -> CellSums:
     size = parts[0].size
     if any(p.size != size for p in parts):
         raise ValueError("cannot merge partial sums of different grid sizes")
-    return CellSums(size, sum(p.sums for p in parts), sum(p.counts for p in parts))
+    sums = np.sum([p.sums for p in parts], axis=0)
+    return CellSums(size, sums, np.sum([p.counts for p in parts], axis=0))
 
 
 def finalize(total: CellSums, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ torch hub cache. Nothing is ever downloaded.
 from __future__ import annotations
 
 import logging
+from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -135,12 +136,12 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
     if weights is None:
         raise _needs_weights(f"timm:{arch}")
     load_by_name_or_position(model, _read(weights), source=weights)
-    cfg = model.pretrained_cfg
+    cfg: dict[str, Any] = dict(model.pretrained_cfg)  # type: ignore[arg-type]  # timm types it loosely
     pre = Preprocess(
         size=int(cfg.get("input_size", (3, 224, 224))[-1]),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
-        mean=tuple(cfg.get("mean", IMAGENET.mean)),  # type: ignore[arg-type]
-        std=tuple(cfg.get("std", IMAGENET.std)),  # type: ignore[arg-type]
+        mean=tuple(cfg.get("mean", IMAGENET.mean)),
+        std=tuple(cfg.get("std", IMAGENET.std)),
     )
     return model, pre
 

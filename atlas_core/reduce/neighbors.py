@@ -82,13 +82,15 @@ class NeighborIndex:
         block = block or max(64, _BLOCK_VALUES // max(1, len(self.ref)))
         idx = np.empty((len(q_all), k), np.int64)
         dist = np.empty((len(q_all), k), np.float32)
+        if self.metric == "euclidean" and ref_sq is None:
+            raise ValueError("a euclidean index needs its squared norms (build it with build())")
         with torch.inference_mode():
             for a in range(0, len(q_all), block):
                 q = torch.from_numpy(q_all[a : a + block]).to(dev)
                 if self.metric == "manhattan":
                     d = torch.cdist(q, ref, p=1.0)
                     v, i = torch.topk(d, k, dim=1, largest=False)
-                elif self.metric == "euclidean":
+                elif self.metric == "euclidean" and ref_sq is not None:
                     # argmin |q - r|^2 = argmax 2 q.r - |r|^2
                     s = torch.addmm(ref_sq, q, ref.T, beta=-1.0, alpha=2.0)
                     v, i = torch.topk(s, k, dim=1)

@@ -12,20 +12,22 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.core.array_spec import ArrayConfigParams
 
 from atlas_core.data.decode import Status
 from atlas_core.data.plan import ShardPlan
 from atlas_core.data.sources import InputManifest
 from atlas_core.errors import StoreError
 
+OpenMode = Literal["r", "r+", "a", "w", "w-"]
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 FORMAT = "activation-atlas-run"
 FORMAT_VERSION = 1
-_CFG = {"write_empty_chunks": True}
+_CFG: ArrayConfigParams = {"write_empty_chunks": True}
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ class RunStore:
         self.retries = retries
         self.backoff = backoff
         self.transient_errors = 0
-        attrs = dict(group.attrs)
+        attrs: dict[str, Any] = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
         self.attrs = attrs
@@ -175,7 +177,7 @@ class RunStore:
 
     @classmethod
     def open(
-        cls, url: str, mode: str = "r", storage_options: dict[str, Any] | None = None
+        cls, url: str, mode: OpenMode = "r", storage_options: dict[str, Any] | None = None
     ) -> RunStore:
         try:
             g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
@@ -194,7 +196,7 @@ class RunStore:
 
     @property
     def layers(self) -> dict[str, tuple[int, int, int]]:
-        return {n: tuple(s) for n, s in self.attrs["layers"].items()}  # type: ignore[misc]
+        return {n: (int(s[0]), int(s[1]), int(s[2])) for n, s in self.attrs["layers"].items()}
 
     @property
     def shards(self) -> list[tuple[int, int]]:
@@ -202,13 +204,13 @@ class RunStore:
         return [(int(a), int(b)) for a, b in self.attrs["shards"]]
 
     def uris(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self.group["images/uri"][start:stop], dtype=object)
+        return np.asarray(self._array("images/uri")[start:stop], dtype=object)
 
     def crops(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self.group["images/crop"][start:stop])
+        return np.asarray(self._array("images/crop")[start:stop])
 
     def content_hashes(self) -> np.ndarray:
-        return np.asarray(self.group["images/content_hash"][:])
+        return np.asarray(self._array("images/content_hash")[:])
 
     def manifest(self) -> InputManifest:
         return InputManifest(
@@ -219,15 +221,26 @@ class RunStore:
 
     def positions(self, start: int, stop: int) -> np.ndarray:
         """(y, x) sample positions of images [start, stop), shape ((stop - start) * k, 2)."""
-        return np.asarray(self.group["samples/pos"][start * self.k : stop * self.k])
+        return np.asarray(self._array("samples/pos")[start * self.k : stop * self.k])
 
     # ------------------------------------------------------------------ extraction (workers)
-    def _w(self, path: str) -> zarr.Array:
-        """An existing array opened for writing, storing chunks even when they equal the fill."""
+    def _array(self, path: str) -> zarr.Array:
+        """The array at ``path`` (a StoreError if it is a group)."""
         arr = self.group[path]
         if not isinstance(arr, zarr.Array):
             raise StoreError(f"{self.url}/{path} is a group, not an array")
-        return arr.with_config(_CFG)
+        return arr
+
+    def _group(self, path: str) -> zarr.Group:
+        """The group at ``path`` (a StoreError if it is an array)."""
+        grp = self.group[path]
+        if not isinstance(grp, zarr.Group):
+            raise StoreError(f"{self.url}/{path} is an array, not a group")
+        return grp
+
+    def _w(self, path: str) -> zarr.Array:
+        """An existing array opened for writing, storing chunks even when they equal the fill."""
+        return self._array(path).with_config(_CFG)
 
     def _put(self, path: str, sel: Any, data: np.ndarray) -> None:
         """Write ``data`` at ``sel`` of array ``path``, retrying transient errors (OSError,
@@ -279,7 +292,7 @@ class RunStore:
             return
         status = self.status()
         status[rows] = int(Status.DUPLICATE)
-        error = np.asarray(self.group["images/error"][:], dtype=object)
+        error = np.asarray(self._array("images/error")[:], dtype=object)
         error[rows] = [f"same bytes and crop as image {int(o)}" for o in originals]
         samples = (rows[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
         for name in self.layers:
@@ -292,14 +305,14 @@ class RunStore:
 
     # ------------------------------------------------------------------ reading
     def status(self) -> np.ndarray:
-        return np.asarray(self.group["images/status"][:])
+        return np.asarray(self._array("images/status")[:])
 
     def image_of_sample(self) -> np.ndarray:
-        return np.asarray(self.group["samples/image"][:])
+        return np.asarray(self._array("samples/image")[:])
 
     def acts(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """float32 activations of sample rows [start, stop) of ``layer`` (NaN rows are holes)."""
-        return np.asarray(self.group[f"layers/{layer}/acts"][start:stop], dtype=np.float32)
+        return np.asarray(self._array(f"layers/{layer}/acts")[start:stop], dtype=np.float32)
 
     def ok_samples(self) -> np.ndarray:
         """(N * k,) bool: sample rows whose image decoded and was extracted."""
@@ -308,7 +321,7 @@ class RunStore:
     def gather(self, layer: str, rows: np.ndarray, what: str = "acts") -> np.ndarray:
         """float32 rows ``rows`` (sorted ints) of ``layers/<layer>/<what>``, read one chunk at a
         time, so memory holds the result plus one chunk, never the whole array."""
-        arr = self.group[f"layers/{layer}/{what}"]
+        arr = self._array(f"layers/{layer}/{what}")
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), *arr.shape[1:]), dtype=np.float32)
         step = int(arr.chunks[0])
@@ -328,7 +341,7 @@ class RunStore:
         """A per-sample float32 array (N * k, width) of NaN, chunked like the activations."""
         n = self.n_images * self.k
         ci = int(self.attrs["chunk_images"]) * self.k
-        lg = self.group[f"layers/{layer}"]
+        lg = self._group(f"layers/{layer}")
         _arr(lg, name, (n, width), (ci, width), "float32", np.nan, overwrite=True).attrs.update(
             attrs
         )
@@ -338,15 +351,15 @@ class RunStore:
         self._w(f"layers/{layer}/{name}")[start:stop] = data
 
     def rows(self, layer: str, name: str) -> np.ndarray:
-        return np.asarray(self.group[f"layers/{layer}/{name}"][:])
+        return np.asarray(self._array(f"layers/{layer}/{name}")[:])
 
     def top_class(self) -> np.ndarray:
-        return np.asarray(self.group["images/top_class"][:])
+        return np.asarray(self._array("images/top_class")[:])
 
     def second_moment(self, layer: str) -> np.ndarray:
         """Merge the per-shard partial sums into E[x x^T] over every position seen: (C, C)."""
-        part = np.asarray(self.group[f"layers/{layer}/moment_partial"][:])
-        count = np.asarray(self.group[f"layers/{layer}/moment_count"][:])
+        part = np.asarray(self._array(f"layers/{layer}/moment_partial")[:])
+        count = np.asarray(self._array(f"layers/{layer}/moment_count")[:])
         done = count > 0
         if not done.any():
             raise StoreError(f"no second-moment partials for layer {layer}: extraction is empty")
@@ -355,7 +368,7 @@ class RunStore:
     # ------------------------------------------------------------------ later stages (driver)
     def write_layout(self, layer: str, layout: np.ndarray, attrs: dict[str, Any]) -> None:
         """Write the normalized 2-D layout (n_samples, 2) float32; NaN rows for holes."""
-        lg = self.group[f"layers/{layer}"]
+        lg = self._group(f"layers/{layer}")
         ci = int(self.attrs["chunk_images"]) * self.k
         arr = _arr(lg, "layout", layout.shape, (ci, 2), "float32", np.nan, overwrite=True)
         arr[:] = layout
@@ -363,7 +376,7 @@ class RunStore:
 
     def layout(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Normalized layout of sample rows [start, stop): (n, 2) float32, NaN for holes."""
-        return np.asarray(self.group[f"layers/{layer}/layout"][start:stop])
+        return np.asarray(self._array(f"layers/{layer}/layout")[start:stop])
 
     def attribution(self, layer: str) -> tuple[np.ndarray, bool] | None:
         """(attribution (N * k, A) float32, whether its columns are every class in order) of
@@ -372,13 +385,13 @@ class RunStore:
         path = f"layers/{layer}/attr"
         if not self.has(path):
             return None
-        every = self.group[path].attrs.get("classes") == "all"
+        every = self._array(path).attrs.get("classes") == "all"
         return self.rows(layer, "attr").astype(np.float32), every
 
     def icons_fingerprint(self, layer: str, size: int) -> str | None:
         """The render fingerprint a grid level's icon arrays were created for (None: none)."""
         path = f"layers/{layer}/grid/{size}/icons"
-        return self.group[path].attrs.get("fingerprint") if self.has(path) else None
+        return str(self._array(path).attrs.get("fingerprint")) if self.has(path) else None
 
     def write_grid(self, layer: str, grid: GridArrays, attrs: dict[str, Any]) -> None:
         gg = self.group.require_group(f"layers/{layer}/grid/{grid.size}")
@@ -396,24 +409,22 @@ class RunStore:
 
     def write_grid_extra(self, layer: str, size: int, name: str, arr: np.ndarray) -> None:
         """An extra per-cell array of a grid level (e.g. attribution labels), shape (M, ...)."""
-        gg = self.group[f"layers/{layer}/grid/{size}"]
+        gg = self._group(f"layers/{layer}/grid/{size}")
         fill = -1 if arr.dtype.kind == "i" else np.nan
         _arr(gg, name, arr.shape, arr.shape, arr.dtype, fill, overwrite=True)[:] = arr
 
     def grid_extra(self, layer: str, size: int, name: str) -> np.ndarray | None:
         path = f"layers/{layer}/grid/{size}/{name}"
-        return np.asarray(self.group[path][:]) if self.has(path) else None
+        return np.asarray(self._array(path)[:]) if self.has(path) else None
 
     def grid(self, layer: str, size: int) -> GridArrays:
-        gg = self.group[f"layers/{layer}/grid/{size}"]
-        return GridArrays(
-            size,
-            *(np.asarray(gg[n][:]) for n in ("cell", "mean", "count", "top_class", "top_count")),
-        )
+        base = f"layers/{layer}/grid/{size}"
+        names = ("cell", "mean", "count", "top_class", "top_count")
+        return GridArrays(size, *(np.asarray(self._array(f"{base}/{n}")[:]) for n in names))
 
     def create_icons(self, layer: str, size: int, n: int, px: int, attrs: dict[str, Any]) -> None:
         """Icon arrays of a grid level, one chunk per icon so any batch owns whole chunks."""
-        gg = self.group[f"layers/{layer}/grid/{size}"]
+        gg = self._group(f"layers/{layer}/grid/{size}")
         _arr(gg, "icons", (n, px, px, 3), (1, px, px, 3), "uint8", 0, overwrite=True)
         _arr(gg, "icon_objective", (n,), (1,), "float32", np.nan, overwrite=True)
         _arr(gg, "icon_cosine", (n,), (1,), "float32", np.nan, overwrite=True)
@@ -437,12 +448,10 @@ class RunStore:
 
     def icons(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective = missing."""
-        gg = self.group[f"layers/{layer}/grid/{size}"]
-        return (
-            np.asarray(gg["icons"][:]),
-            np.asarray(gg["icon_objective"][:]),
-            np.asarray(gg["icon_cosine"][:]),
-        )
+        base = f"layers/{layer}/grid/{size}"
+        names = ("icons", "icon_objective", "icon_cosine")
+        icons, objective, cosine = (np.asarray(self._array(f"{base}/{n}")[:]) for n in names)
+        return icons, objective, cosine
 
     def has(self, path: str) -> bool:
         try:

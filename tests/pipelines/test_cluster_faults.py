@@ -4,6 +4,7 @@ equals a clean single-process reference."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -14,6 +15,8 @@ import pytest
 from pipelines import ray_ops
 from pipelines.run import run
 from tests.conftest import assert_same_store, folder_settings, make_images
+
+pytestmark = pytest.mark.ray
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,9 @@ def cluster():  # type: ignore[no-untyped-def]
 
 def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) -> None:  # type: ignore[no-untyped-def]
     c, workers = cluster
-    inject("sleep:mid:0.4")
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    inject(f"sleep:mid:0.4;trace:start:{traces}")
     make_images(tmp_path / "imgs", 48, size=64, seed=5)
     ref_dir = tmp_path / "ref"
     s = _settings(
@@ -56,16 +61,34 @@ def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) 
     deadline = time.time() + 120
     while time.time() < deadline and not (markers.exists() and any(markers.iterdir())):
         time.sleep(0.1)
+    removed = workers[1].node_id
+    started_there = lambda: [p.name for p in traces.iterdir() if removed in p.name]  # noqa: E731
+    while time.time() < deadline and not started_there():
+        time.sleep(0.1)
     c.remove_node(workers[1])  # a worker node dies while shards are in flight
     t.join(timeout=300)
     assert not t.is_alive() and "stages" in result
     ex = result["stages"]["extract"]["counts"]
     assert ex["images_expected"] == ex["images_ok"] + ex["images_failed"] + ex["images_lost"]
     assert ex["images_lost"] == 0 and ex["images_ok"] == 48 and ex["shards"] == 6
+    # work was running on the removed node, and every shard it started and did not commit
+    # was retried on the node that is left (the markers name the node that committed)
+    done = {
+        int(p.stem.split("-")[1]): json.loads(p.read_text())["where"]["node"]
+        for p in markers.glob("shard-*.json")
+    }
+    on_removed = {int(name.split("-")[1]) for name in started_there()}
+    retried = {i for i in on_removed if done[i] != removed}
+    assert on_removed and retried and all(done[i] == workers[0].node_id for i in retried)
     # the reference: the same inputs with no fault, on the node that is left
+    inject("")
     ref = run(_settings(tmp_path / "imgs", ref_dir, f"cluster.address={c.address}"), {})
     assert ref["stages"]["extract"]["counts"]["images_ok"] == 48
     assert_same_store(
         tmp_path / "run", ref_dir, ("images/status", "layers/blocks.2/acts", "images/top_class")
     )
-    log.info("fault 'node removed mid-run': injected 1, survived 1, rows 48 = ok 48 + 0 + 0")
+    log.info(
+        "fault 'node removed mid-run': injected 1, survived 1 (shards started on it %s, "
+        "retried on the other node %s); rows 48 = ok 48 + 0 + 0",
+        sorted(on_removed), sorted(retried),
+    )  # fmt: skip

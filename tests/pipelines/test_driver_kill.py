@@ -11,11 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import zarr
 
 from pipelines.common import FAULT_ENV
 from pipelines.main import CONF_DIR
 from tests.conftest import assert_same_store, make_images
+
+pytestmark = pytest.mark.ray
 
 log = logging.getLogger(__name__)
 ROOT = Path(CONF_DIR).parent

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from PIL import Image
 
 from pipelines.run import run
 from tests.conftest import debug_settings, make_images
+
+pytestmark = pytest.mark.ray
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +69,17 @@ def test_the_run_writes_every_output(folder_run) -> None:  # type: ignore[no-unt
 
 
 def test_the_store_is_consistent(folder_run) -> None:  # type: ignore[no-untyped-def]
-    _s, _manifest, run_dir = folder_run
+    s, manifest, run_dir = folder_run
     g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     status = g["images/status"][:]
+    # every count of the manifest, recounted from the stored statuses and the folder itself
+    files = [p for p in Path(s.data.path).rglob("*") if p.is_file()]
+    codes = {v: k.lower() for k, v in g.attrs["status_codes"].items()}
+    stored = Counter(codes[int(v)] for v in status)
+    ex = manifest["stages"]["extract"]["counts"]
+    assert ex["images_expected"] == len(files) == len(status)
+    assert ex["images_ok"] == stored.pop("ok") and ex["images_lost"] == stored.pop("pending", 0)
+    assert ex["failed_by_reason"] == dict(stored) and ex["images_failed"] == sum(stored.values())
     uris = g["images/uri"][:]
     bad = [i for i, u in enumerate(uris) if u.endswith(("broken.jpg", "empty.png", "zz_copy.png"))]
     assert sorted(np.flatnonzero(status != 1).tolist()) == sorted(bad)
@@ -208,18 +220,15 @@ def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_pa
 
 
 def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Both layers get the joint layout, and the fit saw both layers' features: the joint layout
+    differs from a fit on either layer alone (same rows, same seed, same settings)."""
     s, _, _ = folder_run
-    s2, _ = _settings(
-        "data=folder",
-        f"data.path={s.data.path}",
-        f"run_dir={tmp_path / 'joint'}",
-        "extract.samples_per_image=2",
-        "extract.layers=[blocks.1,blocks.2]",
-        "reduce.joint_layers=[blocks.1]",
-        "reduce.fit_rows=60",
-        "stages=[extract,reduce]",
-    )
-    rd = run(s2, {})["stages"]["reduce"]
+    common = (
+        "data=folder", f"data.path={s.data.path}", "extract.samples_per_image=2",
+        "extract.layers=[blocks.1,blocks.2]", "reduce.fit_rows=60", "stages=[extract,reduce]",
+    )  # fmt: skip
+    joint, _ = _settings(*common, f"run_dir={tmp_path / 'joint'}", "reduce.joint_layers=[blocks.1]")
+    rd = run(joint, {})["stages"]["reduce"]
     assert (
         rd["details"]["joint_layers"] == ["blocks.2", "blocks.1"] and rd["details"]["sampled_fit"]
     )
@@ -227,3 +236,15 @@ def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:
     a, b = g["layers/blocks.2/layout"][:], g["layers/blocks.1/layout"][:]
     assert np.array_equal(a, b, equal_nan=True) and (~np.isnan(a).any(axis=1)).sum() == 140
     assert g["layers/blocks.1/layout"].attrs["joint_layers"] == ["blocks.2", "blocks.1"]
+    alone = {}
+    for layer in ("blocks.2", "blocks.1"):
+        one, _ = _settings(*common, f"run_dir={tmp_path / layer}", f"layer={layer}")
+        run(one, {})
+        alone[layer] = zarr.open_group(str(tmp_path / layer / "atlas.zarr"), mode="r")[
+            f"layers/{layer}/layout"
+        ][:]
+        assert np.array_equal(np.isnan(alone[layer]), np.isnan(a))  # the same rows
+    ok = ~np.isnan(a).any(axis=1)
+    gaps = {k: float(np.abs(v[ok] - a[ok]).mean()) for k, v in alone.items()}
+    log.info("joint layout vs single-layer fits: mean |difference| %s", gaps)
+    assert min(gaps.values()) > 0.01, gaps

@@ -11,6 +11,8 @@ import pytest
 from pipelines.run import run
 from tests.conftest import assert_same_store, folder_settings, make_images
 
+pytestmark = pytest.mark.ray
+
 log = logging.getLogger(__name__)
 ARRAYS = ("images/status", "images/top_class", "layers/blocks.2/acts", "layers/blocks.2/attr")
 
@@ -59,7 +61,7 @@ def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, mo
     base, ref, _ = corpus
     run_dir = base / "died"
     inject("raise:after_write:1")
-    with pytest.raises(RuntimeError, match=r"shard 1 \(images 16\.\.32\).*injected fault"):
+    with pytest.raises(RuntimeError, match=r"(?s)failed \(shard 1 \(images 16\.\.32\)\).*injected fault"):
         run(_settings(base / "imgs", run_dir), {})
     inject("")
     done = sorted(p.name for p in (run_dir / "markers" / "extract").glob("*.json"))

@@ -14,6 +14,8 @@ import pytest
 from pipelines.run import run
 from tests.conftest import debug_settings, make_images
 
+pytestmark = pytest.mark.ray
+
 moto_server = pytest.importorskip("moto.server")
 s3fs = pytest.importorskip("s3fs")
 log = logging.getLogger(__name__)

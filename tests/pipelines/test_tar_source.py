@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 
 from pipelines.run import run
 from tests.conftest import debug_settings
 from tests.data.test_tars import _png, _tar
+
+pytestmark = pytest.mark.ray
 
 
 def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
