@@ -33,7 +33,7 @@ def _write(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
 
 def run(s: Settings, fp: str) -> StageResult:
     store = RunStore.open(s.store_url, mode="r", storage_options=s.storage_options)
-    names = cached_model(s.model.spec, "cpu").class_names
+    model = cached_model(s.model.spec, "cpu")
     out = s.run_dir.rstrip("/")
     files, drawn = [], {}
     for level, size in enumerate(s.grid.sizes):
@@ -55,9 +55,9 @@ def run(s: Settings, fp: str) -> StageResult:
                     "ix": int(c[0]),
                     "iy": int(c[1]),
                     "count": int(n),
-                    "label": _name(names, int(lab[0])) if lab is not None else None,
+                    "label": model.class_name(int(lab[0])) if lab is not None else None,
                     "top": [
-                        [_name(names, int(k)), int(v)]
+                        [model.class_name(int(k)), int(v)]
                         for k, v in zip(tc, tn, strict=False)
                         if k >= 0
                     ],
@@ -88,7 +88,3 @@ def run(s: Settings, fp: str) -> StageResult:
             files.append("viewer/index.html")
     log.info("compose: wrote %s under %s", ", ".join(files), out)
     return StageResult(counts={"icons_drawn": drawn}, details={"files": files})
-
-
-def _name(names: list[str], k: int) -> str:
-    return names[k] if 0 <= k < len(names) else f"class {k}"

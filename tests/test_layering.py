@@ -62,3 +62,16 @@ def test_only_store_imports_zarr_and_no_library_module_imports_pipelines() -> No
 def test_every_ray_call_is_in_ray_ops() -> None:
     users = [f.name for f in sorted((ROOT / "pipelines").glob("*.py")) if "ray" in _imports(f)]
     assert users == ["ray_ops.py"]
+
+
+def test_functions_stay_short_enough_to_read_at_once() -> None:
+    """STYLE.md: functions in atlas_core/ and pipelines/ stay under about 60 lines."""
+    long = []
+    for pkg in ("atlas_core", "pipelines"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    n = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if n > 60:
+                        long.append(f"{path.relative_to(ROOT)}:{node.name} ({n} lines)")
+    assert not long, long

@@ -110,7 +110,8 @@ def cropped(d: Decoded, crop: np.ndarray | None) -> Decoded:
     A new Decoded: a cached whole-image result can be cropped many times."""
     if d.image is None or crop is None or int(crop[0]) < 0:
         return d
-    return Decoded(d.status, d.image.crop((int(crop[0]), int(crop[1]), int(crop[2]), int(crop[3]))), d.detail, d.content_hash)
+    box = (int(crop[0]), int(crop[1]), int(crop[2]), int(crop[3]))
+    return Decoded(d.status, d.image.crop(box), d.detail, d.content_hash)
 
 
 def _read(uri: str, root: str | None) -> bytes | Decoded:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from atlas_core.extract.extractor import ExtractBatch
-from atlas_core.store.run_store import ShardResult
+from atlas_core.store.run_store import ShardResult, sample_rows
 
 
 class ShardBuffers:
@@ -34,7 +34,7 @@ class ShardBuffers:
 
     def sample_rows(self, idx: np.ndarray) -> np.ndarray:
         """Sample rows (B * k,) of images ``idx`` (B,), image-major."""
-        return (np.asarray(idx)[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
+        return sample_rows(idx, self.k)
 
     def add(self, idx: np.ndarray, out: ExtractBatch) -> None:
         """Store one batch's results for images ``idx`` (B,) of this shard."""

@@ -25,7 +25,8 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
 
 def _uniform(seed: int, image: np.ndarray, j: np.ndarray, stream: int) -> np.ndarray:
     with np.errstate(over="ignore"):
-        key = _splitmix64(np.asarray(np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(stream)))
+        base = np.uint64(seed) * np.uint64(0x100000001B3) + np.uint64(stream)
+        key = _splitmix64(np.asarray(base))
         z = _splitmix64(key ^ _splitmix64(image.astype(np.uint64) * np.uint64(1 << 20) + j))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 

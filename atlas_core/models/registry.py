@@ -15,9 +15,9 @@ torch hub cache. Nothing is ever downloaded.
 from __future__ import annotations
 
 import logging
-from typing import Any
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn

@@ -65,6 +65,11 @@ class GridArrays:
 ATTR_TOP_COLUMNS = "images/top_class columns"
 
 
+def sample_rows(images: np.ndarray, k: int) -> np.ndarray:
+    """Sample rows (n * k,) of images ``images`` (n,): image-major, ``image * k + j``."""
+    return (np.asarray(images, np.int64)[:, None] * k + np.arange(k)[None, :]).ravel()
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """The shape of a run's extraction arrays.
@@ -294,7 +299,7 @@ class RunStore:
         status[rows] = int(Status.DUPLICATE)
         error = np.asarray(self._array("images/error")[:], dtype=object)
         error[rows] = [f"same bytes and crop as image {int(o)}" for o in originals]
-        samples = (rows[:, None] * self.k + np.arange(self.k)[None, :]).ravel()
+        samples = sample_rows(rows, self.k)
         for name in self.layers:
             for what in ("acts", "attr"):
                 if self.has(f"layers/{name}/{what}"):

@@ -61,7 +61,8 @@ def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, mo
     base, ref, _ = corpus
     run_dir = base / "died"
     inject("raise:after_write:1")
-    with pytest.raises(RuntimeError, match=r"(?s)failed \(shard 1 \(images 16\.\.32\)\).*injected fault"):
+    named = r"(?s)failed \(shard 1 \(images 16\.\.32\)\).*injected fault"
+    with pytest.raises(RuntimeError, match=named):
         run(_settings(base / "imgs", run_dir), {})
     inject("")
     done = sorted(p.name for p in (run_dir / "markers" / "extract").glob("*.json"))
