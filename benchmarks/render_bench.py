@@ -64,8 +64,15 @@ def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
     return t.seconds, np.concatenate(icons), np.concatenate(cos)
 
 
-def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed):  # type: ignore[no-untyped-def]
-    """Real lucent render_vis, one direction per call, our objective written as a lucent one."""
+def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_tf=False):  # type: ignore[no-untyped-def]
+    """Real lucent render_vis, one direction per call, our objective written as a lucent one.
+
+    Each call gets a fresh copy of the model (made outside the timing): render_vis registers a
+    forward hook on every module and never removes it, so reusing one model would run later
+    calls under a growing pile of stale hooks. ``ours_tf``: our atlas transform list (one random
+    stream per call) instead of lucent's standard transforms."""
+    import copy
+
     import kornia
     from kornia.geometry import transform as kgt
 
@@ -90,23 +97,33 @@ def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed):  # ty
 
         return inner
 
-    icons = []
-    with Timer() as t:
-        for v in vw:
+    from atlas_core.featvis.streams import Streams
+    from atlas_core.featvis.transforms import icon_transforms
+
+    icons, seconds = [], 0.0
+    for i, v in enumerate(vw):
+        module = copy.deepcopy(model.module).eval()  # a clean model per call, not timed
+        if ours_tf:
+            rng = Streams.from_seed(i, 1)
+            tfs = [lambda x, f=f: f(x, rng) for f in icon_transforms(image_px)]  # noqa: B023
+        else:
+            tfs = list(transform.standard_transforms)
+        with Timer() as t:
             out = render.render_vis(
-                model.module,
+                module,
                 cossim(LAYER.replace(".", "_"), v),
                 param_f=lambda: param.image(image_px, fft=True, decorrelate=True),
-                transforms=[*transform.standard_transforms, normalize],
+                transforms=[*tfs, normalize],
                 thresholds=(steps,),
                 preprocess=False,
                 progress=False,
                 show_image=False,
                 fixed_image_size=fixed,
             )
-            icons.append(out[-1][0])
+        seconds += t.seconds
+        icons.append(out[-1][0])
     arr = (np.clip(np.stack(icons), 0, 1) * 255).round().astype(np.uint8)
-    return t.seconds, arr
+    return seconds, arr
 
 
 def fidelity(model, icons: np.ndarray, dirs: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
@@ -136,20 +153,31 @@ def main() -> None:
     n, steps = args.icons, args.steps
     t_ours, ic_ours, _ = ours(model, dirs, whiten, args.px, steps, args.batch)
     t_one, ic_one = lucent_one_at_a_time(model, dirs, whiten, args.px, steps, args.px, args.px)
+    t_otf, ic_otf = lucent_one_at_a_time(
+        model, dirs, whiten, args.px, steps, args.px, args.px, ours_tf=True
+    )
     k = max(1, min(args.lucent_default, n))
     t_def, ic_def = lucent_one_at_a_time(model, dirs[:k], whiten, args.px, steps, 128, None)
-    f_ours, f_one, f_def = (
+    f_ours, f_one, f_otf, f_def = (
         fidelity(model, ic_ours, dirs),
         fidelity(model, ic_one, dirs),
+        fidelity(model, ic_otf, dirs),
         fidelity(model, ic_def, dirs[:k]),
     )
-    per = {"ours": t_ours / n, "one": t_one / n, "default": t_def / k}
+    per = {"ours": t_ours / n, "one": t_one / n, "otf": t_otf / n, "default": t_def / k}
     report(
         f"render {n} icons {args.px}px x {steps} steps",
         per["ours"],
         per["one"],
         "s/icon",
         f"fidelity ours {f_ours.mean():.3f} one-at-a-time {f_one.mean():.3f}",
+    )
+    report(
+        "vs lucent one at a time with our transform list",
+        per["ours"],
+        per["otf"],
+        "s/icon",
+        f"fidelity lucent with our transforms {f_otf.mean():.3f}",
     )
     report(
         "vs lucent defaults (128->224 px, whole network)",
@@ -187,12 +215,19 @@ def main() -> None:
                 "torch-lucent render_vis per direction, same "
                 "px/steps/objective, lucent's standard transforms, whole network",
             ),
+            "one_at_a_time_our_transforms": block(
+                per["otf"],
+                f_otf,
+                "the same, with our atlas transform list instead of lucent's standard one",
+            ),
             "lucent_defaults": block(
                 per["default"],
                 f_def,
                 f"torch-lucent render_vis at 128 px upsampled to 224, {k} icons",
             ),
             "ratio_vs_one_at_a_time": round(per["one"] / per["ours"], 2),
+            "ratio_vs_one_at_a_time_our_transforms": round(per["otf"] / per["ours"], 2),
+            "untimed": "model loading, the fresh model copy per lucent call, fidelity checks",
             "ratio_vs_lucent_defaults": round(per["default"] / per["ours"], 2),
             "fidelity_delta_vs_one_at_a_time": round(float(f_ours.mean() - f_one.mean()), 4),
         },

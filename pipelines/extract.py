@@ -99,6 +99,8 @@ def run(s: Settings, fp: str) -> StageResult:
     log.info("extract: %d shards to run, %d already committed", len(jobs), len(plan) - len(jobs))
     ray_ops.init(s.cluster)
     res = s.cluster.extract
+    if jobs:
+        ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus)
     records = ray_ops.map_tasks(
         extract_shard, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="extract",
         labels=[f"shard {j.shard} (images {j.start}..{j.stop})" for j in jobs],

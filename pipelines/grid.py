@@ -69,6 +69,7 @@ def run(s: Settings, fp: str) -> StageResult:
     ]
     ray_ops.init(s.cluster)
     res = s.cluster.grid
+    ray_ops.require("cluster.grid", res.num_cpus, res.num_gpus)
     ray_ops.map_tasks(
         sums_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="grid sums",
         on_result=add, labels=[f"rows {j.start}..{j.stop}" for j in jobs],

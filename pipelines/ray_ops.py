@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 
-from atlas_core.errors import AtlasError
+from atlas_core.errors import AtlasError, ConfigError
 from pipelines.settings import ClusterConf
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,21 @@ def shutdown() -> None:
 
 def cluster_resources() -> dict[str, float]:
     return dict(_ray().cluster_resources())
+
+
+def require(what: str, num_cpus: float = 0, num_gpus: float = 0) -> None:
+    """Refuse at once a task or actor shape that no node of the cluster can ever run (Ray
+    would wait for it forever): ``what`` names the setting, e.g. ``cluster.render``."""
+    ray = _ray()
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    fits = any(r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus for r in nodes)
+    if not fits:
+        have = [f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes]
+        raise ConfigError(
+            what, {"num_cpus": num_cpus, "num_gpus": num_gpus},
+            fix=f"no node of this cluster has that much (nodes: {', '.join(have) or 'none'}); "
+            f"lower {what}.num_cpus / {what}.num_gpus or add nodes that have it.",
+        )  # fmt: skip
 
 
 def where_am_i() -> dict[str, str]:

@@ -200,14 +200,17 @@ def _fit_and_place(
     to_place[fit_rows] = False  # landmarks keep their fitted positions
     log.info("reduce: fitting %d landmarks, placing %d rows", len(fit_rows), to_place.sum())
     ray_ops.init(s.cluster)
+    sr = res.reduce_search
     lm, rows_ref, usable = (ray_ops.put(x) for x in (landmarks, fit_rows, to_place))
     del landmarks
     fit_gpus = max(res.reduce_fit.num_gpus, 1.0 if r.backend == "cuml" else 0.0)
+    what = "reduce.backend=cuml: cluster.reduce_fit" if fit_gpus > res.reduce_fit.num_gpus else ""
+    ray_ops.require(what or "cluster.reduce_fit", res.reduce_fit.num_cpus, fit_gpus)
+    ray_ops.require("cluster.reduce_search", sr.num_cpus, sr.num_gpus)
     emb = ray_ops.submit(
         fit_task, lm, r.umap, r.backend, r.knn, res.reduce_fit.device, fault,
         num_cpus=res.reduce_fit.num_cpus, num_gpus=fit_gpus,
     )  # fmt: skip
-    sr = res.reduce_search
     found = [
         ray_ops.submit(search_task, j, lm, usable, sr.device, num_cpus=sr.num_cpus,
                        num_gpus=sr.num_gpus)

@@ -142,6 +142,7 @@ def _render(
     """Render every batch on the actor pool; returns (actor restarts, where the actors ran)."""
     ray_ops.init(s.cluster)
     res = s.cluster.render
+    ray_ops.require("cluster.render", res.num_cpus, res.num_gpus)
     pool = ray_ops.ActorPool(
         RenderWorker,
         (s.model.spec, s.layer, s.render.icon, res.device, whiten, int(res.num_cpus), test_fault()),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from atlas_core.extract import ActivationExtractor, map_positions, sample_positions
@@ -62,37 +63,50 @@ def test_extraction_without_logits_stops_at_the_layer() -> None:
     assert calls == [] and out.acts["blocks.2"].shape == (2, 32) and out.top_class.shape == (2, 0)
 
 
-def test_attribution_matches_finite_differences() -> None:
-    """a . d logit_c / d a at the sampled position: d/dt logit_c((1 + t) a) at t = 0."""
+@pytest.mark.parametrize("frozen", [False, True])
+def test_attribution_of_several_layers_in_one_pass_matches_finite_differences(
+    frozen: bool,
+) -> None:
+    """a . d logit_c / d a at the sampled position of each layer: d/dt logit_c((1 + t) a) at t = 0,
+    for two layers extracted in one pass (with trainable and with frozen weights: the graph must
+    reach every captured layer either way)."""
     torch.manual_seed(0)
     m = load_model(ModelSpec(name="tiny"))
     m.module.double()
+    m.module.requires_grad_(not frozen)
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     pos = sample_positions(np.arange(2), 2, (8, 8), seed=0)
-    top = ActivationExtractor(m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=3, attr_classes=3)(x, pos)
-    every = ActivationExtractor(
-        m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=3, attr_classes=-1, class_chunk=4
-    )(x, pos)
+    grids = {"blocks.1": (16, 16), "blocks.2": (8, 8)}
+    layers = list(grids)
+    top = ActivationExtractor(m, layers, grids, topk=3, attr_classes=3)(x, pos)
+    every = ActivationExtractor(m, layers, grids, topk=3, attr_classes=-1, class_chunk=4)(x, pos)
     assert top.attr is not None and every.attr is not None
 
-    def logit(b: int, p: np.ndarray, t: float, c: int) -> float:
+    def logit(layer: int, b: int, p: np.ndarray, t: float, c: int) -> float:
         def scale(_m, _i, o):  # type: ignore[no-untyped-def]
             o = o.clone()
             o[b, :, p[0], p[1]] *= 1 + t
             return o
 
-        h = m.module.blocks[2].register_forward_hook(scale)
+        h = m.module.blocks[layer].register_forward_hook(scale)
         with torch.no_grad():
             out = float(m.module(x)[b, c])
         h.remove()
         return out
 
-    eps = 1e-6
-    for s in range(4):
-        b = s // 2
-        for j in range(3):
-            c = int(top.top_class[b, j])
-            fd = (logit(b, pos[s], eps, c) - logit(b, pos[s], -eps, c)) / (2 * eps)
-            assert abs(top.attr["blocks.2"][s, j] - fd) < 1e-5 * max(1.0, abs(fd))
-            assert abs(every.attr["blocks.2"][s, c] - top.attr["blocks.2"][s, j]) < 1e-6
-    assert every.attr["blocks.2"].shape == (4, 10)
+    eps, checked = 1e-6, 0
+    for name in layers:
+        where = map_positions(pos, (8, 8), grids[name])
+        block = int(name.split(".")[1])
+        for s in range(4):
+            b = s // 2
+            for j in range(3):
+                c = int(top.top_class[b, j])
+                up = logit(block, b, where[s], eps, c)
+                fd = (up - logit(block, b, where[s], -eps, c)) / (2 * eps)
+                assert abs(top.attr[name][s, j] - fd) < 1e-5 * max(1.0, abs(fd)), (name, s, j)
+                assert abs(every.attr[name][s, c] - top.attr[name][s, j]) < 1e-6
+                checked += 1
+        assert every.attr[name].shape == (4, 10)
+    assert checked == 24
+    assert not np.allclose(top.attr["blocks.1"], 0)  # the earlier layer is in the graph

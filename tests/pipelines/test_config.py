@@ -176,3 +176,16 @@ def test_cli_exits_non_zero_with_the_message(tmp_path: Path) -> None:
     text = out.stdout + out.stderr
     assert "model.name: 'nope' is not valid" in text and "efficientnet_lite0" in text
     assert not (tmp_path / "r" / "atlas.zarr").exists()
+
+
+def test_cuml_without_cuml_stops_a_local_run_before_work(tmp_path: Path) -> None:
+    try:
+        import cuml  # noqa: F401
+
+        pytest.skip("cuML is installed here")
+    except ImportError:
+        pass
+    s, _ = to_settings(_compose("debug=fast", "reduce.backend=cuml", f"run_dir={tmp_path}/r"))
+    with pytest.raises(ConfigError, match=r"reduce\.backend: 'cuml'.*pip install.*umap-learn"):
+        check(s)
+    assert not (tmp_path / "r" / "atlas.zarr").exists()

@@ -147,3 +147,44 @@ def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus,
         len(survived),
     )
     assert injected == 2 and sorted(survived) == ["fit", "search"]
+
+
+def test_attribution_wider_than_topk_labels_every_cell(corpus) -> None:  # type: ignore[no-untyped-def]
+    """extract.attr_classes=4 with topk=2 used to fail in the grid stage: the store now keeps four
+    top classes per image, one per attribution column."""
+    import zarr
+
+    base, _, _ = corpus
+    run_dir = base / "wide-attr"
+    stages = ("stages=[extract,reduce,grid]", "extract.topk=2", "extract.attr_classes=4")
+    manifest = run(_settings(base / "imgs", run_dir, *stages), {})
+    assert manifest["stages"]["grid"]["details"]["labels"] == "attribution"
+    g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
+    assert g["images/top_class"].shape[1] == 4 and g["layers/blocks.2/attr"].shape[1] == 4
+    labels = g["layers/blocks.2/grid/4/attr_top_class"][:]
+    assert len(labels) == len(g["layers/blocks.2/grid/4/cell"][:]) and (labels[:, 0] >= 0).all()
+
+
+def test_cuml_on_a_cluster_without_gpus_is_a_config_error(corpus) -> None:  # type: ignore[no-untyped-def]
+    """On a cluster the fit task decides; cuML needs a GPU for it, and a cluster with none is
+    refused at once, naming the setting and what the nodes have (Ray would wait forever)."""
+    import shutil
+
+    from atlas_core.errors import ConfigError
+
+    pytest.importorskip("torch")
+    try:
+        import cuml  # noqa: F401
+
+        pytest.skip("cuML is installed here")
+    except ImportError:
+        pass
+    base, ref, _ = corpus
+    run_dir = base / "cuml"
+    shutil.copytree(ref, run_dir)
+    # cluster.address set: the driver skips its own check and the fit task (Ray already running
+    # in this module) finds no cuML
+    s = _settings(base / "imgs", run_dir, "stages=[extract,reduce]", "reduce.backend=cuml",
+                  "cluster.address=auto")  # fmt: skip
+    with pytest.raises(ConfigError, match=r"reduce\.backend=cuml: cluster\.reduce_fit.*0 GPU"):
+        run(s, {})
