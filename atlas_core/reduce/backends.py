@@ -55,6 +55,45 @@ def choose_backend(name: str = "auto") -> str:
     return name
 
 
+_CACHED = False
+_SKIP = ("plot", "parametric", "aligned", "tests", "validation")
+
+
+def cache_numba_kernels() -> int:
+    """Turn on numba's on-disk cache for umap-learn's and pynndescent's compiled kernels (most
+    are compiled without ``cache=True``), once per process; returns how many were switched.
+
+    A fresh process (every Ray worker that fits) then loads the machine code compiled by an
+    earlier one instead of compiling again: about 10 s of a 20k-row fit on 2 cores. The cache
+    sits beside the packages' sources, or in numba's user cache dir (``NUMBA_CACHE_DIR``).
+    """
+    global _CACHED
+    if _CACHED:
+        return 0
+    import importlib
+    import pkgutil
+
+    import numba
+    import pynndescent
+    import umap
+
+    switched = 0
+    for pkg in (umap, pynndescent):
+        for info in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + "."):
+            if any(x in info.name for x in _SKIP):
+                continue
+            try:
+                mod = importlib.import_module(info.name)
+            except ImportError:  # optional extras (tensorflow, bokeh) not installed
+                continue
+            for f in vars(mod).values():
+                if isinstance(f, numba.core.registry.CPUDispatcher):
+                    f.enable_caching()
+                    switched += 1
+    _CACHED = True
+    return switched
+
+
 def _host(a: Any) -> np.ndarray:
     return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float32)
 
@@ -101,6 +140,7 @@ def fit_landmarks(
     else:
         import umap
 
+        cache_numba_kernels()
         est = umap.UMAP(**kw)
     log.info("UMAP fit on %d x %d with %s (%s)", x.shape[0], x.shape[1], backend, params)
     with warnings.catch_warnings():
