@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 import signal
 import sys
@@ -68,6 +69,25 @@ class StageResult:
 
 
 FAULT_ENV = "ATLAS_TEST_FAULT"
+REDACTED = "***redacted***"
+_SECRET = re.compile(r"(secret|token|password|passwd|credential|private|session|auth|key)", re.I)
+_PLAIN = frozenset({"endpoint_url", "region_name", "anon", "use_ssl", "version_aware"})
+
+
+def redact(value: Any, under: str = "") -> Any:
+    """``value`` with secrets replaced: every value under ``storage_options`` except a few
+    plain ones (endpoint, region, anon), and any value whose key names a secret (token,
+    secret, password, key, ...). For manifests and logs."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            inside = under or ("storage_options" if k == "storage_options" else "")
+            secret = bool(_SECRET.search(str(k))) or (inside and k not in _PLAIN)
+            out[k] = REDACTED if secret and not isinstance(v, (dict, list)) else redact(v, inside)
+        return out
+    if isinstance(value, list):
+        return [redact(v, under) for v in value]
+    return value
 
 
 def test_fault() -> str:
@@ -77,7 +97,7 @@ def test_fault() -> str:
     return os.environ.get(FAULT_ENV, "")
 
 
-def inject_fault(fault: str, where: str, shard: int) -> None:
+def inject_fault(fault: str, where: str, shard: int, context: str = "") -> None:
     """Fault injection for the reliability tests (see :func:`test_fault`); several faults are
     separated by ``;``.
 
@@ -85,13 +105,17 @@ def inject_fault(fault: str, where: str, shard: int) -> None:
     ``sleep:<where>:<seconds>`` slows every batch down (to stop a node mid-run);
     ``sigkill_once:<where>:<path>`` kills the worker process the first time (it creates ``path``
     first, so the retry survives);
-    ``trace:<where>:<dir>`` writes ``<dir>/shard-<shard>-<node>-<pid>``: which node started what.
+    ``trace:<where>:<dir>`` writes ``<dir>/shard-<shard>-<node>-<pid>``: which node started what;
+    ``raise:run:<text>`` fails a whole run whose directory contains ``text`` (one sweep job).
     """
     for one in filter(None, fault.split(";")):
         kind, _, rest = one.partition(":")
         at, _, arg = rest.partition(":")
         if at == where:
-            _inject(kind, where, arg, shard)
+            if where == "run" and kind == "raise" and arg in context:
+                raise RuntimeError(f"injected fault in run {context}")
+            elif where != "run":
+                _inject(kind, where, arg, shard)
 
 
 def _inject(kind: str, where: str, arg: str, shard: int) -> None:

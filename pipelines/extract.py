@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,28 @@ def build_manifest(data: DataConf, seed: int) -> InputManifest:
 
 
 def run(s: Settings, fp: str) -> StageResult:
+    """Extract into this run's store, or, with ``extractions`` set, into the shared extraction
+    of this fingerprint (done once for every run that shares it) and link this run's store to
+    it."""
+    if not s.extractions:
+        return _extract(s, fp)
+    shared = replace(s, run_dir=f"{s.extractions.rstrip('/')}/{fp}", extractions=None)
+    markers = Markers(shared.run_dir, s.storage_options)
+    prior = markers.read("stage-extract")
+    if prior is not None and prior.get("fingerprint") == fp:
+        log.info("extract: reusing the shared extraction %s", shared.run_dir)
+        result = StageResult(counts=prior["counts"], details=prior["details"])
+    else:
+        result = _extract(shared, fp)
+        markers.write("stage-extract", {"fingerprint": fp, "counts": result.counts,
+                                        "details": result.details})  # fmt: skip
+    RunStore.create_child(s.store_url, shared.store_url, s.storage_options,
+                          attrs={"extract_fingerprint": fp})  # fmt: skip
+    result.details = {**result.details, "extraction": shared.run_dir}
+    return result
+
+
+def _extract(s: Settings, fp: str) -> StageResult:
     markers = Markers(s.run_dir, s.storage_options)
     store = _open_or_create(s, fp, markers)
     plan = store.shards
@@ -107,15 +129,18 @@ def run(s: Settings, fp: str) -> StageResult:
     )  # fmt: skip
     dup, first = duplicate_rows(store.content_hashes(), store.crops(), store.status() == Status.OK)
     store.mark_duplicates(dup, first)
-    return _summarize(store, len(plan), records)
+    _restate_markers(store, markers, dup)
+    result = _summarize(store, len(plan), records)
+    result.details["layers"] = sorted(store.layers)
+    return result
 
 
 def _job(s: Settings, fp: str, shard: int, start: int, stop: int) -> ExtractJob:
     e = s.extract
     return ExtractJob(
         s.run_dir, s.store_url, s.storage_options, shard, start, stop, fp, s.model.spec,
-        s.layers, e.batch_size, e.kept_classes, e.attr_classes, s.data.decode, e.jpeg_decoder,
-        e.amp, s.cluster.extract.device, test_fault(),
+        s.extracted_layers, e.batch_size, e.kept_classes, e.attr_classes, s.data.decode,
+        e.jpeg_decoder, e.amp, s.cluster.extract.device, test_fault(),
     )  # fmt: skip
 
 
@@ -130,7 +155,7 @@ def _open_or_create(s: Settings, fp: str, markers: Markers) -> RunStore:
     markers.remove_prefix("extract")
     manifest = build_manifest(s.data, s.seed)
     model = cached_model(s.model.spec, "cpu")
-    shapes = layer_shapes(model.module, s.layers, model.preprocess.size)
+    shapes = layer_shapes(model.module, s.extracted_layers, model.preprocess.size)
     coarse = min(shapes.values(), key=lambda v: v[1] * v[2])
     e = s.extract
     positions = sample_positions(
@@ -184,7 +209,6 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
     buf = ShardBuffers(job.stop - job.start, k, {L: store.layers[L][0] for L in job.layers},
                        job.topk, extractor.attr_width)  # fmt: skip
     startup = time.perf_counter() - t0
-    sums = lambda: [float(np.nansum(a, dtype=np.float64)) for a in buf.acts.values()]  # noqa: E731
     for idx, x in reader.batches():
         buf.add(idx, extractor(x, pos[buf.sample_rows(idx)]))
         inject_fault(job.fault, "mid", job.shard)
@@ -198,11 +222,32 @@ def extract_shard(job: ExtractJob) -> dict[str, Any]:
         "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,
         "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
         "images_per_second": round((job.stop - job.start) / max(seconds, 1e-9), 1),
-        "acts_hash": fingerprint(sums()),
+        "acts_hash": _acts_hash(buf.acts, store),
         "where": {**ray_ops.where_am_i(), "device": device, "reader": reader.strategy},
     }  # fmt: skip
     Markers(job.run_dir, job.storage_options).write(f"extract/shard-{job.shard:06d}", record)
     return record
+
+
+def _acts_hash(acts: dict[str, np.ndarray], store: RunStore) -> str:
+    """The checksum ``RunStore.acts_hash`` computes, of the values as stored (cast to the
+    store's dtype), so ``atlas verify`` can recompute it from the store."""
+    dtype = store.act_dtype
+    return fingerprint(
+        [float(np.nansum(acts[L].astype(dtype), dtype=np.float64)) for L in store.layers]
+    )
+
+
+def _restate_markers(store: RunStore, markers: Markers, dup: np.ndarray) -> None:
+    """After duplicates became holes, their shards' markers state the stored checksum (the
+    driver's metadata write; the counts stay as the task saw them)."""
+    for i, (a, b) in enumerate(store.shards):
+        if ((dup >= a) & (dup < b)).any():
+            rec = markers.read(f"extract/shard-{i:06d}")
+            if rec is not None and rec.get("acts_hash") != store.acts_hash(a, b):
+                rec["acts_hash"] = store.acts_hash(a, b)
+                rec["duplicates"] = int(((dup >= a) & (dup < b)).sum())
+                markers.write(f"extract/shard-{i:06d}", rec)
 
 
 def _summarize(store: RunStore, n_shards: int, records: list[dict[str, Any]]) -> StageResult:

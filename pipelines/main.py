@@ -93,18 +93,51 @@ register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    from pipelines import ray_ops
-    from pipelines.run import run
+def main(cfg: DictConfig) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN:  # Ray stays up across jobs; `atlas` shuts it down
+        return _sweep_job(cfg, list(hc.overrides.task), hc.runtime.output_dir, hc.sweep.dir)
+    _single(cfg)
+    return None
+
+
+def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) -> str:
+    from pipelines import sweep
 
     try:
         settings, resolved = to_settings(cfg)
-        manifest = run(settings, resolved)
+    except AtlasError as exc:  # a bad setting fails this job only
+        from pipelines.index import record_failure
+
+        log.error("%s", exc)
+        sweep.STATE.sweep_dir = sweep_dir
+        sweep.STATE.jobs.append(out)
+        sweep.STATE.failed.append(out)
+        record_failure(out, f"{type(exc).__name__}: {exc}", {"overrides": overrides}, {})
+        return "failed"
+    job = sweep.for_job(settings, overrides, out, sweep_dir)
+    return sweep.run_job(job, resolved, overrides, sweep_dir)
+
+
+def _single(cfg: DictConfig) -> None:
+    from pipelines import ray_ops
+    from pipelines.sweep import run_one
+
+    try:
+        settings, resolved = to_settings(cfg)
+        settings, manifest = run_one(settings, resolved)
     except (ConfigError, AtlasError) as exc:
         log.error("%s", exc)
         sys.exit(2)
     finally:
         ray_ops.shutdown()
+    if "stages" not in manifest:  # layers=[...]: an index of one run per layer
+        n = len(manifest["runs"])
+        log.info("atlases of %d layers under %s (index.html)", n, settings.run_dir)
+        return
     stages = manifest["stages"]
     log.info(
         "atlas written to %s (%.1f s): %s",

@@ -33,8 +33,30 @@ def _ray() -> Any:
     return ray
 
 
+def check_token_auth() -> None:
+    """A cluster run needs Ray's token authentication (the default from Ray 2.60) and a token
+    to present: ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    fix = (
+        "cluster runs use Ray's token authentication: unset RAY_AUTH_MODE (or set it to token) "
+        "and give the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token (infra/README.md)."
+    )
+    if mode is not None and mode.lower() != "token":
+        raise ConfigError("RAY_AUTH_MODE", mode, choices=("token",), fix=fix)
+    token_file = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if not (
+        os.environ.get("RAY_AUTH_TOKEN")
+        or os.environ.get("RAY_AUTH_TOKEN_PATH")
+        or os.path.exists(token_file)
+    ):
+        raise ConfigError("RAY_AUTH_TOKEN", None, fix=fix)
+
+
 def init(cluster: ClusterConf) -> None:
-    """Start (or join) Ray once per process; a second call is a no-op."""
+    """Start (or join) Ray once per process; a second call is a no-op. Joining a cluster
+    (``cluster.address``) refuses to start without token authentication."""
+    if cluster.address:
+        check_token_auth()
     if not cluster.address:
         # Local runs stay on loopback: with this, Ray resolves every node address to 127.0.0.1
         # instead of the machine's interface (read when ray is first imported).
@@ -80,6 +102,19 @@ def require(what: str, num_cpus: float = 0, num_gpus: float = 0) -> None:
             fix=f"no node of this cluster has that much (nodes: {', '.join(have) or 'none'}); "
             f"lower {what}.num_cpus / {what}.num_gpus or add nodes that have it.",
         )  # fmt: skip
+
+
+def capacity(num_cpus: float = 1, num_gpus: float = 0) -> int:
+    """How many tasks or actors of this shape the cluster's live nodes hold at once."""
+    total = 0
+    for node in _ray().nodes():
+        if not node.get("Alive"):
+            continue
+        r = node.get("Resources", {})
+        fits = [r.get("CPU", 0) // num_cpus if num_cpus else float("inf")]
+        fits.append(r.get("GPU", 0) // num_gpus if num_gpus else float("inf"))
+        total += int(min(fits)) if min(fits) != float("inf") else 0
+    return total
 
 
 def where_am_i() -> dict[str, str]:

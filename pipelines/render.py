@@ -143,10 +143,17 @@ def _render(
     ray_ops.init(s.cluster)
     res = s.cluster.render
     ray_ops.require("cluster.render", res.num_cpus, res.num_gpus)
+    actors = res.actors
+    if actors == "auto":
+        # never more than the batches (at the largest CPU batch size the first actor may pick)
+        most = sum(-(-len(t.rows) // (s.render.batch_size if s.render.batch_size != "auto" else 64))
+                   for t in todo)  # fmt: skip
+        actors = max(1, min(ray_ops.capacity(res.num_cpus, res.num_gpus), most))
+        log.info("render: %d actors (cluster.render.actors=auto)", actors)
     pool = ray_ops.ActorPool(
         RenderWorker,
         (s.model.spec, s.layer, s.render.icon, res.device, whiten, int(res.num_cpus), test_fault()),
-        size=res.actors, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        size=actors, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
     )  # fmt: skip
 
     def commit(batch: RenderBatch, out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
@@ -169,7 +176,7 @@ def _render(
         restarts = pool.map("render", batches, desc="render", on_result=commit)
     finally:
         pool.close()
-    return restarts, {**where, "batch_size": size}
+    return restarts, {**where, "batch_size": size, "actors": actors}
 
 
 def _from_cache(store: RunStore, layer: str, todo: Todo, cache: IconCache) -> Todo:

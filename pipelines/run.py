@@ -14,6 +14,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import metadata
 from typing import Any
 
@@ -24,7 +25,7 @@ from atlas_core.models.layers import resolve_layer
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
 from pipelines import compose, extract, grid, reduce, render
-from pipelines.common import StageResult, cached_model
+from pipelines.common import StageResult, cached_model, inject_fault, redact, test_fault
 from pipelines.settings import STAGES, Settings, setting
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def check(s: Settings) -> None:
                 "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc.strerror})."
             ) from exc
     model = cached_model(s.model.spec, "cpu")
-    for name in s.layers:
+    for name in s.extracted_layers:
         resolve_layer(model.module, name, model_name=s.model.name)
     if s.reduce.backend == "cuml" and not s.cluster.address:  # local: the fit runs here
         with setting("reduce"):
@@ -88,10 +89,26 @@ def _aligned_extractions(s: Settings) -> list[list[str]]:
     return out
 
 
+def extraction_of(s: Settings) -> Settings:
+    """The settings whose extraction this run uses: its own, or, when the run's finished
+    extraction holds a superset of its layers (same model, data and extract settings), that
+    one, so changing ``layer`` to an extracted layer redoes nothing upstream."""
+    prior = Markers(s.run_dir, s.storage_options).read("stage-extract")
+    stored = ((prior or {}).get("details") or {}).get("layers")
+    if s.extractions or not stored or not set(s.extracted_layers) < set(stored):
+        return s
+    alt = replace(s, extract=replace(s.extract, layers=tuple(stored)))
+    same = prior is not None and fingerprint(["", alt.stage_config("extract")]) == prior.get(
+        "fingerprint"
+    )
+    return alt if same else s
+
+
 def fingerprints(s: Settings) -> dict[str, str]:
     fps, prev = {}, ""
+    ex = extraction_of(s)
     for stage in STAGES:
-        parts: list[Any] = [prev, s.stage_config(stage)]
+        parts: list[Any] = [prev, (ex if stage == "extract" else s).stage_config(stage)]
         if stage == "reduce" and s.reduce.align_with:
             parts.append(_aligned_extractions(s))
         prev = fingerprint(parts)
@@ -102,6 +119,7 @@ def fingerprints(s: Settings) -> dict[str, str]:
 def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the requested stages; returns the manifest (also written to run_dir/manifest.json)."""
     t0 = time.perf_counter()
+    inject_fault(test_fault(), "run", 0, s.run_dir)
     check(s)
     markers = Markers(s.run_dir, s.storage_options)
     fps = fingerprints(s)
@@ -125,7 +143,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
             continue
         log.info("%s: running", stage)
         t = time.perf_counter()
-        result = _RUNNERS[stage](s, fps[stage])
+        result = _RUNNERS[stage](extraction_of(s) if stage == "extract" else s, fps[stage])
         record = {
             "status": result.status,
             "seconds": round(time.perf_counter() - t, 2),
@@ -144,11 +162,13 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
         "layer": s.layer,
         "preset": s.preset_name,
         "seeds": {"seed": s.seed, "umap": s.reduce.seed},
-        "config": resolved_config or {},
+        "config": redact(resolved_config or {}),
         "versions": _versions(),
         "git_revision": _git_rev(),
         "stages": report,
         "seconds_total": round(time.perf_counter() - t0, 2),
+        "time": time.time(),
+        "date": s.date,
     }
     with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=str)

@@ -342,7 +342,11 @@ class Resources:
 
 @dataclass(frozen=True)
 class ActorResources(Resources):
-    actors: int = 1
+    """Each actor's resources, and how many actors: a number, or ``auto``: as many as the
+    cluster's nodes can hold at once (by GPUs when actors take GPUs, else by CPUs), never more
+    than there are batches."""
+
+    actors: Any = 1
 
 
 @dataclass(frozen=True)
@@ -366,7 +370,8 @@ class ClusterConf(_Group):
             _range(f"cluster.{name}.num_cpus", r.num_cpus, 0.0, None)
             _range(f"cluster.{name}.num_gpus", r.num_gpus, 0.0, None)
             _choice(f"cluster.{name}.device", r.device, DEVICES)
-        _range("cluster.render.actors", self.render.actors, 1, None)
+        if self.render.actors != "auto":
+            _range("cluster.render.actors", self.render.actors, 1, None)
 
 
 # ------------------------------------------------------------------------------ the root
@@ -389,20 +394,30 @@ class Settings:
     stages: tuple[str, ...] = STAGES
     preset_name: str = "custom"
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of run_dir
+    # a folder of shared extractions, one per extraction fingerprint: runs (sweep jobs) with the
+    # same model, data, extract settings and set of layers read one extraction (null: run_dir)
+    extractions: str | None = None
+    # scheduled runs: run_dir becomes <run_root>/<date> (date: YYYY-MM-DD, default today UTC),
+    # and <run_root>/index.html lists every dated run
+    run_root: str | None = None
+    date: str | None = None
+    # one atlas per layer from one extraction: <run_dir>/<layer>/ each, <run_dir>/index.html
+    layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
+        object.__setattr__(self, "layers", tuple(self.layers))
         for s in self.stages:
             _choice("stages", s, STAGES)
-        missing = [x for x in self.reduce.joint_layers if x not in self.layers]
+        missing = [x for x in self.reduce.joint_layers if x not in self.extracted_layers]
         if missing:
             raise ConfigError(
-                "reduce.joint_layers", missing, choices=self.layers,
+                "reduce.joint_layers", missing, choices=self.extracted_layers,
                 fix="joint layers must be extracted: add them to extract.layers.",
             )  # fmt: skip
 
     @property
-    def layers(self) -> tuple[str, ...]:
+    def extracted_layers(self) -> tuple[str, ...]:
         """Every layer extracted: ``layer`` first, then ``extract.layers``."""
         return tuple(dict.fromkeys((self.layer, *self.extract.layers)))
 
@@ -427,6 +442,8 @@ class Settings:
         from dataclasses import asdict
 
         base = {"seed": self.seed, "layer": self.layer, "atlas_core": atlas_core.__version__}
+        if stage == "extract":  # the set of layers, not which one is the atlas's
+            base.pop("layer")
         render = asdict(self.render)
         for k in ("batch_size", "cache", "cache_dir"):
             render.pop(k)
@@ -436,7 +453,7 @@ class Settings:
             "extract": {
                 "model": asdict(self.model.spec),
                 "data": asdict(self.data),
-                "extract": {**extract, "layers": list(self.layers)},
+                "extract": {**extract, "layers": sorted(self.extracted_layers)},
             },
             "reduce": {"reduce": asdict(self.reduce), "joint": list(self.joint_layers)},
             "grid": {"grid": asdict(self.grid)},

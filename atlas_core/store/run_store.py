@@ -22,6 +22,7 @@ from atlas_core.data.decode import Status
 from atlas_core.data.plan import ShardPlan
 from atlas_core.data.sources import InputManifest
 from atlas_core.errors import StoreError
+from atlas_core.store.markers import fingerprint
 
 OpenMode = Literal["r", "r+", "a", "w", "w-"]
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -133,7 +134,13 @@ class RunStore:
     """Typed access to one run's ``atlas.zarr`` group."""
 
     def __init__(
-        self, group: zarr.Group, url: str, *, retries: int = 4, backoff: float = 0.2
+        self,
+        group: zarr.Group,
+        url: str,
+        *,
+        retries: int = 4,
+        backoff: float = 0.2,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         self.group = group
         self.url = url
@@ -143,7 +150,33 @@ class RunStore:
         attrs: dict[str, Any] = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
-        self.attrs = attrs
+        # a run that shares another's extraction reads the extraction arrays from that store
+        self.parent: RunStore | None = None
+        if attrs.get("extraction"):
+            parent = RunStore.open(str(attrs["extraction"]), "r+", storage_options)
+            attrs = {**parent.attrs, **attrs}
+            self.parent = parent
+        self.attrs: dict[str, Any] = attrs
+
+    @classmethod
+    def create_child(
+        cls,
+        url: str,
+        parent_url: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        attrs: dict[str, Any] | None = None,
+    ) -> RunStore:
+        """A run store that reads its extraction (images, samples, activations, moments) from
+        the store at ``parent_url`` and writes its own layouts, grids and icons (sweeps and
+        runs that share one extraction)."""
+        parent = cls.open(parent_url, "r", storage_options)
+        g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
+        g.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
+                        "extraction": parent_url, **(attrs or {})})  # fmt: skip
+        for name in parent.layers:
+            g.require_group(f"layers/{name}")
+        return cls(g, url, storage_options=storage_options)
 
     # ------------------------------------------------------------------ creation (driver)
     @classmethod
@@ -178,7 +211,7 @@ class RunStore:
                 a = layout.attr_width
                 arr = _arr(lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan, inner=inner)
                 arr.attrs["classes"] = "all" if layout.attr_classes < 0 else ATTR_TOP_COLUMNS
-        return cls(g, url)
+        return cls(g, url, storage_options=storage_options)
 
     @classmethod
     def open(
@@ -188,7 +221,7 @@ class RunStore:
             g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
             raise StoreError(f"no run store at {url}: run the extract stage first") from exc
-        return cls(g, url)
+        return cls(g, url, storage_options=storage_options)
 
     # ------------------------------------------------------------------ basic facts
     @property
@@ -204,6 +237,12 @@ class RunStore:
         return {n: (int(s[0]), int(s[1]), int(s[2])) for n, s in self.attrs["layers"].items()}
 
     @property
+    def act_dtype(self) -> np.dtype[Any]:
+        """The dtype activations are stored in (the first layer's)."""
+        first = next(iter(self.layers))
+        return np.dtype(str(self._array(f"layers/{first}/acts").dtype))
+
+    @property
     def shards(self) -> list[tuple[int, int]]:
         """Image-row ranges ``[start, stop)`` of the extraction plan, one per shard."""
         return [(int(a), int(b)) for a, b in self.attrs["shards"]]
@@ -213,6 +252,31 @@ class RunStore:
 
     def crops(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return np.asarray(self._array("images/crop")[start:stop])
+
+    def missing_objects(self, start: int, stop: int) -> list[str]:
+        """Storage objects (chunks, or zarr shards) of images [start, stop) that are absent,
+        over every per-image and per-sample array the extraction writes."""
+        from zarr.core.sync import sync
+
+        paths = ["images/status", "images/error", "images/content_hash", "images/top_class"]
+        paths += [f"layers/{L}/{w}" for L in self.layers for w in ("acts", "attr")]
+        gone = []
+        for path in filter(self.has, paths):
+            arr = self._array(path)
+            step = (arr.shards or arr.chunks)[0]
+            k = self.k if path.startswith("layers/") else 1
+            for i in range(start * k // step, (stop * k - 1) // step + 1):
+                key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
+                if not sync(arr.store.exists(f"{arr.path}/{key}")):
+                    gone.append(f"{arr.path}/{key}")
+        return gone
+
+    def acts_hash(self, start: int, stop: int) -> str:
+        """Checksum of the stored activations of images [start, stop), every layer."""
+        k = self.k
+        sums = [float(np.nansum(self._array(f"layers/{L}/acts")[start * k : stop * k],
+                                dtype=np.float64)) for L in self.layers]  # fmt: skip
+        return fingerprint(sums)
 
     def content_hashes(self) -> np.ndarray:
         return np.asarray(self._array("images/content_hash")[:])
@@ -230,7 +294,10 @@ class RunStore:
 
     # ------------------------------------------------------------------ extraction (workers)
     def _array(self, path: str) -> zarr.Array:
-        """The array at ``path`` (a StoreError if it is a group)."""
+        """The array at ``path`` (a StoreError if it is a group); extraction arrays of a child
+        store come from its parent."""
+        if self.parent is not None and _extraction_path(path):
+            return self.parent._array(path)
         arr = self.group[path]
         if not isinstance(arr, zarr.Array):
             raise StoreError(f"{self.url}/{path} is a group, not an array")
@@ -459,11 +526,24 @@ class RunStore:
         return icons, objective, cosine
 
     def has(self, path: str) -> bool:
+        if self.parent is not None and _extraction_path(path):
+            return self.parent.has(path)
         try:
             self.group[path]
         except KeyError:
             return False
         return True
+
+
+_EXTRACTION_ARRAYS = ("acts", "attr", "moment_partial", "moment_count")
+
+
+def _extraction_path(path: str) -> bool:
+    """Whether ``path`` names an array the extraction writes (shared with child stores)."""
+    parts = path.split("/")
+    if parts[0] in ("images", "samples"):
+        return True
+    return len(parts) == 3 and parts[0] == "layers" and parts[2] in _EXTRACTION_ARRAYS
 
 
 def _opts(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:

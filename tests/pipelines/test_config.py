@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Pat
     }.get(option, [])
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)
-    assert s.layer == resolved["layer"] and s.layers[0] == s.layer
+    assert s.layer == resolved["layer"] and s.extracted_layers[0] == s.layer
     assert s.stages == ("extract", "reduce", "grid", "render", "compose")
 
 
@@ -189,3 +190,38 @@ def test_cuml_without_cuml_stops_a_local_run_before_work(tmp_path: Path) -> None
     with pytest.raises(ConfigError, match=r"reduce\.backend: 'cuml'.*pip install.*umap-learn"):
         check(s)
     assert not (tmp_path / "r" / "atlas.zarr").exists()
+
+
+def test_secrets_are_redacted_for_manifests_and_logs() -> None:
+    from pipelines.common import REDACTED, redact
+
+    cfg = {
+        "run_dir": "s3://b/r",
+        "storage_options": {"key": "AKIA", "secret": "s3cr3t", "endpoint_url": "http://127.0.0.1:1",
+                            "client_kwargs": {"aws_session_token": "tok"}},
+        "model": {"name": "tiny", "weights": None},
+        "extras": [{"api_token": "t0k"}],
+    }  # fmt: skip
+    out = redact(cfg)
+    assert (
+        out["storage_options"]["key"] == REDACTED and out["storage_options"]["secret"] == REDACTED
+    )
+    assert out["storage_options"]["client_kwargs"]["aws_session_token"] == REDACTED
+    assert out["storage_options"]["endpoint_url"] == "http://127.0.0.1:1"
+    assert out["extras"][0]["api_token"] == REDACTED and out["model"] == cfg["model"]
+    assert "s3cr3t" not in json.dumps(out) and "tok" not in json.dumps(out["storage_options"])
+
+
+def test_a_cluster_run_refuses_to_start_without_token_auth(monkeypatch, tmp_path: Path) -> None:
+    from pipelines import ray_ops
+    from pipelines.settings import ClusterConf
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(ConfigError, match=r"RAY_AUTH_MODE: 'disabled'.*token"):
+        ray_ops.init(ClusterConf(address="127.0.0.1:1"))
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token
+    with pytest.raises(ConfigError, match=r"RAY_AUTH_TOKEN: None.*token"):
+        ray_ops.init(ClusterConf(address="127.0.0.1:1"))

@@ -248,3 +248,34 @@ def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:
     gaps = {k: float(np.abs(v[ok] - a[ok]).mean()) for k, v in alone.items()}
     log.info("joint layout vs single-layer fits: mean |difference| %s", gaps)
     assert min(gaps.values()) > 0.01, gaps
+
+
+def test_one_run_of_several_layers_extracts_once(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``layers=[blocks.1,blocks.2]``: one atlas per layer in <run_dir>/<layer>, both from one
+    extraction (the second layer's extract stage reuses it), compared in <run_dir>/index.html;
+    then changing ``layer`` of a finished run to another extracted layer redoes no extraction."""
+    from pipelines.sweep import run_one
+
+    s, _, _ = folder_run
+    base = ("data=folder", f"data.path={s.data.path}", "extract.samples_per_image=2")
+    multi, resolved = _settings(
+        *base, f"run_dir={tmp_path / 'multi'}", "layers=[blocks.1,blocks.2]"
+    )
+    _, index = run_one(multi, resolved)
+    assert [r["run"] for r in index["runs"]] == ["blocks.1", "blocks.2"]
+    assert all(r["status"] == "done" and r["icons"] > 0 for r in index["runs"])
+    assert len(list((tmp_path / "multi" / "extractions").iterdir())) == 1
+    m2 = json.loads((tmp_path / "multi" / "blocks.2" / "manifest.json").read_text())
+    assert m2["stages"]["extract"]["details"]["extraction"].endswith(
+        json.loads((tmp_path / "multi" / "blocks.1" / "manifest.json").read_text())["stages"][
+            "extract"
+        ]["fingerprint"]
+    )
+    assert (tmp_path / "multi" / "index.html").read_text().count("<img ") == 2
+    # a finished single run switched to another extracted layer
+    one = (*base, f"run_dir={tmp_path / 'switch'}", "extract.layers=[blocks.1,blocks.2]")
+    run(*_settings(*one, "layer=blocks.2"))
+    # without extract.layers: {blocks.1} is a subset of what the run extracted
+    again = run(*_settings(*base, f"run_dir={tmp_path / 'switch'}", "layer=blocks.1"))
+    assert again["stages"]["extract"]["status"] == "skipped (complete)"
+    assert again["stages"]["reduce"]["status"] == "done"

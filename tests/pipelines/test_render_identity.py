@@ -55,10 +55,13 @@ def test_icons_do_not_depend_on_batch_size_actors_or_an_actor_kill(gridded, inje
     variants = {
         "batch 16": ("render.batch_size=16", "cluster.render.actors=1"),
         "batch 3, two actors": ("render.batch_size=3", "cluster.render.actors=2"),
+        "batch 4, actors auto": ("render.batch_size=4", "cluster.render.actors=auto"),
     }
     for name, extra in variants.items():
-        _, b = _render(gridded, name.replace(" ", "-").replace(",", ""), *extra)
+        rec, b = _render(gridded, name.replace(" ", "-").replace(",", ""), *extra)
         _same(a, b, name)
+        if name.endswith("auto"):  # local Ray with 2 CPUs, 1 CPU per actor: two actors
+            assert rec["details"]["where"]["actors"] == 2
     flag = gridded / "kill-flag"
     inject(f"sigkill_once:render:{flag}")
     killed, c = _render(gridded, "killed", "render.batch_size=4", "cluster.render.actors=1")

@@ -36,9 +36,9 @@ def s3(local_ray, tmp_path_factory):  # type: ignore[no-untyped-def]
         aws_access_key_id="test",
         aws_secret_access_key="test",
     ).create_bucket(Bucket="atlas")
-    opts = {
-        "key": "test",
-        "secret": "test",
+    opts = {  # moto takes any credentials: distinctive ones, to search the run's files for
+        "key": "fake-key-1b2c",
+        "secret": "fake-secret-7f3a9c",
         "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     }
     yield opts, tmp_path_factory.mktemp("s3imgs")
@@ -53,7 +53,7 @@ def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped
         "extract.chunk_images=16",
         *extra,
     )
-    return dataclasses.replace(s, storage_options=opts), resolved
+    return dataclasses.replace(s, storage_options=opts), {**resolved, "storage_options": opts}
 
 
 def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:  # type: ignore[no-untyped-def]
@@ -78,6 +78,34 @@ def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:  # type: ignore[n
     g = zarr.open_group("s3://atlas/run1/atlas.zarr", mode="r", storage_options=opts)
     assert (g["images/status"][:] == 1).all()
     assert not np.isnan(g["layers/blocks.2/layout"][:]).any()
+    # no secret lands in the run: every object under the bucket, and the logs
+    secret = opts["secret"].encode()
+    written = [p for p in fs.find("atlas/run1")]
+    assert written and not [p for p in written if secret in fs.cat(p)]
+    assert on_s3["config"]["storage_options"]["secret"] == "***redacted***"
     log.info(
         "S3 run: fault injected 1, survived 1, shards skipped on resume %d", ex["shards_skipped"]
     )
+
+
+def test_scheduled_runs_on_two_dates_and_a_rerun(s3) -> None:  # type: ignore[no-untyped-def]
+    """``run_root`` + ``date``: dated run directories in the bucket, a re-run of a date resumes
+    (every stage skipped), and the root's index lists each date's run."""
+    from pipelines.sweep import run_one
+
+    opts, base = s3
+    make_images(base / "sched-imgs", 24, size=64, seed=4)
+    root = "s3://atlas/scheduled"
+    seen = {}
+    for date in ("2026-01-01", "2026-01-02", "2026-01-01"):
+        s, resolved = _settings(base / "sched-imgs", opts, f"run_root={root}", f"date={date}")
+        s2, manifest = run_one(s, resolved)
+        assert s2.run_dir == f"{root}/{date}"
+        seen.setdefault(date, []).append({k: v["status"] for k, v in manifest["stages"].items()})
+    assert all(v.startswith("skipped") for v in seen["2026-01-01"][1].values())
+    fs = s3fs.S3FileSystem(**opts)
+    index = json.loads(fs.cat("atlas/scheduled/index.json"))
+    assert [r["run"] for r in index["runs"]] == ["2026-01-01", "2026-01-02"]
+    assert all(r["status"] == "done" and r["date"] == r["run"] for r in index["runs"])
+    assert b"2026-01-02/atlas.png" in fs.cat("atlas/scheduled/index.html")
+    log.info("scheduled runs: 2 dates, 1 re-run resumed with every stage skipped; index of 2")

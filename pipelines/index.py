@@ -1,0 +1,70 @@
+"""The index of runs under one folder (a sweep's folder, a schedule's root): ``index.json`` and
+``index.html`` (atlas_core/compose/index.py), rebuilt from every run's ``manifest.json`` (or its
+``failed.json``), so it is correct however the runs were launched and can be rebuilt any time."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import fsspec
+
+from atlas_core.compose.index import index_html, run_row
+
+log = logging.getLogger(__name__)
+SKIP = ("extractions",)
+
+
+def _read_json(fs: Any, path: str) -> dict[str, Any] | None:
+    try:
+        with fs.open(path, "r") as f:
+            value = json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError, OSError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def write_index(
+    root: str, title: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rebuild ``<root>/index.json`` and ``<root>/index.html``; returns the index."""
+    fs, base = fsspec.core.url_to_fs(root, **(storage_options or {}))
+    base = base.rstrip("/")
+    rows = []
+    children = (
+        sorted(p for p in fs.ls(base, detail=False) if fs.isdir(p)) if fs.exists(base) else []
+    )
+    for path in children:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        if name in SKIP:
+            continue
+        manifest = _read_json(fs, f"{path}/manifest.json")
+        failed = _read_json(fs, f"{path}/failed.json")
+        if manifest is None and failed is None:
+            continue  # not a run (yet)
+        if failed is not None and (
+            manifest is None or failed.get("time", 0) > manifest.get("time", 0)
+        ):
+            rows.append(run_row(name, None, str(failed.get("error", ""))))
+        else:
+            rows.append(run_row(name, manifest))
+    index = {"title": title, "runs": rows, "failed": sum(r["status"] == "failed" for r in rows)}
+    with fs.open(f"{base}/index.json", "w") as f:
+        json.dump(index, f, indent=2, default=str)
+    with fs.open(f"{base}/index.html", "w") as f:
+        f.write(index_html(title, rows))
+    log.info(
+        "index of %d runs (%d failed) written to %s/index.html", len(rows), index["failed"], root
+    )
+    return index
+
+
+def record_failure(run_dir: str, error: str, extra: dict[str, Any], opts: dict[str, Any]) -> None:
+    """``<run_dir>/failed.json``: why a run (a sweep's job) failed; the index shows it."""
+    import time
+
+    fs, path = fsspec.core.url_to_fs(run_dir, **opts)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(f"{path.rstrip('/')}/failed.json", "w") as f:
+        json.dump({"error": error, "time": time.time(), **extra}, f, indent=2, default=str)

@@ -1,0 +1,132 @@
+"""Sweeps (``atlas -m model=a,b layer=x,y``) and scheduled runs, around the single run.
+
+A sweep's job runs in its own directory, ``<sweep dir>/<its overrides>``; jobs with the same
+model, data, extract settings and set of layers share one extraction under
+``<sweep dir>/extractions`` (list the swept layers in ``extract.layers`` so every job extracts the
+same set). A failed job writes ``failed.json`` and the sweep goes on; after every job the sweep's
+``index.html`` is rebuilt, and ``atlas`` exits 1 when any job failed.
+
+A scheduled run (``run_root=...``) writes ``<run_root>/<date>`` (today, UTC, unless ``date=``),
+resumes when the same date runs again, and rebuilds ``<run_root>/index.html``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from atlas_core.errors import AtlasError, ConfigError
+from pipelines.index import record_failure, write_index
+from pipelines.settings import Settings
+
+log = logging.getLogger("atlas.sweep")
+
+
+@dataclass
+class SweepState:
+    """What the jobs of the multirun in this process did (read by ``atlas`` at the end)."""
+
+    sweep_dir: str | None = None
+    jobs: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+STATE = SweepState()
+
+
+def for_job(s: Settings, overrides: list[str], output_dir: str, sweep_dir: str) -> Settings:
+    """A sweep job's settings: its own run directory (unless ``run_dir`` was swept or set) and
+    the sweep's shared extractions (unless ``extractions`` was set)."""
+    given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    run_dir = s.run_dir if "run_dir" in given else output_dir
+    extractions = s.extractions if "extractions" in given else f"{sweep_dir}/extractions"
+    return replace(s, run_dir=run_dir, extractions=extractions)
+
+
+def run_job(s: Settings, resolved: dict[str, Any], overrides: list[str], sweep_dir: str) -> str:
+    """Run one job; a failure is recorded, never raised (the other jobs go on)."""
+    from pipelines.run import run
+
+    STATE.sweep_dir = sweep_dir
+    STATE.jobs.append(s.run_dir)
+    try:
+        run(s, {**resolved, "run_dir": s.run_dir, "extractions": s.extractions})
+        status = "done"
+    except Exception as exc:  # a sweep records every failure and goes on
+        STATE.failed.append(s.run_dir)
+        log.error("sweep job %s failed: %s", s.run_dir, exc)
+        record_failure(s.run_dir, f"{type(exc).__name__}: {exc}",
+                       {"overrides": overrides, "traceback": traceback.format_exc(limit=8)},
+                       s.storage_options)  # fmt: skip
+        status = "failed"
+    write_index(sweep_dir, f"sweep {sweep_dir}", s.storage_options)
+    return status
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def scheduled(s: Settings, run_root: str, date: str | None) -> Settings:
+    """A scheduled run's settings: ``<run_root>/<date>`` (today in UTC by default)."""
+    day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    if not _DATE.match(day):
+        raise ConfigError("date", day, valid="YYYY-MM-DD", fix="give the run's date as 2026-01-31.")
+    return replace(s, run_dir=f"{run_root.rstrip('/')}/{day}")
+
+
+def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """One run; a scheduled one (``run_root``) goes to ``<run_root>/<date>`` and rebuilds the
+    root's index. Returns the settings it ran with and the manifest."""
+    from pipelines.run import run
+
+    if s.layers:
+        return s, per_layer(s, resolved)
+    if s.run_root:
+        s = scheduled(s, s.run_root, s.date)
+        resolved = {**resolved, "run_dir": s.run_dir, "date": s.run_dir.rsplit("/", 1)[-1]}
+        s = replace(s, date=resolved["date"])
+    manifest = run(s, resolved)
+    if s.run_root:
+        write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
+    return s, manifest
+
+
+def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
+    """``layers=[a, b, c]``: one atlas per layer, ``<run_dir>/<layer>``, from one extraction of
+    every listed layer (``<run_dir>/extractions``); ``<run_dir>/index.html`` compares them.
+    A layer that fails is recorded and the others go on; then the first failure is raised."""
+    from pipelines.run import run
+
+    wanted = tuple(sorted(set(s.extract.layers) | set(s.layers)))
+    failed: list[str] = []
+    for layer in s.layers:
+        one = replace(s, layer=layer, layers=(), run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
+                      extractions=f"{s.run_dir.rstrip('/')}/extractions",
+                      extract=replace(s.extract, layers=wanted))  # fmt: skip
+        try:
+            run(one, {**resolved, "layer": layer, "layers": [], "run_dir": one.run_dir})
+        except Exception as exc:  # the other layers go on
+            failed.append(layer)
+            log.error("layer %s failed: %s", layer, exc)
+            record_failure(one.run_dir, f"{type(exc).__name__}: {exc}", {"layer": layer},
+                           s.storage_options)  # fmt: skip
+    index = write_index(s.run_dir, f"layers of {s.model.name}", s.storage_options)
+    if failed:
+        raise AtlasError(f"layers {failed} failed (the others finished): see "
+                         f"{s.run_dir}/<layer>/failed.json and {s.run_dir}/index.html")
+    return index
+
+
+def finish() -> int:
+    """After a multirun: the exit code (1 when a job failed) and a summary in the log."""
+    if STATE.sweep_dir is None:
+        return 0
+    which = f" ({', '.join(STATE.failed)})" if STATE.failed else ""
+    log.info("sweep %s: %d jobs, %d failed%s", STATE.sweep_dir, len(STATE.jobs),
+             len(STATE.failed), which)  # fmt: skip
+    log.info("sweep index: %s/index.html", STATE.sweep_dir)
+    return 1 if STATE.failed else 0
