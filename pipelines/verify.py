@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from typing import Any
 
 import fsspec
@@ -61,7 +62,10 @@ def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Se
         problems.append(Problem("manifest", "records no config; stage fingerprints unchecked"))
         return None
     settings = OmegaConf.to_object(OmegaConf.merge(schema(Settings), config))
-    return settings if isinstance(settings, Settings) else None
+    if not isinstance(settings, Settings):
+        return None
+    # the run as it is now, where it is now (it may have been moved or copied)
+    return replace(settings, run_dir=run_dir, storage_options=opts)
 
 
 def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem]:

@@ -40,13 +40,16 @@ def _port() -> int:
 
 
 def _env(token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_TEST")}
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (the tests' single-node loopback mode) makes
+    # `ray start --address` refuse to join: these processes run as real cluster nodes, in a
+    # network namespace whose only interface is loopback
+    drop = ("ATLAS_TEST", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     return {
         **env,
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
         "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     }
 
 
@@ -55,44 +58,37 @@ def _ray(args: list[str], env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
-@pytest.fixture(scope="module")
-def cluster():  # type: ignore[no-untyped-def]
+def start_cluster() -> dict:  # type: ignore[type-arg]
+    """Head + two workers, each from `ray start`, in this process's network namespace."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a limit
     env = _env(secrets.token_hex(32))
     gcs, dash = _port(), _port()
     _ray(
         [
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--num-cpus=0",
-            "--num-gpus=0",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
+            "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=0",
+            "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats",
         ],
         env,
-    )
+    )  # fmt: skip
     ports = {}
     for name in ("a", "b"):
         ports[name] = _port()
         _ray(
             [
-                "start",
-                f"--address=127.0.0.1:{gcs}",
-                "--node-ip-address=127.0.0.1",
-                "--num-cpus=4",
-                "--num-gpus=1",
-                f"--node-manager-port={ports[name]}",
+                "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
+                "--num-cpus=4", "--num-gpus=1", f"--node-manager-port={ports[name]}",
                 f"--resources={json.dumps({f'worker_{name}': 1})}",
             ],
             env,
-        )
-    yield {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
-    for p in psutil.process_iter(["cmdline"]):  # this cluster's processes only, never `ray stop`
+        )  # fmt: skip
+    return {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
+
+
+def stop_cluster(cluster: dict) -> None:  # type: ignore[type-arg]
+    """This cluster's processes only (never `ray stop`, which would end every Ray here)."""
+    temp, gcs = cluster["temp"], cluster["gcs"]
+    for p in psutil.process_iter(["cmdline"]):
         if any(temp in c or f"127.0.0.1:{gcs}" in c for c in p.info["cmdline"] or []):
             p.kill()
     shutil.rmtree(temp, ignore_errors=True)
@@ -145,83 +141,112 @@ def _args(images: Path, run_dir: Path) -> list[str]:
     ]
 
 
-def test_a_submitted_job_survives_a_lost_worker(cluster, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    make_images(tmp_path / "imgs", 48, size=64, seed=11)
-    traces = tmp_path / "traces"
+def _committed(run_dir: Path) -> dict[int, str]:
+    """shard -> the node whose task committed it, from the shard markers."""
+    out = {}
+    for p in (run_dir / "markers" / "extract").glob("shard-*.json"):
+        try:
+            out[int(p.stem.split("-")[1])] = json.loads(p.read_text())["where"]["node"]
+        except (json.JSONDecodeError, KeyError):  # being written
+            continue
+    return out
+
+
+def scenario(tmp: Path) -> dict:  # type: ignore[type-arg]
+    """The whole run, inside the test's network namespace; returns what the test checks."""
+    make_images(tmp / "imgs", 48, size=64, seed=11)
+    traces, run_dir, ref_dir = tmp / "traces", tmp / "run", tmp / "ref"
     traces.mkdir()
-    run_dir = tmp_path / "run"
-    runtime = {"env_vars": {"ATLAS_TEST_FAULT": f"sleep:mid:0.3;trace:start:{traces}"}}
-    cmd = [
-        RAY,
-        "job",
-        "submit",
-        f"--address=http://127.0.0.1:{cluster['dash']}",
-        f"--runtime-env-json={json.dumps(runtime)}",
-        "--",
-        sys.executable,
-        "-c",
-        "from pipelines.cli import main; main()",
-        "cluster=ray_cluster",
-        "cluster.address=auto",
-        *_args(tmp_path / "imgs", run_dir),
-    ]
-    nodes = _nodes(cluster)
-    assert set(nodes) == {"a", "b"}
-    t0 = time.perf_counter()
-    job = subprocess.Popen(
-        cmd, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(nodes["b"] in p.name for p in traces.iterdir()):
-        time.sleep(0.2)
-    started_on_b = sorted(
-        {int(p.name.split("-")[1]) for p in traces.iterdir() if nodes["b"] in p.name}
-    )
-    _kill_node(cluster["ports"]["b"])  # worker b dies while shards are in flight
-    output, _ = job.communicate(timeout=600)
-    seconds = time.perf_counter() - t0
-    assert job.returncode == 0, output[-4000:]
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    ex = manifest["stages"]["extract"]["counts"]
-    assert (ex["images_expected"], ex["images_ok"], ex["images_failed"], ex["images_lost"]) == (
-        48,
-        48,
-        0,
-        0,
-    )
-    # work ran on both workers: committed shards name each; b's unfinished shards went to a
-    done = {
-        int(p.stem.split("-")[1]): json.loads(p.read_text())["where"]
-        for p in (run_dir / "markers" / "extract").glob("shard-*.json")
-    }
-    committed_by = {w["node"] for w in done.values()}
-    assert started_on_b and nodes["a"] in committed_by
-    retried = [i for i in started_on_b if done[i]["node"] == nodes["a"]]
-    assert retried, (started_on_b, done)
-    assert manifest["stages"]["reduce"]["details"]["where"]["node"] in nodes.values()
-    # the reference: the same run in one local process
+    cluster = start_cluster()
+    try:
+        nodes = _nodes(cluster)
+        runtime = {"env_vars": {"ATLAS_TEST_FAULT": f"sleep:mid:0.5;trace:start:{traces}"}}
+        cmd = [
+            RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}",
+            f"--runtime-env-json={json.dumps(runtime)}", "--", sys.executable, "-c",
+            "from pipelines.cli import main; main()", "cluster=ray_cluster",
+            "cluster.address=auto", *_args(tmp / "imgs", run_dir),
+        ]  # fmt: skip
+        t0 = time.perf_counter()
+        job = subprocess.Popen(cmd, env=cluster["env"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        deadline, started_b = time.time() + 240, []
+        while time.time() < deadline:  # b has committed a shard and is in the middle of another
+            started_b = sorted({int(p.name.split("-")[1]) for p in traces.iterdir()
+                                if nodes["b"] in p.name})  # fmt: skip
+            done_b = [i for i, node in _committed(run_dir).items() if node == nodes["b"]]
+            if done_b and set(started_b) - set(done_b):
+                break
+            time.sleep(0.05)
+        _kill_node(cluster["ports"]["b"])  # worker b dies while shards are in flight
+        output, _ = job.communicate(timeout=600)
+        seconds = time.perf_counter() - t0
+        interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    finally:
+        stop_cluster(cluster)
     from pipelines import ray_ops
     from pipelines.run import run
     from tests.conftest import debug_settings
 
-    ref_dir = tmp_path / "ref"
-    s, resolved = debug_settings(*_args(tmp_path / "imgs", ref_dir), "cluster.num_cpus=2")
+    s, resolved = debug_settings(*_args(tmp / "imgs", ref_dir), "cluster.num_cpus=2")
     try:
         run(s, resolved)
     finally:
         ray_ops.shutdown()
     a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
-    for name in ARRAYS:
-        assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
+    return {
+        "returncode": job.returncode, "output": output[-4000:], "seconds": seconds,
+        "nodes": nodes, "started_on_b": started_b,
+        "committed_by": _committed(run_dir),
+        "equal": {n: bool(np.array_equal(a[n][:], b[n][:], equal_nan=True)) for n in ARRAYS},
+        "interfaces": sorted(line.split(":")[0].strip() for line in interfaces),
+    }  # fmt: skip
+
+
+def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
+    """Runs :func:`scenario` in a fresh network namespace that has only the loopback interface
+    (``unshare --net``): Ray's cluster mode binds some servers to every interface, and in there
+    every interface is loopback."""
+    if shutil.which("unshare") is None or subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("needs `unshare --net` (root, or user namespaces) to keep Ray on loopback")
+    root = Path(__file__).resolve().parents[2]
+    module = "tests.pipelines.test_ray_jobs"
+    script = f"ip link set lo up && exec {sys.executable} -m {module} {tmp_path}"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script], cwd=root, capture_output=True, text=True,
+        timeout=900, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["returncode"] == 0, r["output"]
+    assert r["interfaces"] == ["lo"]
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    ex = manifest["stages"]["extract"]["counts"]
+    assert (ex["images_expected"], ex["images_ok"], ex["images_failed"], ex["images_lost"]) == (
+        48, 48, 0, 0,
+    )  # fmt: skip
+    nodes, committed = r["nodes"], {int(k): v for k, v in r["committed_by"].items()}
+    assert set(nodes) == {"a", "b"} and r["started_on_b"]
+    retried = [i for i in r["started_on_b"] if committed[i] == nodes["a"]]
+    assert retried, r  # b's unfinished shards were retried on a
+    assert set(committed.values()) == {nodes["a"], nodes["b"]}  # work committed on both
+    assert manifest["stages"]["reduce"]["details"]["where"]["node"] in nodes.values()
+    assert all(r["equal"].values()), r["equal"]
     log.info(
-        "ray job on a 3-process cluster (head + 2 GPU-advertising workers, token auth, loopback): "
-        "worker b killed after starting shards %s; retried on a: %s; nodes that committed %d; "
-        "faults injected 1, survived 1; rows 48 = ok 48 + failed 0 + lost 0; store equal to the "
-        "local reference (%s); %.0f s",
-        started_on_b,
-        retried,
-        len(committed_by),
-        ", ".join(ARRAYS),
-        seconds,
-    )
+        "ray job submit on a 3-process cluster (head + 2 workers advertising GPUs, token auth, "
+        "a network namespace with only lo): worker b killed after it had started shards %s "
+        "(%s retried on a); nodes that committed shards: %d of 2; faults injected 1, survived "
+        "1; rows 48 = ok 48 + "
+        "failed 0 + lost 0; store equal to the local reference (%s); %.0f s",
+        r["started_on_b"], retried, len(set(committed.values())), ", ".join(ARRAYS),
+        r["seconds"],
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    (target / "result.json").write_text(json.dumps(scenario(target)))
