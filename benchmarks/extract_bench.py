@@ -48,7 +48,7 @@ def write_inputs(n: int, folder: Path) -> list[str]:
     for i, (u, c) in enumerate(zip(man.uris, man.crops, strict=True)):
         p = folder / f"{i:05d}.jpg"
         if not p.exists():
-            decode(u, c).image.save(p, quality=90)  # type: ignore[union-attr]
+            decode(u, c).image.save(p, quality=90)
         paths.append(str(p))
     return paths
 

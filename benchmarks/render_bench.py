@@ -49,7 +49,7 @@ def directions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return a[groups].mean(axis=1).astype(np.float32), moment / count
 
 
-def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
+def ours(model, dirs, whiten, px, steps, batch):
     from atlas_core.featvis import IconRenderer, RenderSettings
 
     r = IconRenderer(model, LAYER, RenderSettings(icon_px=px, steps=steps, attempts=1))
@@ -64,7 +64,7 @@ def ours(model, dirs, whiten, px, steps, batch):  # type: ignore[no-untyped-def]
     return t.seconds, np.concatenate(icons), np.concatenate(cos)
 
 
-def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_tf=False):  # type: ignore[no-untyped-def]
+def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_tf=False):
     """Real lucent render_vis, one direction per call, our objective written as a lucent one.
 
     Each call gets a fresh copy of the model (made outside the timing): render_vis registers a
@@ -88,8 +88,8 @@ def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_t
     vw = torch.tensor(dirs) @ torch.tensor(whiten).T
 
     @objectives.wrap_objective()
-    def cossim(layer, vec, power=4.0):  # type: ignore[no-untyped-def]
-        def inner(hook):  # type: ignore[no-untyped-def]
+    def cossim(layer, vec, power=4.0):
+        def inner(hook):
             t = hook(layer)
             a = t[:, :, t.shape[2] // 2, t.shape[3] // 2]
             dot = (a * vec).mean(-1)
@@ -126,7 +126,7 @@ def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_t
     return seconds, arr
 
 
-def fidelity(model, icons: np.ndarray, dirs: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
+def fidelity(model, icons: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     from atlas_core.featvis import IconRenderer, RenderSettings
 
     r = IconRenderer(model, LAYER, RenderSettings(icon_px=icons.shape[1]))

@@ -21,7 +21,7 @@ import fsspec
 
 from atlas_core.errors import AtlasError
 from atlas_core.store import Markers, RunStore
-from atlas_core.store.check import Problem, check_shards
+from atlas_core.store.check import Problem, check_shards, missing_stage_outputs
 from pipelines.settings import STAGES, Settings, store_url
 
 log = logging.getLogger("atlas.verify")
@@ -89,25 +89,13 @@ def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem
 
 
 def _missing_outputs(s: Settings, store: RunStore, stage: str) -> list[str]:
-    base = f"layers/{s.layer}"
-    wanted = {
-        "extract": [f"layers/{L}/acts" for L in s.extracted_layers],
-        "reduce": [f"layers/{L}/layout" for L in (s.joint_layers or (s.layer,))],
-        "grid": [f"{base}/grid/{g}/mean" for g in s.grid.sizes],
-        "render": [f"{base}/grid/{g}/icon_objective" for g in s.grid.sizes],
-        "compose": [],
-    }[stage]
-    gone = [p for p in wanted if not store.has(p)]
-    if stage == "render" and not gone:
-        for g in s.grid.sizes:
-            objective = store.icons(s.layer, g)[1]
-            n = int((objective != objective).sum())  # NaN: never rendered
-            gone += [f"{n} icons of grid {g}"] if n else []
-    if stage == "compose":
-        fs, root = fsspec.core.url_to_fs(s.run_dir, **s.storage_options)
-        files = ["atlas.png", "viewer/index.html", *(f"atlas-{g}.png" for g in s.grid.sizes)]
-        gone += [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
-    return gone
+    if stage != "compose":
+        layouts = s.joint_layers or (s.layer,)
+        return missing_stage_outputs(store, stage, s.layer, s.extracted_layers, layouts,
+                                     s.grid.sizes)  # fmt: skip
+    fs, root = fsspec.core.url_to_fs(s.run_dir, **s.storage_options)
+    files = ["atlas.png", "viewer/index.html", *(f"atlas-{g}.png" for g in s.grid.sizes)]
+    return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 torch.set_num_threads(2)
 
 
-def pytest_collection_modifyitems(config, items):  # type: ignore[no-untyped-def]
+def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -49,7 +49,7 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def local_ray():  # type: ignore[no-untyped-def]
+def local_ray():
     """One local Ray per test module, bound to 127.0.0.1, dashboard off."""
     import ray
 
@@ -65,7 +65,7 @@ def local_ray():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def inject(monkeypatch):  # type: ignore[no-untyped-def]
+def inject(monkeypatch):
     """``inject("raise:after_write:1")``: the fault the next run's tasks see (the test hook
     ``ATLAS_TEST_FAULT``, read by the driver; no config key)."""
     from pipelines.common import FAULT_ENV
@@ -77,7 +77,7 @@ def inject(monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.delenv(FAULT_ENV, raising=False)
 
 
-def debug_settings(*overrides: str):  # type: ignore[no-untyped-def]
+def debug_settings(*overrides: str):
     """(Settings, resolved config) of the ``debug=fast`` configuration plus ``overrides``."""
     from hydra import compose, initialize_config_dir
 
@@ -87,7 +87,7 @@ def debug_settings(*overrides: str):  # type: ignore[no-untyped-def]
         return to_settings(compose("config", overrides=["debug=fast", *overrides]))
 
 
-def folder_settings(images: Path, run_dir: Path | str, *overrides: str):  # type: ignore[no-untyped-def]
+def folder_settings(images: Path, run_dir: Path | str, *overrides: str):
     """Settings of an extraction-only debug run over a folder of images."""
     return debug_settings(
         "data=folder", f"data.path={images}", f"run_dir={run_dir}", "stages=[extract]", *overrides

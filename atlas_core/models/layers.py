@@ -128,4 +128,5 @@ def layer_shapes(
     x = torch.zeros(1, 3, size, size, device=device)
     with torch.no_grad(), stop_at(model, names) as out:
         run_until(model, x)
-    return {n: tuple(int(s) for s in out[n].shape[1:]) for n in names}  # type: ignore[misc]
+    shapes = {n: out[n].shape for n in names}
+    return {n: (int(s[1]), int(s[2]), int(s[3])) for n, s in shapes.items()}

@@ -68,8 +68,21 @@ class NeighborIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest reference rows of each row of ``x`` (n, C): indices (n, k) int64 and
         distances (n, k) float32, nearest first. A query row equal to a reference row finds it
-        at distance 0."""
+        at distance 0.
+
+        On CPU the products run on one thread (the caller's setting is restored): a matrix
+        product's rounding depends on how many threads split it, and a reused worker process
+        may have any count, so this keeps every distance, and every layout placed from them,
+        independent of which process ran the search."""
         import torch
+
+        if not _device(device).startswith("cuda") and torch.get_num_threads() != 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                return self.query(x, k, device=device, block=block)
+            finally:
+                torch.set_num_threads(threads)
 
         k = min(k, len(self.ref))
         dev = _device(device)

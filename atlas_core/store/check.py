@@ -84,3 +84,28 @@ def _shard_problems(
     if rec.get("acts_hash") != store.acts_hash(a, b):
         out.append("activations differ from what the task wrote (checksum)")
     return out
+
+
+def missing_stage_outputs(
+    store: RunStore,
+    stage: str,
+    layer: str,
+    extracted: tuple[str, ...],
+    layouts: tuple[str, ...],
+    sizes: tuple[int, ...],
+) -> list[str]:
+    """What a finished ``stage`` (extract, reduce, grid, render) should have written and the
+    store lacks: array paths, or ``"<n> icons of grid <g>"`` for icons never rendered."""
+    base = f"layers/{layer}"
+    wanted = {
+        "extract": [f"layers/{L}/acts" for L in extracted],
+        "reduce": [f"layers/{L}/layout" for L in layouts],
+        "grid": [f"{base}/grid/{g}/mean" for g in sizes],
+        "render": [f"{base}/grid/{g}/icon_objective" for g in sizes],
+    }[stage]
+    gone = [p for p in wanted if not store.has(p)]
+    if stage == "render" and not gone:
+        for g in sizes:
+            n = int(np.isnan(store.icons(layer, g)[1]).sum())
+            gone += [f"{n} icons of grid {g}"] if n else []
+    return gone

@@ -17,7 +17,7 @@ from atlas_core.data import DecodePolicy, Status, decode
 log = logging.getLogger(__name__)
 
 
-def _jpeg(arr: np.ndarray, **kw) -> bytes:  # type: ignore[no-untyped-def]
+def _jpeg(arr: np.ndarray, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", **kw)
     return buf.getvalue()

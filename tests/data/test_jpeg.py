@@ -14,7 +14,7 @@ from atlas_core.data.jpeg import decode_jpegs
 from atlas_core.models.preprocess import Preprocess
 
 
-def _jpeg(arr: np.ndarray, **kw) -> bytes:  # type: ignore[no-untyped-def]
+def _jpeg(arr: np.ndarray, **kw) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="JPEG", quality=95, **kw)
     return buf.getvalue()
@@ -25,7 +25,7 @@ def _smooth(h: int, w: int) -> np.ndarray:
     return np.stack([x * 255 // w, y * 255 // h, (x + y) * 127 // (h + w)], -1).astype(np.uint8)
 
 
-def _check(device: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _check(device: str, tmp_path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     datas = [
@@ -51,11 +51,11 @@ def _check(device: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert x.shape == (3, 64, 64) and np.abs(x.permute(1, 2, 0).cpu().numpy() - ref).mean() < 0.02
 
 
-def test_torchvision_jpeg_path_matches_pil_on_cpu(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_torchvision_jpeg_path_matches_pil_on_cpu(tmp_path) -> None:
     _check("cpu", tmp_path)
 
 
 @pytest.mark.gpu
-def test_nvjpeg_path_matches_pil(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_nvjpeg_path_matches_pil(tmp_path) -> None:
     assert torch.cuda.is_available()
     _check("cuda", tmp_path)

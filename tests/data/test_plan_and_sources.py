@@ -18,7 +18,7 @@ def test_plans_tile_the_rows_on_chunk_boundaries() -> None:
 
 
 @pytest.mark.parametrize("bounds", [((0, 100), (100, 200)), ((0, 128), (100, 200)), ((0, 128),)])
-def test_unaligned_or_incomplete_plans_are_rejected(bounds) -> None:  # type: ignore[no-untyped-def]
+def test_unaligned_or_incomplete_plans_are_rejected(bounds) -> None:
     with pytest.raises(PlanError):
         ShardPlan(n_images=200, chunk_images=64, bounds=bounds).validate()
 

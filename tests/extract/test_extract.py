@@ -83,7 +83,7 @@ def test_attribution_of_several_layers_in_one_pass_matches_finite_differences(
     assert top.attr is not None and every.attr is not None
 
     def logit(layer: int, b: int, p: np.ndarray, t: float, c: int) -> float:
-        def scale(_m, _i, o):  # type: ignore[no-untyped-def]
+        def scale(_m, _i, o):
             o = o.clone()
             o[b, :, p[0], p[1]] *= 1 + t
             return o

@@ -20,7 +20,7 @@ from atlas_core.featvis.transforms import compose
 from atlas_core.models import ModelSpec, load_model
 
 
-def _tiny_renderer(**kw) -> IconRenderer:  # type: ignore[no-untyped-def]
+def _tiny_renderer(**kw) -> IconRenderer:
     s = RenderSettings(**{"icon_px": 32, "steps": 12, "attempts": 1, **kw})
     return IconRenderer(load_model(ModelSpec(name="tiny")), "blocks.2", s)
 

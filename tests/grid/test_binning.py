@@ -5,7 +5,7 @@ import numpy as np
 from atlas_core.grid import cell_index, finalize, merge, partial_sums, top_classes_per_cell
 
 
-def _brute(xy, acts, labels, size, min_count, top):  # type: ignore[no-untyped-def]
+def _brute(xy, acts, labels, size, min_count, top):
     cells = {}
     for p, a, lab in zip(xy, acts, labels, strict=False):
         if np.isnan(p).any():

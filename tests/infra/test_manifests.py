@@ -45,7 +45,7 @@ def _objects() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _keys(obj: dict[str, Any], allowed: set[str], where: str, required: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+def _keys(obj: dict[str, Any], allowed: set[str], where: str, required: tuple[str, ...] = ()):
     extra = set(obj) - allowed
     assert not extra, f"{where}: unknown fields {sorted(extra)}"
     missing = [k for k in required if k not in obj]

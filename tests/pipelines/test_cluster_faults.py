@@ -21,14 +21,14 @@ pytestmark = pytest.mark.ray
 log = logging.getLogger(__name__)
 
 
-def _settings(images: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
+def _settings(images: Path, run_dir: Path, *extra: str):
     return folder_settings(
         images, run_dir, "extract.chunk_images=8", "extract.batch_size=4", *extra
     )
 
 
 @pytest.fixture(scope="module")
-def cluster():  # type: ignore[no-untyped-def]
+def cluster():
     from ray.cluster_utils import Cluster
 
     c = Cluster(
@@ -42,7 +42,7 @@ def cluster():  # type: ignore[no-untyped-def]
     c.shutdown()
 
 
-def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) -> None:  # type: ignore[no-untyped-def]
+def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) -> None:
     c, workers = cluster
     traces = tmp_path / "traces"
     traces.mkdir()
@@ -54,7 +54,7 @@ def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) 
         tmp_path / "run",
         f"cluster.address={c.address}",
     )
-    result: dict = {}  # type: ignore[type-arg]
+    result: dict = {}
     t = threading.Thread(target=lambda: result.update(run(s, {})))
     t.start()
     markers = tmp_path / "run" / "markers" / "extract"

@@ -25,7 +25,7 @@ _settings = debug_settings
 
 
 @pytest.fixture(scope="module")
-def folder_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+def folder_run(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("e2e")
     make_images(base / "imgs", 70, size=80)
     (base / "imgs" / "sub0" / "broken.jpg").write_bytes(b"<html>saved error page</html>")
@@ -44,7 +44,7 @@ def folder_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
     return s, manifest, base / "run"
 
 
-def test_the_run_writes_every_output(folder_run) -> None:  # type: ignore[no-untyped-def]
+def test_the_run_writes_every_output(folder_run) -> None:
     _s, manifest, run_dir = folder_run
     assert (run_dir / "atlas.png").is_file() and (run_dir / "atlas-4.png").is_file()
     assert (run_dir / "viewer" / "index.html").is_file()
@@ -68,7 +68,7 @@ def test_the_run_writes_every_output(folder_run) -> None:  # type: ignore[no-unt
         assert on_disk["stages"][stage]["seconds"] > 0
 
 
-def test_the_store_is_consistent(folder_run) -> None:  # type: ignore[no-untyped-def]
+def test_the_store_is_consistent(folder_run) -> None:
     s, manifest, run_dir = folder_run
     g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     status = g["images/status"][:]
@@ -97,7 +97,7 @@ def test_the_store_is_consistent(folder_run) -> None:  # type: ignore[no-untyped
     assert icons.shape == (len(grid["cell"][:]), 32, 32, 3) and icons.std() > 5
 
 
-def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:  # type: ignore[no-untyped-def]
+def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:
     _s, _manifest, run_dir = folder_run
     img = np.asarray(Image.open(run_dir / "atlas.png"))
     g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")["layers/blocks.2/grid/4"]
@@ -110,7 +110,7 @@ def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:  # typ
     assert html.count('"ix"') == len(cells) and "../atlas.png" in html
 
 
-def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folder_run) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folder_run) -> None:
     s, _manifest, run_dir = folder_run
     again = run(s, {})
     assert all(v["status"] == "skipped (complete)" for v in again["stages"].values())
@@ -132,7 +132,7 @@ def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folde
     }
 
 
-def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_path) -> None:
     s, _, _ = folder_run
     layouts = []
     for name in ("a", "b"):
@@ -158,7 +158,7 @@ def test_sampled_fit_with_parallel_transform_is_reproducible(folder_run, tmp_pat
     assert np.array_equal(a, b, equal_nan=True)
 
 
-def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_path) -> None:
     """Run A (the toy model) and run B (the toy model with other weights: another model) on the
     same images; each run's reduce lists the other in reduce.align_with and both end with the
     same layout, fitted on the joint features (sampled fit + Ray transform)."""
@@ -219,7 +219,7 @@ def test_two_models_on_the_same_images_get_one_aligned_layout(folder_run, tmp_pa
         run(s_bad, {})
 
 
-def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:
     """Both layers get the joint layout, and the fit saw both layers' features: the joint layout
     differs from a fit on either layer alone (same rows, same seed, same settings)."""
     s, _, _ = folder_run
@@ -250,7 +250,7 @@ def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:
     assert min(gaps.values()) > 0.01, gaps
 
 
-def test_one_run_of_several_layers_extracts_once(folder_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_one_run_of_several_layers_extracts_once(folder_run, tmp_path) -> None:
     """``layers=[blocks.1,blocks.2]``: one atlas per layer in <run_dir>/<layer>, both from one
     extraction (the second layer's extract stage reuses it), compared in <run_dir>/index.html;
     then changing ``layer`` of a finished run to another extracted layer redoes no extraction."""

@@ -17,14 +17,14 @@ log = logging.getLogger(__name__)
 ARRAYS = ("images/status", "images/top_class", "layers/blocks.2/acts", "layers/blocks.2/attr")
 
 
-def _settings(images: Path, run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
+def _settings(images: Path, run_dir: Path, *extra: str):
     return folder_settings(
         images, run_dir, "extract.chunk_images=16", "extract.attr_classes=3", *extra
     )
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+def corpus(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("faults")
     make_images(base / "imgs", 60, size=70, seed=3)
     (base / "imgs" / "sub2" / "zz_bad.png").write_bytes(b"GIF89a-but-not-really")
@@ -37,13 +37,13 @@ def _equal_to_reference(run_dir: Path, ref: Path) -> None:
     assert_same_store(run_dir, ref, ARRAYS)
 
 
-def _rows(manifest: dict) -> dict:  # type: ignore[type-arg]
+def _rows(manifest: dict) -> dict:
     c = manifest["stages"]["extract"]["counts"]
     assert c["images_expected"] == c["images_ok"] + c["images_failed"] + c["images_lost"]
     return c
 
 
-def test_reference_counts(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_reference_counts(corpus) -> None:
     _, _, manifest = corpus
     c = _rows(manifest)
     assert (c["images_expected"], c["images_ok"], c["images_failed"], c["images_lost"]) == (
@@ -57,7 +57,7 @@ def test_reference_counts(corpus) -> None:  # type: ignore[no-untyped-def]
     assert d["shard_seconds"]["max"] >= d["shard_seconds"]["min"] > 0
 
 
-def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, monkeypatch) -> None:
     base, ref, _ = corpus
     run_dir = base / "died"
     inject("raise:after_write:1")
@@ -75,7 +75,7 @@ def test_a_task_that_dies_after_its_write_is_redone_on_resume(corpus, inject, mo
     log.info("fault 'task dies after a partial write': injected 1, survived 1, lost rows 0")
 
 
-def test_a_worker_killed_with_sigkill_is_retried(corpus, inject) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_killed_with_sigkill_is_retried(corpus, inject) -> None:
     base, ref, _ = corpus
     run_dir = base / "sigkill"
     flag = base / "killed-once"
@@ -87,7 +87,7 @@ def test_a_worker_killed_with_sigkill_is_retried(corpus, inject) -> None:  # typ
     log.info("fault 'worker SIGKILL mid-extraction': injected 1, survived 1, lost rows 0")
 
 
-def test_a_rerun_is_a_no_op_and_a_redo_writes_identical_bytes(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_a_rerun_is_a_no_op_and_a_redo_writes_identical_bytes(corpus) -> None:
     base, ref, _ = corpus
     chunk = ref / "atlas.zarr" / "layers" / "blocks.2" / "acts" / "c" / "1" / "0"
     before = chunk.read_bytes()
@@ -100,7 +100,7 @@ def test_a_rerun_is_a_no_op_and_a_redo_writes_identical_bytes(corpus) -> None:  
     assert chunk.read_bytes() == before
 
 
-def test_the_sharding_codec_gives_the_same_store(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_the_sharding_codec_gives_the_same_store(corpus) -> None:
     """zarr's sharding codec on: tasks own whole shards (2 chunks of 8), same data as chunks."""
     import zarr
 
@@ -116,7 +116,7 @@ def test_the_sharding_codec_gives_the_same_store(corpus) -> None:  # type: ignor
     _equal_to_reference(run_dir, ref)
 
 
-def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus, inject) -> None:  # type: ignore[no-untyped-def]
+def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus, inject) -> None:
     """The sampled reduce is a Ray task graph (fit, searches, placements): a worker killed in the
     fit or in a search is retried by Ray and the layout equals the clean run's."""
     import shutil
@@ -149,7 +149,7 @@ def test_reduce_tasks_killed_with_sigkill_are_retried_to_the_same_layout(corpus,
     assert injected == 2 and sorted(survived) == ["fit", "search"]
 
 
-def test_attribution_wider_than_topk_labels_every_cell(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_attribution_wider_than_topk_labels_every_cell(corpus) -> None:
     """extract.attr_classes=4 with topk=2 used to fail in the grid stage: the store now keeps four
     top classes per image, one per attribution column."""
     import zarr
@@ -165,7 +165,7 @@ def test_attribution_wider_than_topk_labels_every_cell(corpus) -> None:  # type:
     assert len(labels) == len(g["layers/blocks.2/grid/4/cell"][:]) and (labels[:, 0] >= 0).all()
 
 
-def test_cuml_on_a_cluster_without_gpus_is_a_config_error(corpus) -> None:  # type: ignore[no-untyped-def]
+def test_cuml_on_a_cluster_without_gpus_is_a_config_error(corpus) -> None:
     """On a cluster the fit task decides; cuML needs a GPU for it, and a cluster with none is
     refused at once, naming the setting and what the nodes have (Ray would wait forever)."""
     import shutil
@@ -188,3 +188,18 @@ def test_cuml_on_a_cluster_without_gpus_is_a_config_error(corpus) -> None:  # ty
                   "cluster.address=auto")  # fmt: skip
     with pytest.raises(ConfigError, match=r"reduce\.backend=cuml: cluster\.reduce_fit.*0 GPU"):
         run(s, {})
+
+
+def test_a_request_no_node_can_run_fails_at_once(corpus) -> None:
+    """Extraction tasks asking for a GPU on a cluster without one: refused before any task is
+    submitted (Ray would wait forever), naming the setting and what the nodes have."""
+    import time
+
+    from atlas_core.errors import ConfigError
+
+    base, _, _ = corpus
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"cluster\.extract: .*'num_gpus': 1.*0 GPU"):
+        run(_settings(base / "imgs", base / "no-gpu", "cluster.extract.num_gpus=1"), {})
+    assert time.perf_counter() - t0 < 60
+    assert not list((base / "no-gpu" / "markers").glob("extract/*.json"))

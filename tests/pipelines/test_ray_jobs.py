@@ -58,7 +58,7 @@ def _ray(args: list[str], env: dict[str, str]) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
-def start_cluster() -> dict:  # type: ignore[type-arg]
+def start_cluster() -> dict:
     """Head + two workers, each from `ray start`, in this process's network namespace."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a limit
     env = _env(secrets.token_hex(32))
@@ -85,7 +85,7 @@ def start_cluster() -> dict:  # type: ignore[type-arg]
     return {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
 
 
-def stop_cluster(cluster: dict) -> None:  # type: ignore[type-arg]
+def stop_cluster(cluster: dict) -> None:
     """This cluster's processes only (never `ray stop`, which would end every Ray here)."""
     temp, gcs = cluster["temp"], cluster["gcs"]
     for p in psutil.process_iter(["cmdline"]):
@@ -94,7 +94,7 @@ def stop_cluster(cluster: dict) -> None:  # type: ignore[type-arg]
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _nodes(cluster: dict) -> dict[str, str]:  # type: ignore[type-arg]
+def _nodes(cluster: dict) -> dict[str, str]:
     """worker name -> Ray node id, from the state API (as an operator would look it up)."""
     out = subprocess.run(
         [
@@ -152,7 +152,7 @@ def _committed(run_dir: Path) -> dict[int, str]:
     return out
 
 
-def scenario(tmp: Path) -> dict:  # type: ignore[type-arg]
+def scenario(tmp: Path) -> dict:
     """The whole run, inside the test's network namespace; returns what the test checks."""
     make_images(tmp / "imgs", 48, size=64, seed=11)
     traces, run_dir, ref_dir = tmp / "traces", tmp / "run", tmp / "ref"

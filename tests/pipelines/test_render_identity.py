@@ -23,7 +23,7 @@ STAGES = "stages=[extract,reduce,grid,render]"
 ICONS = ("icons", "icon_objective")
 
 
-def _settings(run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
+def _settings(run_dir: Path, *extra: str):
     return debug_settings(
         f"run_dir={run_dir}", "data.n_images=64", "grid.sizes=[4,5]", "render.steps=6",
         "render.attempts=2", "render.cache=false", *extra,
@@ -31,13 +31,13 @@ def _settings(run_dir: Path, *extra: str):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def gridded(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+def gridded(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("identity")
     run(_settings(base / "grid", "stages=[extract,reduce,grid]"), {})
     return base
 
 
-def _render(base: Path, name: str, *extra: str) -> tuple[dict, dict[str, np.ndarray]]:  # type: ignore[type-arg]
+def _render(base: Path, name: str, *extra: str) -> tuple[dict, dict[str, np.ndarray]]:
     run_dir = base / name
     shutil.copytree(base / "grid", run_dir)  # extract, reduce and grid are committed: skipped
     manifest = run(_settings(run_dir, STAGES, *extra), {})
@@ -48,7 +48,7 @@ def _render(base: Path, name: str, *extra: str) -> tuple[dict, dict[str, np.ndar
     return manifest["stages"]["render"], out
 
 
-def test_icons_do_not_depend_on_batch_size_actors_or_an_actor_kill(gridded, inject) -> None:  # type: ignore[no-untyped-def]
+def test_icons_do_not_depend_on_batch_size_actors_or_an_actor_kill(gridded, inject) -> None:
     small, a = _render(gridded, "b4", "render.batch_size=4", "cluster.render.actors=1")
     n = small["counts"]["icons"]
     assert n == small["counts"]["icons_rendered_now"] and n > 8

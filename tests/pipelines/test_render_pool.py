@@ -22,11 +22,11 @@ log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
-def ray_session(local_ray):  # type: ignore[no-untyped-def]
+def ray_session(local_ray):
     return local_ray
 
 
-def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session, tmp_path) -> None:
     """The actor kills itself at a known point: at the end of its second batch, before returning
     it (the test hook of RenderWorker), so the kill never races the batches."""
     settings = RenderSettings(icon_px=32, steps=10, attempts=1, whiten=False)
@@ -53,7 +53,7 @@ def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session, 
     writes: Counter[int] = Counter()
     order: list[int] = []
 
-    def commit(batch: RenderBatch, out) -> None:  # type: ignore[no-untyped-def]
+    def commit(batch: RenderBatch, out) -> None:
         icons, objective, _cosine = out
         assert icons.shape == (4, 32, 32, 3) and np.isfinite(objective).all()
         writes.update(batch.rows.tolist())

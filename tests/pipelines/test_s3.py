@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
-def s3(local_ray, tmp_path_factory):  # type: ignore[no-untyped-def]
+def s3(local_ray, tmp_path_factory):
     import boto3
 
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
@@ -45,7 +45,7 @@ def s3(local_ray, tmp_path_factory):  # type: ignore[no-untyped-def]
     server.stop()
 
 
-def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped-def,type-arg]
+def _settings(images: Path, opts: dict, *extra: str):
     s, resolved = debug_settings(
         "data=folder",
         f"data.path={images}",
@@ -56,7 +56,7 @@ def _settings(images: Path, opts: dict, *extra: str):  # type: ignore[no-untyped
     return dataclasses.replace(s, storage_options=opts), {**resolved, "storage_options": opts}
 
 
-def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:  # type: ignore[no-untyped-def]
+def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:
     opts, base = s3
     make_images(base / "imgs", 40, size=70)
     inject("raise:after_write:1")
@@ -88,7 +88,7 @@ def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:  # type: ignore[n
     )
 
 
-def test_scheduled_runs_on_two_dates_and_a_rerun(s3) -> None:  # type: ignore[no-untyped-def]
+def test_scheduled_runs_on_two_dates_and_a_rerun(s3) -> None:
     """``run_root`` + ``date``: dated run directories in the bucket, a re-run of a date resumes
     (every stage skipped), and the root's index lists each date's run."""
     from pipelines.sweep import run_one

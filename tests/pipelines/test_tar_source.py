@@ -15,7 +15,7 @@ from tests.data.test_tars import _png, _tar
 pytestmark = pytest.mark.ray
 
 
-def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
+def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:
     for t in range(2):
         members = {f"{t}/{i:03d}.png": _png(100 * t + i) for i in range(20)}
         if t == 1:
@@ -42,7 +42,7 @@ def test_tar_shards_extract(tmp_path: Path, local_ray) -> None:  # type: ignore[
     assert not np.isnan(g["layers/blocks.2/acts"][:][status == 1]).any()
 
 
-def test_torchvision_jpeg_decoder_matches_the_pil_path(tmp_path: Path, local_ray) -> None:  # type: ignore[no-untyped-def]
+def test_torchvision_jpeg_decoder_matches_the_pil_path(tmp_path: Path, local_ray) -> None:
     """The batch-decoding branch the GPU takes (here on the CPU): same statuses, close acts."""
     from tests.conftest import folder_settings, make_images
 

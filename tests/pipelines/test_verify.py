@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory, local_ray):  # type: ignore[no-untyped-def]
+def clean_run(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("verify")
     s, resolved = debug_settings(
         f"run_dir={base / 'clean'}", "data.n_images=48", "extract.chunk_images=16"
@@ -42,7 +42,7 @@ def _tree_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def test_a_clean_run_verifies_and_is_not_changed(clean_run, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_clean_run_verifies_and_is_not_changed(clean_run, capsys) -> None:
     run_dir = clean_run / "clean"
     before = _tree_hash(run_dir)
     assert verify.main([str(run_dir)]) == 0
@@ -50,7 +50,7 @@ def test_a_clean_run_verifies_and_is_not_changed(clean_run, capsys) -> None:  # 
     assert _tree_hash(run_dir) == before
 
 
-def test_a_deleted_chunk_is_named_by_shard(clean_run, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_deleted_chunk_is_named_by_shard(clean_run, capsys) -> None:
     run_dir = _copy(clean_run, "no-chunk")
     (run_dir / "atlas.zarr" / "layers" / "blocks.2" / "acts" / "c" / "1" / "0").unlink()
     assert verify.main([str(run_dir)]) == 1
@@ -59,7 +59,7 @@ def test_a_deleted_chunk_is_named_by_shard(clean_run, capsys) -> None:  # type: 
     assert "shard 0 " not in out and "shard 2 " not in out
 
 
-def test_a_corrupted_marker_is_named(clean_run, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupted_marker_is_named(clean_run, capsys) -> None:
     run_dir = _copy(clean_run, "bad-marker")
     marker = run_dir / "markers" / "extract" / "shard-000002.json"
     rec = json.loads(marker.read_text())
@@ -74,7 +74,7 @@ def test_a_corrupted_marker_is_named(clean_run, capsys) -> None:  # type: ignore
     assert "FAIL stage render: marked done but stage grid is not" in out
 
 
-def test_a_removed_stage_output_is_named(clean_run, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_removed_stage_output_is_named(clean_run, capsys) -> None:
     run_dir = _copy(clean_run, "no-layout")
     shutil.rmtree(run_dir / "atlas.zarr" / "layers" / "blocks.2" / "layout")
     (run_dir / "atlas-4.png").unlink()

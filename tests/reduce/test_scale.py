@@ -62,7 +62,7 @@ def test_joint_features_average_the_per_layer_cosines() -> None:
     a, b = rng.normal(size=(2, 7)), rng.normal(size=(2, 3))
     j = joint_features([a, b])
 
-    def cos(u, v):  # type: ignore[no-untyped-def]
+    def cos(u, v):
         return float(u @ v / np.linalg.norm(u) / np.linalg.norm(v))
 
     assert np.isclose(cos(j[0], j[1]), (cos(a[0], a[1]) + cos(b[0], b[1])) / 2, atol=1e-6)

@@ -106,17 +106,17 @@ def test_markers_round_trip_and_stay_inside_the_run(tmp_path: Path) -> None:
     assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1}) != fingerprint({"a": 2})
 
 
-class _FlakyStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
+class _FlakyStore(zarr.storage.WrapperStore):
     """Fails the first ``fail`` chunk writes with a transient error, or every one with
     ``permanent``."""
 
-    def __init__(self, store, fail: int = 0, permanent: bool = False) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store, fail: int = 0, permanent: bool = False) -> None:
         super().__init__(store)
         self.fail = fail
         self.permanent = permanent
         self.injected = 0
 
-    async def set(self, key, value):  # type: ignore[no-untyped-def]
+    async def set(self, key, value):
         if "/c/" in key or key.endswith("/c"):
             if self.permanent:
                 raise PermissionError(f"denied: {key}")
@@ -126,7 +126,7 @@ class _FlakyStore(zarr.storage.WrapperStore):  # type: ignore[type-arg]
         return await self._store.set(key, value)
 
 
-def _flaky(tmp_path: Path, **kw) -> tuple[RunStore, _FlakyStore]:  # type: ignore[no-untyped-def]
+def _flaky(tmp_path: Path, **kw) -> tuple[RunStore, _FlakyStore]:
     _store(tmp_path)
     flaky = _FlakyStore(zarr.storage.LocalStore(str(tmp_path / "atlas.zarr")), **kw)
     return RunStore(zarr.open_group(flaky, mode="r+"), "flaky://", backoff=0.001), flaky
