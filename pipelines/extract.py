@@ -111,6 +111,8 @@ def run(s: Settings, fp: str) -> StageResult:
 
 def _extract(s: Settings, fp: str) -> StageResult:
     markers = Markers(s.run_dir, s.storage_options)
+    ray_ops.init(s.cluster)
+    warm = _warm_workers(s)  # worker start-up overlaps the driver creating the store
     store = _open_or_create(s, fp, markers)
     plan = store.shards
     todo = [
@@ -119,10 +121,7 @@ def _extract(s: Settings, fp: str) -> StageResult:
     ]  # fmt: skip
     jobs = [_job(s, fp, i, *plan[i]) for i in todo]
     log.info("extract: %d shards to run, %d already committed", len(jobs), len(plan) - len(jobs))
-    ray_ops.init(s.cluster)
     res = s.cluster.extract
-    if jobs:
-        ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus)
     records = ray_ops.map_tasks(
         extract_shard, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="extract",
         labels=[f"shard {j.shard} (images {j.start}..{j.stop})" for j in jobs],
@@ -132,7 +131,28 @@ def _extract(s: Settings, fp: str) -> StageResult:
     _restate_markers(store, markers, dup)
     result = _summarize(store, len(plan), records)
     result.details["layers"] = sorted(store.layers)
+    result.details["warm_workers"] = ray_ops.settle(warm)
     return result
+
+
+def warm_worker(model: ModelSpec, device: str) -> str:
+    """Task body: import the stage's code and load the model into this worker process's cache,
+    so the shard tasks that follow on it start computing at once."""
+    cached_model(model, resolve_device(device))
+    return ray_ops.where_am_i()["node"]
+
+
+def _warm_workers(s: Settings) -> list[Any]:
+    """One warm-up task per extraction slot the cluster has (handles; nothing waits on them)."""
+    res = s.cluster.extract
+    ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus)
+    slots = ray_ops.capacity(res.num_cpus, res.num_gpus)
+    return [
+        ray_ops.submit(
+            warm_worker, s.model.spec, res.device, num_cpus=res.num_cpus, num_gpus=res.num_gpus
+        )
+        for _ in range(slots)
+    ]
 
 
 def _job(s: Settings, fp: str, shard: int, start: int, stop: int) -> ExtractJob:

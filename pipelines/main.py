@@ -147,5 +147,7 @@ def _single(cfg: DictConfig) -> None:
     )
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # `python -m pipelines.main` behaves as the `atlas` command
+    from pipelines.cli import main as cli
+
+    cli()

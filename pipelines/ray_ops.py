@@ -202,6 +202,20 @@ def gather(
     return [results[i] for i in range(len(handles))]
 
 
+def settle(handles: Sequence[Any]) -> int:
+    """Wait for tasks whose results nobody needs (warm-ups); failures are ignored. Returns how
+    many succeeded."""
+    ray = _ray()
+    ok = 0
+    for h in handles:
+        try:
+            ray.get(h)
+            ok += 1
+        except Exception as exc:  # a warm-up on a node that died: the work goes on elsewhere
+            log.info("a warm-up task failed: %s", exc)
+    return ok
+
+
 def map_tasks(
     fn: Callable[..., R],
     jobs: Sequence[T],

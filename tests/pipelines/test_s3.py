@@ -56,10 +56,11 @@ def _settings(images: Path, opts: dict, *extra: str):
     return dataclasses.replace(s, storage_options=opts), {**resolved, "storage_options": opts}
 
 
-def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:
+def test_a_run_on_s3_resumes_and_finishes(s3, inject, caplog) -> None:
     opts, base = s3
     make_images(base / "imgs", 40, size=70)
     inject("raise:after_write:1")
+    caplog.set_level(logging.INFO)  # our logs (botocore DEBUG logs the key id by design)
     s, _ = _settings(base / "imgs", opts)
     with pytest.raises(RuntimeError, match="injected fault"):
         run(s, {})
@@ -83,6 +84,7 @@ def test_a_run_on_s3_resumes_and_finishes(s3, inject) -> None:
     written = [p for p in fs.find("atlas/run1")]
     assert written and not [p for p in written if secret in fs.cat(p)]
     assert on_s3["config"]["storage_options"]["secret"] == "***redacted***"
+    assert caplog.text and opts["secret"] not in caplog.text and opts["key"] not in caplog.text
     log.info(
         "S3 run: fault injected 1, survived 1, shards skipped on resume %d", ex["shards_skipped"]
     )
