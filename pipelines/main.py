@@ -110,14 +110,7 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) 
     try:
         settings, resolved = to_settings(cfg)
     except AtlasError as exc:  # a bad setting fails this job only
-        from pipelines.index import record_failure
-
-        log.error("%s", exc)
-        sweep.STATE.sweep_dir = sweep_dir
-        sweep.STATE.jobs.append(out)
-        sweep.STATE.failed.append(out)
-        record_failure(out, f"{type(exc).__name__}: {exc}", {"overrides": overrides}, {})
-        return "failed"
+        return sweep.job_failed(out, sweep_dir, exc, overrides, {})
     job = sweep.for_job(settings, overrides, out, sweep_dir)
     return sweep.run_job(job, resolved, overrides, sweep_dir)
 

@@ -104,9 +104,11 @@ def extraction_of(s: Settings) -> Settings:
     return alt if same else s
 
 
-def fingerprints(s: Settings) -> dict[str, str]:
+def fingerprints(s: Settings, ex: Settings | None = None) -> dict[str, str]:
+    """Each stage's fingerprint, chained; ``ex``: the settings whose extraction the run uses
+    (:func:`extraction_of`, computed here when not given)."""
     fps, prev = {}, ""
-    ex = extraction_of(s)
+    ex = ex or extraction_of(s)
     for stage in STAGES:
         parts: list[Any] = [prev, (ex if stage == "extract" else s).stage_config(stage)]
         if stage == "reduce" and s.reduce.align_with:
@@ -122,7 +124,8 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
     inject_fault(test_fault(), "run", 0, s.run_dir)
     check(s)
     markers = Markers(s.run_dir, s.storage_options)
-    fps = fingerprints(s)
+    ex = extraction_of(s)
+    fps = fingerprints(s, ex)
     report: dict[str, Any] = {}
     for stage in STAGES:
         prior = markers.read(f"stage-{stage}")
@@ -143,7 +146,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
             continue
         log.info("%s: running", stage)
         t = time.perf_counter()
-        result = _RUNNERS[stage](extraction_of(s) if stage == "extract" else s, fps[stage])
+        result = _RUNNERS[stage](ex if stage == "extract" else s, fps[stage])
         record = {
             "status": result.status,
             "seconds": round(time.perf_counter() - t, 2),

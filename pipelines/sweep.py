@@ -57,14 +57,24 @@ def run_job(s: Settings, resolved: dict[str, Any], overrides: list[str], sweep_d
         run(s, {**resolved, "run_dir": s.run_dir, "extractions": s.extractions})
         status = "done"
     except Exception as exc:  # a sweep records every failure and goes on
-        STATE.failed.append(s.run_dir)
-        log.error("sweep job %s failed: %s", s.run_dir, exc)
-        record_failure(s.run_dir, f"{type(exc).__name__}: {exc}",
-                       {"overrides": overrides, "traceback": traceback.format_exc(limit=8)},
-                       s.storage_options)  # fmt: skip
-        status = "failed"
+        return job_failed(s.run_dir, sweep_dir, exc, overrides, s.storage_options)
     write_index(sweep_dir, f"sweep {sweep_dir}", s.storage_options)
     return status
+
+
+def job_failed(
+    run_dir: str, sweep_dir: str, exc: Exception, overrides: list[str], opts: dict[str, Any]
+) -> str:
+    """Record a failed job (``failed.json``, the sweep's state and index); the sweep goes on."""
+    STATE.sweep_dir = sweep_dir
+    if run_dir not in STATE.jobs:
+        STATE.jobs.append(run_dir)
+    STATE.failed.append(run_dir)
+    log.error("sweep job %s failed: %s", run_dir, exc)
+    extra = {"overrides": overrides, "traceback": traceback.format_exc(limit=8)}
+    record_failure(run_dir, f"{type(exc).__name__}: {exc}", extra, opts)
+    write_index(sweep_dir, f"sweep {sweep_dir}", opts)
+    return "failed"
 
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")

@@ -30,10 +30,10 @@ class Problem:
         return f"{self.where}: {self.what}"
 
 
-def recount(store: RunStore, start: int, stop: int) -> dict[str, int]:
-    """Status counts of images [start, stop) as a task recorded them: duplicates, classified
-    by the driver after the shards, count as what the task saw (ok)."""
-    names = (Status(int(v)).name.lower() for v in store.status()[start:stop])
+def recount(status: np.ndarray) -> dict[str, int]:
+    """Status counts of a shard's images as its task recorded them: duplicates, classified by
+    the driver after the shards, count as what the task saw (ok)."""
+    names = (Status(int(v)).name.lower() for v in status)
     return dict(Counter("ok" if n == "duplicate" else n for n in names))
 
 
@@ -41,14 +41,15 @@ def check_shards(store: RunStore, markers: Markers) -> tuple[list[Problem], dict
     """Every extraction shard against its marker; returns (problems, row counts by status)."""
     problems: list[Problem] = []
     fp = store.attrs.get("extract_fingerprint")
+    status = store.status()  # read once, sliced per shard
     for i, (a, b) in enumerate(store.shards):
         rec = markers.read(f"extract/shard-{i:06d}")
         where = f"shard {i} (images {a}..{b})"
         if rec is None:
             problems.append(Problem(where, "no commit marker: not committed (a resume redoes it)"))
             continue
-        problems += [Problem(where, w) for w in _shard_problems(store, rec, fp, a, b)]
-    statuses = Counter(Status(int(v)).name.lower() for v in store.status())
+        problems += [Problem(where, w) for w in _shard_problems(store, rec, fp, a, b, status[a:b])]
+    statuses = Counter(Status(int(v)).name.lower() for v in status)
     counts = {"expected": store.n_images, "ok": statuses.pop("ok", 0)}
     counts["lost"] = statuses.pop("pending", 0)
     counts["failed"] = sum(statuses.values())
@@ -60,7 +61,7 @@ def check_shards(store: RunStore, markers: Markers) -> tuple[list[Problem], dict
 
 
 def _shard_problems(
-    store: RunStore, rec: dict[str, Any], fp: Any, a: int, b: int
+    store: RunStore, rec: dict[str, Any], fp: Any, a: int, b: int, status: np.ndarray
 ) -> list[str]:
     out = []
     if rec.get("fingerprint") != fp:
@@ -71,10 +72,10 @@ def _shard_problems(
     if missing:
         out.append(f"{len(missing)} storage objects missing, e.g. {missing[0]}")
         return out  # the reads below would only report the same loss again
-    counts = recount(store, a, b)
+    counts = recount(status)
     if counts != rec.get("status_counts"):
         out.append(f"statuses in the store {counts} differ from the marker's")
-    ok = np.repeat(store.status()[a:b] == int(Status.OK), store.k)
+    ok = np.repeat(status == int(Status.OK), store.k)
     for layer in store.layers:
         acts = store.acts(layer, a * store.k, b * store.k)
         full = ~np.isnan(acts).any(axis=1)

@@ -153,7 +153,8 @@ class RunStore:
         # a run that shares another's extraction reads the extraction arrays from that store
         self.parent: RunStore | None = None
         if attrs.get("extraction"):
-            parent = RunStore.open(str(attrs["extraction"]), "r+", storage_options)
+            mode: OpenMode = "r" if group.store.read_only else "r+"  # as this store was opened
+            parent = RunStore.open(str(attrs["extraction"]), mode, storage_options)
             attrs = {**parent.attrs, **attrs}
             self.parent = parent
         self.attrs: dict[str, Any] = attrs
