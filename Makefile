@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch/torchvision first and pinned: pip takes them from the local wheel cache when present
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[dev]"
+	# the viewer's pinned Leaflet, from the npm registry, checked against its sha512
+	$(PY) -m atlas_core.compose.vendor
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,27 +1,149 @@
-"""Compose stage: atlas.png (first grid size), one PNG per grid level, and the viewer page."""
+"""Compose stage: XYZ tiles of every level, overview images, the viewer's sheets and page.
+
+Every drawing is a Ray task that reads only the icons of its band of rows from the store and
+writes its own files, so no process holds a level's canvas: a tile band (``viewer/tiles/<G>/<z>/
+<x>/<y>.<ext>``), an overview strip (returned to the driver, which stitches ``atlas-<G>.png`` at
+most ``compose.overview_px`` wide; ``atlas.png`` is the first level's), a sheet of icons and of
+exemplar patches for the cards, or a range of source thumbnails. The driver then writes the
+viewer: the pinned Leaflet, the page, its script and style, and one data file.
+"""
 
 from __future__ import annotations
 
 import io
 import logging
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
 from PIL import Image
 
-from atlas_core.compose import compose_canvas, viewer_html
+from atlas_core.compose.tiles import (
+    Level,
+    cell_rows_in,
+    density_scale,
+    draw_region,
+    icon_boxes,
+    sheet,
+    zoom_ranges,
+)
 from atlas_core.store import RunStore
-from pipelines.common import StageResult, cached_model
-from pipelines.settings import BACKGROUNDS, Settings
+from pipelines import ray_ops
+from pipelines import viewer
+from pipelines.viewer import EXEMPLAR_ROWS
+from pipelines.common import StageResult, peak_rss_mb
+from pipelines.settings import BACKGROUNDS, TILE_FORMATS, Settings
 
 log = logging.getLogger(__name__)
+ICONS_PER_TASK = 2048  # icons a drawing task holds at most (besides the tile it draws)
 
 
-def _save_png(url: str, array: np.ndarray, storage_options: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class Draw:
+    """One band of one level at map width ``width``: tiles of zoom ``z`` (rows ``r0..r1`` of
+    tiles) written under ``out``, or (``z`` None) one overview strip of pixel rows [r0, r1)."""
+
+    store_url: str
+    storage_options: dict[str, Any]
+    layer: str
+    size: int
+    width: int
+    r0: int
+    r1: int
+    z: int | None
+    out: str
+    tile: int
+    fmt: str
+    background: int
+    density: bool
+
+
+def draw_task(job: Draw) -> dict[str, Any]:
+    """Task body: draw the band from the icons of the cell rows it meets."""
+    store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
+    cell, count = store.grid_cells(job.layer, job.size)
+    boxes = icon_boxes(cell, density_scale(count, job.density), job.size, job.width)
+    px0, px1 = (job.r0 * job.tile, job.r1 * job.tile) if job.z is not None else (job.r0, job.r1)
+    lo, hi = cell_rows_in(job.size, job.width, px0, min(px1, job.width))
+    flat = cell[:, 1].astype(np.int64) * job.size + cell[:, 0]
+    a, b = np.searchsorted(flat, [lo * job.size, (hi + 1) * job.size])
+    icons = store.icon_rows(job.layer, job.size, int(a), int(b))
+    boxes, ids = boxes[a:b], np.arange(a, b)
+    cache: dict[tuple[int, int, int], Image.Image] = {}
+    if job.z is None:
+        strip = draw_region(boxes, icons, (0, px0, job.width, px1), background=job.background,
+                            cache=cache, ids=ids)  # fmt: skip
+        return {"strip": strip, "rss_mb": peak_rss_mb()}
+    n = 0
+    for ty in range(job.r0, job.r1):
+        for tx in range(job.width // job.tile):
+            region = (tx * job.tile, ty * job.tile, (tx + 1) * job.tile, (ty + 1) * job.tile)
+            tile = draw_region(boxes, icons, region, background=job.background, cache=cache,
+                               ids=ids)  # fmt: skip
+            _write(f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
+                   _encode(tile, job.fmt), job.storage_options)  # fmt: skip
+            n += 1
+    return {"tiles": n, "rss_mb": peak_rss_mb()}
+
+
+@dataclass(frozen=True)
+class Sheets:
+    """Card sprites of cells [start, stop) of a level: one icon sheet, and exemplar sheets of
+    ``EXEMPLAR_ROWS`` cells each; or (``size`` 0) source thumbnails [start, stop)."""
+
+    store_url: str
+    storage_options: dict[str, Any]
+    layer: str
+    size: int
+    start: int
+    stop: int
+    out: str
+    columns: int
+    background: int
+
+
+def sheets_task(job: Sheets) -> dict[str, Any]:
+    store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
+    ex = store.exemplar_index(job.layer)
+    if job.size == 0:  # source thumbnails
+        assert ex is not None
+        thumbs = store.thumbs(job.layer, job.start, job.stop)
+        for u, t in zip(range(job.start, job.stop), thumbs, strict=True):
+            w, h = (int(v) for v in ex["thumb_size"][u])
+            if w and h:
+                _write(f"{job.out}/sources/{u}.jpg", _encode(t[:h, :w], "jpeg"),
+                       job.storage_options)  # fmt: skip
+        return {"rss_mb": peak_rss_mb()}
+    icons = store.icon_rows(job.layer, job.size, job.start, job.stop)
+    base = f"{job.out}/levels/{job.size}"
+    page = job.start // (job.columns * job.columns)
+    _write(f"{base}/icons-{page}.png", _encode(sheet(icons, job.columns, job.background), "png"),
+           job.storage_options)  # fmt: skip
+    rows = store.grid_extra(job.layer, job.size, "exemplar_row")
+    if ex is not None and rows is not None:
+        for a in range(job.start, job.stop, EXEMPLAR_ROWS):
+            b = min(a + EXEMPLAR_ROWS, job.stop)
+            sel = rows[a:b]
+            where = np.searchsorted(ex["row"], np.maximum(sel, 0))
+            patches = store.exemplar_patches(job.layer, where.ravel())
+            patches[(sel < 0).ravel()] = job.background
+            k, px = sel.shape[1], patches.shape[1]
+            grid = patches.reshape(b - a, k, px, px, 3).transpose(0, 2, 1, 3, 4)
+            _write(f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
+                   _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"), job.storage_options)
+    return {"rss_mb": peak_rss_mb()}
+
+
+def _encode(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
-    _write(url, buf.getvalue(), storage_options)
+    im = Image.fromarray(np.ascontiguousarray(array))
+    if fmt == "png":
+        im.save(buf, format="PNG", compress_level=6)
+    else:
+        im.save(buf, format=fmt.upper(), quality=90)
+    return buf.getvalue()
 
 
 def _write(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
@@ -31,60 +153,90 @@ def _write(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
         f.write(data)
 
 
+def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[Draw], list[Draw]]:
+    """Tile bands of every level's zooms, and overview strips of every level."""
+    c, px = s.compose, s.render.icon_px
+    tiles, strips = [], []
+    common = (s.store_url, s.storage_options, s.layer)
+    for lv in levels:
+        for z in lv.zooms:
+            n = 2**z
+            per_row = lv.size * (math.ceil(lv.size / n) + 1)  # icons one row of tiles meets
+            rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
+            for r0 in range(0, n, rows):
+                tiles.append(Draw(*common, lv.size, c.tile_px * n, r0, min(n, r0 + rows), z,
+                                  f"{s.run_dir.rstrip('/')}/viewer/tiles/{lv.size}", c.tile_px,
+                                  c.tile_format, BACKGROUNDS[c.background], c.density))  # fmt: skip
+        width = min(lv.size * px, c.overview_px)
+        band = max(1, ICONS_PER_TASK * width // (lv.size * lv.size))
+        for y0 in range(0, width, band):
+            strips.append(Draw(*common, lv.size, width, y0, min(width, y0 + band), None, "",
+                               c.tile_px, "png", BACKGROUNDS[c.background], c.density))  # fmt: skip
+    return tiles, strips
+
+
+def _sheet_jobs(s: Settings, store: RunStore) -> list[Sheets]:
+    out, per = f"{s.run_dir.rstrip('/')}/viewer", s.compose.sheet_columns**2
+    common = (s.store_url, s.storage_options, s.layer)
+    bg = BACKGROUNDS[s.compose.background]
+    jobs = []
+    for g in s.grid.sizes:
+        m = len(store.grid_cells(s.layer, g)[1])
+        jobs += [Sheets(*common, g, a, min(m, a + per), out, s.compose.sheet_columns, bg)
+                 for a in range(0, m, per)]  # fmt: skip
+    ex = store.exemplar_index(s.layer)
+    u = 0 if ex is None else len(ex["image"])
+    jobs += [Sheets(*common, 0, a, min(u, a + 256), out, 0, bg) for a in range(0, u, 256)]
+    return jobs
+
+
+def _overviews(s: Settings, strips: list[Draw], results: list[dict[str, Any]]) -> list[str]:
+    files = []
+    for g in s.grid.sizes:
+        parts = [r["strip"] for j, r in zip(strips, results, strict=True) if j.size == g]
+        png = _encode(np.concatenate(parts, axis=0), "png")
+        _write(f"{s.run_dir.rstrip('/')}/atlas-{g}.png", png, s.storage_options)
+        files.append(f"atlas-{g}.png")
+        if g == s.grid.sizes[0]:
+            _write(f"{s.run_dir.rstrip('/')}/atlas.png", png, s.storage_options)
+            files.append("atlas.png")
+    return files
+
+
 def run(s: Settings, fp: str) -> StageResult:
     store = RunStore.open(s.store_url, mode="r", storage_options=s.storage_options)
-    model = cached_model(s.model.spec, "cpu")
-    out = s.run_dir.rstrip("/")
-    files, drawn = [], {}
-    for level, size in enumerate(s.grid.sizes):
-        grid = store.grid(s.layer, size)
-        icons, objective, _ = store.icons(s.layer, size)
-        present = ~np.isnan(objective)
-        canvas = compose_canvas(
-            grid.cell, icons, size, present=present, background=BACKGROUNDS[s.compose.background]
-        )
-        _save_png(f"{out}/atlas-{size}.png", canvas, s.storage_options)
-        files.append(f"atlas-{size}.png")
-        drawn[str(size)] = int(present.sum())
-        labels = store.grid_extra(s.layer, size, "attr_top_class")
-        if level == 0:
-            _save_png(f"{out}/atlas.png", canvas, s.storage_options)
-            files.append("atlas.png")
-            cells = [
-                {
-                    "ix": int(c[0]),
-                    "iy": int(c[1]),
-                    "count": int(n),
-                    "label": model.class_name(int(lab[0])) if lab is not None else None,
-                    "top": [
-                        [model.class_name(int(k)), int(v)]
-                        for k, v in zip(tc, tn, strict=False)
-                        if k >= 0
-                    ],
-                }
-                for c, n, tc, tn, ok, lab in zip(
-                    grid.cell,
-                    grid.count,
-                    grid.top_class,
-                    grid.top_count,
-                    present,
-                    labels if labels is not None else [None] * len(present),
-                    strict=False,
-                )
-                if ok
-            ]
-            meta = (
-                f"model {s.model.name}, layer {s.layer}, grid {size}x{size}, "
-                f"{len(cells)} cells, {store.n_images} images"
-            )
-            page = viewer_html(
-                image_src="../atlas.png",
-                size=size,
-                cells=cells,
-                title=f"{s.model.name} {s.layer}",
-                meta=meta,
-            )
-            _write(f"{out}/viewer/index.html", page.encode("utf-8"), s.storage_options)
-            files.append("viewer/index.html")
-    log.info("compose: wrote %s under %s", ", ".join(files), out)
-    return StageResult(counts={"icons_drawn": drawn}, details={"files": files})
+    levels = zoom_ranges(s.grid.sizes, s.render.icon_px, s.compose.tile_px)
+    tiles, strips = _draw_jobs(s, store, levels)
+    sheets = _sheet_jobs(s, store)
+    ray_ops.init(s.cluster)
+    res = s.cluster.compose
+    ray_ops.require("cluster.compose", res.num_cpus, res.num_gpus)
+    out: list[Any] = ray_ops.map_tasks(
+        _any_task, [*tiles, *strips, *sheets], num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        desc="compose", labels=[_label(j) for j in (*tiles, *strips, *sheets)],
+    )  # fmt: skip
+    files = _overviews(s, strips, out[len(tiles) : len(tiles) + len(strips)])
+    files += viewer.write_viewer(s, store, levels, _write)
+    n_tiles = sum(r.get("tiles", 0) for r in out)
+    log.info("compose: %d tiles over %d levels, %s under %s", n_tiles, len(levels),
+             ", ".join(files), s.run_dir)  # fmt: skip
+    return StageResult(
+        counts={"tiles": n_tiles, "levels": len(levels), "tasks": len(out)},
+        details={
+            "files": files,
+            "zooms": {str(lv.size): [lv.zmin, lv.zmax] for lv in levels},
+            "peak_rss_mb_driver": peak_rss_mb(),
+            "peak_rss_mb_tasks": max((r["rss_mb"] for r in out), default=0.0),
+        },
+    )
+
+
+def _any_task(job: Draw | Sheets) -> dict[str, Any]:
+    return draw_task(job) if isinstance(job, Draw) else sheets_task(job)
+
+
+def _label(job: Draw | Sheets) -> str:
+    if isinstance(job, Sheets):
+        return f"sheets {job.size or 'sources'} {job.start}..{job.stop}"
+    what = f"tiles z{job.z}" if job.z is not None else "overview"
+    return f"{what} of {job.size} rows {job.r0}..{job.r1}"

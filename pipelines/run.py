@@ -24,7 +24,7 @@ from atlas_core.errors import ConfigError
 from atlas_core.models.layers import resolve_layer
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
-from pipelines import compose, extract, grid, reduce, render
+from pipelines import compose, exemplars, extract, grid, reduce, render
 from pipelines.common import StageResult, cached_model, inject_fault, redact, test_fault
 from pipelines.settings import STAGES, Settings, setting
 
@@ -35,6 +35,7 @@ _RUNNERS: dict[str, Callable[[Settings, str], StageResult]] = {
     "reduce": reduce.run,
     "grid": grid.run,
     "render": render.run,
+    "exemplars": exemplars.run,
     "compose": compose.run,
 }
 _PACKAGES = (

@@ -29,7 +29,7 @@ from atlas_core.models.registry import ModelSpec, check_model_name
 from atlas_core.reduce.backends import BACKENDS, KNN_MODES
 from atlas_core.reduce.params import INITS, METRICS, UmapParams
 
-STAGES = ("extract", "reduce", "grid", "render", "compose")
+STAGES = ("extract", "reduce", "grid", "render", "exemplars", "compose")
 DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("photos", "folder", "filelist", "tar")
 
@@ -320,14 +320,47 @@ BACKGROUNDS = {"white": 255, "grey": 128, "black": 0}
 
 
 @dataclass(frozen=True)
+class ExemplarsConf(_Group):
+    """exemplars: for each kept cell of each level, the k samples whose activation is closest
+    (cosine) to the cell's mean, as patches of their source image (the layer's receptive field
+    around the sampled position) and a thumbnail of each source image."""
+
+    GROUP: ClassVar[str] = "exemplars"
+    k: int = 8
+    patch_px: int = 64  # side of each stored patch
+    thumb_px: int = 256  # longer side of each source image's thumbnail
+    field: str = "effective"  # theoretical | effective: which receptive field a patch covers
+    field_mass: float = 0.9  # the effective field holds this share of the gradient's mass
+    rows_per_task: int = 256  # patches per task (and per storage chunk of the small arrays)
+
+    def __post_init__(self) -> None:
+        _choice("exemplars.field", self.field, ("theoretical", "effective"))
+        self._ranges({
+            "k": (1, 64), "patch_px": (8, 512), "thumb_px": (32, 2048),
+            "field_mass": (0.05, 1.0), "rows_per_task": (1, None),
+        })  # fmt: skip
+
+
+TILE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+@dataclass(frozen=True)
 class ComposeConf(_Group):
-    """compose: the atlas images and the viewer."""
+    """compose: the tiles of every level, the overview images and the viewer."""
 
     GROUP: ClassVar[str] = "compose"
     background: str = "white"  # canvas behind the icons and in empty cells: white | grey | black
+    density: bool = True  # icon side x min(1, sqrt(count / mean count)), as the article draws
+    tile_px: int = 256
+    tile_format: str = "jpeg"  # jpeg | png | webp
+    overview_px: int = 4096  # atlas.png and atlas-<G>.png are at most this wide
+    sheet_columns: int = 16  # icons per row of the viewer's icon sheets
 
     def __post_init__(self) -> None:
         _choice("compose.background", self.background, BACKGROUNDS)
+        _choice("compose.tile_format", self.tile_format, TILE_FORMATS)
+        _choice("compose.tile_px", self.tile_px, (128, 256, 512))
+        self._ranges({"overview_px": (64, 32768), "sheet_columns": (1, 256)})
 
 
 @dataclass(frozen=True)
@@ -362,10 +395,13 @@ class ClusterConf(_Group):
     reduce_search: Resources = field(default_factory=Resources)  # one task per shard
     grid: Resources = field(default_factory=Resources)
     render: ActorResources = field(default_factory=ActorResources)
+    exemplars: Resources = field(default_factory=Resources)
+    compose: Resources = field(default_factory=Resources)
 
     def __post_init__(self) -> None:
         self._ranges({"num_cpus": (1, None)})
-        for name in ("extract", "reduce_fit", "reduce_search", "grid", "render"):
+        for name in ("extract", "reduce_fit", "reduce_search", "grid", "render", "exemplars",
+                     "compose"):  # fmt: skip
             r = getattr(self, name)
             _range(f"cluster.{name}.num_cpus", r.num_cpus, 0.0, None)
             _range(f"cluster.{name}.num_gpus", r.num_gpus, 0.0, None)
@@ -386,6 +422,7 @@ class Settings:
     reduce: ReduceConf = field(default_factory=ReduceConf)
     grid: GridConf = field(default_factory=GridConf)
     render: RenderConf = field(default_factory=RenderConf)
+    exemplars: ExemplarsConf = field(default_factory=ExemplarsConf)
     compose: ComposeConf = field(default_factory=ComposeConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
     run_dir: str = "runs/demo"
@@ -449,6 +486,8 @@ class Settings:
             render.pop(k)
         extract = asdict(self.extract)
         extract.pop("batch_size")
+        exemplars = asdict(self.exemplars)
+        exemplars.pop("rows_per_task")
         parts: dict[str, dict[str, Any]] = {
             "extract": {
                 "model": asdict(self.model.spec),
@@ -458,6 +497,7 @@ class Settings:
             "reduce": {"reduce": asdict(self.reduce), "joint": list(self.joint_layers)},
             "grid": {"grid": asdict(self.grid)},
             "render": {"render": render},
+            "exemplars": {"exemplars": exemplars},
             "compose": {"compose": asdict(self.compose)},
         }
         return {**base, **parts[stage]}
@@ -500,6 +540,7 @@ def register() -> None:
         ("reduce", ReduceConf),
         ("grid", GridConf),
         ("render", RenderConf),
+        ("exemplars", ExemplarsConf),
         ("compose", ComposeConf),
         ("cluster", ClusterConf),
     ):

@@ -1,114 +1,119 @@
-"""A static viewer page that opens from disk (no server): the atlas with per-cell details on hover.
+"""The viewer: one static page per run that opens from disk, over the tiles of every level.
 
-Cell data is embedded as JSON in a ``<script type="application/json">`` block with ``<``, ``>`` and
-``&`` escaped, and the page writes it with ``textContent`` only, so no string from a dataset, a
-class list or a file name can inject markup.
+Pan and zoom are Leaflet's (pinned, copied next to the page by :func:`static_files`); the page's
+own script and style are files beside it, and the data is one generated script
+(``data/atlas.js``) that registers the run: no inline script, no inline handler, and a
+Content-Security-Policy that allows nothing but files of the page's own origin. Every string from
+a dataset (class names, file names, URIs) is JSON-escaped into that data file and written into the
+page with ``textContent`` only, so no name can become markup.
 """
 
 from __future__ import annotations
 
 import html
 import json
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
-_PAGE = r"""<!doctype html>
+from atlas_core.errors import AtlasError
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; object-src 'none'"
+)
+LEAFLET_VERSION = "1.9.4"
+_STATIC = ("viewer.js", "viewer.css")
+_LEAFLET = ("leaflet.js", "leaflet.css", "LICENSE")
+
+_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="__CSP__">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>Activation atlas: __TITLE__</title>
-<style>
- body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; }
- #wrap { position: relative; display: inline-block; line-height: 0; }
- #atlas { width: min(92vmin, 1200px); border: 1px solid #ddd; display: block; }
- #hl { position: absolute; box-sizing: border-box; border: 2px solid #e33;
-       pointer-events: none; display: none; }
- #tip { position: fixed; background: #fff; border: 1px solid #999; padding: 6px 8px;
-        pointer-events: none; display: none; box-shadow: 0 2px 6px #0003; max-width: 320px; }
- #tip h4 { margin: 0 0 4px 0; font-size: 13px; } #tip ol { margin: 0; padding-left: 20px; }
- .meta { color: #666; margin-bottom: 8px; }
-</style></head>
+<link rel="stylesheet" href="__PREFIX__lib/leaflet/leaflet.css">
+<link rel="stylesheet" href="__PREFIX__viewer.css">
+</head>
 <body>
-<h2 id="title"></h2>
-<div class="meta" id="meta"></div>
-<div id="wrap"><img id="atlas" src="__IMAGE__" alt="activation atlas"><div id="hl"></div></div>
-<div id="tip"><h4 id="tiph"></h4><ol id="tipl"></ol></div>
-<script type="application/json" id="data">__DATA__</script>
-<script>
-(function () {
-  const D = JSON.parse(document.getElementById("data").textContent);
-  document.getElementById("title").textContent = D.title;
-  document.getElementById("meta").textContent = D.meta;
-  const byCell = new Map(D.cells.map(c => [c.ix + "," + c.iy, c]));
-  const img = document.getElementById("atlas"), tip = document.getElementById("tip");
-  const hl = document.getElementById("hl");
-  function show(ix, iy, x, y) {
-    const c = byCell.get(ix + "," + iy), g = D.size;
-    if (!c) { tip.style.display = "none"; hl.style.display = "none"; return; }
-    document.getElementById("tiph").textContent =
-      "cell (" + ix + ", " + iy + "): " + c.count + " activations" +
-      (c.label ? "; label (top attribution): " + c.label : "");
-    const ol = document.getElementById("tipl");
-    ol.replaceChildren();
-    for (const [name, n] of c.top) {
-      const li = document.createElement("li");
-      li.textContent = name + " (" + n + ")";
-      ol.appendChild(li);
-    }
-    tip.style.left = (x + 14) + "px"; tip.style.top = (y + 14) + "px";
-    tip.style.display = "block";
-    // percentages of the image: right at any size, before or after layout and on resize
-    hl.style.left = (100 * ix / g) + "%"; hl.style.top = (100 * (g - 1 - iy) / g) + "%";
-    hl.style.width = hl.style.height = (100 / g) + "%"; hl.style.display = "block";
-  }
-  img.addEventListener("mousemove", ev => {
-    const r = img.getBoundingClientRect(), g = D.size;
-    const ix = Math.floor((ev.clientX - r.left) / r.width * g);
-    const iy = g - 1 - Math.floor((ev.clientY - r.top) / r.height * g);
-    show(ix, iy, ev.clientX, ev.clientY);
-  });
-  img.addEventListener("mouseleave", () => {
-    tip.style.display = "none"; hl.style.display = "none";
-  });
-  // #cell=ix,iy opens a cell's details: a link to one cell, and what tests use without a mouse
-  function fromHash() {
-    const m = /^#cell=(\d+),(\d+)$/.exec(location.hash);
-    if (!m) return;
-    const r = img.getBoundingClientRect(), g = D.size, w = r.width / g;
-    const ix = +m[1], iy = +m[2];
-    show(ix, iy, r.left + (ix + 1) * w, r.top + (g - iy) * w);
-  }
-  window.addEventListener("hashchange", fromHash);
-  if (img.complete) fromHash(); else img.addEventListener("load", fromHash);
-})();
-</script>
+<header><h1 id="title"></h1><p id="meta"></p><nav id="links" aria-label="related pages"></nav>
+</header>
+<div id="toolbar" role="toolbar" aria-label="atlas controls">
+ <span id="level" aria-live="polite"></span>
+ <span id="levels" role="group" aria-label="zoom levels"></span>
+ <label for="search">Search a class</label>
+ <input id="search" type="search" list="classes" autocomplete="off" spellcheck="false">
+ <datalist id="classes"></datalist>
+ <span id="found" aria-live="polite"></span>
+ <label><input id="labels" type="checkbox" checked> labels</label>
+</div>
+<main id="panes"></main>
+<aside id="card" aria-live="polite"><p class="hint">Hover over the atlas, or focus it and press
+Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
+<div id="source" role="dialog" aria-modal="true" aria-labelledby="source-name" hidden>
+ <div class="frame"><img id="source-img" alt="source image"><div id="source-mark"></div></div>
+ <p id="source-name"></p><button id="source-close" type="button">Close (Esc)</button>
+</div>
+__SCRIPTS__
+<script src="__PREFIX__lib/leaflet/leaflet.js"></script>
+<script src="__PREFIX__viewer.js"></script>
 </body></html>
 """
 
 
-def _safe_json(obj: Any) -> str:
+def safe_json(obj: Any) -> str:
+    """JSON that is safe inside a script: ``<``, ``>``, ``&`` and non-ASCII escaped."""
     return (
-        json.dumps(obj, ensure_ascii=True)
+        json.dumps(obj, ensure_ascii=True, separators=(",", ":"))
         .replace("<", "\\u003c")
         .replace(">", "\\u003e")
         .replace("&", "\\u0026")
     )
 
 
-def viewer_html(
-    *,
-    image_src: str,
-    size: int,
-    cells: list[dict[str, Any]],
-    title: str,
-    meta: str,
-) -> str:
-    """The viewer page as one self-contained HTML string.
-
-    cells: one dict per drawn cell: ``{"ix", "iy", "count", "top": [[class name, count], ...]}``
-        and optionally ``"label"`` (the top class of the cell's mean attribution).
-    image_src: the atlas image, relative to the page (e.g. ``"../atlas.png"``).
-    """
-    data = {"title": title, "meta": meta, "size": int(size), "cells": cells}
+def data_script(run: dict[str, Any]) -> str:
+    """The data file of one run: registers ``run`` and where the file is (tiles, sheets and
+    thumbnails are found relative to it, so a page elsewhere can show this run)."""
     return (
-        _PAGE.replace("__TITLE__", html.escape(title))
-        .replace("__IMAGE__", html.escape(image_src, quote=True))
-        .replace("__DATA__", _safe_json(data))
+        "(window.ATLAS_RUNS = window.ATLAS_RUNS || []).push("
+        f"{{src: document.currentScript.src, run: {safe_json(run)}}});\n"
     )
+
+
+def page_html(title: str, data_srcs: list[str], prefix: str = "") -> str:
+    """The page: ``data_srcs`` are the data files of the runs it shows (one, or two side by
+    side), relative to the page; ``prefix`` is where the viewer's own files are."""
+    scripts = "\n".join(f'<script src="{html.escape(src, quote=True)}"></script>'
+                        for src in data_srcs)  # fmt: skip
+    return (
+        _PAGE.replace("__CSP__", CSP)
+        .replace("__TITLE__", html.escape(title))
+        .replace("__PREFIX__", html.escape(prefix, quote=True))
+        .replace("__SCRIPTS__", scripts)
+    )
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("atlas_core.compose"))) / "static"
+
+
+def static_files() -> dict[str, bytes]:
+    """The viewer's own files and the pinned Leaflet, by path relative to ``viewer/``."""
+    root = static_dir()
+    lib = root / "vendor" / f"leaflet-{LEAFLET_VERSION}"
+    if not (lib / "leaflet.js").is_file():
+        raise AtlasError(
+            f"the viewer's Leaflet {LEAFLET_VERSION} is not installed at {lib}: run `make` "
+            "(or `python -m atlas_core.compose.vendor`), which fetches the pinned package from "
+            "the npm registry and checks its hash."
+        )
+    out = {name: (root / name).read_bytes() for name in _STATIC}
+    out |= {f"lib/leaflet/{n}": (lib / n).read_bytes() for n in _LEAFLET}
+    out |= {f"lib/leaflet/images/{p.name}": p.read_bytes() for p in (lib / "images").iterdir()}
+    return out
+
+
+def source_name(uri: str) -> str:
+    """What the card calls a source: its file name (a tar member's name, an object's key)."""
+    tail = uri.removeprefix("tar://").split("::", 1)[0]
+    return tail.rstrip("/").rsplit("/", 1)[-1] or uri

@@ -95,7 +95,7 @@ def missing_stage_outputs(
     layouts: tuple[str, ...],
     sizes: tuple[int, ...],
 ) -> list[str]:
-    """What a finished ``stage`` (extract, reduce, grid, render) should have written and the
+    """What a finished ``stage`` (extract, reduce, grid, render, exemplars) should have written and the
     store lacks: array paths, or ``"<n> icons of grid <g>"`` for icons never rendered."""
     base = f"layers/{layer}"
     wanted = {
@@ -103,6 +103,7 @@ def missing_stage_outputs(
         "reduce": [f"layers/{L}/layout" for L in layouts],
         "grid": [f"{base}/grid/{g}/mean" for g in sizes],
         "render": [f"{base}/grid/{g}/icon_objective" for g in sizes],
+        "exemplars": [f"{base}/exemplars/ok", *(f"{base}/grid/{g}/exemplar_row" for g in sizes)],
     }[stage]
     gone = [p for p in wanted if not store.has(p)]
     if stage == "render" and not gone:

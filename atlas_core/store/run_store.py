@@ -490,6 +490,11 @@ class RunStore:
         path = f"layers/{layer}/grid/{size}/{name}"
         return np.asarray(self._array(path)[:]) if self.has(path) else None
 
+    def grid_cells(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cell (M, 2), count (M,)) of a level: what drawing needs, without the means."""
+        base = f"layers/{layer}/grid/{size}"
+        return np.asarray(self._array(f"{base}/cell")[:]), np.asarray(self._array(f"{base}/count")[:])
+
     def grid(self, layer: str, size: int) -> GridArrays:
         base = f"layers/{layer}/grid/{size}"
         names = ("cell", "mean", "count", "top_class", "top_count")
@@ -525,6 +530,62 @@ class RunStore:
         names = ("icons", "icon_objective", "icon_cosine")
         icons, objective, cosine = (np.asarray(self._array(f"{base}/{n}")[:]) for n in names)
         return icons, objective, cosine
+
+    def icon_rows(self, layer: str, size: int, start: int, stop: int) -> np.ndarray:
+        """Icons of kept cells [start, stop) of a level (cells are in flat order, iy major)."""
+        return np.asarray(self._array(f"layers/{layer}/grid/{size}/icons")[start:stop])
+
+    # ------------------------------------------------------------------ exemplars
+    def create_exemplars(
+        self, layer: str, rows: np.ndarray, images: np.ndarray, shapes: tuple[int, int, int],
+        attrs: dict[str, Any],
+    ) -> None:  # fmt: skip
+        """Arrays of the exemplar samples ``rows`` (sorted) of ``layer`` and of their source
+        ``images`` (sorted, unique). shapes: (patch px, thumbnail px, rows per chunk)."""
+        px, tp, chunk = shapes
+        eg = self.group.require_group(f"layers/{layer}/exemplars")
+        r, u = len(rows), len(images)
+        _arr(eg, "row", (r,), (max(r, 1),), "int64", -1, overwrite=True)[:] = rows
+        _arr(eg, "patch", (r, px, px, 3), (chunk, px, px, 3), "uint8", 255, overwrite=True)
+        _arr(eg, "box", (r, 4), (chunk, 4), "float32", np.nan, overwrite=True)
+        _arr(eg, "ok", (r,), (chunk,), "uint8", 0, overwrite=True)
+        _arr(eg, "image", (u,), (max(u, 1),), "int64", -1, overwrite=True)[:] = images
+        _arr(eg, "thumb", (u, tp, tp, 3), (1, tp, tp, 3), "uint8", 255, overwrite=True)
+        _arr(eg, "thumb_size", (u, 2), (max(u, 1), 2), "int32", 0, overwrite=True)
+        eg.attrs.update(attrs)
+
+    def write_exemplar_patches(
+        self, layer: str, start: int, patch: np.ndarray, box: np.ndarray, ok: np.ndarray
+    ) -> None:
+        """Patches of exemplar rows [start, start + n): whole chunks, ``ok`` written last."""
+        base, stop = f"layers/{layer}/exemplars", start + len(patch)
+        self._w(f"{base}/patch")[start:stop] = patch
+        self._w(f"{base}/box")[start:stop] = box
+        self._w(f"{base}/ok")[start:stop] = ok
+
+    def write_thumbs(self, layer: str, index: np.ndarray, thumbs: np.ndarray) -> None:
+        if len(index):
+            self._w(f"layers/{layer}/exemplars/thumb").set_orthogonal_selection((index,), thumbs)
+
+    def write_thumb_sizes(self, layer: str, sizes: np.ndarray) -> None:
+        self._w(f"layers/{layer}/exemplars/thumb_size")[:] = sizes
+
+    def exemplar_index(self, layer: str) -> dict[str, np.ndarray] | None:
+        """The small exemplar arrays (row, box, ok, image, thumb_size), or None before the
+        exemplars stage ran."""
+        base = f"layers/{layer}/exemplars"
+        if not self.has(f"{base}/row"):
+            return None
+        names = ("row", "box", "ok", "image", "thumb_size")
+        return {n: np.asarray(self._array(f"{base}/{n}")[:]) for n in names}
+
+    def exemplar_patches(self, layer: str, index: np.ndarray) -> np.ndarray:
+        """Patches of exemplar rows at positions ``index`` of ``row``: (n, px, px, 3)."""
+        arr = self._array(f"layers/{layer}/exemplars/patch")
+        return np.asarray(arr.get_orthogonal_selection((np.asarray(index, np.int64),)))
+
+    def thumbs(self, layer: str, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self._array(f"layers/{layer}/exemplars/thumb")[start:stop])
 
     def has(self, path: str) -> bool:
         if self.parent is not None and _extraction_path(path):
