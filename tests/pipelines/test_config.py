@@ -22,6 +22,7 @@ GROUPS = [
     "reduce",
     "grid",
     "render",
+    "exemplars",
     "compose",
     "cluster",
     "preset",
@@ -51,7 +52,7 @@ def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Pat
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)
     assert s.layer == resolved["layer"] and s.extracted_layers[0] == s.layer
-    assert s.stages == ("extract", "reduce", "grid", "render", "compose")
+    assert s.stages == ("extract", "reduce", "grid", "render", "exemplars", "compose")
 
 
 def test_presets_carry_the_reference_parameters() -> None:

@@ -63,7 +63,7 @@ def test_the_run_writes_every_output(folder_run) -> None:
     assert ex["samples"] == 140
     assert on_disk["versions"]["torch"] and on_disk["seeds"]["seed"] == 0
     assert on_disk["config"]["model"]["name"] == "tiny"
-    for stage in ("extract", "reduce", "grid", "render", "compose"):
+    for stage in ("extract", "reduce", "grid", "render", "exemplars", "compose"):
         assert on_disk["stages"][stage]["status"] == "done"
         assert on_disk["stages"][stage]["seconds"] > 0
 
@@ -98,16 +98,28 @@ def test_the_store_is_consistent(folder_run) -> None:
 
 
 def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:
+    """Each icon centred in its cell at 32 px x min(1, sqrt(count / mean count)), nothing
+    elsewhere; the viewer's data file has one record per kept cell."""
     _s, _manifest, run_dir = folder_run
     img = np.asarray(Image.open(run_dir / "atlas.png"))
     g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")["layers/blocks.2/grid/4"]
-    cells, icons = g["cell"][:], g["icons"][:]
+    cells, icons, count = g["cell"][:], g["icons"][:], g["count"][:]
     assert img.shape == (128, 128, 3)
-    for (ix, iy), icon in zip(cells, icons, strict=False):
-        r = (3 - iy) * 32
-        assert np.array_equal(img[r : r + 32, ix * 32 : ix * 32 + 32], icon)
-    html = (run_dir / "viewer" / "index.html").read_text()
-    assert html.count('"ix"') == len(cells) and "../atlas.png" in html
+    drawn = np.zeros((128, 128), bool)
+    for (ix, iy), icon, n in zip(cells, icons, count, strict=True):
+        side = round(32 * min(1.0, (n / count.mean()) ** 0.5))
+        r, c = (3 - iy) * 32 + (32 - side) // 2, ix * 32 + (32 - side) // 2
+        want = Image.fromarray(icon)
+        if side < 32:
+            want = want.resize((side, side), Image.Resampling.BOX)
+        assert np.array_equal(img[r : r + side, c : c + side], np.asarray(want))
+        drawn[r : r + side, c : c + side] = True
+    assert (img[~drawn] == 255).all() and drawn.sum() < 128 * 128
+    data = (run_dir / "viewer" / "data" / "atlas.js").read_text()
+    run_data = json.loads(data[data.index("run: ") + 5 : data.rindex("});")])
+    level = next(lv for lv in run_data["levels"] if lv["size"] == 4)
+    assert [c[:3] for c in level["cells"]] == [[*c, int(n)] for c, n in zip(cells.tolist(), count)]
+    assert (run_dir / "viewer" / "lib" / "leaflet" / "leaflet.js").is_file()
 
 
 def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folder_run) -> None:
@@ -128,6 +140,7 @@ def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folde
         "reduce": "skipped (complete)",
         "grid": "skipped (complete)",
         "render": "done",
+        "exemplars": "done",
         "compose": "done",
     }
 
@@ -279,3 +292,62 @@ def test_one_run_of_several_layers_extracts_once(folder_run, tmp_path) -> None:
     again = run(*_settings(*base, f"run_dir={tmp_path / 'switch'}", "layer=blocks.1"))
     assert again["stages"]["extract"]["status"] == "skipped (complete)"
     assert again["stages"]["reduce"]["status"] == "done"
+
+
+def test_exemplars_are_the_closest_samples_and_their_patches_the_model_field(folder_run) -> None:
+    """grid/<G>/exemplar_row against a brute-force cosine ranking over every sample, and one
+    stored patch against a direct crop of its source image."""
+    from atlas_core.exemplars import patch_box, source_box, take_patch
+    from atlas_core.extract.sampling import map_positions
+    from atlas_core.grid import cell_index
+    from pipelines.common import cached_model
+
+    s, manifest, run_dir = folder_run
+    g = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
+    acts = g["layers/blocks.2/acts"][:].astype(np.float32)
+    cells = cell_index(g["layers/blocks.2/layout"][:], 4)
+    lv = g["layers/blocks.2/grid/4"]
+    rows, kept = lv["exemplar_row"][:], lv["cell"][:]
+    mean = lv["mean"][:]
+    for i, (ix, iy) in enumerate(kept):
+        mine = np.flatnonzero(cells == iy * 4 + ix)
+        v = acts[mine]
+        cos = v @ mean[i] / (np.linalg.norm(v, axis=1) * np.linalg.norm(mean[i]))
+        want = mine[np.lexsort((mine, -cos))][: rows.shape[1]]
+        assert rows[i][rows[i] >= 0].tolist() == want.tolist()
+    ex = g["layers/blocks.2/exemplars"]
+    assert ex["ok"][:].all() and manifest["stages"]["exemplars"]["counts"]["patches_failed"] == 0
+    row = int(ex["row"][3])
+    model = cached_model(s.model.spec, "cpu")
+    field = ex.attrs["field_px"]
+    grid = tuple(g.attrs["layers"]["blocks.2"][1:])
+    pos = map_positions(g["samples/pos"][row : row + 1], tuple(g.attrs["position_grid"]), grid)[0]
+    image = Image.open(g["images/uri"][row // 2]).convert("RGB")
+    box = source_box(patch_box((int(pos[0]), int(pos[1])), grid, field, 64), *image.size,
+                     model.preprocess)  # fmt: skip
+    np.testing.assert_array_equal(ex["patch"][3], take_patch(image, box, ex["patch"].shape[1]))
+    assert 1 <= field <= 64 and ex.attrs["theoretical_px"] >= field
+
+
+def test_unreadable_sources_are_counted_not_fatal(tmp_path) -> None:
+    make_images(tmp_path / "imgs", 24, size=80)
+    common = ("data=folder", f"data.path={tmp_path / 'imgs'}", f"run_dir={tmp_path / 'run'}",
+              "exemplars.rows_per_task=16")  # fmt: skip
+    s, _ = _settings(*common, "stages=[extract,reduce,grid,render]")
+    run(s, {})
+    gone = sorted((tmp_path / "imgs").rglob("*.jpg"))[:3]
+    for f in gone:
+        f.unlink()
+    s, _ = _settings(*common, "stages=[exemplars,compose]")
+    counts = run(s, {})["stages"]["exemplars"]["counts"]
+    g = zarr.open_group(str(tmp_path / "run" / "atlas.zarr"), mode="r")
+    ex = g["layers/blocks.2/exemplars"]
+    uris = g["images/uri"][:]
+    lost = np.isin(ex["row"][:] // g.attrs["k"], [i for i, u in enumerate(uris)
+                                                if Path(u) in set(gone)])  # fmt: skip
+    log.info("exemplar rows %d: ok %d, failed %d (sources deleted: %d)",
+             counts["exemplar_rows"], counts["patches_ok"], counts["patches_failed"], len(gone))
+    assert lost.sum() > 0 and counts["patches_failed"] == lost.sum()
+    assert counts["patches_ok"] + counts["patches_failed"] == counts["exemplar_rows"]
+    assert (ex["ok"][:] == ~lost).all() and (ex["patch"][:][lost] == 255).all()
+    assert (tmp_path / "run" / "viewer" / "index.html").is_file()

@@ -65,7 +65,7 @@
       const bounds = L.latLngBounds([[-T, 0], [0, T]]);
       this.map = L.map(this.div, {
         crs: L.CRS.Simple, minZoom: 0, maxZoom: this.maxZoom, zoomSnap: 1,
-        attributionControl: false, maxBounds: bounds.pad(0.25), maxBoundsViscosity: 0.5,
+        attributionControl: false, fadeAnimation: false, maxBounds: bounds.pad(0.25), maxBoundsViscosity: 0.5,
         keyboardPanDelta: 120,
       });
       this.div.style.background = "rgb(" + [this.run.background, this.run.background, this.run.background] + ")";
@@ -121,6 +121,7 @@
       let widest = LABEL_H;
       for (const c of lv.cells) if (c[3] >= 0) widest = Math.max(widest, measure(short(this.run.classes[c[3]])));
       const k = Math.max(1, Math.ceil(widest / side), Math.ceil(LABEL_H / side));
+      if (this === panes[0]) document.body.dataset.labelStride = k;
       const vb = this.map.getBounds().pad(0.2);
       const [x0, y0] = this.toXY(vb.getSouthWest()), [x1, y1] = this.toXY(vb.getNorthEast());
       const best = new Map();
@@ -370,6 +371,7 @@
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeSource(); });
     window.addEventListener("hashchange", readHash);
     panes.forEach(wire);
+    document.body.dataset.maxZoom = panes[0].maxZoom;
     readHash();
     document.body.dataset.ready = "1";
   }
