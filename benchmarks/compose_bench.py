@@ -45,8 +45,9 @@ def make_store(run_dir: Path, levels: dict[int, float], px: int, seed: int = 0) 
     rng = np.random.default_rng(seed)
     manifest = InputManifest(np.array(["none.png"], dtype=object), np.full((1, 4), -1, np.int32))
     layout = StoreLayout(k=1, seed=seed, layers={LAYER: (4, 8, 8)}, topk=5, n_classes=10)
-    store = RunStore.create(str(run_dir / "atlas.zarr"), manifest,
-                            plan_shards(1, chunk_images=1), np.zeros((1, 2), np.int16), layout)  # fmt: skip
+    plan = plan_shards(1, chunk_images=1)
+    url = str(run_dir / "atlas.zarr")
+    store = RunStore.create(url, manifest, plan, np.zeros((1, 2), np.int16), layout)
     for g, kept_share in levels.items():
         flat = np.flatnonzero(rng.random(g * g) < kept_share)
         m = len(flat)
@@ -103,8 +104,12 @@ def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
         res = compose.run(s, "bench")
         seconds = time.perf_counter() - t0
     ray_ops.shutdown()
-    return seconds, {**res.details, "counts": res.counts, "worker_peak_rss_mb": rss.peak_mb,
-                     "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return seconds, {
+        **res.details,
+        "counts": res.counts,
+        "worker_peak_rss_mb": rss.peak_mb,
+        "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def case(name: str, levels: dict[int, float], px: int) -> dict:

@@ -30,11 +30,10 @@ from atlas_core.compose.tiles import (
     zoom_ranges,
 )
 from atlas_core.store import RunStore
-from pipelines import ray_ops
-from pipelines import viewer
-from pipelines.viewer import EXEMPLAR_ROWS
+from pipelines import ray_ops, viewer
 from pipelines.common import StageResult, peak_rss_mb
 from pipelines.settings import BACKGROUNDS, TILE_FORMATS, Settings
+from pipelines.viewer import EXEMPLAR_ROWS
 
 log = logging.getLogger(__name__)
 ICONS_PER_TASK = 2048  # icons a drawing task holds at most (besides the tile it draws)
@@ -131,8 +130,11 @@ def sheets_task(job: Sheets) -> dict[str, Any]:
             patches[(sel < 0).ravel()] = job.background
             k, px = sel.shape[1], patches.shape[1]
             grid = patches.reshape(b - a, k, px, px, 3).transpose(0, 2, 1, 3, 4)
-            _write(f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
-                   _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"), job.storage_options)
+            _write(
+                f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
+                _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"),
+                job.storage_options,
+            )
     return {"rss_mb": peak_rss_mb()}
 
 
@@ -211,9 +213,10 @@ def run(s: Settings, fp: str) -> StageResult:
     ray_ops.init(s.cluster)
     res = s.cluster.compose
     ray_ops.require("cluster.compose", res.num_cpus, res.num_gpus)
+    jobs: list[Draw | Sheets] = [*tiles, *strips, *sheets]
     out: list[Any] = ray_ops.map_tasks(
-        _any_task, [*tiles, *strips, *sheets], num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-        desc="compose", labels=[_label(j) for j in (*tiles, *strips, *sheets)],
+        _any_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+        desc="compose", labels=[_label(j) for j in jobs],
     )  # fmt: skip
     files = _overviews(s, strips, out[len(tiles) : len(tiles) + len(strips)])
     files += viewer.write_viewer(s, store, levels, _write)

@@ -140,8 +140,8 @@ def _source_box(
     if crop[0] >= 0:
         ox, oy, w, h = crop[0], crop[1], crop[2] - crop[0], crop[3] - crop[1]
     inp = patch_box(pos, job.grid, job.side, job.pre.size)
-    l, t, r, b = source_box(inp, w, h, job.pre)
-    return l + ox, t + oy, r + ox, b + oy
+    x0, y0, x1, y1 = source_box(inp, w, h, job.pre)
+    return x0 + ox, y0 + oy, x1 + ox, y1 + oy
 
 
 def _score(s: Settings, store: RunStore) -> dict[int, tuple[np.ndarray, np.ndarray]]:

@@ -18,11 +18,8 @@ log = logging.getLogger(__name__)
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      ".js": "text/javascript", ".webp": "image/webp"}  # fmt: skip
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib's name
-        log.debug("serve: " + format, *args)
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("serve: %s", format % args)
 
 
 def make_server(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> http.server.HTTPServer:
@@ -39,8 +36,7 @@ def serve_in_thread(run_dir: str, host: str = "127.0.0.1", port: int = 0) -> tup
     """Start a server in a daemon thread: (the viewer's URL, the server: call .shutdown())."""
     server = make_server(run_dir, host, port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    h, p = server.server_address[:2]
-    return f"http://{h}:{p}/viewer/index.html", server
+    return f"http://{host}:{server.server_port}/viewer/index.html", server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = make_server(args.run_dir, args.host, args.port)
-    h, p = server.server_address[:2]
-    log.info("atlas serve: http://%s:%s/viewer/index.html (Ctrl-C stops)", h, p)
+    log.info("atlas serve: http://%s:%s/viewer/index.html (Ctrl-C stops)", args.host,
+             server.server_port)  # fmt: skip
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -65,9 +65,7 @@ def density_scale(count: np.ndarray, enabled: bool = True) -> np.ndarray:
     return np.minimum(1.0, np.sqrt(count / count.mean()))
 
 
-def icon_boxes(
-    cells: np.ndarray, scale: np.ndarray, size: int, width: int
-) -> np.ndarray:
+def icon_boxes(cells: np.ndarray, scale: np.ndarray, size: int, width: int) -> np.ndarray:
     """Each icon's box (left, top, right, bottom) in map pixels at map width ``width``.
 
     cells: (M, 2) int (ix, iy), iy = 0 the bottom row; scale: (M,) from :func:`density_scale`.

@@ -32,15 +32,15 @@ def source_box(
 ) -> tuple[float, float, float, float]:
     """``box`` in model-input pixels -> the same region in a ``width x height`` source image
     (the inverse of :meth:`Preprocess.to_array`)."""
-    l, t, r, b = box
+    x0, y0, x1, y1 = box
     if pre.mode == "squash":
         sx, sy = width / pre.size, height / pre.size
-        return l * sx, t * sy, r * sx, b * sy
+        return x0 * sx, y0 * sy, x1 * sx, y1 * sy
     scale = pre.resize / min(width, height)
     nw, nh = max(pre.size, round(width * scale)), max(pre.size, round(height * scale))
     ox, oy = (nw - pre.size) // 2, (nh - pre.size) // 2
     sx, sy = width / nw, height / nh
-    return (l + ox) * sx, (t + oy) * sy, (r + ox) * sx, (b + oy) * sy
+    return (x0 + ox) * sx, (y0 + oy) * sy, (x1 + ox) * sx, (y1 + oy) * sy
 
 
 def take_patch(image: Image.Image, box: tuple[float, float, float, float], px: int) -> np.ndarray:

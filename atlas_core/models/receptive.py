@@ -34,7 +34,13 @@ class ReceptiveField:
 
 
 def receptive_field(
-    model: nn.Module, layer: str, input_px: int, *, trials: int = 3, mass: float = 0.9, seed: int = 0
+    model: nn.Module,
+    layer: str,
+    input_px: int,
+    *,
+    trials: int = 3,
+    mass: float = 0.9,
+    seed: int = 0,
 ) -> ReceptiveField:
     """The receptive field of ``layer``'s centre position for a ``input_px`` square input."""
     gen = torch.Generator().manual_seed(seed)
@@ -54,7 +60,10 @@ def receptive_field(
         return ReceptiveField(1, 1, grid, input_px)
     ys, xs = seen[:, 0], seen[:, 1]
     theoretical = int(max(ys.max() - ys.min(), xs.max() - xs.min())) + 1
-    centre = ((float(ys.min()) + float(ys.max()) + 1) / 2, (float(xs.min()) + float(xs.max()) + 1) / 2)
+    centre = (
+        (float(ys.min()) + float(ys.max()) + 1) / 2,
+        (float(xs.min()) + float(xs.max()) + 1) / 2,
+    )
     effective = min(theoretical, _effective(total, centre, mass))
     return ReceptiveField(theoretical, effective, grid, input_px)
 
@@ -71,4 +80,4 @@ def _effective(total: torch.Tensor, centre: tuple[float, float], mass: float) ->
     cum = torch.cumsum(total.flatten()[order], 0)
     k = int(torch.searchsorted(cum, mass * cum[-1]))
     radius = float(cheb.flatten()[order][min(k, len(order) - 1)])
-    return max(1, min(n, int(round(2 * radius))))
+    return max(1, min(n, round(2 * radius)))

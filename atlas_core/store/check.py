@@ -95,8 +95,8 @@ def missing_stage_outputs(
     layouts: tuple[str, ...],
     sizes: tuple[int, ...],
 ) -> list[str]:
-    """What a finished ``stage`` (extract, reduce, grid, render, exemplars) should have written and the
-    store lacks: array paths, or ``"<n> icons of grid <g>"`` for icons never rendered."""
+    """What a finished ``stage`` (extract, reduce, grid, render, exemplars) should have written and
+    the store lacks: array paths, or ``"<n> icons of grid <g>"`` for icons never rendered."""
     base = f"layers/{layer}"
     wanted = {
         "extract": [f"layers/{L}/acts" for L in extracted],

@@ -493,7 +493,8 @@ class RunStore:
     def grid_cells(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray]:
         """(cell (M, 2), count (M,)) of a level: what drawing needs, without the means."""
         base = f"layers/{layer}/grid/{size}"
-        return np.asarray(self._array(f"{base}/cell")[:]), np.asarray(self._array(f"{base}/count")[:])
+        cell, count = (np.asarray(self._array(f"{base}/{n}")[:]) for n in ("cell", "count"))
+        return cell, count
 
     def grid(self, layer: str, size: int) -> GridArrays:
         base = f"layers/{layer}/grid/{size}"

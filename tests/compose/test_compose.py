@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_a_band_reads_exactly_the_cell_rows_its_pixels_meet() -> None:
 def test_zoom_ranges_switch_level_where_icons_would_grow_past_their_size(sizes, px) -> None:
     levels = zoom_ranges(sizes, px)
     assert [lv.size for lv in levels] == sorted(sizes) and levels[0].zmin == 0
-    for a, b in zip(levels, levels[1:], strict=False):
+    for a, b in itertools.pairwise(levels):
         assert b.zmin == a.zmax + 1  # contiguous: every zoom shows exactly one level
     for lv in levels[:-1]:
         if lv.zmax > lv.zmin:  # a level shares nothing but its own zooms

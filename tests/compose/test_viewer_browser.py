@@ -57,8 +57,8 @@ def runs(tmp_path_factory, local_ray):
         run(s, {})
     for name in ("a", "b"):
         other = base / ("b" if name == "a" else "a")
-        s, _ = debug_settings(*common, *extra[name], f"run_dir={base / name}",
-                              f"reduce.align_with=[{{run_dir:'{other}',layer:{LAYER}}}]")  # fmt: skip
+        align = f"reduce.align_with=[{{run_dir:'{other}',layer:{LAYER}}}]"
+        s, _ = debug_settings(*common, *extra[name], f"run_dir={base / name}", align)
         model = cached_model(s.model.spec, "cpu")  # the driver's model writes the viewer data
         saved, model.class_names = model.class_names, _names(model.num_classes)
         try:
@@ -108,7 +108,9 @@ class Page:
         box = self.page.query_selector_all(".map")[pane].bounding_box()
         assert box is not None
         w = 256 * 2**zoom
-        return box["x"] + box["width"] / 2 + (x - 0.5) * w, box["y"] + box["height"] / 2 - (y - 0.5) * w
+        return box["x"] + box["width"] / 2 + (x - 0.5) * w, box["y"] + box["height"] / 2 - (
+            y - 0.5
+        ) * w
 
     def clean(self) -> None:
         assert self.errors == []
@@ -163,11 +165,15 @@ def test_zooming_in_changes_the_level(runs, browser) -> None:
     box = p.page.query_selector(".map").bounding_box()
     p.page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     p.page.mouse.wheel(0, -400)
-    p.page.wait_for_function("() => document.getElementById('level').textContent.includes('2 of 2')")
+    p.page.wait_for_function(
+        "() => document.getElementById('level').textContent.includes('2 of 2')"
+    )
     p.settle()
     assert "l=8" in p.page.evaluate("location.hash")
     p.page.click("#levels button[data-size='4']")
-    p.page.wait_for_function("() => document.getElementById('level').textContent.includes('1 of 2')")
+    p.page.wait_for_function(
+        "() => document.getElementById('level').textContent.includes('1 of 2')"
+    )
     p.clean()
 
 
@@ -198,7 +204,7 @@ def test_payloads_in_names_are_shown_as_text_and_run_nothing(runs, browser) -> N
     rows = lv["exemplar_row"]
     hit = np.argwhere((rows >= 0) & (rows // 2 == evil))
     assert len(hit), "the evil file is an exemplar of some cell"
-    i, j = (int(v) for v in hit[0])
+    i = int(hit[0][0])
     ix, iy = lv["cell"][i]
     p = Page(browser, (runs / "a" / "viewer" / "index.html").as_uri() + f"#l=4&c={ix},{iy}")
     assert f"Cell ({ix}, {iy})" in p.text("#card")
@@ -245,8 +251,12 @@ def test_labels_never_overlap_and_all_show_at_the_deepest_zoom(runs, browser) ->
         for a in range(len(boxes)):
             for b in range(a + 1, len(boxes)):
                 A, B = boxes[a], boxes[b]
-                apart = (A["right"] <= B["left"] + 0.5 or B["right"] <= A["left"] + 0.5
-                         or A["bottom"] <= B["top"] + 0.5 or B["bottom"] <= A["top"] + 0.5)
+                apart = (
+                    A["right"] <= B["left"] + 0.5
+                    or B["right"] <= A["left"] + 0.5
+                    or A["bottom"] <= B["top"] + 0.5
+                    or B["bottom"] <= A["top"] + 0.5
+                )
                 assert apart, (z, A, B)
         strides.append(int(p.page.evaluate("document.body.dataset.labelStride")))
         shown.append(len(boxes))
@@ -270,7 +280,9 @@ def test_the_keyboard_reaches_the_map_and_shows_the_centre_cell(runs, browser) -
     assert f"Cell ({ix}, {iy}) of 8" in p.text("#card")
     assert f"c={ix}%2C{iy}" in p.page.evaluate("location.hash")
     p.page.keyboard.press("Equal")  # + zooms in, from the keyboard
-    p.page.wait_for_function("() => document.getElementById('level').textContent.includes('zoom 2')")
+    p.page.wait_for_function(
+        "() => document.getElementById('level').textContent.includes('zoom 2')"
+    )
     p.clean()
 
 
@@ -285,7 +297,9 @@ def test_aligned_runs_open_side_by_side_with_linked_views(runs, browser) -> None
     maps = p.page.query_selector_all(".map")
     assert len(maps) == 2
     p.page.click("#levels button[data-size='8']")
-    p.page.wait_for_function("() => document.getElementById('level').textContent.includes('2 of 2')")
+    p.page.wait_for_function(
+        "() => document.getElementById('level').textContent.includes('2 of 2')"
+    )
     p.settle()
     for pane in p.page.query_selector_all(".pane"):
         srcs = pane.eval_on_selector_all(".leaflet-tile", "ts => ts.map(t => t.src)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -47,14 +49,14 @@ def test_top_k_of_split_ranges_equals_brute_force_over_all_rows() -> None:
     want = _brute(acts, cells, kept, means, k)
     for bounds in ([0, n], [0, 100, 101, 350, n], list(range(0, n + 1, 60))):
         parts = []
-        for a, b in zip(bounds, bounds[1:], strict=False):
+        for a, b in itertools.pairwise(bounds):
             idx, score = cosine_to_cells(acts[a:b], cells[a:b], kept, unit)
             parts.append(top_k_per_cell(idx, score, np.arange(a, b), k))
         rows, scores = merge_top_k(parts, len(kept), k)
         for j in range(len(kept)):
             got = [int(r) for r in rows[j] if r >= 0]
             assert got == want[j], (bounds, j)
-            assert np.isnan(scores[j, len(got):]).all()
+            assert np.isnan(scores[j, len(got) :]).all()
 
 
 def test_cosine_matches_a_direct_loop() -> None:
@@ -74,7 +76,9 @@ def test_cosine_matches_a_direct_loop() -> None:
             assert idx[r] == -1
 
 
-@pytest.mark.parametrize("mode,wh", [("crop", (300, 200)), ("crop", (180, 400)), ("squash", (90, 70))])
+@pytest.mark.parametrize(
+    "mode,wh", [("crop", (300, 200)), ("crop", (180, 400)), ("squash", (90, 70))]
+)
 def test_a_patch_box_maps_back_to_the_pixels_the_model_saw(mode: str, wh: tuple[int, int]) -> None:
     w, h = wh
     yy, xx = np.mgrid[0:h, 0:w]
@@ -87,9 +91,9 @@ def test_a_patch_box_maps_back_to_the_pixels_the_model_saw(mode: str, wh: tuple[
         assert box[2] - box[0] == 16 and 0 <= box[0] and box[2] <= 64
         sb = source_box(box, w, h, pre)
         patch = take_patch(image, sb, 16).astype(int)
-        l, t = int(box[0]), int(box[1])
+        x, y = int(box[0]), int(box[1])
         # the patch's colours are the input's colours over the same box (up to resampling)
-        assert np.abs(patch.mean((0, 1)) - seen[t : t + 16, l : l + 16].mean((0, 1))).max() < 6
+        assert np.abs(patch.mean((0, 1)) - seen[y : y + 16, x : x + 16].mean((0, 1))).max() < 6
 
 
 class _Stack(nn.Module):

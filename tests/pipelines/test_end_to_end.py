@@ -118,7 +118,8 @@ def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:
     data = (run_dir / "viewer" / "data" / "atlas.js").read_text()
     run_data = json.loads(data[data.index("run: ") + 5 : data.rindex("});")])
     level = next(lv for lv in run_data["levels"] if lv["size"] == 4)
-    assert [c[:3] for c in level["cells"]] == [[*c, int(n)] for c, n in zip(cells.tolist(), count)]
+    want = [[*c, int(n)] for c, n in zip(cells.tolist(), count, strict=True)]
+    assert [c[:3] for c in level["cells"]] == want
     assert (run_dir / "viewer" / "lib" / "leaflet" / "leaflet.js").is_file()
 
 
@@ -322,7 +323,7 @@ def test_exemplars_are_the_closest_samples_and_their_patches_the_model_field(fol
     field = ex.attrs["field_px"]
     grid = tuple(g.attrs["layers"]["blocks.2"][1:])
     pos = map_positions(g["samples/pos"][row : row + 1], tuple(g.attrs["position_grid"]), grid)[0]
-    image = Image.open(g["images/uri"][row // 2]).convert("RGB")
+    image = Image.open(str(g["images/uri"][row // 2])).convert("RGB")
     box = source_box(patch_box((int(pos[0]), int(pos[1])), grid, field, 64), *image.size,
                      model.preprocess)  # fmt: skip
     np.testing.assert_array_equal(ex["patch"][3], take_patch(image, box, ex["patch"].shape[1]))
