@@ -56,13 +56,24 @@ def make_store(run_dir: Path, levels: dict[int, float], px: int, seed: int = 0) 
         store.write_grid(LAYER, GridArrays(g, cells, np.zeros((m, 4), np.float32),
                                            rng.integers(1, 60, m).astype(np.int32), top,
                                            np.ones((m, 5), np.int32)), {})  # fmt: skip
-        store.create_icons(LAYER, g, m, px, {})
-        for a in range(0, m, 2048):
-            b = min(m, a + 2048)
-            small = rng.integers(0, 256, (b - a, 8, 8, 3), dtype=np.uint8)
-            icons = np.stack([np.asarray(Image.fromarray(s).resize((px, px))) for s in small])
-            store.write_icons(LAYER, g, np.arange(a, b), icons, np.zeros(b - a, np.float32),
-                              np.zeros(b - a, np.float32))  # fmt: skip
+        _icons(url, g, m, px, rng)
+
+
+def _icons(url: str, g: int, m: int, px: int, rng: np.random.Generator) -> None:
+    """Random smooth icons, written 256 to a storage object (the render stage writes one per
+    object; compose reads row ranges either way), so making the store takes seconds."""
+    import zarr
+
+    gg = zarr.open_group(url, mode="r+")[f"layers/{LAYER}/grid/{g}"]
+    icons = gg.create_array("icons", shape=(m, px, px, 3), chunks=(256, px, px, 3), dtype="uint8",
+                            fill_value=0, overwrite=True)  # fmt: skip
+    for name in ("icon_objective", "icon_cosine"):
+        gg.create_array(name, shape=(m,), chunks=(m,), dtype="float32", fill_value=0.0,
+                        overwrite=True)[:] = 0.0  # fmt: skip
+    for a in range(0, m, 2048):
+        b = min(m, a + 2048)
+        small = rng.integers(0, 256, (b - a, 8, 8, 3), dtype=np.uint8)
+        icons[a:b] = np.stack([np.asarray(Image.fromarray(x).resize((px, px))) for x in small])
 
 
 PEER = """

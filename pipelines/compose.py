@@ -1,11 +1,14 @@
 """Compose stage: XYZ tiles of every level, overview images, the viewer's sheets and page.
 
 Every drawing is a Ray task that reads only the icons of its band of rows from the store and
-writes its own files, so no process holds a level's canvas: a tile band (``viewer/tiles/<G>/<z>/
-<x>/<y>.<ext>``), an overview strip (returned to the driver, which stitches ``atlas-<G>.png`` at
-most ``compose.overview_px`` wide; ``atlas.png`` is the first level's), a sheet of icons and of
-exemplar patches for the cards, or a range of source thumbnails. The driver then writes the
-viewer: the pinned Leaflet, the page, its script and style, and one data file.
+writes its own files, so no process holds a level's canvas: a band of tiles at the level's
+deepest zoom (``viewer/tiles/<G>/<z>/<x>/<y>.<ext>``), an overview strip (returned to the driver,
+which stitches ``atlas-<G>.png`` at most ``compose.overview_px`` wide; ``atlas.png`` is the first
+level's), a sheet of icons and of exemplar patches for the cards, or a range of source
+thumbnails. The level's lower zooms are then made zoom by zoom, each tile from the 2 x 2 tiles
+below it (box filter), so a task never holds more than a band of icons or two rows of tiles,
+however many cells a low-zoom tile covers. The driver then writes the viewer: the pinned
+Leaflet, the page, its script and style, and one data file.
 """
 
 from __future__ import annotations
@@ -138,6 +141,48 @@ def sheets_task(job: Sheets) -> dict[str, Any]:
     return {"rss_mb": peak_rss_mb()}
 
 
+@dataclass(frozen=True)
+class Shrink:
+    """Tile rows ``r0..r1`` of zoom ``z`` of a level, each the 2 x 2 tiles of zoom z + 1 below
+    it, box-downsampled: the lower zooms of a level never read its icons."""
+
+    storage_options: dict[str, Any]
+    size: int
+    z: int
+    r0: int
+    r1: int
+    out: str
+    tile: int
+    fmt: str
+
+
+def shrink_task(job: Shrink) -> dict[str, Any]:
+    ext, t = TILE_FORMATS[job.fmt], job.tile
+    fs, root = fsspec.core.url_to_fs(job.out, **job.storage_options)
+    n = 0
+    for ty in range(job.r0, job.r1):
+        for tx in range(2**job.z):
+            quad = Image.new("RGB", (2 * t, 2 * t))
+            for dx in (0, 1):
+                for dy in (0, 1):
+                    with fs.open(f"{root}/{job.z + 1}/{2 * tx + dx}/{2 * ty + dy}.{ext}") as f:
+                        quad.paste(Image.open(f).convert("RGB"), (dx * t, dy * t))
+            small = quad.resize((t, t), Image.Resampling.BOX)
+            _write(f"{job.out}/{job.z}/{tx}/{ty}.{ext}", _encode(np.asarray(small), job.fmt),
+                   job.storage_options)  # fmt: skip
+            n += 1
+    return {"tiles": n, "rss_mb": peak_rss_mb()}
+
+
+def _shrink_jobs(s: Settings, levels: list[Level], z: int) -> list[Shrink]:
+    """Every level's tiles of zoom ``z`` still to make from zoom z + 1, in bands of rows."""
+    c, out = s.compose, f"{s.run_dir.rstrip('/')}/viewer/tiles"
+    n, rows = 2**z, max(1, 64 // 2**z)
+    return [Shrink(s.storage_options, lv.size, z, r0, min(n, r0 + rows), f"{out}/{lv.size}",
+                   c.tile_px, c.tile_format)
+            for lv in levels if lv.zmin <= z < lv.zmax for r0 in range(0, n, rows)]  # fmt: skip
+
+
 def _encode(array: np.ndarray, fmt: str) -> bytes:
     buf = io.BytesIO()
     im = Image.fromarray(np.ascontiguousarray(array))
@@ -161,7 +206,7 @@ def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[
     tiles, strips = [], []
     common = (s.store_url, s.storage_options, s.layer)
     for lv in levels:
-        for z in lv.zooms:
+        for z in (lv.zmax,):  # zooms below are shrunk from these tiles (:class:`Shrink`)
             n = 2**z
             per_row = lv.size * (math.ceil(lv.size / n) + 1)  # icons one row of tiles meets
             rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
@@ -218,6 +263,13 @@ def run(s: Settings, fp: str) -> StageResult:
         _any_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
         desc="compose", labels=[_label(j) for j in jobs],
     )  # fmt: skip
+    for z in range(max(lv.zmax for lv in levels) - 1, -1, -1):  # each zoom from the one above
+        shrink = _shrink_jobs(s, levels, z)
+        if shrink:
+            out += ray_ops.map_tasks(shrink_task, shrink, num_cpus=res.num_cpus,
+                                     num_gpus=res.num_gpus, desc=f"compose zoom {z}",
+                                     labels=[f"zoom {z} of {j.size} rows {j.r0}..{j.r1}"
+                                             for j in shrink])  # fmt: skip
     files = _overviews(s, strips, out[len(tiles) : len(tiles) + len(strips)])
     files += viewer.write_viewer(s, store, levels, _write)
     n_tiles = sum(r.get("tiles", 0) for r in out)

@@ -31,7 +31,7 @@ from atlas_core.data.decode import DECODE_POLICY, DecodePolicy, Status
 from atlas_core.data.plan import duplicate_rows
 from atlas_core.data.reader import ImageReader
 from atlas_core.data.tars import tar_manifest
-from atlas_core.errors import StoreError
+from atlas_core.errors import ConfigError, StoreError
 from atlas_core.extract import ActivationExtractor, ShardBuffers, sample_positions
 from atlas_core.models.layers import layer_shapes
 from atlas_core.models.registry import ModelSpec
@@ -39,7 +39,7 @@ from atlas_core.store import Markers, RunStore, fingerprint
 from atlas_core.store.run_store import StoreLayout
 from pipelines import ray_ops
 from pipelines.common import StageResult, cached_model, inject_fault, resolve_device, test_fault
-from pipelines.settings import DataConf, Settings, setting
+from pipelines.settings import DataConf, Settings, setting, store_url
 
 log = logging.getLogger(__name__)
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}
@@ -91,6 +91,8 @@ def run(s: Settings, fp: str) -> StageResult:
     """Extract into this run's store, or, with ``extractions`` set, into the shared extraction
     of this fingerprint (done once for every run that shares it) and link this run's store to
     it."""
+    if s.extraction_from:
+        return _view_of(s, fp)
     if not s.extractions:
         return _extract(s, fp)
     shared = replace(s, run_dir=f"{s.extractions.rstrip('/')}/{fp}", extractions=None)
@@ -107,6 +109,22 @@ def run(s: Settings, fp: str) -> StageResult:
                           attrs={"extract_fingerprint": fp})  # fmt: skip
     result.details = {**result.details, "extraction": shared.run_dir}
     return result
+
+
+def _view_of(s: Settings, fp: str) -> StageResult:
+    """A view of another run (a class view): its store reads that run's finished extraction."""
+    assert s.extraction_from is not None
+    prior = Markers(s.extraction_from, s.storage_options).read("stage-extract")
+    if prior is None or prior.get("fingerprint") != fp:
+        raise ConfigError(
+            "extraction_from", s.extraction_from,
+            fix="a view reads a finished extraction with the same model, data and extract "
+            "settings: run that run's extract stage first.",
+        )  # fmt: skip
+    RunStore.create_child(s.store_url, store_url(s.extraction_from), s.storage_options,
+                          attrs={"extract_fingerprint": fp})  # fmt: skip
+    return StageResult(counts=prior["counts"],
+                       details={**prior["details"], "extraction": s.extraction_from})  # fmt: skip
 
 
 def _extract(s: Settings, fp: str) -> StageResult:

@@ -21,6 +21,7 @@ from atlas_core.grid import (
     add_sparse,
     attribution_per_cell,
     cell_index,
+    class_heat,
     empty_sums,
     finalize,
     sparse_partial_sums,
@@ -29,8 +30,8 @@ from atlas_core.grid import (
 from atlas_core.store import RunStore
 from atlas_core.store.run_store import GridArrays
 from pipelines import ray_ops
-from pipelines.common import StageResult, peak_rss_mb
-from pipelines.settings import Settings
+from pipelines.common import StageResult, cached_model, peak_rss_mb
+from pipelines.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def run(s: Settings, fp: str) -> StageResult:
     image = store.image_of_sample()
     sample_label = top[image, 0] if top.shape[1] else None
     attr = _attribution(store, s.layer, top, image)
-    kept_per_size = {}
+    kept_per_size, labels = {}, []
     for size in s.grid.sizes:
         cells = cell_index(layout, size)
         kept, mean, count = finalize(totals[size], s.grid.min_count)
@@ -97,6 +98,7 @@ def run(s: Settings, fp: str) -> StageResult:
             ac, av = attribution_per_cell(cells, kept, *attr, top=s.grid.top)
             store.write_grid_extra(s.layer, size, "attr_top_class", ac)
             store.write_grid_extra(s.layer, size, "attr_top_value", av)
+            labels.append(ac[:, 0])
         kept_per_size[str(size)] = len(kept)
         log.info(
             "grid %d: %d of %d cells kept (count >= %d)",
@@ -105,8 +107,9 @@ def run(s: Settings, fp: str) -> StageResult:
             size * size,
             s.grid.min_count,
         )
+    heat = _write_heat(s, store, layout, attr, labels) if attr is not None else []
     return StageResult(
-        counts={"cells_kept": kept_per_size},
+        counts={"cells_kept": kept_per_size, "heat_classes": len(heat)},
         details={
             "labels": "attribution" if attr is not None else "predictions",
             "tasks": len(jobs),
@@ -134,3 +137,34 @@ def _attribution(
         )
     classes = np.maximum(top[image, :a], 0)
     return classes, values, int(store.attrs["n_classes"])
+
+
+def heat_classes(s: Settings, labels: list[np.ndarray]) -> np.ndarray:
+    """The classes of the heatmaps: ``grid.heatmap`` (names or indices), else the 64 classes
+    that label the most cells over every level."""
+    if s.grid.heatmap:
+        model = cached_model(s.model.spec, "cpu")
+        with setting("grid", {"class": "heatmap"}):
+            return np.array([model.class_index(c) for c in s.grid.heatmap], np.int64)
+    flat = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    flat = flat[flat >= 0]
+    if not len(flat):
+        return np.zeros(0, np.int64)
+    uniq, n = np.unique(flat, return_counts=True)
+    return np.sort(uniq[np.lexsort((uniq, -n))][:64]).astype(np.int64)
+
+
+def _write_heat(
+    s: Settings, store: RunStore, layout: np.ndarray, attr: tuple[np.ndarray, np.ndarray, int],
+    labels: list[np.ndarray],
+) -> list[int]:  # fmt: skip
+    """Per level: ``heat`` (M, H), each kept cell's mean attribution to each heatmap class, and
+    ``heat_class`` (H,)."""
+    heat = heat_classes(s, labels)
+    for size in s.grid.sizes:
+        grid = store.grid_cells(s.layer, size)[0]
+        kept = grid[:, 1].astype(np.int64) * size + grid[:, 0]
+        values = class_heat(cell_index(layout, size), kept, attr[0], attr[1], heat)
+        store.write_grid_extra(s.layer, size, "heat", values.reshape(len(kept), len(heat)))
+        store.write_grid_extra(s.layer, size, "heat_class", heat)
+    return heat.tolist()

@@ -229,6 +229,10 @@ def _fit_and_place(
 
 
 def run(s: Settings, fp: str) -> StageResult:
+    if s.reduce.rows != "all":  # a class view: its own samples, laid out whole
+        from pipelines import views
+
+        return views.layout(s, fp)
     r = s.reduce
     store = RunStore.open(s.store_url, mode="r+", storage_options=s.storage_options)
     sources = sources_of(s)

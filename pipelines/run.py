@@ -24,7 +24,7 @@ from atlas_core.errors import ConfigError
 from atlas_core.models.layers import resolve_layer
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
-from pipelines import compose, exemplars, extract, grid, reduce, render
+from pipelines import classes, compose, exemplars, extract, grid, patches, reduce, render
 from pipelines.common import StageResult, cached_model, inject_fault, redact, test_fault
 from pipelines.settings import STAGES, Settings, setting
 
@@ -37,6 +37,8 @@ _RUNNERS: dict[str, Callable[[Settings, str], StageResult]] = {
     "render": render.run,
     "exemplars": exemplars.run,
     "compose": compose.run,
+    "classes": classes.run,
+    "patches": patches.run,
 }
 _PACKAGES = (
     "torch",
@@ -50,6 +52,17 @@ _PACKAGES = (
     "scikit-learn",
     "pillow",
 )
+
+
+def needs(later: str, stage: str) -> bool:
+    """Whether requesting ``later`` needs ``stage`` done first: every stage needs the ones before
+    it, except that class views (``classes``, ``patches``) need only the extraction (and
+    ``patches`` the views)."""
+    if STAGES.index(later) <= STAGES.index(stage):
+        return False
+    if later in ("classes", "patches"):
+        return stage == "extract" or (later == "patches" and stage == "classes")
+    return True
 
 
 def check(s: Settings) -> None:
@@ -96,7 +109,8 @@ def extraction_of(s: Settings) -> Settings:
     one, so changing ``layer`` to an extracted layer redoes nothing upstream."""
     prior = Markers(s.run_dir, s.storage_options).read("stage-extract")
     stored = ((prior or {}).get("details") or {}).get("layers")
-    if s.extractions or not stored or not set(s.extracted_layers) < set(stored):
+    shared = s.extractions or s.extraction_from
+    if shared or not stored or not set(s.extracted_layers) < set(stored):
         return s
     alt = replace(s, extract=replace(s.extract, layers=tuple(stored)))
     same = prior is not None and fingerprint(["", alt.stage_config("extract")]) == prior.get(
@@ -136,7 +150,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
             log.info("%s: complete, skipped", stage)
             continue
         if stage not in s.stages:
-            if any(STAGES.index(r) > STAGES.index(stage) for r in s.stages):
+            if any(needs(r, stage) for r in s.stages):
                 raise ConfigError(
                     "stages",
                     list(s.stages),

@@ -13,6 +13,7 @@ groups hold algorithm settings only.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -29,7 +30,7 @@ from atlas_core.models.registry import ModelSpec, check_model_name
 from atlas_core.reduce.backends import BACKENDS, KNN_MODES
 from atlas_core.reduce.params import INITS, METRICS, UmapParams
 
-STAGES = ("extract", "reduce", "grid", "render", "exemplars", "compose")
+STAGES = ("extract", "reduce", "grid", "render", "exemplars", "compose", "classes", "patches")
 DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("photos", "folder", "filelist", "tar")
 
@@ -212,6 +213,11 @@ class ReduceConf(_Group):
     quality_sample: int = 5000
     joint_layers: tuple[str, ...] = ()  # one joint fit over several extracted layers ...
     align_with: tuple[AlignConf, ...] = ()  # ... or over other runs on the same images
+    # which samples the layout places: all, or a class view (set by the classes stage):
+    # class:<c> (a class activation atlas), compare:<a>:<b> (x from attribution, y 1-D layout)
+    rows: str = "all"
+    view_top_n: int = 2000  # a class view keeps its top-n samples by attribution to the class
+    method: str = "umap"  # umap | tsne (class views only: small, sparse sets)
 
     def __post_init__(self) -> None:
         self._tuples()
@@ -219,6 +225,15 @@ class ReduceConf(_Group):
         _choice("reduce.metric", self.metric, METRICS)
         _choice("reduce.init", self.init, INITS)
         _choice("reduce.knn", self.knn, KNN_MODES)
+        _choice("reduce.method", self.method, ("umap", "tsne"))
+        if not re.fullmatch(r"all|class:\d+|compare:\d+:\d+", self.rows):
+            raise ConfigError(
+                "reduce.rows", self.rows, valid="all, class:<c>, compare:<a>:<b>",
+                fix="leave reduce.rows=all; class views set it themselves.",
+            )  # fmt: skip
+        if self.method == "tsne" and self.rows == "all":
+            raise ConfigError("reduce.method", "tsne", fix="t-SNE is for class views "
+                              "(classes.method=tsne); the whole atlas uses UMAP.")  # fmt: skip
         self._ranges(
             {
                 "n_neighbors": (2, 10_000),
@@ -228,6 +243,7 @@ class ReduceConf(_Group):
                 "pca_dim": (1, None),
                 "place_neighbors": (1, 1000),
                 "quality_sample": (10, None),
+                "view_top_n": (0, None),
             }
         )
         unknown = set(self.extras) - {"umap-learn", "cuml"}
@@ -259,6 +275,9 @@ class GridConf(_Group):
     sizes: tuple[int, ...] = (20,)
     min_count: int = 5  # cells with fewer samples are dropped
     top: int = 5  # top classes kept per cell
+    # class heatmaps: classes (names or indices) whose per-cell mean attribution is written at
+    # every level (empty: the 64 classes that label the most cells), when attribution exists
+    heatmap: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self._tuples()
@@ -267,6 +286,7 @@ class GridConf(_Group):
         for s in self.sizes:
             _range("grid.sizes", s, 1, 4096)
         self._ranges({"min_count": (1, None), "top": (1, 1000)})
+        object.__setattr__(self, "heatmap", tuple(str(c) for c in self.heatmap))
 
 
 @dataclass(frozen=True)
@@ -339,6 +359,63 @@ class ExemplarsConf(_Group):
             "k": (1, 64), "patch_px": (8, 512), "thumb_px": (32, 2048),
             "field_mass": (0.05, 1.0), "rows_per_task": (1, None),
         })  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClassesConf(_Group):
+    """classes: class activation atlases and two-class comparisons, each a view of this run
+    (its own layout, grid, icons, exemplars and viewer under ``<run_dir>/classes/<view>``),
+    reading this run's extraction; they need attribution (``extract.attr_classes``)."""
+
+    GROUP: ClassVar[str] = "classes"
+    atlases: tuple[str, ...] = ()  # class names or indices: one class activation atlas each
+    pairs: tuple[Any, ...] = ()  # two-class comparisons [[a, b], ...] (names or indices)
+    top_n: int = 2000  # plus the samples whose top attribution class is the class
+    method: str = "umap"  # umap | tsne (the article found t-SNE better for these sparse sets)
+    n_neighbors: int = 20
+    min_dist: float = 0.01
+    metric: str = "cosine"
+    grid: int = 8
+    min_count: int = 4
+    parallel: int = 2  # views built at once (their Ray work shares the cluster)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "atlases", tuple(str(c) for c in self.atlases))
+        pairs = tuple(tuple(str(c) for c in p) for p in self.pairs)
+        object.__setattr__(self, "pairs", pairs)
+        for p in pairs:
+            if len(p) != 2 or p[0] == p[1]:
+                raise ConfigError("classes.pairs", list(p), fix="each pair is [a, b], two classes.")
+        _choice("classes.method", self.method, ("umap", "tsne"))
+        _choice("classes.metric", self.metric, METRICS)
+        self._ranges({"top_n": (0, None), "n_neighbors": (2, 1000), "min_dist": (0.0, 1.0),
+                      "grid": (1, 256), "min_count": (1, None), "parallel": (1, 64)})  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PatchesConf(_Group):
+    """patches: failure-mode patches. For each pair [a, b] of ``classes.pairs``, the icons of
+    the comparison most attributed to b are pasted into images the model classifies as a, at
+    each size and corner, against a random-noise patch of the same size and place."""
+
+    GROUP: ClassVar[str] = "patches"
+    icons: int = 3  # patches per pair
+    sizes: tuple[int, ...] = (48, 64, 80)  # patch side, in model-input pixels
+    corners: tuple[str, ...] = ("tl", "br")  # tl | tr | bl | br | centre
+    margin: int = 8
+    max_images: int = 256  # images of class a per pair (in manifest order)
+    images: str | None = None  # a folder to draw class-a images from (null: the run's own)
+    examples: int = 4  # before/after images on the report page
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        for c in self.corners:
+            _choice("patches.corners", c, ("tl", "tr", "bl", "br", "centre"))
+        for v in self.sizes:
+            _range("patches.sizes", v, 4, 4096)
+        self._ranges({"icons": (1, 64), "margin": (0, 1000), "max_images": (1, None),
+                      "examples": (0, 64), "batch_size": (1, 4096)})  # fmt: skip
 
 
 TILE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -424,6 +501,8 @@ class Settings:
     render: RenderConf = field(default_factory=RenderConf)
     exemplars: ExemplarsConf = field(default_factory=ExemplarsConf)
     compose: ComposeConf = field(default_factory=ComposeConf)
+    classes: ClassesConf = field(default_factory=ClassesConf)
+    patches: PatchesConf = field(default_factory=PatchesConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
     run_dir: str = "runs/demo"
     layer: str = II("model.default_layer")
@@ -440,6 +519,8 @@ class Settings:
     date: str | None = None
     # one atlas per layer from one extraction: <run_dir>/<layer>/ each, <run_dir>/index.html
     layers: tuple[str, ...] = ()
+    # a view of another run (class views): its store reads that run's extraction
+    extraction_from: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -499,6 +580,9 @@ class Settings:
             "render": {"render": render},
             "exemplars": {"exemplars": exemplars},
             "compose": {"compose": asdict(self.compose)},
+            "classes": {"classes": asdict(self.classes)},
+            "patches": {"patches": {**asdict(self.patches), "batch_size": None},
+                        "pairs": [list(p) for p in self.classes.pairs]},
         }
         return {**base, **parts[stage]}
 
@@ -542,6 +626,8 @@ def register() -> None:
         ("render", RenderConf),
         ("exemplars", ExemplarsConf),
         ("compose", ComposeConf),
+        ("classes", ClassesConf),
+        ("patches", PatchesConf),
         ("cluster", ClusterConf),
     ):
         cs.store(group=name, name=f"{name}_schema", node=schema(node))

@@ -69,31 +69,38 @@ def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Se
 
 
 def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem]:
-    from pipelines.run import fingerprints
+    from pipelines.run import fingerprints, needs
 
-    fps, out, missing_before = fingerprints(s), [], ""
+    fps, out, missing = fingerprints(s), [], []
     for stage in STAGES:
         rec = markers.read(f"stage-{stage}")
         where = f"stage {stage}"
         if rec is None:
-            missing_before = missing_before or stage
+            missing.append(stage)
             continue
-        if missing_before:
-            out.append(Problem(where, f"marked done but stage {missing_before} is not"))
+        needed = [m for m in missing if needs(stage, m)]
+        if needed:
+            out.append(Problem(where, f"marked done but stage {needed[0]} is not"))
         if rec.get("fingerprint") != fps[stage]:
             got = rec.get("fingerprint")
             out.append(Problem(where, f"marker fingerprint {got} is not {fps[stage]}, the one "
                                       "this run's config gives"))  # fmt: skip
-        out += [Problem(where, f"output missing: {m}") for m in _missing_outputs(s, store, stage)]
+        lost = _missing_outputs(s, store, stage, rec)
+        out += [Problem(where, f"output missing: {m}") for m in lost]
     return out
 
 
-def _missing_outputs(s: Settings, store: RunStore, stage: str) -> list[str]:
+def _missing_outputs(s: Settings, store: RunStore, stage: str, rec: dict[str, Any]) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(s.run_dir, **s.storage_options)
+    if stage in ("classes", "patches"):
+        details = rec.get("details") or {}
+        files = [v["viewer"] for v in details.get("views", [])]
+        files += [f"patches/{r['view']}/index.html" for r in details.get("reports", [])]
+        return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
     if stage != "compose":
         layouts = s.joint_layers or (s.layer,)
         return missing_stage_outputs(store, stage, s.layer, s.extracted_layers, layouts,
                                      s.grid.sizes)  # fmt: skip
-    fs, root = fsspec.core.url_to_fs(s.run_dir, **s.storage_options)
     files = ["atlas.png", "viewer/index.html", *(f"atlas-{g}.png" for g in s.grid.sizes)]
     return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
 

@@ -74,7 +74,9 @@ def run_data(s: Settings, store: RunStore, levels: list[Level]) -> dict[str, Any
             label = top[0][0] if top else -1
             cells.append([int(cell[i, 0]), int(cell[i, 1]), int(count[i]), label, top,
                           exs[i] if exs else []])  # fmt: skip
-        out_levels.append({"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": cells})
+        heat = _heat(store, s.layer, lv.size, used)
+        out_levels.append({"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": cells,
+                           "heat": heat})  # fmt: skip
     uris = store.uris()
     sources = [] if ex is None else [
         [source_name(str(uris[u])), int(w), int(h)]
@@ -95,7 +97,26 @@ def run_data(s: Settings, store: RunStore, levels: list[Level]) -> dict[str, Any
         "k": s.exemplars.k, "patch_px": s.exemplars.patch_px, "sources": sources,
         "overview": f"../atlas-{g0}.png",
         "links": [],
+        "axis": _axis(s, model),
     }  # fmt: skip
+
+
+def _heat(store: RunStore, layer: str, g: int, used: dict[int, int]) -> dict[str, Any] | None:
+    """The level's class heatmaps: per heatmap class, each cell's mean attribution."""
+    values = store.grid_extra(layer, g, "heat")
+    classes = store.grid_extra(layer, g, "heat_class")
+    if values is None or classes is None or not len(classes):
+        return None
+    return {"classes": [used.setdefault(int(c), len(used)) for c in classes],
+            "values": np.round(values.T.astype(np.float64), 5).tolist()}  # fmt: skip
+
+
+def _axis(s: Settings, model: Any) -> list[str] | None:
+    """A two-class comparison's class names, left (a) and right (b)."""
+    if not s.reduce.rows.startswith("compare:"):
+        return None
+    _, a, b = s.reduce.rows.split(":")
+    return [model.class_name(int(a)), model.class_name(int(b))]
 
 
 def _aligned(s: Settings) -> list[tuple[str, str]]:
@@ -116,13 +137,16 @@ def _aligned(s: Settings) -> list[tuple[str, str]]:
     return out
 
 
-def write_viewer(s: Settings, store: RunStore, levels: list[Level], write: Writer) -> list[str]:
+def write_viewer(
+    s: Settings, store: RunStore, levels: list[Level], write: Writer,
+    extra_links: list[dict[str, str]] | None = None,
+) -> list[str]:  # fmt: skip
     """Write ``viewer/`` and return the files a user opens."""
     out, so = f"{s.run_dir.rstrip('/')}/viewer", s.storage_options
     run = run_data(s, store, levels)
     aligned = _aligned(s)
     run["links"] = [{"href": f"compare-{i}.html", "text": f"side by side with {name}"}
-                    for i, (name, _) in enumerate(aligned)]  # fmt: skip
+                    for i, (name, _) in enumerate(aligned)] + (extra_links or [])  # fmt: skip
     for rel, data in static_files().items():
         write(f"{out}/{rel}", data, so)
     write(f"{out}/data/atlas.js", data_script(run).encode("utf-8"), so)

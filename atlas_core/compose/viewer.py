@@ -46,6 +46,9 @@ _PAGE = """<!doctype html>
  <datalist id="classes"></datalist>
  <span id="found" aria-live="polite"></span>
  <label><input id="labels" type="checkbox" checked> labels</label>
+ <label><input id="heat" type="checkbox" disabled> class heatmap</label>
+ <label><input id="heatneg" type="checkbox" disabled> negative</label>
+ <span id="heatinfo" aria-live="polite"></span>
 </div>
 <main id="panes"></main>
 <aside id="card" aria-live="polite"><p class="hint">Hover over the atlas, or focus it and press

@@ -158,3 +158,23 @@ def attribution_per_cell(
     mean = sums / np.maximum(counts, 1)[:, None]
     order = np.argsort(-mean, axis=1, kind="stable")[:, :top]
     return order.astype(np.int32), np.take_along_axis(mean, order, axis=1).astype(np.float32)
+
+
+def class_heat(
+    cells: np.ndarray, kept: np.ndarray, classes: np.ndarray, values: np.ndarray, heat: np.ndarray
+) -> np.ndarray:
+    """Each kept cell's mean attribution to each class of ``heat``: (M, H) float32.
+
+    Same conventions as :func:`attribution_per_cell`: the mean over the cell's samples with
+    attribution, a class missing from a sample's columns counting 0.
+    """
+    pos = np.full(int(max(cells.max(initial=0), kept.max(initial=0))) + 1, -1, dtype=np.int64)
+    pos[kept] = np.arange(len(kept))
+    row = np.where(cells >= 0, pos[np.maximum(cells, 0)], -1)
+    ok = (row >= 0) & ~np.isnan(values).any(axis=1)
+    counts = np.bincount(row[ok], minlength=len(kept)).astype(np.float64)
+    out = np.zeros((len(kept), len(heat)), np.float64)
+    for j, c in enumerate(np.asarray(heat)):
+        v = np.where(classes[ok] == c, values[ok], 0.0).sum(axis=1)
+        out[:, j] = np.bincount(row[ok], weights=v, minlength=len(kept))
+    return (out / np.maximum(counts, 1)[:, None]).astype(np.float32)

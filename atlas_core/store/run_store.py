@@ -10,6 +10,7 @@ See docs/run-store.md for every array.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -588,6 +589,13 @@ class RunStore:
     def thumbs(self, layer: str, start: int, stop: int) -> np.ndarray:
         return np.asarray(self._array(f"layers/{layer}/exemplars/thumb")[start:stop])
 
+    def write_report(self, path: str, report: dict[str, Any]) -> None:
+        """A JSON report as the attributes of group ``path`` (e.g. ``patches/<view>``)."""
+        self.group.require_group(path).attrs.update(json.loads(json.dumps(report, default=_plain)))
+
+    def report(self, path: str) -> dict[str, Any] | None:
+        return dict(self.group[path].attrs) if self.has(path) else None
+
     def has(self, path: str) -> bool:
         if self.parent is not None and _extraction_path(path):
             return self.parent.has(path)
@@ -599,6 +607,11 @@ class RunStore:
 
 
 _EXTRACTION_ARRAYS = ("acts", "attr", "moment_partial", "moment_count")
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and arrays as JSON values."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 def _extraction_path(path: str) -> bool:

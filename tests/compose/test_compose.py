@@ -116,3 +116,29 @@ def test_sheet_places_icons_row_major() -> None:
     assert s.shape == (4, 6, 3)
     assert s[0, 0, 0] == 0 and s[0, 4, 0] == 2 and s[2, 0, 0] == 3 and s[2, 2, 0] == 4
     assert (s[2:, 4:] == 255).all()
+
+
+def test_a_lower_zoom_is_the_box_downsampled_zoom_above(tmp_path) -> None:
+    """shrink_task: each tile of zoom z from the 2 x 2 tiles of zoom z + 1 (PNG: exact)."""
+    from PIL import Image
+
+    from pipelines.compose import Shrink, shrink_task
+
+    rng = np.random.default_rng(4)
+    t, out = 8, tmp_path / "tiles" / "16"
+    big = rng.integers(0, 256, (4 * t, 4 * t, 3), dtype=np.uint8)  # zoom 2: 4 x 4 tiles
+    for x in range(4):
+        for y in range(4):
+            (out / "2" / str(x)).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(big[y * t : (y + 1) * t, x * t : (x + 1) * t]).save(
+                out / "2" / str(x) / f"{y}.png"
+            )
+    assert shrink_task(Shrink({}, 16, 1, 0, 2, str(out), t, "png"))["tiles"] == 4
+    assert shrink_task(Shrink({}, 16, 0, 0, 1, str(out), t, "png"))["tiles"] == 1
+    want1 = np.asarray(Image.fromarray(big).resize((2 * t, 2 * t), Image.Resampling.BOX))
+    for x in range(2):
+        for y in range(2):
+            got = np.asarray(Image.open(out / "1" / str(x) / f"{y}.png"))
+            np.testing.assert_array_equal(got, want1[y * t : (y + 1) * t, x * t : (x + 1) * t])
+    want0 = np.asarray(Image.fromarray(want1).resize((t, t), Image.Resampling.BOX))
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "0" / "0" / "0.png")), want0)

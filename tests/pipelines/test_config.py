@@ -24,6 +24,8 @@ GROUPS = [
     "render",
     "exemplars",
     "compose",
+    "classes",
+    "patches",
     "cluster",
     "preset",
     "experiment",
@@ -52,7 +54,9 @@ def test_every_option_composes_and_parses(group: str, option: str, tmp_path: Pat
     cfg = _compose(f"{group}={option}", *extra)
     s, resolved = to_settings(cfg)
     assert s.layer == resolved["layer"] and s.extracted_layers[0] == s.layer
-    assert s.stages == ("extract", "reduce", "grid", "render", "exemplars", "compose")
+    assert s.stages == (
+        "extract", "reduce", "grid", "render", "exemplars", "compose", "classes", "patches"
+    )  # fmt: skip
 
 
 def test_presets_carry_the_reference_parameters() -> None:

@@ -51,6 +51,12 @@
       }
       const box = el("section", "pane");
       if (RUNS.length > 1) box.appendChild(el("h2", "pane-title", this.run.title));
+      if (this.run.axis) { // a two-class comparison: a on the left, b on the right
+        const axis = el("div", "axis");
+        axis.appendChild(el("span", "left", "\u2190 " + this.run.axis[0]));
+        axis.appendChild(el("span", "right", this.run.axis[1] + " \u2192"));
+        box.appendChild(axis);
+      }
       this.div = el("div", "map");
       this.div.setAttribute("aria-label", "activation atlas of " + this.run.title +
         ": arrow keys pan, + and - zoom, Enter shows the centre cell");
@@ -77,6 +83,7 @@
           keepBuffer: 1,
         }).addTo(this.map);
       });
+      this.heat = L.layerGroup().addTo(this.map);
       this.labels = L.layerGroup().addTo(this.map);
       this.hits = L.layerGroup().addTo(this.map);
       this.marks = L.layerGroup().addTo(this.map);
@@ -146,6 +153,34 @@
       }
     }
 
+    heatOf(name) {
+      const lv = this.level(), c = this.run.classes.indexOf(name);
+      if (!lv.heat || c < 0) return null;
+      const j = lv.heat.classes.indexOf(c);
+      return j < 0 ? null : lv.heat.values[j];
+    }
+
+    drawHeat(name, negative) {
+      this.heat.clearLayers();
+      const values = name ? this.heatOf(name) : null;
+      if (!values) return null;
+      const lv = this.level(), sign = negative ? -1 : 1;
+      let top = 0;
+      for (const v of values) top = Math.max(top, sign * v);
+      const vb = this.map.getBounds().pad(0.2), g = lv.size;
+      const [x0, y0] = this.toXY(vb.getSouthWest()), [x1, y1] = this.toXY(vb.getNorthEast());
+      lv.cells.forEach((c, i) => {
+        if ((c[0] + 1) / g < x0 || c[0] / g > x1 || (c[1] + 1) / g < y0 || c[1] / g > y1) return;
+        const share = top > 0 ? Math.min(1, Math.max(0, sign * values[i] / top)) : 0;
+        // the strongest cells stay clear, the others fade: opacity, not hue, carries the value
+        L.rectangle(this.cellBounds(lv, c[0], c[1]), {
+          stroke: false, fill: true, fillColor: "#fff", fillOpacity: +(0.9 * (1 - share)).toFixed(4),
+          className: "heat", interactive: false,
+        }).addTo(this.heat);
+      });
+      return top;
+    }
+
     search(matches) {
       this.hits.clearLayers();
       if (!matches) return 0;
@@ -205,6 +240,12 @@
     const ol = el("ol", "top");
     for (const t of c[4]) ol.appendChild(el("li", null, pane.run.classes[t[0]] + " \u2014 " + t[1]));
     s.appendChild(ol);
+    if (pane.run.axis) {
+      for (const name of pane.run.axis) {
+        const v = pane.heatOf(name);
+        if (v) s.appendChild(el("p", "axis-value", "mean attribution to " + name + ": " + v[cell.i]));
+      }
+    }
     if (c[5].length) {
       s.appendChild(el("h4", null, "Exemplars"));
       const row = el("div", "exemplars");
@@ -260,6 +301,15 @@
     const m = matchesOf(query);
     for (const q of panes) { q.drawLabels(labels); n += q.search(m); }
     $("found").textContent = m ? n + " cells at " + lv.size + " \u00d7 " + lv.size + " hold \u201c" + query + "\u201d" : "";
+    const one = m && m.size === 1 ? [...m][0] : null;
+    const heatable = one !== null && panes.some((q) => q.heatOf(one));
+    $("heat").disabled = !heatable;
+    $("heatneg").disabled = !heatable;
+    const on = heatable && $("heat").checked, neg = $("heatneg").checked;
+    let top = null;
+    for (const q of panes) { const t = q.drawHeat(on ? one : null, neg); if (top === null) top = t; }
+    $("heatinfo").textContent = on ? "opacity: mean " + (neg ? "negative " : "") + "attribution to " + one +
+      " relative to the strongest cell (" + (top === null ? "none" : top.toPrecision(3)) + ")" : "";
     if (selected) {
       const s = p.levels.find((l) => l.size === selected.size);
       if (s && s !== lv) selected = null; // a selection belongs to its level
@@ -277,6 +327,7 @@
     h.set("y", c[1].toFixed(4));
     if (selected) h.set("c", selected.ix + "," + selected.iy);
     if (query) h.set("q", query);
+    if ($("heat").checked) h.set("h", $("heatneg").checked ? "neg" : "1");
     const next = "#" + h.toString();
     if (location.hash !== next) {
       try { history.replaceState(null, "", next); } catch (err) { /* some file:// setups */ }
@@ -295,6 +346,8 @@
       Math.max(0, Math.min(p.maxZoom, Math.round(z))), { animate: false });
     query = (h.get("q") || "").trim();
     $("search").value = query;
+    $("heat").checked = h.has("h");
+    $("heatneg").checked = h.get("h") === "neg";
     const m = /^(\d+),(\d+)$/.exec(h.get("c") || "");
     selected = m ? { size: p.level().size, ix: +m[1], iy: +m[2] } : null;
     refresh();
@@ -367,6 +420,8 @@
     }
     $("search").addEventListener("input", () => { query = $("search").value.trim(); refresh(); });
     $("labels").addEventListener("change", refresh);
+    $("heat").addEventListener("change", refresh);
+    $("heatneg").addEventListener("change", refresh);
     $("source-close").addEventListener("click", closeSource);
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeSource(); });
     window.addEventListener("hashchange", readHash);
