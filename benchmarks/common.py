@@ -101,8 +101,9 @@ def write(name: str, result: dict[str, Any]) -> Path:
 
 def report(label: str, ours: float, peer: float, unit: str, quality: str) -> None:
     """One line: our figure, the peer's, how many times better ours is, and the quality next to
-    it. Units of time per item ("s", "s/icon") are better when lower; rates when higher."""
-    lower_is_better = unit == "s" or unit.startswith("s/")
+    it. Units of time per item ("s", "s/icon") and memory ("MB") are better when lower; rates when
+    higher."""
+    lower_is_better = unit in ("s", "MB") or unit.startswith("s/")
     num, den = (peer, ours) if lower_is_better else (ours, peer)
     ratio = num / den if den else float("nan")
     log.info(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("extract_bench", "reduce_bench", "render_bench")
+BENCHMARKS = ("extract_bench", "reduce_bench", "render_bench", "compose_bench")
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from atlas_core.models.receptive import receptive_field
 from atlas_core.store import RunStore
 from pipelines import ray_ops
 from pipelines.common import StageResult, cached_model
+from pipelines.grid import GridJob
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,14 +45,10 @@ Parts = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
-class ScoreJob:
-    store_url: str
-    storage_options: dict[str, Any]
-    layer: str
-    sizes: tuple[int, ...]
-    start: int
-    stop: int
-    k: int
+class ScoreJob(GridJob):
+    """The grid's row range, and how many exemplars each cell keeps."""
+
+    k: int = 8
 
 
 def score_task(job: ScoreJob, means: dict[int, tuple[np.ndarray, np.ndarray]]) -> list[Parts]:

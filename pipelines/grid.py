@@ -100,13 +100,8 @@ def run(s: Settings, fp: str) -> StageResult:
             store.write_grid_extra(s.layer, size, "attr_top_value", av)
             labels.append(ac[:, 0])
         kept_per_size[str(size)] = len(kept)
-        log.info(
-            "grid %d: %d of %d cells kept (count >= %d)",
-            size,
-            len(kept),
-            size * size,
-            s.grid.min_count,
-        )
+        log.info("grid %d: %d of %d cells kept (count >= %d)", size, len(kept), size * size,
+                 s.grid.min_count)  # fmt: skip
     heat = _write_heat(s, store, layout, attr, labels) if attr is not None else []
     return StageResult(
         counts={"cells_kept": kept_per_size, "heat_classes": len(heat)},
