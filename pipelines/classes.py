@@ -122,7 +122,7 @@ def _build(view: View) -> dict[str, Any]:
         "title": view.title,
         "rows": st["reduce"]["counts"].get("rows"),
         "cells": st["grid"]["counts"]["cells_kept"],
-        "icons": st["render"]["counts"].get("icons_rendered", st["render"]["counts"]),
+        "icons": st["render"]["counts"].get("icons"),
         "seconds": manifest["seconds_total"],
         "viewer": f"classes/{view.slug}/viewer/index.html",
     }
@@ -152,7 +152,10 @@ def run(s: Settings, fp: str) -> StageResult:
             d["cells"],
             d["seconds"],
         )
-    _link(s, store, [{"href": f"../{v['viewer']}", "text": v["title"]} for v in done])
+    from pipelines.viewer import view_links
+
+    reports = [x for x in view_links(s) if x["href"].startswith("../patches/")]
+    _link(s, store, [{"href": f"../{v['viewer']}", "text": v["title"]} for v in done] + reports)
     return StageResult(counts={"views": len(done)}, details={"views": done})
 
 

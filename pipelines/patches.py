@@ -27,7 +27,7 @@ from atlas_core.compose.viewer import source_name
 from atlas_core.data import folder_manifest
 from atlas_core.data.decode import DecodePolicy, decode
 from atlas_core.models.registry import ModelSpec
-from atlas_core.store import Markers, RunStore
+from atlas_core.store import RunStore
 from pipelines import ray_ops
 from pipelines.common import StageResult, cached_model, resolve_device
 from pipelines.settings import Settings, store_url
@@ -314,16 +314,14 @@ def run(s: Settings, fp: str) -> StageResult:
             r["best"].get("flip_rate", 0),
             r["best"].get("control_rate", 0),
         )
-    prior = Markers(s.run_dir, s.storage_options).read("stage-classes") or {}
-    views_done = (prior.get("details") or {}).get("views", [])
-    links = [{"href": f"../{v['viewer']}", "text": v["title"]} for v in views_done]
+    from pipelines.viewer import view_links
+
+    links = [x for x in view_links(s) if not x["href"].startswith("../patches/")]
     links += [
-        {
-            "href": f"../patches/{r['view']}/index.html",
-            "text": f"patches: {r['b_name']} pasted into {r['a_name']}",
-        }
+        {"href": f"../patches/{r['view']}/index.html",
+         "text": f"patches: {r['b_name']} pasted into {r['a_name']}"}
         for r in reports
-    ]
+    ]  # fmt: skip
     _link(s, store, links)
     return StageResult(
         counts={"pairs": len(reports), "images": {r["view"]: r["images"] for r in reports}},

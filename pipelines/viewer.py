@@ -137,6 +137,19 @@ def _aligned(s: Settings) -> list[tuple[str, str]]:
     return out
 
 
+def view_links(s: Settings) -> list[dict[str, str]]:
+    """Links to the run's finished class views and patch reports (from their stage markers)."""
+    from atlas_core.store import Markers
+
+    markers = Markers(s.run_dir, s.storage_options)
+    views = ((markers.read("stage-classes") or {}).get("details") or {}).get("views", [])
+    reports = ((markers.read("stage-patches") or {}).get("details") or {}).get("reports", [])
+    links = [{"href": f"../{v['viewer']}", "text": v["title"]} for v in views]
+    return links + [{"href": f"../patches/{r['view']}/index.html",
+                     "text": f"patches: {r['b_name']} pasted into {r['a_name']}"}
+                    for r in reports]  # fmt: skip
+
+
 def write_viewer(
     s: Settings, store: RunStore, levels: list[Level], write: Writer,
     extra_links: list[dict[str, str]] | None = None,
@@ -146,7 +159,8 @@ def write_viewer(
     run = run_data(s, store, levels)
     aligned = _aligned(s)
     run["links"] = [{"href": f"compare-{i}.html", "text": f"side by side with {name}"}
-                    for i, (name, _) in enumerate(aligned)] + (extra_links or [])  # fmt: skip
+                    for i, (name, _) in enumerate(aligned)]  # fmt: skip
+    run["links"] += view_links(s) if extra_links is None else extra_links
     for rel, data in static_files().items():
         write(f"{out}/{rel}", data, so)
     write(f"{out}/data/atlas.js", data_script(run).encode("utf-8"), so)
