@@ -289,10 +289,11 @@ def test_one_run_of_several_layers_extracts_once(folder_run, tmp_path) -> None:
     )
     assert (tmp_path / "multi" / "index.html").read_text().count("<img ") == 2
     # a finished single run switched to another extracted layer
-    one = (*base, f"run_dir={tmp_path / 'switch'}", "extract.layers=[blocks.1,blocks.2]")
+    upto = "stages=[extract,reduce]"  # what the switch concerns; the later stages follow reduce
+    one = (*base, f"run_dir={tmp_path / 'switch'}", "extract.layers=[blocks.1,blocks.2]", upto)
     run(*_settings(*one, "layer=blocks.2"))
     # without extract.layers: {blocks.1} is a subset of what the run extracted
-    again = run(*_settings(*base, f"run_dir={tmp_path / 'switch'}", "layer=blocks.1"))
+    again = run(*_settings(*base, f"run_dir={tmp_path / 'switch'}", "layer=blocks.1", upto))
     assert again["stages"]["extract"]["status"] == "skipped (complete)"
     assert again["stages"]["reduce"]["status"] == "done"
 
