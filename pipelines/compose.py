@@ -206,14 +206,14 @@ def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[
     tiles, strips = [], []
     common = (s.store_url, s.storage_options, s.layer)
     for lv in levels:
-        for z in (lv.zmax,):  # zooms below are shrunk from these tiles (:class:`Shrink`)
-            n = 2**z
-            per_row = lv.size * (math.ceil(lv.size / n) + 1)  # icons one row of tiles meets
-            rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
-            for r0 in range(0, n, rows):
-                tiles.append(Draw(*common, lv.size, c.tile_px * n, r0, min(n, r0 + rows), z,
-                                  f"{s.run_dir.rstrip('/')}/viewer/tiles/{lv.size}", c.tile_px,
-                                  c.tile_format, BACKGROUNDS[c.background], c.density))  # fmt: skip
+        z = lv.zmax  # the zooms below are shrunk from these tiles (:class:`Shrink`)
+        n = 2**z
+        per_row = lv.size * (math.ceil(lv.size / n) + 1)  # icons one row of tiles meets
+        rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
+        for r0 in range(0, n, rows):
+            tiles.append(Draw(*common, lv.size, c.tile_px * n, r0, min(n, r0 + rows), z,
+                              f"{s.run_dir.rstrip('/')}/viewer/tiles/{lv.size}", c.tile_px,
+                              c.tile_format, BACKGROUNDS[c.background], c.density))  # fmt: skip
         width = min(lv.size * px, c.overview_px)
         band = max(1, ICONS_PER_TASK * width // (lv.size * lv.size))
         for y0 in range(0, width, band):
