@@ -123,7 +123,7 @@ def settings(*overrides: str) -> Any:
     ``atlas`` would (so benchmarks run exactly what users run)."""
     from hydra import compose, initialize_config_dir
 
-    from pipelines.main import CONF_DIR, to_settings
+    from pipelines.commands.main import CONF_DIR, to_settings
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_settings(compose("config", overrides=list(overrides)))[0]

@@ -105,7 +105,8 @@ def peer(run_dir: Path, g: int, width: int) -> tuple[float, float, np.ndarray]:
 
 
 def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
-    from pipelines import compose, ray_ops
+    from pipelines.core import ray_ops
+    from pipelines.stages import compose
 
     s = settings("model=tiny", f"run_dir={run_dir}", f"grid.sizes=[{','.join(map(str, sizes))}]",
                  f"render.icon_px={px}", "compose.density=false")  # fmt: skip

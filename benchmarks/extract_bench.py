@@ -58,7 +58,8 @@ def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256) -> 
     imports, model load), decoding, writes and commit markers. Ray's own start-up (``ray.init``)
     is done before the clock starts. Also the steady rate: the median shard's images per second
     times the tasks at once, and the median per-task start-up seconds."""
-    from pipelines import extract, ray_ops
+    from pipelines.core import ray_ops
+    from pipelines.stages import extract
 
     n = len(list(folder.glob("*.jpg")))
     s = settings(

@@ -70,8 +70,8 @@ def ours(n: int) -> dict[str, float]:
     quality figures); not timed: starting Ray, which a pipeline run does once for every stage."""
     import multiprocessing
 
-    from pipelines import ray_ops
-    from pipelines.reduce import run
+    from pipelines.core import ray_ops
+    from pipelines.stages.reduce import run
 
     with tempfile.TemporaryDirectory() as tmp:
         child = multiprocessing.get_context("spawn").Process(

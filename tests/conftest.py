@@ -68,7 +68,7 @@ def local_ray():
 def inject(monkeypatch):
     """``inject("raise:after_write:1")``: the fault the next run's tasks see (the test hook
     ``ATLAS_TEST_FAULT``, read by the driver; no config key)."""
-    from pipelines.common import FAULT_ENV
+    from pipelines.core.common import FAULT_ENV
 
     def set_fault(fault: str) -> None:
         monkeypatch.setenv(FAULT_ENV, fault)
@@ -81,7 +81,7 @@ def debug_settings(*overrides: str):
     """(Settings, resolved config) of the ``debug=fast`` configuration plus ``overrides``."""
     from hydra import compose, initialize_config_dir
 
-    from pipelines.main import CONF_DIR, to_settings
+    from pipelines.commands.main import CONF_DIR, to_settings
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_settings(compose("config", overrides=["debug=fast", *overrides]))

@@ -9,6 +9,8 @@ pixels at full resolution.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -57,3 +59,23 @@ def thumbnail(image: Image.Image, max_side: int) -> tuple[np.ndarray, tuple[int,
     out = np.full((max_side, max_side, 3), 255, np.uint8)
     out[: im.size[1], : im.size[0]] = np.asarray(im, np.uint8)
     return out, im.size
+
+
+def thumbnail_jpeg(
+    image: Image.Image, max_side: int, max_bytes: int
+) -> tuple[bytes, tuple[int, int]]:
+    """The image shrunk to at most ``max_side`` on its longer side, as JPEG bytes of at most
+    ``max_bytes`` (quality 85, lowered until it fits); and its (width, height)."""
+    im = image.convert("RGB")
+    im.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    for quality in (85, 70, 50, 30, 15):
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+        if buf.tell() <= max_bytes:
+            break
+    else:  # a pathological image: smaller still, until it fits
+        while buf.tell() > max_bytes and max(im.size) > 8:
+            im = im.resize((max(1, im.width // 2), max(1, im.height // 2)))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=15)
+    return buf.getvalue(), im.size

@@ -7,6 +7,7 @@ lost write is visible in the store.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from atlas_core.extract.extractor import ExtractBatch
 from atlas_core.store.run_store import ShardResult, sample_rows
@@ -20,6 +21,7 @@ class ShardBuffers:
 
     def __init__(self, n: int, k: int, channels: dict[str, int], topk: int, attr: int) -> None:
         self.k = k
+        self.channels = dict(channels)
         self.status = np.zeros(n, np.uint8)
         self.error = np.full(n, "", dtype=object)
         self.hashes = np.zeros(n, np.uint64)
@@ -29,7 +31,7 @@ class ShardBuffers:
         self.attr = (
             {L: np.full((n * k, attr), np.nan, np.float32) for L in channels} if attr else None
         )
-        self.moment = {L: np.zeros((c, c)) for L, c in channels.items()}
+        self.moment: dict[str, torch.Tensor] = {}
         self.mcount = dict.fromkeys(channels, 0)
 
     def sample_rows(self, idx: np.ndarray) -> np.ndarray:
@@ -41,7 +43,10 @@ class ShardBuffers:
         rows = self.sample_rows(idx)
         for name, a in out.acts.items():
             self.acts[name][rows] = a
-            self.moment[name] += out.moment[name]
+            per_image = out.moment[name]
+            total = self.moment.setdefault(name, torch.zeros_like(per_image[0]))
+            for m in per_image:  # image by image, in order: the same sum however batched
+                total += m
             self.mcount[name] += out.moment_count[name]
             if self.attr is not None and out.attr is not None:
                 self.attr[name][rows] = out.attr[name]
@@ -54,7 +59,9 @@ class ShardBuffers:
         self.status[:], self.error[:], self.hashes[:] = status, error, hashes
 
     def result(self, shard: int, start: int, stop: int, seconds: float) -> ShardResult:
+        moment = {L: (self.moment[L].cpu().numpy() if L in self.moment else np.zeros((c, c)))
+                  for L, c in self.channels.items()}  # fmt: skip
         return ShardResult(
             shard, start, stop, self.status, self.error, self.hashes, self.top_c, self.top_p,
-            self.acts, self.moment, self.mcount, self.attr, seconds,
+            self.acts, moment, self.mcount, self.attr, seconds,
         )  # fmt: skip

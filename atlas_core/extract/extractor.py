@@ -26,8 +26,10 @@ class ExtractBatch:
     """Results of one batch of B images with k samples each.
 
     acts: layer -> float32 array (B * k, C), image-major.
-    moment: layer -> float64 array (C, C), sum over every spatial position of x x^T.
-    moment_count: layer -> number of vectors summed into ``moment``.
+    moment: layer -> float64 tensor (B, C, C) on the extractor's device: per image, the sum of
+        x x^T over its spatial positions (per image, so a shard's total, added image by image,
+        does not depend on how its images were batched).
+    moment_count: layer -> number of vectors summed into ``moment`` (all images).
     top_class, top_prob: (B, topk) int64 / float32 (empty when topk = 0).
     attr: layer -> float32 (B * k, A): activation x gradient of class logits at each sample's
         position (A = the image's top ``attr_classes`` predictions, in ``top_class`` order, or
@@ -35,11 +37,36 @@ class ExtractBatch:
     """
 
     acts: dict[str, np.ndarray]
-    moment: dict[str, np.ndarray]
+    moment: dict[str, torch.Tensor]
     moment_count: dict[str, int]
     top_class: np.ndarray
     top_prob: np.ndarray
     attr: dict[str, np.ndarray] | None = None
+
+    def head(self, n: int, k: int) -> ExtractBatch:
+        """The first ``n`` images (a padded batch's real ones)."""
+        counts = {name: self.moment_count[name] // max(len(m), 1) * n
+                  for name, m in self.moment.items()}  # fmt: skip
+        return ExtractBatch(
+            {name: a[: n * k] for name, a in self.acts.items()},
+            {name: m[:n] for name, m in self.moment.items()},
+            counts, self.top_class[:n], self.top_prob[:n],
+            None if self.attr is None else {name: a[: n * k] for name, a in self.attr.items()},
+        )  # fmt: skip
+
+    @staticmethod
+    def join(parts: list[ExtractBatch]) -> ExtractBatch:
+        """Several batches' results as one (in order)."""
+        first = parts[0]
+        cat = np.concatenate
+        return ExtractBatch(
+            {n: cat([p.acts[n] for p in parts]) for n in first.acts},
+            {n: torch.cat([p.moment[n] for p in parts]) for n in first.moment},
+            {n: sum(p.moment_count[n] for p in parts) for n in first.moment_count},
+            cat([p.top_class for p in parts]), cat([p.top_prob for p in parts]),
+            None if first.attr is None else {n: cat([p.attr[n] for p in parts if p.attr])
+                                             for n in first.attr},
+        )  # fmt: skip
 
 
 class ActivationExtractor:
@@ -53,6 +80,8 @@ class ActivationExtractor:
         on CPU, which runs fp32.
     attr_classes: 0 = no attribution; n > 0 = for the image's top n classes; -1 = every class
         (batched vector-Jacobian products, ``class_chunk`` classes at a time).
+    micro: images per forward pass, whatever a call passes (default: 32 on a CPU, 128 on CUDA);
+        part of what an activation's last bits depend on, like the device.
     """
 
     def __init__(
@@ -66,6 +95,7 @@ class ActivationExtractor:
         amp_dtype: torch.dtype | None = torch.bfloat16,
         attr_classes: int = 0,
         class_chunk: int = 16,
+        micro: int | None = None,
     ) -> None:
         self.model = model
         self.layers = list(layers)
@@ -77,6 +107,7 @@ class ActivationExtractor:
         self.amp_dtype = amp_dtype
         self.attr_classes = attr_classes
         self.class_chunk = class_chunk
+        self.micro = micro or (128 if self.cuda else 32)
         if attr_classes and not topk:
             raise ConfigError("topk", topk, fix="attribution needs the logits: topk >= 1.")
         if attr_classes > topk:
@@ -95,7 +126,26 @@ class ActivationExtractor:
         return self.attr_classes
 
     def __call__(self, x: torch.Tensor, pos: np.ndarray) -> ExtractBatch:
-        """x: normalized input (B, 3, H, W); pos: int (B * k, 2) (y, x) on the coarsest grid."""
+        """x: normalized input (B, 3, H, W); pos: int (B * k, 2) (y, x) on the coarsest grid.
+
+        The model always sees batches of :attr:`micro` images (the last padded with zeros), so
+        an image's activations do not depend on how many images came with it: CPU kernels pick
+        their blocking by batch shape, and a different shape can change the last bits."""
+        b = x.shape[0]
+        k = len(pos) // max(b, 1)
+        parts = []
+        for a in range(0, b, self.micro):
+            n = min(self.micro, b - a)
+            xm, pm = x[a : a + n], pos[a * k : (a + n) * k]
+            if n < self.micro:
+                pad = self.micro - n
+                xm = torch.cat([xm, xm.new_zeros((pad, *xm.shape[1:]))])
+                pm = np.concatenate([pm, np.zeros((pad * k, 2), pm.dtype)])
+            parts.append(self._fixed(xm, pm).head(n, k))
+        return ExtractBatch.join(parts)
+
+    def _fixed(self, x: torch.Tensor, pos: np.ndarray) -> ExtractBatch:
+        """One batch of exactly :attr:`micro` images."""
         b = x.shape[0]
         k = len(pos) // b
         x = x.to(self.device, non_blocking=True)
@@ -132,9 +182,9 @@ class ActivationExtractor:
                 f = feats[name].detach().float()
                 py, px = where[name]
                 acts[name] = f[img, :, py, px].cpu().numpy()
-                flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).double()
-                moment[name] = (flat.T @ flat).cpu().numpy()
-                count[name] = int(flat.shape[0])
+                flat = f.flatten(2).double()  # (B, C, H*W): one fixed-size product per image
+                moment[name] = torch.bmm(flat, flat.transpose(1, 2))
+                count[name] = int(flat.shape[0] * flat.shape[2])
         top_class = np.zeros((b, 0), np.int64)
         top_prob = np.zeros((b, 0), np.float32)
         cls = None

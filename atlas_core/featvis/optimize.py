@@ -32,20 +32,22 @@ def optimize(
     Returns (final images (B, 3, H, W) in [0, 1], final objective per image (B,) evaluated on the
     untransformed image (RGBA flattened on white), and the summed objective of every step).
     rng: the batch's per-icon random streams (default: streams from seed 0).
+    Nothing in the loop waits on the host: the history stays on the device until the end.
     """
     transform = compose(list(transforms))
     opt = torch.optim.Adam(params, lr=lr)
-    history: list[float] = []
-    gen = rng if rng is not None else Streams.from_seed(0, len(params[0]))
+    history: list[torch.Tensor] = []
+    gen = rng if rng is not None else Streams.from_seed(0, len(params[0]),
+                                                        device=params[0].device)  # fmt: skip
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
         score = objective(forward(transform(image_fn(), gen)))
         (-score.sum()).backward()
         opt.step()
-        history.append(float(score.detach().sum()))
+        history.append(score.detach().sum())
         if on_step is not None:
             on_step(step)
     with torch.no_grad():
         final = image_fn().detach()
         final_score = objective(forward(flatten_alpha(final))).detach().float()
-    return final, final_score, history
+    return final, final_score, torch.stack(history).float().cpu().tolist() if history else []

@@ -43,7 +43,7 @@ def fft_image(
     scale = 1.0 / np.maximum(freqs, 1.0 / max(w, h)) ** decay_power
     scale *= np.sqrt(w * h)
     scale_t = torch.tensor(scale, dtype=torch.float32, device=device)[None, None, :, :, None]
-    rng = rng or Streams.from_seed(0, b)
+    rng = rng or Streams.from_seed(0, b, device=device)
     init = rng.normal(c, *freqs.shape, 2) * sd  # each icon from its own stream
     spectrum = init.to(device).requires_grad_(True)
 
@@ -62,7 +62,7 @@ def pixel_image(
     device: torch.device | str = "cpu",
 ) -> tuple[list[torch.Tensor], ImageFn]:
     """Plain pixel parameterization, unbounded values."""
-    rng = rng or Streams.from_seed(0, shape[0])
+    rng = rng or Streams.from_seed(0, shape[0], device=device)
     pixels = (rng.normal(*shape[1:]) * sd).to(device).requires_grad_(True)
     return [pixels], lambda: pixels
 

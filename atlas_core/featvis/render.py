@@ -99,84 +99,86 @@ class IconRenderer:
         whiten: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Icons for ``directions`` (B, C).
+        """Icons for ``directions`` (B, C), optimized together as one tensor; with best-of-N,
+        the N attempts of every icon are rows of that tensor too (attempt-major).
 
         Returns (icons uint8 (B, px, px, 3), best final objective (B,) float32, cosine (B,)
         between each icon's activation at the layer's centre and its direction).
-        Best-of-N: each icon keeps the attempt with the highest final objective.
+        Best-of-N: each icon keeps the attempt with the highest final objective (the first
+        such attempt on ties).
         seeds: (B,) one per icon (:func:`icon_seed` of the run's seed and the icon's identity);
-        every random draw of icon ``i`` comes from ``seeds[i]``, so an icon does not depend on
-        which batch it is rendered in.
+        every random draw of attempt ``a`` of icon ``i`` comes from
+        ``icon_seed(seeds[i], "attempt", a)``. Which icons share the tensor is the caller's:
+        :meth:`render_groups` always optimizes the same icons together.
         """
         if len(seeds) != len(directions):
             raise ValueError(f"{len(directions)} directions but {len(seeds)} seeds")
         s = self.settings
-        b = len(directions)
+        b, n = len(directions), s.attempts
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
         wt = (
             torch.tensor(np.array(whiten, np.float32), device=self.device)
             if s.whiten and whiten is not None
             else None
         )
-        objective = direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
-        best_img = torch.zeros(b, 3, s.icon_px, s.icon_px)
-        best = torch.full((b,), -torch.inf)
-        for attempt in range(s.attempts):
-            gen = Streams([icon_seed(int(x), "attempt", attempt) for x in seeds])
-            shape = (b, 4 if s.alpha else 3, s.icon_px, s.icon_px)
-            if s.param == "fft":
-                params, raw = fft_image(
-                    shape, sd=s.sd, decay_power=s.decay_power, rng=gen, device=self.device
-                )
-            else:
-                params, raw = pixel_image(shape, sd=s.sd, rng=gen, device=self.device)
-            image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
-            img, score, _ = optimize(  # final scores see the icon flattened on white
-                self.forward,
-                objective,
-                params,
-                image_fn,
-                steps=s.steps,
-                lr=s.lr,
-                transforms=self.transforms,
-                rng=gen,
-                on_step=on_step,
+        objective = direction_cossim(self.layer, vecs.repeat(n, 1), power=s.cos_power, whiten=wt)
+        gen = Streams([icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds],
+                      device=self.device)  # fmt: skip
+        shape = (b * n, 4 if s.alpha else 3, s.icon_px, s.icon_px)
+        if s.param == "fft":
+            params, raw = fft_image(
+                shape, sd=s.sd, decay_power=s.decay_power, rng=gen, device=self.device
             )
-            img = flatten_alpha(img)
-            better = score.cpu() > best
-            best = torch.where(better, score.cpu(), best)
-            best_img[better] = img.cpu()[better]
+        else:
+            params, raw = pixel_image(shape, sd=s.sd, rng=gen, device=self.device)
+        image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
+        img, score, _ = optimize(  # final scores see the icon flattened on white
+            self.forward, objective, params, image_fn, steps=s.steps, lr=s.lr,
+            transforms=self.transforms, rng=gen, on_step=on_step,
+        )  # fmt: skip
+        img = flatten_alpha(img).reshape(n, b, 3, s.icon_px, s.icon_px)
+        score = score.reshape(n, b)
+        pick = score.argmax(dim=0)
+        rows = torch.arange(b, device=score.device)
+        best, best_img = score[pick, rows], img[pick, rows]
         cosine = self.cosine(best_img, vecs)
         icons = (best_img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return icons.numpy(), best.numpy().astype(np.float32), cosine
+        return icons.cpu().numpy(), best.cpu().numpy().astype(np.float32), cosine
 
-    def suggest_batch_size(
-        self, *, probe: int = 8, fraction: float = 0.6, cap: int = 1024, cpu_default: int = 64
-    ) -> int:
-        """Icons per batch that fit in ``fraction`` of the device's free memory.
+    def render_groups(
+        self, directions: np.ndarray, *, seeds: Sequence[int], group: int,
+        whiten: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+        """Icons for consecutive groups of ``group`` directions, one :meth:`render` each.
 
-        On CUDA, one optimization step on ``probe`` icons measures the memory per icon; on CPU,
-        where memory is rarely the limit and larger batches stop paying off, ``cpu_default``.
-        """
+        This is what makes an icon depend on its cell only: the same group always holds the
+        same icons in the same order, so every kernel sees the same shapes and the same bytes
+        whatever the work split, the actor or the machine's load."""
+        out = [self.render(directions[a : a + group], seeds=seeds[a : a + group], whiten=whiten)
+               for a in range(0, len(directions), group)]  # fmt: skip
+        return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
+
+    def suggest_group(self, *, probe: int = 8, fraction: float = 0.5, cap: int = 256) -> int:
+        """Icons to optimize together: 16 on a CPU; on CUDA the largest power of two up to
+        ``cap`` whose step (with every attempt) fits in ``fraction`` of the free memory,
+        measured by one optimization step on ``probe`` icons."""
         if not self.cuda:
-            return cpu_default
+            return 16
         s = self.settings
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
         vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
         params, raw = fft_image((probe, 3, s.icon_px, s.icon_px), device=self.device)
-        optimize(
-            self.forward,
-            direction_cossim(self.layer, vecs),
-            params,
-            to_valid_rgb(raw),
-            steps=1,
-            transforms=self.transforms,
-        )
-        per_icon = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
+        optimize(self.forward, direction_cossim(self.layer, vecs), params, to_valid_rgb(raw),
+                 steps=1, transforms=self.transforms)  # fmt: skip
+        per_image = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
         free, _ = torch.cuda.mem_get_info(self.device)
-        return int(max(1, min(cap, fraction * free // per_icon)))
+        fits = int(fraction * free // (per_image * max(1, s.attempts)))
+        group = 1
+        while group * 2 <= min(cap, fits):
+            group *= 2
+        return group
 
     @torch.no_grad()
     def cosine(self, images: torch.Tensor, vecs: torch.Tensor) -> np.ndarray:

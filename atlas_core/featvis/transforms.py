@@ -3,7 +3,8 @@
 Randomness comes only from the per-icon :class:`Streams` passed in: every offset, scale and angle
 is drawn per image from that image's own stream (Lucid shares jitter offsets across a batch, which
 makes an icon depend on its batch). Per-image crops are one batched gather, scale and rotation one
-batched resampling: no Python loop over images.
+batched resampling: no Python loop over images. Draws and tables live on the images' device, so a
+step never waits on the host.
 """
 
 from __future__ import annotations
@@ -19,9 +20,19 @@ from atlas_core.featvis.streams import Streams
 Transform = Callable[[torch.Tensor, Streams], torch.Tensor]
 
 
-def _pick(values: Sequence[float], rng: Streams) -> torch.Tensor:
-    """(B,) one of ``values`` per image."""
-    return torch.tensor(values, dtype=torch.float32)[rng.choice(len(values))]
+class _Table:
+    """A constant table, copied to each device once (not once per step)."""
+
+    def __init__(self, values: Sequence[float]) -> None:
+        self.values = [float(v) for v in values]
+        self.on: dict[torch.device, torch.Tensor] = {}
+
+    def pick(self, rng: Streams) -> torch.Tensor:
+        """(B,) one of the values per image, on the streams' device."""
+        if rng.device not in self.on:
+            self.on[rng.device] = torch.tensor(self.values, dtype=torch.float32,
+                                               device=rng.device)  # fmt: skip
+        return self.on[rng.device][rng.choice(len(self.values))]
 
 
 def crop_each(
@@ -58,17 +69,15 @@ def scale_rotate(scales: Sequence[float], degrees: Sequence[float]) -> Transform
     """Zoom by a random factor from ``scales`` and rotate by a random angle from ``degrees``,
     per image, about the centre, keeping the size (borders repeat the edge)."""
 
+    scale_table, angle_table = _Table(scales), _Table(degrees)
+
     def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
-        b = x.shape[0]
-        s = _pick(scales, rng)
-        a = _pick(degrees, rng) * (math.pi / 180.0)
+        s = scale_table.pick(rng)
+        a = angle_table.pick(rng) * (math.pi / 180.0)
         cos, sin = torch.cos(a) / s, torch.sin(a) / s
+        zero = torch.zeros_like(cos)
         theta = torch.stack(
-            [
-                torch.stack([cos, -sin, torch.zeros(b)], 1),
-                torch.stack([sin, cos, torch.zeros(b)], 1),
-            ],
-            1,
+            [torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1
         ).to(x.device, x.dtype)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)

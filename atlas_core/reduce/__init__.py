@@ -1,9 +1,9 @@
 """Reduce: UMAP settings, the backend choice (cuML on GPU, umap-learn on CPU), sample fit and
 transform, aligned (joint) features, normalization, and layout quality."""
 
-from atlas_core.reduce.backends import KNN_MODES, choose_backend, fit_landmarks
+from atlas_core.reduce.backends import KNN_MODES, choose_backend
 from atlas_core.reduce.features import joint_features
-from atlas_core.reduce.landmarks import FittedReducer, Landmarks, fit, fit_transform
+from atlas_core.reduce.landmarks import FittedReducer, Landmarks, fit, fit_landmarks, fit_transform
 from atlas_core.reduce.neighbors import NeighborIndex, membership_weights, place
 from atlas_core.reduce.normalize import apply_bounds, normalize_layout
 from atlas_core.reduce.params import UmapParams

@@ -10,16 +10,11 @@ for aligned layouts in ``features.py``.
 from __future__ import annotations
 
 import logging
-import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from atlas_core.errors import ConfigError
-from atlas_core.reduce.params import UmapParams
-
-if TYPE_CHECKING:
-    from atlas_core.reduce.landmarks import Landmarks
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +89,11 @@ def cache_numba_kernels() -> int:
     return switched
 
 
-def _host(a: Any) -> np.ndarray:
-    return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float32)
-
-
 KNN_MODES = ("auto", "exact", "nndescent")
 
 
-def _exact_graph(knn: str, backend: str, metric: str) -> bool:
+def exact_graph(knn: str, backend: str, metric: str) -> bool:
+    """Whether a fit hands umap-learn an exact kNN graph (``reduce.knn``)."""
     if knn not in KNN_MODES:
         raise ConfigError("knn", knn, choices=KNN_MODES, fix="pick one of the choices.")
     if backend != "umap-learn" or knn == "nndescent":
@@ -109,42 +101,18 @@ def _exact_graph(knn: str, backend: str, metric: str) -> bool:
     return knn == "exact" or metric != "manhattan"
 
 
-def fit_landmarks(
-    landmarks: Landmarks,
-    params: UmapParams,
-    backend: str = "auto",
-    *,
-    knn: str = "auto",
-    device: str = "auto",
-) -> np.ndarray:
-    """UMAP layout (m, 2) of the landmarks' (projected) rows.
-
-    With umap-learn the kNN graph is exact (``knn=auto`` for every metric but manhattan, whose
-    exact search has no matrix-product shortcut; ``knn=nndescent`` keeps umap-learn's own
-    approximate search) and handed over as ``precomputed_knn``: the graph the fit sees is then
-    the one the transform searches, and the seeded fit is reproducible.
-    """
-    backend = choose_backend(backend)
-    # the rows as the metric compares them (unit rows for cosine): the same distances, so the
-    # same graph, and the same rows the transform's searches see
-    x = landmarks.index.ref
-    kw = params.kwargs(backend)
-    k = params.n_neighbors
-    if _exact_graph(knn, backend, params.metric) and len(x) > k:
-        ki, kd = landmarks.index.query(x, k, device=device)
-        kw["precomputed_knn"] = (ki.astype(np.int32), kd)
+def estimator(backend: str, kw: dict[str, Any]) -> Any:
+    """An unfitted UMAP of ``backend`` (cuml or umap-learn) with keyword arguments ``kw``."""
     if backend == "cuml":
         from cuml.manifold import UMAP as CumlUMAP
 
-        est = CumlUMAP(**kw)
-    else:
-        import umap
+        return CumlUMAP(**kw)
+    import umap
 
-        cache_numba_kernels()
-        est = umap.UMAP(**kw)
-    log.info("UMAP fit on %d x %d with %s (%s)", x.shape[0], x.shape[1], backend, params)
-    with warnings.catch_warnings():
-        # "transforming new data with transform will be unavailable": we place new rows ourselves.
-        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
-        return _host(est.fit_transform(x))
+    cache_numba_kernels()
+    return umap.UMAP(**kw)
+
+
+def host(a: Any) -> np.ndarray:
+    """A backend's output (a CuPy or NumPy array) as float32 NumPy."""
+    return np.asarray(a.get() if hasattr(a, "get") else a, dtype=np.float32)

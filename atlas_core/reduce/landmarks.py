@@ -7,13 +7,17 @@ transform initialisation, ``neighbors.place``).
 
 from __future__ import annotations
 
+import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from atlas_core.reduce.backends import choose_backend, fit_landmarks
+from atlas_core.reduce.backends import choose_backend, estimator, exact_graph, host
 from atlas_core.reduce.neighbors import NeighborIndex, place
 from atlas_core.reduce.params import UmapParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +67,39 @@ class Landmarks:
     def neighbors(self, x: np.ndarray, *, device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """Each row's ``n_place`` nearest landmarks: indices (n, k), distances (n, k)."""
         return self.index.query(self.project(x), self.n_place, device=device)
+
+
+def fit_landmarks(
+    landmarks: Landmarks,
+    params: UmapParams,
+    backend: str = "auto",
+    *,
+    knn: str = "auto",
+    device: str = "auto",
+) -> np.ndarray:
+    """UMAP layout (m, 2) of the landmarks' (projected) rows.
+
+    With umap-learn the kNN graph is exact (``knn=auto`` for every metric but manhattan, whose
+    exact search has no matrix-product shortcut; ``knn=nndescent`` keeps umap-learn's own
+    approximate search) and handed over as ``precomputed_knn``: the graph the fit sees is then
+    the one the transform searches, and the seeded fit is reproducible.
+    """
+    backend = choose_backend(backend)
+    # the rows as the metric compares them (unit rows for cosine): the same distances, so the
+    # same graph, and the same rows the transform's searches see
+    x = landmarks.index.ref
+    kw = params.kwargs(backend)
+    k = params.n_neighbors
+    if exact_graph(knn, backend, params.metric) and len(x) > k:
+        ki, kd = landmarks.index.query(x, k, device=device)
+        kw["precomputed_knn"] = (ki.astype(np.int32), kd)
+    est = estimator(backend, kw)
+    log.info("UMAP fit on %d x %d with %s (%s)", x.shape[0], x.shape[1], backend, params)
+    with warnings.catch_warnings():
+        # "transforming new data with transform will be unavailable": we place new rows ourselves.
+        warnings.filterwarnings("ignore", message=".*knn_search_index.*")
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*overridden.*")
+        return host(est.fit_transform(x))
 
 
 @dataclass

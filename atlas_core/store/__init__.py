@@ -1,18 +1,21 @@
-"""Store: the run store's schema, its reader and writer, and commit markers.
+"""Store: the run store's nodes, its one write path, and commit markers.
 
 The only package of atlas_core that imports zarr. Format: docs/run-store.md.
 """
 
-from atlas_core.store.icon_cache import IconCache, icon_keys
+from atlas_core.store.icon_cache import CachedGroup, IconCache, group_key
 from atlas_core.store.markers import Markers, fingerprint
+from atlas_core.store.nodes import GridArrays
 from atlas_core.store.run_store import FORMAT, FORMAT_VERSION, RunStore
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "CachedGroup",
+    "GridArrays",
     "IconCache",
     "Markers",
     "RunStore",
     "fingerprint",
-    "icon_keys",
+    "group_key",
 ]

@@ -42,8 +42,9 @@ def check_shards(store: RunStore, markers: Markers) -> tuple[list[Problem], dict
     problems: list[Problem] = []
     fp = store.attrs.get("extract_fingerprint")
     status = store.status()  # read once, sliced per shard
+    records = markers.read_all("extract")  # listed in bulk
     for i, (a, b) in enumerate(store.shards):
-        rec = markers.read(f"extract/shard-{i:06d}")
+        rec = records.get(f"extract/shard-{i:06d}")
         where = f"shard {i} (images {a}..{b})"
         if rec is None:
             problems.append(Problem(where, "no commit marker: not committed (a resume redoes it)"))
@@ -77,7 +78,7 @@ def _shard_problems(
         out.append(f"statuses in the store {counts} differ from the marker's")
     ok = np.repeat(status == int(Status.OK), store.k)
     for layer in store.layers:
-        acts = store.acts(layer, a * store.k, b * store.k)
+        acts = store.extraction(layer).acts(a * store.k, b * store.k)
         full = ~np.isnan(acts).any(axis=1)
         if (full != ok).any():
             out.append(f"layer {layer}: {int((full != ok).sum())} sample rows are holes where "
@@ -87,27 +88,6 @@ def _shard_problems(
     return out
 
 
-def missing_stage_outputs(
-    store: RunStore,
-    stage: str,
-    layer: str,
-    extracted: tuple[str, ...],
-    layouts: tuple[str, ...],
-    sizes: tuple[int, ...],
-) -> list[str]:
-    """What a finished ``stage`` (extract, reduce, grid, render, exemplars) should have written and
-    the store lacks: array paths, or ``"<n> icons of grid <g>"`` for icons never rendered."""
-    base = f"layers/{layer}"
-    wanted = {
-        "extract": [f"layers/{L}/acts" for L in extracted],
-        "reduce": [f"layers/{L}/layout" for L in layouts],
-        "grid": [f"{base}/grid/{g}/mean" for g in sizes],
-        "render": [f"{base}/grid/{g}/icon_objective" for g in sizes],
-        "exemplars": [f"{base}/exemplars/ok", *(f"{base}/grid/{g}/exemplar_row" for g in sizes)],
-    }[stage]
-    gone = [p for p in wanted if not store.has(p)]
-    if stage == "render" and not gone:
-        for g in sizes:
-            n = int(np.isnan(store.icons(layer, g)[1]).sum())
-            gone += [f"{n} icons of grid {g}"] if n else []
-    return gone
+def missing_arrays(store: RunStore, keys: list[str]) -> list[str]:
+    """The array paths among ``keys`` that ``store`` lacks (a stage's declared outputs)."""
+    return [k for k in keys if not store.has(k)]

@@ -1,10 +1,13 @@
-"""A content-addressed icon cache: an icon with the same model, layer, direction, objective and
-render settings is never rendered twice, across grid levels and re-runs.
+"""A content-addressed icon cache: a group of icons with the same model, layer, directions,
+seeds and render settings is never rendered twice, across grid levels, re-runs and runs that
+share the cache (a schedule's run root).
 
-The key hashes every input of the render (the direction's float32 bytes, the whitening matrix,
-the settings, the model and the seed); the value is one small ``.npz`` per icon under
-``<root>/<key[:2]>/<key>.npz``, written through fsspec (local paths or object stores). A torn or
-unreadable entry is a miss, never an error.
+Icons are optimized in groups (the same group always holds the same icons, so it renders to the
+same bytes); the cache's unit is a group. Its key hashes every input of the render: the context
+(model, layer, settings), the whitening matrix, and each icon's direction (float32 bytes) and
+seed. The value is one small ``.npz`` per group under ``<root>/<key[:2]>/<key>.npz``, read and
+written in bulk through fsspec (local paths or object stores). A torn or unreadable entry is a
+miss, never an error.
 """
 
 from __future__ import annotations
@@ -13,32 +16,37 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import numpy as np
 
+from atlas_core.store.markers import read_many
 
-def icon_keys(
-    directions: np.ndarray,
-    context: dict[str, Any],
+
+def group_key(
+    directions: np.ndarray, seeds: Sequence[int], context: dict[str, Any],
     whiten: np.ndarray | None,
-    seeds: Sequence[int] | None = None,
-) -> list[str]:
-    """One key per direction row (B, C): sha256 over the context, the whitening matrix, the
-    direction's float32 bytes and the icon's seed (its random draws), when given."""
-    base = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode())
+) -> str:  # fmt: skip
+    """One key for a group of icons (G, C) with their seeds: sha256 over the context, the
+    whitening matrix, then every direction's float32 bytes and seed in order."""
+    h = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode())
     if whiten is not None:
-        base.update(np.ascontiguousarray(whiten, np.float32).tobytes())
-    keys = []
-    rows = np.ascontiguousarray(directions, np.float32)
-    for i, d in enumerate(rows):
-        h = base.copy()
+        h.update(np.ascontiguousarray(whiten, np.float32).tobytes())
+    for d, seed in zip(np.ascontiguousarray(directions, np.float32), seeds, strict=True):
         h.update(d.tobytes())
-        if seeds is not None:
-            h.update(int(seeds[i]).to_bytes(8, "little"))
-        keys.append(h.hexdigest())
-    return keys
+        h.update(int(seed).to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class CachedGroup:
+    """A group's icons (G, px, px, 3) uint8, best objectives (G,) and cosines (G,)."""
+
+    icons: np.ndarray
+    objective: np.ndarray
+    cosine: np.ndarray
 
 
 class IconCache:
@@ -51,22 +59,31 @@ class IconCache:
     def _path(self, key: str) -> str:
         return f"{self.root}/{key[:2]}/{key}.npz"
 
-    def get(self, key: str) -> tuple[np.ndarray, float, float] | None:
-        """(icon (px, px, 3) uint8, objective, cosine), or None."""
-        try:
-            with self.fs.open(self._path(key), "rb") as f:
-                z = np.load(io.BytesIO(f.read()))
-                out = (z["icon"], float(z["objective"]), float(z["cosine"]))
-        except (FileNotFoundError, OSError, ValueError, KeyError):
-            self.misses += 1
-            return None
-        self.hits += 1
+    def get_many(self, keys: Sequence[str]) -> dict[str, CachedGroup]:
+        """The groups the cache holds among ``keys`` (one batched read)."""
+        paths = [self._path(k) for k in keys]
+        out: dict[str, CachedGroup] = {}
+        for key, blob in zip(keys, read_many(self.fs, paths), strict=True):
+            if not isinstance(blob, bytes):
+                continue
+            try:
+                z = np.load(io.BytesIO(blob))
+                out[key] = CachedGroup(z["icons"], z["objective"], z["cosine"])
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+        self.hits += len(out)
+        self.misses += len(keys) - len(out)
         return out
 
-    def put(self, key: str, icon: np.ndarray, objective: float, cosine: float) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, icon=icon, objective=np.float32(objective), cosine=np.float32(cosine))
-        path = self._path(key)
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as f:
-            f.write(buf.getvalue())
+    def put_many(self, entries: dict[str, CachedGroup]) -> None:
+        """Write every group (one batched write)."""
+        blobs = {}
+        for key, e in entries.items():
+            buf = io.BytesIO()
+            np.savez(buf, icons=e.icons, objective=np.asarray(e.objective, np.float32),
+                     cosine=np.asarray(e.cosine, np.float32))  # fmt: skip
+            blobs[self._path(key)] = buf.getvalue()
+        for folder in {p.rsplit("/", 1)[0] for p in blobs}:
+            self.fs.makedirs(folder, exist_ok=True)
+        if blobs:
+            self.fs.pipe(blobs)

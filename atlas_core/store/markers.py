@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import uuid
 from typing import Any
 
 import fsspec
@@ -21,6 +23,16 @@ def fingerprint(obj: Any) -> str:
     """A short stable hash of a JSON-able value (sorted keys): the identity of a configuration."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_many(fs: Any, paths: list[str]) -> list[bytes | Exception]:
+    """The bytes of every path (an exception in place of one that cannot be read), fetched
+    concurrently on an object store. Paths are taken literally (a folder named ``[a,b]`` is
+    no glob pattern)."""
+    if not paths:
+        return []
+    return list(fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths),
+                              on_error="return"))  # fmt: skip
 
 
 class Markers:
@@ -52,6 +64,57 @@ class Markers:
         except (FileNotFoundError, json.JSONDecodeError, OSError):
             return None
         return record if isinstance(record, dict) else None
+
+    def write_blob(self, name: str, data: bytes) -> None:
+        """A binary checkpoint beside the markers (``<name>`` keeps its extension), replaced
+        whole: a temporary file renamed over it locally, one PUT on an object store."""
+        path = self._path(name).removesuffix(".json")
+        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        if getattr(self.fs, "protocol", None) in ("file", ("file", "local")):
+            tmp = f"{path}.{uuid.uuid4().hex}.partial"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_blob(self, name: str) -> bytes | None:
+        try:
+            return bytes(self.fs.cat_file(self._path(name).removesuffix(".json")))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def remove_blobs(self, names: list[str]) -> None:
+        """Delete binary checkpoints by name (those already gone are fine)."""
+        paths = [self._path(n).removesuffix(".json") for n in names]
+        if paths:
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                for p in paths:
+                    if self.fs.exists(p):
+                        self.fs.rm(p)
+
+    def read_all(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every readable marker under ``prefix``, by name, listed and fetched in bulk (one
+        listing and one batched read: on an object store, not a round trip per marker)."""
+        folder = self._path(prefix).removesuffix(".json") if prefix else self.root
+        try:
+            paths = [p for p in self.fs.find(folder) if p.endswith(".json")]
+        except FileNotFoundError:
+            return {}
+        out: dict[str, dict[str, Any]] = {}
+        for path, blob in zip(paths, read_many(self.fs, paths), strict=True):
+            if not isinstance(blob, bytes):
+                continue  # gone since the listing
+            try:
+                record = json.loads(blob)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue  # a torn write: not a commit
+            if isinstance(record, dict):
+                name = path.rstrip("/")[len(self.root.rstrip("/")) + 1 :].removesuffix(".json")
+                out[name] = record
+        return out
 
     def remove_prefix(self, prefix: str) -> None:
         """Drop every marker under ``prefix`` (a stage that must be redone)."""

@@ -1,17 +1,23 @@
 """The run store: one Zarr v3 group per run, position-addressed, readable with plain zarr.
 
-Write rules (zarr-python has no locking and rewrites whole chunks):
-- only the driver creates arrays and writes metadata (:meth:`RunStore.create`, ``create_*``);
-- workers open existing arrays and write whole chunks of their own rows (``write_extract_shard``);
+Its nodes (``atlas_core/store/nodes.py``) declare their arrays once; every write goes through
+:meth:`RunStore.write_region`, which refuses a region that is not whole storage objects and
+retries transient errors. Write rules (zarr-python has no locking and rewrites whole objects):
+- only the driver creates arrays and writes metadata (:meth:`create_array`, ``Node.create``);
+- workers open existing arrays and write whole storage objects of their own rows;
 - arrays use NaN (or 0 for status) as the fill value and store empty chunks, so holes show.
-See docs/run-store.md for every array.
+A view of the run (a class atlas) writes its layouts, levels and exemplars under
+``views/<slug>/`` (:meth:`in_view`); a run that shares another's extraction (a sweep job) reads
+images, samples and activations from that store (:attr:`source`). See docs/run-store.md.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,14 +28,17 @@ from zarr.core.array_spec import ArrayConfigParams
 from atlas_core.data.decode import Status
 from atlas_core.data.plan import ShardPlan
 from atlas_core.data.sources import InputManifest
-from atlas_core.errors import StoreError
+from atlas_core.errors import PlanError, StoreError
 from atlas_core.store.markers import fingerprint
+from atlas_core.store.nodes import Exemplars, Extraction, Images, Layout, Level, Samples
+from atlas_core.store.spec import ArraySpec, Node
 
 OpenMode = Literal["r", "r+", "a", "w", "w-"]
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 FORMAT = "activation-atlas-run"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CFG: ArrayConfigParams = {"write_empty_chunks": True}
+ATTR_TOP_COLUMNS = "images/top_class columns"
 
 
 @dataclass(frozen=True)
@@ -45,26 +54,10 @@ class ShardResult:
     top_class: np.ndarray  # (n, topk) int32, -1 where not ok
     top_prob: np.ndarray  # (n, topk) float16, NaN where not ok
     acts: dict[str, np.ndarray]  # layer -> (n * k, C) float, NaN rows where not ok
-    moment: dict[str, np.ndarray]  # layer -> (C, C) float64
+    moment: dict[str, np.ndarray]  # layer -> (C, C) float64 (returned to the driver)
     moment_count: dict[str, int]
     attr: dict[str, np.ndarray] | None = None  # layer -> (n * k, A) float, NaN rows where not ok
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class GridArrays:
-    """One grid level's kept cells. cell: (M, 2) int32 (ix, iy); mean: (M, C) float32;
-    count: (M,) int32; top_class / top_count: (M, t) int32 (top classes of its samples' images)."""
-
-    size: int
-    cell: np.ndarray
-    mean: np.ndarray
-    count: np.ndarray
-    top_class: np.ndarray
-    top_count: np.ndarray
-
-
-ATTR_TOP_COLUMNS = "images/top_class columns"
 
 
 def sample_rows(images: np.ndarray, k: int) -> np.ndarray:
@@ -78,7 +71,7 @@ class StoreLayout:
 
     k: samples per image; layers: layer -> (C, H, W); topk: top classes kept per image;
     attr_classes: 0 (no attribution), n (the image's top n classes) or -1 (every class);
-    inner: chunks per zarr shard (1: no sharding codec).
+    inner: chunks per storage object (1: a chunk is an object; > 1: zarr's sharding codec).
     """
 
     k: int
@@ -113,26 +106,18 @@ class StoreLayout:
             "zarr_shard_chunks": self.inner,
         }
 
-
-def _create_images(g: zarr.Group, manifest: InputManifest, ci: int, layout: StoreLayout) -> None:
-    """The per-image arrays; the manifest's uris, crops and labels are written now."""
-    n, t, inner = len(manifest), layout.topk, layout.inner
-    img = g.require_group("images")
-    _arr(img, "uri", (n,), (ci,), str, "", inner=inner)[:] = manifest.uris
-    _arr(img, "crop", (n, 4), (ci, 4), "int32", -1, inner=inner)[:] = manifest.crops
-    _arr(img, "status", (n,), (ci,), "uint8", 0, inner=inner)
-    _arr(img, "error", (n,), (ci,), str, "", inner=inner)
-    _arr(img, "content_hash", (n,), (ci,), "uint64", 0, inner=inner)
-    _arr(img, "top_class", (n, t), (ci, t), "int32", -1, inner=inner)
-    _arr(img, "top_prob", (n, t), (ci, t), "float16", np.nan, inner=inner)
-    if manifest.labels is not None:
-        lab = _arr(img, "label", (n,), (ci,), "int32", -1, inner=inner)
-        lab[:] = manifest.labels
-        lab.attrs["names"] = list(manifest.label_names)
+    def dims(self, n: int, plan: ShardPlan) -> dict[str, int]:
+        """The extraction nodes' dims: storage objects of ``plan.chunk_images`` images, each
+        ``inner`` chunks."""
+        co = plan.chunk_images
+        ci = co // self.inner if self.inner > 1 and co % self.inner == 0 else co
+        k = self.k
+        return {"n": n, "ns": n * k, "ci": ci, "co": co, "cs": ci * k, "os": co * k,
+                "t": self.topk, "A": self.attr_width, "S": len(plan)}  # fmt: skip
 
 
 class RunStore:
-    """Typed access to one run's ``atlas.zarr`` group."""
+    """Typed access to one run's ``atlas.zarr`` group: facts, nodes, and the one write path."""
 
     def __init__(
         self,
@@ -148,17 +133,79 @@ class RunStore:
         self.retries = retries
         self.backoff = backoff
         self.transient_errors = 0
+        self.prefix = ""  # a view's group ("views/<slug>/"), see in_view
         attrs: dict[str, Any] = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
-        # a run that shares another's extraction reads the extraction arrays from that store
-        self.parent: RunStore | None = None
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise StoreError(f"{url} has store format version {attrs.get('format_version')}, "
+                             f"this code reads {FORMAT_VERSION}: re-extract (a new run_dir)")
+        # a run that shares another's extraction reads the extraction nodes from that store
+        self.source: RunStore = self
         if attrs.get("extraction"):
             mode: OpenMode = "r" if group.store.read_only else "r+"  # as this store was opened
-            parent = RunStore.open(str(attrs["extraction"]), mode, storage_options)
-            attrs = {**parent.attrs, **attrs}
-            self.parent = parent
+            self.source = RunStore.open(str(attrs["extraction"]), mode, storage_options)
+            attrs = {**self.source.attrs, **attrs}
         self.attrs: dict[str, Any] = attrs
+
+    @property
+    def parent(self) -> RunStore | None:
+        """The store this run's extraction lives in, when it is another run's."""
+        return None if self.source is self else self.source
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(
+        cls, url: str, mode: OpenMode = "r", storage_options: dict[str, Any] | None = None
+    ) -> RunStore:
+        try:
+            g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
+        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+            raise StoreError(f"no run store at {url}: run the extract stage first") from exc
+        return cls(g, url, storage_options=storage_options)
+
+    @classmethod
+    def create(
+        cls,
+        url: str,
+        manifest: InputManifest,
+        plan: ShardPlan,
+        positions: np.ndarray,
+        layout: StoreLayout,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        attrs: dict[str, Any] | None = None,
+    ) -> RunStore:
+        """Create every extraction array; write the frozen input manifest and the positions
+        ((n_images * k, 2) int16 (y, x) on the coarsest layer's grid)."""
+        plan.validate()
+        g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
+        n = len(manifest)
+        g.attrs.update({**layout.attrs(n, plan, manifest.root), **(attrs or {})})
+        store = cls(g, url, storage_options=storage_options)
+        dims = layout.dims(n, plan)
+        img = store.images
+        img.create(["uri", "crop", "status", "error", "content_hash", "top_class", "top_prob"],
+                   dims)  # fmt: skip
+        img.write("uri", 0, np.asarray(manifest.uris, dtype=object))
+        img.write("crop", 0, manifest.crops)
+        if manifest.labels is not None:
+            img.create(["label"], dims)
+            img.write("label", 0, manifest.labels)
+            store.array("images/label").attrs["names"] = list(manifest.label_names)
+        smp = store.samples
+        smp.create(None, dims)
+        smp.write("image", 0, np.repeat(np.arange(n), layout.k))
+        smp.write("pos", 0, positions)
+        for name, (c, _, _) in layout.layers.items():
+            ex = store.extraction(name)
+            ex.create(["acts", "moment", "moment_count", "moment_shards"], {**dims, "C": c},
+                      dtypes={"acts": layout.act_dtype})  # fmt: skip
+            if layout.attr_width:
+                ex.create(["attr"], dims)
+                kind = "all" if layout.attr_classes < 0 else ATTR_TOP_COLUMNS
+                store.array(f"layers/{name}/attr").attrs["classes"] = kind
+        return store
 
     @classmethod
     def create_child(
@@ -180,52 +227,44 @@ class RunStore:
             g.require_group(f"layers/{name}")
         return cls(g, url, storage_options=storage_options)
 
-    # ------------------------------------------------------------------ creation (driver)
-    @classmethod
-    def create(
-        cls,
-        url: str,
-        manifest: InputManifest,
-        plan: ShardPlan,
-        positions: np.ndarray,
-        layout: StoreLayout,
-        storage_options: dict[str, Any] | None = None,
-        *,
-        attrs: dict[str, Any] | None = None,
-    ) -> RunStore:
-        """Create every extraction array; write the frozen input manifest and the positions
-        ((n_images * k, 2) int16 (y, x) on the coarsest layer's grid)."""
-        plan.validate()
-        g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
-        g.attrs.update({**layout.attrs(len(manifest), plan, manifest.root), **(attrs or {})})
-        _create_images(g, manifest, plan.chunk_images, layout)
-        n, ci, k, inner = len(manifest), plan.chunk_images, layout.k, layout.inner
-        smp = g.require_group("samples")
-        image = _arr(smp, "image", (n * k,), (ci * k,), "int64", -1, inner=inner)
-        image[:] = np.repeat(np.arange(n), k)
-        _arr(smp, "pos", (n * k, 2), (ci * k, 2), "int16", -1, inner=inner)[:] = positions
-        for name, (c, _, _) in layout.layers.items():
-            lg = g.require_group(f"layers/{name}")
-            _arr(lg, "acts", (n * k, c), (ci * k, c), layout.act_dtype, np.nan, inner=inner)
-            _arr(lg, "moment_partial", (len(plan), c, c), (1, c, c), "float64", np.nan)
-            _arr(lg, "moment_count", (len(plan),), (1,), "int64", 0)
-            if layout.attr_width:
-                a = layout.attr_width
-                arr = _arr(lg, "attr", (n * k, a), (ci * k, a), "float16", np.nan, inner=inner)
-                arr.attrs["classes"] = "all" if layout.attr_classes < 0 else ATTR_TOP_COLUMNS
-        return cls(g, url, storage_options=storage_options)
+    def in_view(self, prefix: str) -> RunStore:
+        """The same store, whose layouts, levels, exemplars and reports are those of the view
+        whose group is ``prefix`` (``""``: the run's main view)."""
+        out = copy.copy(self)
+        out.prefix = prefix
+        return out
 
-    @classmethod
-    def open(
-        cls, url: str, mode: OpenMode = "r", storage_options: dict[str, Any] | None = None
-    ) -> RunStore:
-        try:
-            g = zarr.open_group(url, mode=mode, **_opts(url, storage_options))
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-            raise StoreError(f"no run store at {url}: run the extract stage first") from exc
-        return cls(g, url, storage_options=storage_options)
+    # ------------------------------------------------------------------ nodes
+    @property
+    def images(self) -> Images:
+        return Images(self.source, "images")
 
-    # ------------------------------------------------------------------ basic facts
+    @property
+    def samples(self) -> Samples:
+        return Samples(self.source, "samples")
+
+    def extraction(self, layer: str) -> Extraction:
+        return Extraction(self.source, f"layers/{layer}")
+
+    def layout_node(self, layer: str) -> Layout:
+        return Layout(self, f"{self.prefix}layers/{layer}")
+
+    def level(self, layer: str, size: int) -> Level:
+        return Level(self, f"{self.prefix}layers/{layer}/grid/{size}")
+
+    def exemplars(self, layer: str) -> Exemplars:
+        return Exemplars(self, f"{self.prefix}layers/{layer}/exemplars")
+
+    def report(self, name: str) -> dict[str, Any] | None:
+        """A JSON report stored as the attributes of this view's group ``name``."""
+        path = f"{self.prefix}{name}"
+        return self.group_attrs(path) if self.has(path) else None
+
+    def write_report(self, name: str, report: Mapping[str, Any]) -> None:
+        self.set_group_attrs(f"{self.prefix}{name}", json.loads(json.dumps(report,
+                                                                           default=_plain)))
+
+    # ------------------------------------------------------------------ facts
     @property
     def n_images(self) -> int:
         return int(self.attrs["n_images"])
@@ -242,31 +281,200 @@ class RunStore:
     def act_dtype(self) -> np.dtype[Any]:
         """The dtype activations are stored in (the first layer's)."""
         first = next(iter(self.layers))
-        return np.dtype(str(self._array(f"layers/{first}/acts").dtype))
+        return np.dtype(str(self.source.array(f"layers/{first}/acts").dtype))
 
     @property
     def shards(self) -> list[tuple[int, int]]:
         """Image-row ranges ``[start, stop)`` of the extraction plan, one per shard."""
         return [(int(a), int(b)) for a, b in self.attrs["shards"]]
 
-    def uris(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self._array("images/uri")[start:stop], dtype=object)
+    def sample_ranges(self) -> list[tuple[int, int]]:
+        """Sample-row ranges of the extraction plan: whole storage objects, one per shard."""
+        return [(a * self.k, b * self.k) for a, b in self.shards]
 
-    def crops(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        return np.asarray(self._array("images/crop")[start:stop])
+    def status(self) -> np.ndarray:
+        return self.images.status()
+
+    def ok_samples(self) -> np.ndarray:
+        """(N * k,) bool: sample rows whose image decoded and was extracted."""
+        return np.repeat(self.status() == int(Status.OK), self.k)
+
+    def image_of_sample(self) -> np.ndarray:
+        return self.samples.read("image")
+
+    def positions(self, start: int, stop: int) -> np.ndarray:
+        """(y, x) sample positions of images [start, stop), shape ((stop - start) * k, 2)."""
+        return self.samples.read("pos", start * self.k, stop * self.k)
+
+    def manifest(self) -> InputManifest:
+        img = self.images
+        return InputManifest(uris=img.uris(), crops=img.crops(), root=self.attrs.get("root"))
+
+    # ------------------------------------------------------------------ the one write path
+    def create_array(
+        self, key: str, spec: ArraySpec, dims: Mapping[str, int], *,
+        shape: tuple[int, ...] | None = None, dtype: Any = None,
+    ) -> zarr.Array:  # fmt: skip
+        """The driver creates (or recreates, empty) one array of a node, as ``spec`` declares
+        it for ``dims`` (``shape``: the data's shape, where the node's dims do not give it)."""
+        full, chunks, shards = spec.resolve({**dims, **_rows(spec, shape)})
+        parent, _, name = key.rpartition("/")
+        group = self.group.require_group(parent) if parent else self.group
+        return group.create_array(
+            name, shape=shape or full, chunks=chunks, shards=shards, dtype=dtype or spec.dtype,
+            fill_value=spec.fill, config=_CFG, overwrite=True,
+            compressors="auto" if spec.compress else None,
+        )  # fmt: skip
+
+    def write_region(self, key: str, start: int, data: np.ndarray) -> None:
+        """Write rows [start, start + len(data)) of array ``key``: every write of the project
+        goes through here. The region must be whole storage objects (a chunk, or a zarr shard):
+        two writers of one object would lose each other's rows. Transient errors (OSError,
+        timeouts) are retried with exponential backoff; permanent ones (permissions, missing
+        paths) and exhausted retries raise. Rewriting a region is idempotent."""
+        if not len(data):
+            return
+        arr = self.array(key).with_config(_CFG)
+        stop, rows = start + len(data), arr.shape[0]
+        step = int((arr.shards or arr.chunks)[0])
+        if start % step or (stop % step and stop != rows) or stop > rows:
+            raise PlanError(
+                f"{self.url}/{key}: rows [{start}, {stop}) of {rows} are not whole storage "
+                f"objects of {step} rows: another writer would rewrite them. Align the work "
+                "to the array's objects."
+            )
+        for attempt in range(self.retries + 1):
+            try:
+                arr[start:stop] = data
+                return
+            except _PERMANENT:
+                raise
+            except (OSError, TimeoutError) as exc:
+                if attempt == self.retries:
+                    raise StoreError(f"{self.url}/{key}: write failed {attempt + 1} times: "
+                                     f"{exc}") from exc  # fmt: skip
+                self.transient_errors += 1
+                time.sleep(self.backoff * 2**attempt)
+
+    def rewrite_rows(self, key: str, rows: np.ndarray, value: Any) -> None:
+        """The driver sets rows ``rows`` of ``key`` to ``value``: each storage object they
+        touch is read, changed and written back whole (after every task has finished)."""
+        arr = self.array(key)
+        step = int((arr.shards or arr.chunks)[0])
+        for obj in np.unique(np.asarray(rows, np.int64) // step):
+            a, b = int(obj) * step, min(int(obj + 1) * step, arr.shape[0])
+            block = self.read(key, a, b)
+            block[rows[(rows >= a) & (rows < b)] - a] = value
+            self.write_region(key, a, block)
+
+    # ------------------------------------------------------------------ reading
+    def array(self, key: str) -> zarr.Array:
+        """The array at ``key`` of this store's group (a StoreError if it is a group)."""
+        try:
+            arr = self.group[key]
+        except KeyError as exc:
+            raise StoreError(f"{self.url} has no array {key}") from exc
+        if not isinstance(arr, zarr.Array):
+            raise StoreError(f"{self.url}/{key} is a group, not an array")
+        return arr
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.array(key)[start:stop])
+
+    def take(self, key: str, rows: np.ndarray) -> np.ndarray:
+        """Rows ``rows`` (sorted ints) of ``key`` as float32 or the array's dtype, read one
+        chunk at a time: memory holds the result plus one chunk, never the whole array."""
+        arr = self.array(key)
+        rows = np.asarray(rows, dtype=np.int64)
+        dtype = np.float32 if arr.dtype.kind == "f" else arr.dtype
+        out = np.empty((len(rows), *arr.shape[1:]), dtype=dtype)
+        step = int(arr.chunks[0])
+        chunk_of = rows // step
+        bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
+        for a, b in itertools.pairwise(bounds):
+            c = int(chunk_of[a])
+            block = np.asarray(arr[c * step : (c + 1) * step])
+            out[a:b] = block[rows[a:b] - c * step]
+        return out
+
+    def has(self, key: str) -> bool:
+        try:
+            self.group[key]
+        except KeyError:
+            return False
+        return True
+
+    def group_attrs(self, path: str) -> dict[str, Any]:
+        return dict(self.group[path].attrs)
+
+    def set_group_attrs(self, path: str, attrs: Mapping[str, Any]) -> None:
+        self.group.require_group(path).attrs.update(dict(attrs))
+
+    # ------------------------------------------------------------------ the extraction
+    def write_extract_shard(self, r: ShardResult) -> None:
+        """Write one shard's rows (whole storage objects by construction of the plan); the
+        statuses last, so an image with status 0 was never finished."""
+        k, s, e = self.k, r.start, r.stop
+        img = self.images
+        try:
+            img.write("error", s, r.error)
+            img.write("content_hash", s, r.content_hash)
+            img.write("top_class", s, r.top_class)
+            img.write("top_prob", s, r.top_prob)
+            for name, a in r.acts.items():
+                self.extraction(name).write("acts", s * k, a)
+                if r.attr is not None:
+                    self.extraction(name).write("attr", s * k, r.attr[name])
+            img.write("status", s, r.status)  # last: 0 = never finished
+        except (StoreError, *_PERMANENT) as exc:
+            raise StoreError(
+                f"extraction shard {r.shard} (images {s}..{e}) could not be "
+                f"written to {self.url}: {exc}"
+            ) from exc
+
+    def write_moments(self, sums: Mapping[str, np.ndarray], counts: Mapping[str, int],
+                      shards: np.ndarray) -> None:  # fmt: skip
+        """The driver's reduced second moments, one (C, C) sum per layer, and which shards
+        they hold (``shards``: (S,) uint8)."""
+        for name, total in sums.items():
+            ex = self.extraction(name)
+            ex.write("moment", 0, np.asarray(total, np.float64))
+            ex.write("moment_count", 0, np.array([counts[name]], np.int64))
+            ex.write("moment_shards", 0, np.asarray(shards, np.uint8))
+
+    def mark_duplicates(self, rows: np.ndarray, originals: np.ndarray) -> None:
+        """Driver, after every shard finished: classify ``rows`` as duplicates of ``originals``
+        and turn their samples into holes (idempotent)."""
+        if not len(rows):
+            return
+        img = self.images
+        status = img.status()
+        status[rows] = int(Status.DUPLICATE)
+        error = np.asarray(img.read("error"), dtype=object)
+        error[rows] = [f"same bytes and crop as image {int(o)}" for o in originals]
+        samples = sample_rows(rows, self.k)
+        for name in self.layers:
+            for what in ("acts", "attr"):
+                if self.extraction(name).has(what):
+                    self.source.rewrite_rows(f"layers/{name}/{what}", samples, np.nan)
+        img.write("error", 0, error)
+        img.write("status", 0, status)
 
     def missing_objects(self, start: int, stop: int) -> list[str]:
         """Storage objects (chunks, or zarr shards) of images [start, stop) that are absent,
         over every per-image and per-sample array the extraction writes."""
         from zarr.core.sync import sync
 
-        paths = ["images/status", "images/error", "images/content_hash", "images/top_class"]
-        paths += [f"layers/{L}/{w}" for L in self.layers for w in ("acts", "attr")]
+        nodes: list[tuple[Node, str]] = [(self.images, n) for n in
+                                         ("status", "error", "content_hash", "top_class")]
+        nodes += [(self.extraction(L), w) for L in self.layers for w in ("acts", "attr")]
         gone = []
-        for path in filter(self.has, paths):
-            arr = self._array(path)
+        for node, name in nodes:
+            if not node.has(name):
+                continue
+            arr = node.array(name)
             step = (arr.shards or arr.chunks)[0]
-            k = self.k if path.startswith("layers/") else 1
+            k = self.k if isinstance(node, Extraction) else 1
             for i in range(start * k // step, (stop * k - 1) // step + 1):
                 key = arr.metadata.encode_chunk_key((i,) + (0,) * (arr.ndim - 1))
                 if not sync(arr.store.exists(f"{arr.path}/{key}")):
@@ -276,337 +484,16 @@ class RunStore:
     def acts_hash(self, start: int, stop: int) -> str:
         """Checksum of the stored activations of images [start, stop), every layer."""
         k = self.k
-        sums = [float(np.nansum(self._array(f"layers/{L}/acts")[start * k : stop * k],
+        sums = [float(np.nansum(self.extraction(L).read("acts", start * k, stop * k),
                                 dtype=np.float64)) for L in self.layers]  # fmt: skip
         return fingerprint(sums)
 
-    def content_hashes(self) -> np.ndarray:
-        return np.asarray(self._array("images/content_hash")[:])
 
-    def manifest(self) -> InputManifest:
-        return InputManifest(
-            uris=self.uris(),
-            crops=self.crops(),
-            root=self.attrs.get("root"),
-        )
-
-    def positions(self, start: int, stop: int) -> np.ndarray:
-        """(y, x) sample positions of images [start, stop), shape ((stop - start) * k, 2)."""
-        return np.asarray(self._array("samples/pos")[start * self.k : stop * self.k])
-
-    # ------------------------------------------------------------------ extraction (workers)
-    def _array(self, path: str) -> zarr.Array:
-        """The array at ``path`` (a StoreError if it is a group); extraction arrays of a child
-        store come from its parent."""
-        if self.parent is not None and _extraction_path(path):
-            return self.parent._array(path)
-        arr = self.group[path]
-        if not isinstance(arr, zarr.Array):
-            raise StoreError(f"{self.url}/{path} is a group, not an array")
-        return arr
-
-    def _group(self, path: str) -> zarr.Group:
-        """The group at ``path`` (a StoreError if it is an array)."""
-        grp = self.group[path]
-        if not isinstance(grp, zarr.Group):
-            raise StoreError(f"{self.url}/{path} is an array, not a group")
-        return grp
-
-    def _w(self, path: str) -> zarr.Array:
-        """An existing array opened for writing, storing chunks even when they equal the fill."""
-        return self._array(path).with_config(_CFG)
-
-    def _put(self, path: str, sel: Any, data: np.ndarray) -> None:
-        """Write ``data`` at ``sel`` of array ``path``, retrying transient errors (OSError,
-        timeouts) with exponential backoff; permanent ones (permissions, missing paths) and
-        exhausted retries raise. Rewriting a region is idempotent, so a retry is always safe."""
-        for attempt in range(self.retries + 1):
-            try:
-                self._w(path)[sel] = data
-                return
-            except _PERMANENT:
-                raise
-            except (OSError, TimeoutError) as exc:
-                if attempt == self.retries:
-                    raise StoreError(
-                        f"{self.url}/{path}: write failed {attempt + 1} times: {exc}"
-                    ) from exc
-                self.transient_errors += 1
-                time.sleep(self.backoff * 2**attempt)
-
-    def write_extract_shard(self, r: ShardResult) -> None:
-        """Write one shard's rows; the rows are whole chunks by construction of the plan."""
-        k, s, e = self.k, r.start, r.stop
-        try:
-            self._put("images/error", slice(s, e), r.error)
-            self._put("images/content_hash", slice(s, e), r.content_hash)
-            self._put("images/top_class", slice(s, e), r.top_class)
-            self._put("images/top_prob", slice(s, e), r.top_prob)
-            for name, a in r.acts.items():
-                self._put(f"layers/{name}/acts", slice(s * k, e * k), a)
-                self._put(f"layers/{name}/moment_partial", r.shard, r.moment[name])
-                self._put(
-                    f"layers/{name}/moment_count",
-                    slice(r.shard, r.shard + 1),
-                    np.array([r.moment_count[name]]),
-                )
-                if r.attr is not None:
-                    self._put(f"layers/{name}/attr", slice(s * k, e * k), r.attr[name])
-            self._put("images/status", slice(s, e), r.status)  # last: 0 = never finished
-        except (StoreError, *_PERMANENT) as exc:
-            raise StoreError(
-                f"extraction shard {r.shard} (images {s}..{e}) could not be "
-                f"written to {self.url}: {exc}"
-            ) from exc
-
-    def mark_duplicates(self, rows: np.ndarray, originals: np.ndarray) -> None:
-        """Driver, after every shard finished: classify ``rows`` as duplicates of ``originals``
-        and turn their samples into holes (idempotent)."""
-        if not len(rows):
-            return
-        status = self.status()
-        status[rows] = int(Status.DUPLICATE)
-        error = np.asarray(self._array("images/error")[:], dtype=object)
-        error[rows] = [f"same bytes and crop as image {int(o)}" for o in originals]
-        samples = sample_rows(rows, self.k)
-        for name in self.layers:
-            for what in ("acts", "attr"):
-                if self.has(f"layers/{name}/{what}"):
-                    arr = self._w(f"layers/{name}/{what}")
-                    arr.set_orthogonal_selection((samples, slice(None)), np.nan)
-        self._put("images/error", slice(None), error)
-        self._put("images/status", slice(None), status)
-
-    # ------------------------------------------------------------------ reading
-    def status(self) -> np.ndarray:
-        return np.asarray(self._array("images/status")[:])
-
-    def image_of_sample(self) -> np.ndarray:
-        return np.asarray(self._array("samples/image")[:])
-
-    def acts(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """float32 activations of sample rows [start, stop) of ``layer`` (NaN rows are holes)."""
-        return np.asarray(self._array(f"layers/{layer}/acts")[start:stop], dtype=np.float32)
-
-    def ok_samples(self) -> np.ndarray:
-        """(N * k,) bool: sample rows whose image decoded and was extracted."""
-        return np.repeat(self.status() == 1, self.k)
-
-    def gather(self, layer: str, rows: np.ndarray, what: str = "acts") -> np.ndarray:
-        """float32 rows ``rows`` (sorted ints) of ``layers/<layer>/<what>``, read one chunk at a
-        time, so memory holds the result plus one chunk, never the whole array."""
-        arr = self._array(f"layers/{layer}/{what}")
-        rows = np.asarray(rows, dtype=np.int64)
-        out = np.empty((len(rows), *arr.shape[1:]), dtype=np.float32)
-        step = int(arr.chunks[0])
-        chunk_of = rows // step
-        bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
-        for a, b in itertools.pairwise(bounds):
-            c = int(chunk_of[a])
-            block = np.asarray(arr[c * step : (c + 1) * step], dtype=np.float32)
-            out[a:b] = block[rows[a:b] - c * step]
-        return out
-
-    def sample_ranges(self) -> list[tuple[int, int]]:
-        """Sample-row ranges of the extraction plan: chunk-aligned, one per shard."""
-        return [(a * self.k, b * self.k) for a, b in self.attrs["shards"]]
-
-    def create_rows(self, layer: str, name: str, width: int, attrs: dict[str, Any]) -> None:
-        """A per-sample float32 array (N * k, width) of NaN, chunked like the activations."""
-        n = self.n_images * self.k
-        ci = int(self.attrs["chunk_images"]) * self.k
-        lg = self._group(f"layers/{layer}")
-        _arr(lg, name, (n, width), (ci, width), "float32", np.nan, overwrite=True).attrs.update(
-            attrs
-        )
-
-    def write_rows(self, layer: str, name: str, start: int, stop: int, data: np.ndarray) -> None:
-        """Rows [start, stop) of a per-sample array; the range must be whole chunks."""
-        self._w(f"layers/{layer}/{name}")[start:stop] = data
-
-    def rows(self, layer: str, name: str) -> np.ndarray:
-        return np.asarray(self._array(f"layers/{layer}/{name}")[:])
-
-    def top_class(self) -> np.ndarray:
-        return np.asarray(self._array("images/top_class")[:])
-
-    def second_moment(self, layer: str) -> np.ndarray:
-        """Merge the per-shard partial sums into E[x x^T] over every position seen: (C, C)."""
-        part = np.asarray(self._array(f"layers/{layer}/moment_partial")[:])
-        count = np.asarray(self._array(f"layers/{layer}/moment_count")[:])
-        done = count > 0
-        if not done.any():
-            raise StoreError(f"no second-moment partials for layer {layer}: extraction is empty")
-        return part[done].sum(axis=0) / float(count[done].sum())
-
-    # ------------------------------------------------------------------ later stages (driver)
-    def write_layout(self, layer: str, layout: np.ndarray, attrs: dict[str, Any]) -> None:
-        """Write the normalized 2-D layout (n_samples, 2) float32; NaN rows for holes."""
-        lg = self._group(f"layers/{layer}")
-        ci = int(self.attrs["chunk_images"]) * self.k
-        arr = _arr(lg, "layout", layout.shape, (ci, 2), "float32", np.nan, overwrite=True)
-        arr[:] = layout
-        arr.attrs.update(attrs)
-
-    def layout(self, layer: str, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Normalized layout of sample rows [start, stop): (n, 2) float32, NaN for holes."""
-        return np.asarray(self._array(f"layers/{layer}/layout")[start:stop])
-
-    def attribution(self, layer: str) -> tuple[np.ndarray, bool] | None:
-        """(attribution (N * k, A) float32, whether its columns are every class in order) of
-        ``layer``, or None when attribution was not extracted. Otherwise column j is the
-        image's j-th top class (``images/top_class``)."""
-        path = f"layers/{layer}/attr"
-        if not self.has(path):
-            return None
-        every = self._array(path).attrs.get("classes") == "all"
-        return self.rows(layer, "attr").astype(np.float32), every
-
-    def icons_fingerprint(self, layer: str, size: int) -> str | None:
-        """The render fingerprint a grid level's icon arrays were created for (None: none)."""
-        path = f"layers/{layer}/grid/{size}/icons"
-        return str(self._array(path).attrs.get("fingerprint")) if self.has(path) else None
-
-    def write_grid(self, layer: str, grid: GridArrays, attrs: dict[str, Any]) -> None:
-        gg = self.group.require_group(f"layers/{layer}/grid/{grid.size}")
-        m, c = grid.mean.shape
-        t = grid.top_class.shape[1]
-        for name, arr, chunks, dt, fill in (
-            ("cell", grid.cell, (max(m, 1), 2), "int32", -1),
-            ("count", grid.count, (max(m, 1),), "int32", 0),
-            ("mean", grid.mean, (max(m, 1), c), "float32", np.nan),
-            ("top_class", grid.top_class, (max(m, 1), t), "int32", -1),
-            ("top_count", grid.top_count, (max(m, 1), t), "int32", 0),
-        ):
-            _arr(gg, name, arr.shape, chunks, dt, fill, overwrite=True)[:] = arr
-        gg.attrs.update({"size": grid.size, **attrs})
-
-    def write_grid_extra(self, layer: str, size: int, name: str, arr: np.ndarray) -> None:
-        """An extra per-cell array of a grid level (e.g. attribution labels), shape (M, ...)."""
-        gg = self._group(f"layers/{layer}/grid/{size}")
-        fill = -1 if arr.dtype.kind == "i" else np.nan
-        _arr(gg, name, arr.shape, arr.shape, arr.dtype, fill, overwrite=True)[:] = arr
-
-    def grid_extra(self, layer: str, size: int, name: str) -> np.ndarray | None:
-        path = f"layers/{layer}/grid/{size}/{name}"
-        return np.asarray(self._array(path)[:]) if self.has(path) else None
-
-    def grid_cells(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(cell (M, 2), count (M,)) of a level: what drawing needs, without the means."""
-        base = f"layers/{layer}/grid/{size}"
-        cell, count = (np.asarray(self._array(f"{base}/{n}")[:]) for n in ("cell", "count"))
-        return cell, count
-
-    def grid(self, layer: str, size: int) -> GridArrays:
-        base = f"layers/{layer}/grid/{size}"
-        names = ("cell", "mean", "count", "top_class", "top_count")
-        return GridArrays(size, *(np.asarray(self._array(f"{base}/{n}")[:]) for n in names))
-
-    def create_icons(self, layer: str, size: int, n: int, px: int, attrs: dict[str, Any]) -> None:
-        """Icon arrays of a grid level, one chunk per icon so any batch owns whole chunks."""
-        gg = self._group(f"layers/{layer}/grid/{size}")
-        _arr(gg, "icons", (n, px, px, 3), (1, px, px, 3), "uint8", 0, overwrite=True)
-        _arr(gg, "icon_objective", (n,), (1,), "float32", np.nan, overwrite=True)
-        _arr(gg, "icon_cosine", (n,), (1,), "float32", np.nan, overwrite=True)
-        gg["icons"].attrs.update(attrs)
-
-    def write_icons(
-        self,
-        layer: str,
-        size: int,
-        rows: np.ndarray,
-        icons: np.ndarray,
-        objective: np.ndarray,
-        cosine: np.ndarray,
-    ) -> None:
-        """Icons for cell rows ``rows``; the objective is written last (it marks an icon done)."""
-        base = f"layers/{layer}/grid/{size}"
-        rows = np.asarray(rows)
-        self._w(f"{base}/icons").set_orthogonal_selection((rows,), icons)
-        self._w(f"{base}/icon_cosine").set_orthogonal_selection((rows,), cosine)
-        self._w(f"{base}/icon_objective").set_orthogonal_selection((rows,), objective)
-
-    def icons(self, layer: str, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective = missing."""
-        base = f"layers/{layer}/grid/{size}"
-        names = ("icons", "icon_objective", "icon_cosine")
-        icons, objective, cosine = (np.asarray(self._array(f"{base}/{n}")[:]) for n in names)
-        return icons, objective, cosine
-
-    def icon_rows(self, layer: str, size: int, start: int, stop: int) -> np.ndarray:
-        """Icons of kept cells [start, stop) of a level (cells are in flat order, iy major)."""
-        return np.asarray(self._array(f"layers/{layer}/grid/{size}/icons")[start:stop])
-
-    # ------------------------------------------------------------------ exemplars
-    def create_exemplars(
-        self, layer: str, rows: np.ndarray, images: np.ndarray, shapes: tuple[int, int, int],
-        attrs: dict[str, Any],
-    ) -> None:  # fmt: skip
-        """Arrays of the exemplar samples ``rows`` (sorted) of ``layer`` and of their source
-        ``images`` (sorted, unique). shapes: (patch px, thumbnail px, rows per chunk)."""
-        px, tp, chunk = shapes
-        eg = self.group.require_group(f"layers/{layer}/exemplars")
-        r, u = len(rows), len(images)
-        _arr(eg, "row", (r,), (max(r, 1),), "int64", -1, overwrite=True)[:] = rows
-        _arr(eg, "patch", (r, px, px, 3), (chunk, px, px, 3), "uint8", 255, overwrite=True)
-        _arr(eg, "box", (r, 4), (chunk, 4), "float32", np.nan, overwrite=True)
-        _arr(eg, "ok", (r,), (chunk,), "uint8", 0, overwrite=True)
-        _arr(eg, "image", (u,), (max(u, 1),), "int64", -1, overwrite=True)[:] = images
-        _arr(eg, "thumb", (u, tp, tp, 3), (1, tp, tp, 3), "uint8", 255, overwrite=True)
-        _arr(eg, "thumb_size", (u, 2), (max(u, 1), 2), "int32", 0, overwrite=True)
-        eg.attrs.update(attrs)
-
-    def write_exemplar_patches(
-        self, layer: str, start: int, patch: np.ndarray, box: np.ndarray, ok: np.ndarray
-    ) -> None:
-        """Patches of exemplar rows [start, start + n): whole chunks, ``ok`` written last."""
-        base, stop = f"layers/{layer}/exemplars", start + len(patch)
-        self._w(f"{base}/patch")[start:stop] = patch
-        self._w(f"{base}/box")[start:stop] = box
-        self._w(f"{base}/ok")[start:stop] = ok
-
-    def write_thumbs(self, layer: str, index: np.ndarray, thumbs: np.ndarray) -> None:
-        if len(index):
-            self._w(f"layers/{layer}/exemplars/thumb").set_orthogonal_selection((index,), thumbs)
-
-    def write_thumb_sizes(self, layer: str, sizes: np.ndarray) -> None:
-        self._w(f"layers/{layer}/exemplars/thumb_size")[:] = sizes
-
-    def exemplar_index(self, layer: str) -> dict[str, np.ndarray] | None:
-        """The small exemplar arrays (row, box, ok, image, thumb_size), or None before the
-        exemplars stage ran."""
-        base = f"layers/{layer}/exemplars"
-        if not self.has(f"{base}/row"):
-            return None
-        names = ("row", "box", "ok", "image", "thumb_size")
-        return {n: np.asarray(self._array(f"{base}/{n}")[:]) for n in names}
-
-    def exemplar_patches(self, layer: str, index: np.ndarray) -> np.ndarray:
-        """Patches of exemplar rows at positions ``index`` of ``row``: (n, px, px, 3)."""
-        arr = self._array(f"layers/{layer}/exemplars/patch")
-        return np.asarray(arr.get_orthogonal_selection((np.asarray(index, np.int64),)))
-
-    def thumbs(self, layer: str, start: int, stop: int) -> np.ndarray:
-        return np.asarray(self._array(f"layers/{layer}/exemplars/thumb")[start:stop])
-
-    def write_report(self, path: str, report: dict[str, Any]) -> None:
-        """A JSON report as the attributes of group ``path`` (e.g. ``patches/<view>``)."""
-        self.group.require_group(path).attrs.update(json.loads(json.dumps(report, default=_plain)))
-
-    def report(self, path: str) -> dict[str, Any] | None:
-        return dict(self.group[path].attrs) if self.has(path) else None
-
-    def has(self, path: str) -> bool:
-        if self.parent is not None and _extraction_path(path):
-            return self.parent.has(path)
-        try:
-            self.group[path]
-        except KeyError:
-            return False
-        return True
-
-
-_EXTRACTION_ARRAYS = ("acts", "attr", "moment_partial", "moment_count")
+def _rows(spec: ArraySpec, shape: tuple[int, ...] | None) -> dict[str, int]:
+    """When a node writes data whose shape it knows, its dims come from that shape."""
+    if shape is None:
+        return {}
+    return {d: s for d, s in zip(spec.shape, shape, strict=False) if isinstance(d, str)}
 
 
 def _plain(value: Any) -> Any:
@@ -614,44 +501,8 @@ def _plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def _extraction_path(path: str) -> bool:
-    """Whether ``path`` names an array the extraction writes (shared with child stores)."""
-    parts = path.split("/")
-    if parts[0] in ("images", "samples"):
-        return True
-    return len(parts) == 3 and parts[0] == "layers" and parts[2] in _EXTRACTION_ARRAYS
-
-
 def _opts(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
     """zarr accepts storage_options only with an fsspec URL, never with a local path."""
     if "://" in url and not url.startswith("file://") and storage_options:
         return {"storage_options": storage_options}
     return {}
-
-
-def _arr(
-    group: zarr.Group,
-    name: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: Any,
-    fill: Any,
-    overwrite: bool = False,
-    inner: int = 1,
-) -> zarr.Array:
-    """An array whose storage objects are ``chunks``; with ``inner`` > 1 each storage object is a
-    shard (zarr's sharding codec) of ``inner`` chunks along the rows."""
-    chunks = tuple(max(1, min(c, s)) if s else 1 for c, s in zip(chunks, shape, strict=False))
-    shards = None
-    if inner > 1 and chunks[0] % inner == 0 and chunks[0] >= inner:
-        shards, chunks = chunks, (chunks[0] // inner, *chunks[1:])
-    return group.create_array(
-        name,
-        shape=shape,
-        chunks=chunks,
-        shards=shards,
-        dtype=dtype,
-        fill_value=fill,
-        config=_CFG,
-        overwrite=overwrite,
-    )

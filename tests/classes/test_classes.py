@@ -149,7 +149,7 @@ def test_flip_counts_equal_a_direct_loop_and_the_strongest_input_beats_noise() -
 
 
 def test_the_article_pairs_preset_names_real_imagenet_classes() -> None:
-    from pipelines.common import cached_model
+    from pipelines.core.common import cached_model
     from tests.conftest import debug_settings
 
     s, _ = debug_settings("experiment=article_pairs", "model=efficientnet_lite0")

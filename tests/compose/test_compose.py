@@ -122,7 +122,7 @@ def test_a_lower_zoom_is_the_box_downsampled_zoom_above(tmp_path) -> None:
     """shrink_task: each tile of zoom z from the 2 x 2 tiles of zoom z + 1 (PNG: exact)."""
     from PIL import Image
 
-    from pipelines.compose import Shrink, shrink_task
+    from pipelines.stages.compose import Shrink, shrink_task
 
     rng = np.random.default_rng(4)
     t, out = 8, tmp_path / "tiles" / "16"

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -47,8 +49,11 @@ def test_extraction_equals_a_direct_forward_pass() -> None:
     ref1 = f1[img, :, fine[:, 0], fine[:, 1]].numpy()
     assert np.abs(out.acts["blocks.2"] - ref2).max() < 1e-4
     assert np.abs(out.acts["blocks.1"] - ref1).max() < 1e-4
-    flat = f2.permute(0, 2, 3, 1).reshape(-1, f2.shape[1]).double().numpy()
-    assert np.allclose(out.moment["blocks.2"], flat.T @ flat, rtol=1e-6)
+    flat = f2.permute(0, 2, 3, 1).reshape(6, -1, f2.shape[1]).double().numpy()
+    per_image = out.moment["blocks.2"].numpy()  # (B, C, C): one image's positions each
+    assert per_image.shape == (6, 32, 32)
+    for b in range(6):
+        assert np.allclose(per_image[b], flat[b].T @ flat[b], rtol=1e-6)
     assert out.moment_count["blocks.2"] == 6 * 64
     assert np.array_equal(out.top_class, logits.topk(3, -1).indices.numpy())
     assert np.allclose(out.top_prob.sum(1), logits.softmax(-1).topk(3, -1).values.sum(1).numpy())
@@ -110,3 +115,23 @@ def test_attribution_of_several_layers_in_one_pass_matches_finite_differences(
         assert every.attr[name].shape == (4, 10)
     assert checked == 24
     assert not np.allclose(top.attr["blocks.1"], 0)  # the earlier layer is in the graph
+
+
+def test_a_shards_moment_does_not_depend_on_how_its_images_were_batched() -> None:
+    """Moments are summed image by image, in order: batches of 6, of 4 + 2 and of 1 give the
+    same float64 sum to the bit (a batched sum would depend on the batch's blocking)."""
+    from atlas_core.extract import ShardBuffers
+
+    m = load_model(ModelSpec(name="tiny"))
+    ex = ActivationExtractor(m, ["blocks.2"], {"blocks.2": (8, 8)}, topk=0)
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    pos = sample_positions(np.arange(6), 1, (8, 8), seed=0)
+    sums = []
+    for split in ((0, 6), (0, 4, 6), (0, 1, 2, 3, 4, 5, 6)):
+        buf = ShardBuffers(6, 1, {"blocks.2": 32}, 0, 0)
+        for a, b in itertools.pairwise(split):
+            idx = np.arange(a, b)
+            buf.add(idx, ex(x[a:b], pos[a:b]))
+        sums.append(buf.result(0, 0, 6, 0.0).moment["blocks.2"])
+    assert sums[0].shape == (32, 32) and np.abs(sums[0]).sum() > 0
+    assert np.array_equal(sums[0], sums[1]) and np.array_equal(sums[0], sums[2])

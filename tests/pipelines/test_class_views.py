@@ -8,17 +8,19 @@ import json
 import logging
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from PIL import Image
 
 from atlas_core.classes import noise_patch, paste, resized
 from atlas_core.data.decode import decode
 from atlas_core.grid import cell_index
-from pipelines.common import cached_model
-from pipelines.run import run
+from pipelines.commands.run import run
+from pipelines.core.common import cached_model
 from tests.conftest import debug_settings, make_images
 
 pytestmark = pytest.mark.ray
@@ -61,8 +63,18 @@ def views(tmp_path_factory, local_ray):
     return {"s": s, "base": base, "manifest": manifest, "c": c, "a": a, "b": b, "attr": attr}
 
 
-def _layout(view_dir: Path) -> np.ndarray:
-    return zarr.open_group(str(view_dir / "atlas.zarr"), mode="r")[f"layers/{L}/layout"][:]
+def _view(views, kind: str) -> tuple[str, dict]:
+    """(slug, manifest record) of the run's view of this kind (class or compare)."""
+    return next((k, v) for k, v in views["manifest"]["views"].items() if v["kind"] == kind)
+
+
+def _group(views, slug: str):
+    """The view's group of the run's store (a plain zarr reader reads it)."""
+    return zarr.open_group(str(views["base"] / "run" / "atlas.zarr"), mode="r")[f"views/{slug}"]
+
+
+def _layout(views, slug: str) -> np.ndarray:
+    return _group(views, slug)[f"layers/{L}/layout"][:]
 
 
 def test_a_class_atlas_keeps_exactly_the_rows_a_loop_keeps(views) -> None:
@@ -77,34 +89,27 @@ def test_a_class_atlas_keeps_exactly_the_rows_a_loop_keeps(views) -> None:
         if attr[r, c] > 0:
             scored.append((-float(attr[r, c]), r))
     want |= {r for _, r in sorted(scored)[:2000]}
-    st = views["manifest"]["stages"]["classes"]
-    view = next(v for v in st["details"]["views"] if v["kind"] == "atlas")
-    layout = _layout(views["base"] / "run" / "classes" / view["slug"])
+    slug, view = _view(views, "class")
+    layout = _layout(views, slug)
     assert sorted(np.flatnonzero(~np.isnan(layout).any(axis=1)).tolist()) == sorted(want)
-    assert view["rows"] == len(want) and layout[~np.isnan(layout)].min() >= 0
-    page = views["base"] / "run" / view["viewer"]
+    rows = view["stages"]["reduce"]["counts"]["rows"]
+    assert rows == len(want) and layout[~np.isnan(layout)].min() >= 0
+    page = views["base"] / "run" / "views" / slug / "viewer" / "index.html"
     assert page.is_file() and (page.parent / "tiles" / "4").is_dir()
-    log.info(
-        "class atlas of class %d: %d samples, cells %s, %.1f s",
-        c,
-        view["rows"],
-        view["cells"],
-        view["seconds"],
-    )
+    log.info("class atlas of class %d: %d samples, cells %s", c, rows,
+             view["stages"]["grid"]["counts"]["cells_kept"])
 
 
 def test_a_comparison_places_x_by_the_attribution_difference(views) -> None:
     attr, a, b = views["attr"], views["a"], views["b"]
-    st = views["manifest"]["stages"]["classes"]
-    view = next(v for v in st["details"]["views"] if v["kind"] == "compare")
-    layout = _layout(views["base"] / "run" / "classes" / view["slug"])
+    slug, _ = _view(views, "compare")
+    layout = _layout(views, slug)
     rows = np.flatnonzero(~np.isnan(layout).any(axis=1))
     d = attr[rows, b].astype(np.float64) - attr[rows, a]
     scale = np.percentile(np.abs(d), 99)
     np.testing.assert_allclose(layout[rows, 0], (np.clip(d / scale, -1, 1) + 1) / 2, atol=1e-5)
     assert 0 <= layout[rows, 1].min() and layout[rows, 1].max() <= 1
-    g = zarr.open_group(str(views["base"] / "run" / "classes" / view["slug"] / "atlas.zarr"))
-    assert g[f"layers/{L}/grid/4/heat_class"][:].tolist() == [a, b]
+    assert _group(views, slug)[f"layers/{L}/grid/4/heat_class"][:].tolist() == [a, b]
 
 
 def test_the_heatmap_is_each_cells_mean_attribution(views) -> None:
@@ -122,11 +127,10 @@ def test_the_heatmap_is_each_cells_mean_attribution(views) -> None:
 
 def test_the_patch_report_counts_what_a_direct_loop_counts(views) -> None:
     s, a, b, base = views["s"], views["a"], views["b"], views["base"]
-    st = views["manifest"]["stages"]["patches"]
-    (report,) = st["details"]["reports"]
-    stored = zarr.open_group(str(base / "run" / "atlas.zarr"), mode="r")[
-        f"patches/{report['view']}"
-    ].attrs.asdict()
+    slug, view = _view(views, "compare")
+    report = view["stages"]["patches"]["details"]["report"]
+    assert report["view"] == slug and "patches" not in views["manifest"]["stages"]
+    stored = _group(views, slug)["patches"].attrs.asdict()
     assert stored["table"] == report["table"] and stored["images"] == report["images"]
     model = cached_model(s.model.spec, "cpu")
     g = zarr.open_group(str(base / "run" / "atlas.zarr"), mode="r")
@@ -143,7 +147,7 @@ def test_the_patch_report_counts_what_a_direct_loop_counts(views) -> None:
 
     arrays = arrays[[predict(arrays[i : i + 1]) == a for i in range(len(arrays))]]
     assert report["images"] == len(arrays) > 0
-    vg = zarr.open_group(str(base / "run" / "classes" / report["view"] / "atlas.zarr"), mode="r")
+    vg = _group(views, slug)
     cells = [tuple(c) for c in vg[f"layers/{L}/grid/4/cell"][:].tolist()]
     icons = vg[f"layers/{L}/grid/4/icons"][:]
     patches = [icons[cells.index(tuple(p["cell"]))] for p in report["patches"]]
@@ -161,7 +165,7 @@ def test_the_patch_report_counts_what_a_direct_loop_counts(views) -> None:
             for i in range(len(arrays))
         )
         assert (r["flips"], r["control_flips"]) == (flips, control)
-    page = base / "run" / "patches" / report["view"] / "index.html"
+    page = base / "run" / "views" / slug / "patches" / "index.html"
     assert page.is_file() and "<script" not in page.read_text()
     log.info(
         "patches %s -> %s: %d images, flip rate %.3f vs control %.3f (best %.3f vs %.3f)",
@@ -175,32 +179,51 @@ def test_the_patch_report_counts_what_a_direct_loop_counts(views) -> None:
     )
 
 
+def _links(page_dir: Path) -> list[dict]:
+    text = (page_dir / "data" / "links.js").read_text()
+    return json.loads(text[text.index("=") + 1 :].strip().rstrip(";"))
+
+
 def test_views_are_linked_and_a_rerun_resumes_them(views) -> None:
     base, s = views["base"], views["s"]
-    data = (base / "run" / "viewer" / "data" / "atlas.js").read_text()
-    links = json.loads(data[data.index("run: ") + 5 : data.rindex("});")])["links"]
-    hrefs = [x["href"] for x in links]
-    assert any(h.startswith("../classes/atlas-") for h in hrefs)
-    assert any(h.startswith("../classes/compare-") for h in hrefs)
-    assert any(h.startswith("../patches/") for h in hrefs)
+    hrefs = [x["href"] for x in _links(base / "run" / "viewer")]
+    assert any(h.startswith("../views/atlas-") for h in hrefs)
+    assert any(h.startswith("../views/compare-") and h.endswith("viewer/index.html")
+               for h in hrefs)  # fmt: skip
+    assert any(h.endswith("/patches/index.html") for h in hrefs)
     for h in hrefs:
         assert (base / "run" / "viewer" / h).resolve().is_file()
+    slug = hrefs[0].split("/")[2]
+    back = _links(base / "run" / "views" / slug / "viewer")
+    assert (base / "run" / "views" / slug / "viewer" / back[0]["href"]).resolve() == (
+        base / "run" / "viewer" / "index.html")
     # a view interrupted in its compose stage: only that stage of that view runs again
-    view_dir = base / "run" / "classes" / hrefs[0].split("/")[2]
-    shutil.rmtree(view_dir / "viewer")
-    (view_dir / "markers" / "stage-compose.json").unlink()
-    (base / "run" / "markers" / "stage-classes.json").unlink()
+    shutil.rmtree(base / "run" / "views" / slug / "viewer")
+    (base / "run" / "markers" / "views" / slug / "stage-compose.json").unlink()
     again = run(s, {})
-    views_again = again["stages"]["classes"]["details"]["views"]
-    assert again["stages"]["render"]["status"] == "skipped (complete)"
-    assert views_again[0]["slug"] == view_dir.name
-    status = {
-        k: v["status"]
-        for k, v in json.loads((view_dir / "manifest.json").read_text())["stages"].items()
-    }
-    assert status["render"] == "skipped (complete)" and status["reduce"] == "skipped (complete)"
-    assert status["compose"] == "done"
-    assert (base / "run" / hrefs[0].removeprefix("../")).is_file()
+    ran = {(k, st): r["status"] for k, v in again["views"].items()
+           for st, r in v["stages"].items()}  # fmt: skip
+    ran |= {("", st): r["status"] for st, r in again["stages"].items()}
+    done = sorted(k for k, status in ran.items() if status == "done")
+    assert done == [(slug, "compose")], done
+    assert (base / "run" / "views" / slug / "viewer" / "index.html").is_file()
+
+
+def test_changing_a_compose_setting_reruns_compose_only(views, tmp_path) -> None:
+    """compose.background of a finished run with a class view, a comparison and its patch
+    report: every view's compose runs again, nothing else (not the views' layouts, icons or
+    exemplars, nor the patch report's forward passes)."""
+    base = tmp_path / "copy"
+    shutil.copytree(views["base"] / "run", base)
+    s = views["s"].with_(run_dir=str(base), compose=replace(views["s"].compose,
+                                                            background="black"))
+    again = run(s, {})
+    ran = {(k, st) for k, v in again["views"].items() for st, r in v["stages"].items()
+           if r["status"] == "done"}  # fmt: skip
+    ran |= {("", st) for st, r in again["stages"].items() if r["status"] == "done"}
+    assert ran == {("", "compose"), *((k, "compose") for k in again["views"])}, ran
+    tile = Image.open(next((base / "viewer" / "tiles").rglob("*.jpg")))
+    assert min(tile.convert("L").getextrema()) < 20  # drawn on black now
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -235,22 +258,22 @@ def _open(pg, url: str) -> None:
 def test_class_pages_and_the_heatmap_in_a_browser(views, page) -> None:
     pg, errors = page
     base = views["base"] / "run"
-    st = views["manifest"]["stages"]["classes"]["details"]["views"]
-    atlas = next(v for v in st if v["kind"] == "atlas")
-    compare = next(v for v in st if v["kind"] == "compare")
-    _open(pg, (base / atlas["viewer"]).as_uri())
+    atlas, _ = _view(views, "class")
+    slug, compare = _view(views, "compare")
+    _open(pg, (base / "views" / atlas / "viewer" / "index.html").as_uri())
     assert "Level 1 of 1: 4" in pg.inner_text("#level")
-    _open(pg, (base / compare["viewer"]).as_uri())
+    cells = _group(views, slug)[f"layers/{L}/grid/4/cell"][:].tolist()
+    ix, iy = cells[len(cells) // 2]
+    _open(pg, (base / "views" / slug / "viewer" / "index.html").as_uri() + "#z=1")
     a_name, b_name = compare["names"]
     assert pg.inner_text(".axis .left").endswith(a_name)
     assert pg.inner_text(".axis .right").startswith(b_name)
-    pg.click("#levels button")
-    pg.focus(".map")
-    pg.keyboard.press("Enter")  # the centre cell's card shows both attributions
-    card = pg.inner_text("#card")
-    assert "no kept cell here" in card or (
-        f"attribution to {a_name}" in card and f"attribution to {b_name}" in card
-    )
+    box = pg.query_selector(".map").bounding_box()  # zoom 1: the 512 px map, centred
+    pg.mouse.move(box["x"] + box["width"] / 2 + ((ix + 0.5) / 4 - 0.5) * 512,
+                  box["y"] + box["height"] / 2 - ((iy + 0.5) / 4 - 0.5) * 512)
+    card = pg.inner_text("#card")  # a kept cell's card shows both attributions
+    assert f"Cell ({ix}, {iy}) of 4" in card
+    assert f"attribution to {a_name}" in card and f"attribution to {b_name}" in card
     # the main page: a class heatmap from the search, over the level's kept cells
     g = zarr.open_group(str(base / "atlas.zarr"), mode="r")[f"layers/{L}/grid/4"]
     heat, heat_class = g["heat"][:], g["heat_class"][:].tolist()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ray_ops
-from pipelines.run import run
+from pipelines.commands.run import run
+from pipelines.core import ray_ops
 from tests.conftest import assert_same_store, folder_settings, make_images
 
 pytestmark = pytest.mark.ray

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import zarr
 
-from pipelines.common import FAULT_ENV
-from pipelines.main import CONF_DIR
+from pipelines.commands.main import CONF_DIR
+from pipelines.core.common import FAULT_ENV
 from tests.conftest import assert_same_store, make_images
 
 pytestmark = pytest.mark.ray
@@ -28,7 +28,7 @@ def _cmd(images: Path, run_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipelines.main",
+        "pipelines",
         "debug=fast",
         "data=folder",
         f"data.path={images}",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.run import run
+from pipelines.commands.run import run
 from tests.conftest import assert_same_store, folder_settings, make_images
 
 pytestmark = pytest.mark.ray

@@ -164,7 +164,7 @@ def scenario(tmp: Path) -> dict:
         cmd = [
             RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}",
             f"--runtime-env-json={json.dumps(runtime)}", "--", sys.executable, "-c",
-            "from pipelines.cli import main; main()", "cluster=ray_cluster",
+            "from pipelines.commands.cli import main; main()", "cluster=ray_cluster",
             "cluster.address=auto", *_args(tmp / "imgs", run_dir),
         ]  # fmt: skip
         t0 = time.perf_counter()
@@ -184,8 +184,8 @@ def scenario(tmp: Path) -> dict:
         interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     finally:
         stop_cluster(cluster)
-    from pipelines import ray_ops
-    from pipelines.run import run
+    from pipelines.commands.run import run
+    from pipelines.core import ray_ops
     from tests.conftest import debug_settings
 
     s, resolved = debug_settings(*_args(tmp / "imgs", ref_dir), "cluster.num_cpus=2")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipelines.run import run
+from pipelines.commands.run import run
 from tests.conftest import debug_settings
 
 log = logging.getLogger(__name__)

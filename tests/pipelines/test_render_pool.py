@@ -1,5 +1,6 @@
-"""Render faults and reuse: an actor killed mid-batch is replaced and every icon is written exactly
-once; a re-render with the same inputs comes from the content-addressed cache."""
+"""Render faults and reuse: an actor killed mid-run is replaced and every work item is committed
+exactly once, with the bytes of a run that was not killed; a group rendered before comes from
+the content-addressed cache."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from atlas_core.data import InputManifest, plan_shards
 from atlas_core.featvis import RenderSettings
 from atlas_core.models import ModelSpec
-from atlas_core.store import IconCache, icon_keys
-from pipelines import ray_ops
-from pipelines.render import RenderBatch, RenderWorker
+from atlas_core.store import CachedGroup, IconCache, RunStore, group_key
+from atlas_core.store.run_store import StoreLayout
+from pipelines.core import ray_ops
+from pipelines.stages.render import RenderItem, RenderWorker, Target
 
 pytestmark = pytest.mark.ray
 
 log = logging.getLogger(__name__)
+N, GROUP, ITEM = 24, 4, 8
 
 
 @pytest.fixture(scope="module")
@@ -26,70 +30,71 @@ def ray_session(local_ray):
     return local_ray
 
 
-def test_a_killed_actor_is_replaced_and_every_icon_is_written_once(ray_session, tmp_path) -> None:
-    """The actor kills itself at a known point: at the end of its second batch, before returning
-    it (the test hook of RenderWorker), so the kill never races the batches."""
-    settings = RenderSettings(icon_px=32, steps=10, attempts=1, whiten=False)
-    dirs = np.random.default_rng(0).normal(size=(24, 32)).astype(np.float32)
-    batches = [
-        RenderBatch(4, np.arange(i, i + 4), dirs[i : i + 4], tuple(range(i, i + 4)))
-        for i in range(0, 24, 4)
-    ]
-    flag = tmp_path / "killed"
-    pool = ray_ops.ActorPool(
-        RenderWorker,
-        (
-            ModelSpec(name="tiny"),
-            "blocks.2",
-            settings,
-            "cpu",
-            None,
-            1,
-            f"sigkill_once:render:{flag}",
-        ),
-        size=1,
-        num_cpus=1,
-    )
-    writes: Counter[int] = Counter()
-    order: list[int] = []
+def _store(path: Path) -> str:
+    """A run store holding one empty level of N icons (32 px, groups of 4, items of 8)."""
+    man = InputManifest(uris=np.array(["/x.jpg"], dtype=object), crops=np.full((1, 4), -1))
+    url = str(path / "atlas.zarr")
+    store = RunStore.create(url, man, plan_shards(1, chunk_images=1), np.zeros((1, 2), np.int16),
+                            StoreLayout(k=1, seed=0, layers={"blocks.2": (32, 8, 8)}, topk=1))
+    store.level("blocks.2", 4).create(["icons", "icon_objective", "icon_cosine"],
+                                      {"M": N, "px": 32, "group": GROUP, "item": ITEM})
+    return url
 
-    def commit(batch: RenderBatch, out) -> None:
-        icons, objective, _cosine = out
-        assert icons.shape == (4, 32, 32, 3) and np.isfinite(objective).all()
-        writes.update(batch.rows.tolist())
-        order.append(int(batch.rows[0]))
 
+def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndarray]]:
+    settings = RenderSettings(icon_px=32, steps=6, attempts=2, whiten=False)
+    dirs = np.random.default_rng(0).normal(size=(N, 32)).astype(np.float32)
+    items = [RenderItem(4, a, dirs[a : a + ITEM], tuple(range(a, a + ITEM)), ())
+             for a in range(0, N, ITEM)]
+    target = Target(_store(tmp), {}, "", "blocks.2", None)
+    pool = ray_ops.ActorPool(RenderWorker, (ModelSpec(name="tiny"), settings, "cpu", None,
+                                            target, fault), size=1, num_cpus=1)
+    commits: Counter[int] = Counter()
     try:
-        restarts = pool.map("render", batches, desc="render", on_result=commit)
+        restarts = pool.map("render", items, desc="render", extra=(GROUP,),
+                            on_result=lambda item, out: commits.update([item.start]))
     finally:
         pool.close()
-    log.info(
-        "faults injected 1, actor restarts %d, icons expected 24, written %d, lost %d",
-        restarts,
-        len(writes),
-        24 - len(writes),
-    )
+    level = RunStore.open(target.store_url).level("blocks.2", 4)
+    return restarts, commits, dict(zip(("icons", "objective", "cosine"), level.icons(),
+                                       strict=True))
+
+
+def test_a_killed_actor_is_replaced_and_every_item_is_committed_once(ray_session, tmp_path):
+    """The actor kills itself at a known point: at the end of its second item, after writing
+    it and before returning (the test hook of RenderWorker), so the kill never races."""
+    flag = tmp_path / "killed"
+    restarts, commits, killed = _render(tmp_path / "a", f"sigkill_once:render:{flag}")
+    _, clean_commits, clean = _render(tmp_path / "b", "")
+    log.info("faults injected 1, actor restarts %d, items expected 3, committed %d, icons "
+             "written %d of %d", restarts, len(commits), int((~np.isnan(killed["objective"]))
+                                                              .sum()), N)
     assert flag.exists() and restarts == 1
-    assert order == [0, 4, 8, 12, 16, 20]  # the second batch was lost once, re-run, in order
-    assert sorted(writes) == list(range(24)) and set(writes.values()) == {1}
+    assert sorted(commits) == [0, 8, 16] and set(commits.values()) == {1}  # each exactly once
+    assert clean_commits == commits and not np.isnan(killed["objective"]).any()
+    assert np.array_equal(killed["icons"], clean["icons"])  # the re-run wrote the same bytes
+    assert np.array_equal(killed["objective"], clean["objective"])
 
 
 def test_icon_cache_keys_and_round_trip(tmp_path: Path) -> None:
     dirs = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     ctx = {"model": "tiny", "layer": "blocks.2", "steps": 4}
-    keys = icon_keys(dirs, ctx, None)
-    assert len(set(keys)) == 3 and keys == icon_keys(dirs.copy(), dict(ctx), None)
-    assert keys != icon_keys(dirs, {**ctx, "steps": 5}, None)
-    assert keys != icon_keys(dirs, ctx, np.eye(8))
+    key = group_key(dirs, [1, 2, 3], ctx, None)
+    assert key == group_key(dirs.copy(), [1, 2, 3], dict(ctx), None)
+    assert key != group_key(dirs, [1, 2, 3], {**ctx, "steps": 5}, None)
+    assert key != group_key(dirs, [1, 2, 3], ctx, np.eye(8))
+    assert key != group_key(dirs, [1, 2, 4], ctx, None)  # an icon's seed is part of the key
+    assert key != group_key(dirs[::-1].copy(), [3, 2, 1], ctx, None)  # so is the order
     dirs2 = dirs.copy()
     dirs2[1, 0] += 1e-6
-    assert icon_keys(dirs2, ctx, None)[1] != keys[1] and icon_keys(dirs2, ctx, None)[0] == keys[0]
+    assert group_key(dirs2, [1, 2, 3], ctx, None) != key
     cache = IconCache(str(tmp_path / "cache"))
-    icon = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
-    cache.put(keys[0], icon, 1.5, 0.25)
-    got = cache.get(keys[0])
-    assert got is not None and np.array_equal(got[0], icon) and got[1:] == (1.5, 0.25)
-    (tmp_path / "cache" / keys[1][:2]).mkdir(exist_ok=True)
-    (tmp_path / "cache" / keys[1][:2] / f"{keys[1]}.npz").write_bytes(b"torn")
-    assert cache.get(keys[1]) is None and cache.get(keys[2]) is None
+    icons = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
+    cache.put_many({key: CachedGroup(icons, np.array([1.5, 2, 3]), np.array([0.25, 0, 1]))})
+    torn = "ab" + "0" * 62
+    (tmp_path / "cache" / "ab").mkdir()
+    (tmp_path / "cache" / "ab" / f"{torn}.npz").write_bytes(b"torn")
+    got = cache.get_many([key, torn, "cd" + "1" * 62])
+    assert list(got) == [key] and np.array_equal(got[key].icons, icons)
+    assert got[key].objective.tolist() == [1.5, 2.0, 3.0]
     assert (cache.hits, cache.misses) == (1, 2)

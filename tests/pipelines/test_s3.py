@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.run import run
+from pipelines.commands.run import run
 from tests.conftest import debug_settings, make_images
 
 pytestmark = pytest.mark.ray
@@ -93,7 +93,7 @@ def test_a_run_on_s3_resumes_and_finishes(s3, inject, caplog) -> None:
 def test_scheduled_runs_on_two_dates_and_a_rerun(s3) -> None:
     """``run_root`` + ``date``: dated run directories in the bucket, a re-run of a date resumes
     (every stage skipped), and the root's index lists each date's run."""
-    from pipelines.sweep import run_one
+    from pipelines.commands.sweep import run_one
 
     opts, base = s3
     make_images(base / "sched-imgs", 24, size=64, seed=4)

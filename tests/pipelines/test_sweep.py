@@ -17,7 +17,7 @@ import pytest
 from safetensors.torch import save_file
 
 from atlas_core.models.tiny import TinyNet
-from pipelines.common import FAULT_ENV
+from pipelines.core.common import FAULT_ENV
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.ray
@@ -30,7 +30,7 @@ def test_a_sweep_of_two_models_by_two_layers_with_one_failure(tmp_path: Path) ->
     sweep = tmp_path / "sweep"
     env = {**os.environ, FAULT_ENV: "raise:run:layer=blocks.1,model.weights=w1"}
     cmd = [
-        sys.executable, "-c", "from pipelines.cli import main; main()", "-m", "debug=fast",
+        sys.executable, "-c", "from pipelines.commands.cli import main; main()", "-m", "debug=fast",
         "model.weights=w0.safetensors,w1.safetensors", "layer=blocks.1,blocks.2",
         "extract.layers=[blocks.1,blocks.2]", "data.n_images=48", "cluster.num_cpus=2",
         f"hydra.sweep.dir={sweep}",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from pipelines.run import run
+from pipelines.commands.run import run
 from tests.conftest import debug_settings
 from tests.data.test_tars import _png, _tar
 

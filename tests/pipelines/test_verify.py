@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import verify
-from pipelines.run import run
+from pipelines.commands import verify
+from pipelines.commands.run import run
 from tests.conftest import debug_settings
 
 log = logging.getLogger(__name__)

@@ -84,5 +84,5 @@ def test_gather_reads_chunk_by_chunk_and_equals_slicing(tmp_path: Path) -> None:
     data = np.arange(n * 4, dtype=np.float32).reshape(n, 4)
     st.group["layers/l/acts"][:] = data
     rows = np.array([0, 3, 7, 8, 9, 31, 49])
-    assert np.array_equal(st.gather("l", rows), data[rows])
+    assert np.array_equal(st.extraction("l").take("acts", rows), data[rows])
     assert st.sample_ranges()[-1] == (48, 50)

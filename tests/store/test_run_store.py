@@ -53,13 +53,14 @@ def test_shards_round_trip_and_holes_stay_visible(tmp_path: Path) -> None:
     st = _store(tmp_path)
     st.write_extract_shard(_shard(0, 0, 4))
     st.write_extract_shard(_shard(2, 8, 10))
+    st.write_moments({"l": np.eye(3) * 6}, {"l": 6}, np.array([1, 0, 1], np.uint8))
     again = RunStore.open(str(tmp_path / "atlas.zarr"))
     status = again.status()
     assert status.tolist() == [2, 1, 1, 1, 0, 0, 0, 0, 2, 1]  # shard 1 never ran: zeros
-    acts = again.acts("l")
+    acts = again.extraction("l").acts()
     assert np.isnan(acts[8:16]).all() and np.isnan(acts[:2]).all()
     assert acts[2, 0] == 6 and acts[18, 0] == 800 + 6
-    assert np.allclose(again.second_moment("l"), np.eye(3))  # (4 I + 2 I) / 6
+    assert np.allclose(again.extraction("l").second_moment(), np.eye(3))  # 6 I / 6
     # plain zarr reads it with no help from us
     g = zarr.open_group(str(tmp_path / "atlas.zarr"), mode="r")
     assert g.attrs["format"] == "activation-atlas-run" and g["images/uri"][3] == "/img/3.jpg"
@@ -147,3 +148,34 @@ def test_a_permanent_store_error_fails_loudly_naming_the_shard(tmp_path: Path) -
     st2, _ = _flaky(tmp_path / "b", fail=100)
     with pytest.raises(StoreError, match=r"shard 0.*failed 5 times"):
         st2.write_extract_shard(_shard(0, 0, 4))
+
+
+def test_a_write_that_is_not_whole_storage_objects_is_refused(tmp_path: Path) -> None:
+    """Every write goes through one region write that checks alignment: rows [4, 8) of objects
+    of 4 rows are fine, [2, 6) would share an object with another writer."""
+    from atlas_core.errors import PlanError
+
+    st = _store(tmp_path)
+    st.write_region("images/status", 4, np.ones(4, np.uint8))
+    with pytest.raises(PlanError, match=r"rows \[2, 6\) of 10 are not whole storage objects"):
+        st.write_region("images/status", 2, np.ones(4, np.uint8))
+    st.write_region("images/status", 8, np.ones(2, np.uint8))  # the last object may be short
+    assert st.status().tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
+
+
+def test_nodes_declare_their_arrays_and_a_view_writes_under_its_group(tmp_path: Path) -> None:
+    st = _store(tmp_path)
+    view = st.in_view("views/v1/")
+    level = view.level("l", 4)
+    level.create(["icons", "icon_objective", "icon_cosine"],
+                 {"M": 40, "px": 8, "group": 4, "item": 16})
+    arr = level.array("icons")
+    assert arr.chunks == (4, 8, 8, 3) and arr.shards == (16, 8, 8, 3)  # a shard per work item
+    assert level.icon_layout() == (4, 16)
+    level.write("icons", 16, np.full((16, 8, 8, 3), 7, np.uint8))
+    g = zarr.open_group(str(tmp_path / "atlas.zarr"), mode="r")
+    assert g["views/v1/layers/l/grid/4/icons"][16, 0, 0, 0] == 7  # readable with plain zarr
+    assert not st.level("l", 4).has("icons")  # the main view has no such level
+    objects = sorted(p.name for p in (tmp_path / "atlas.zarr/views/v1/layers/l/grid/4/icons/c")
+                     .iterdir())
+    assert objects == ["1"]  # one storage object for 16 icons, not 16

@@ -401,7 +401,8 @@
     const first = RUNS[0].run;
     $("title").textContent = RUNS.map((r) => r.run.title).join(" | ");
     $("meta").textContent = RUNS.map((r) => r.run.meta).join(" | ");
-    for (const link of first.links || []) {
+    // the run's own links (side by side pages), then the runner's (data/links.js: its views)
+    for (const link of (first.links || []).concat(window.ATLAS_LINKS || [])) {
       const a = el("a", null, link.text);
       a.href = link.href;
       $("links").appendChild(a);

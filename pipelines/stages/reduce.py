@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
+from omegaconf import II
 
 from atlas_core.errors import ConfigError, StoreError
 from atlas_core.reduce import (
@@ -39,13 +40,78 @@ from atlas_core.reduce import (
     normalize_layout,
     place,
 )
-from atlas_core.reduce.params import UmapParams
-from atlas_core.store import RunStore
-from pipelines import ray_ops
-from pipelines.common import Clock, StageResult, inject_fault, peak_rss_mb, test_fault
-from pipelines.settings import Settings, setting, store_url
+from atlas_core.reduce.backends import BACKENDS, KNN_MODES
+from atlas_core.reduce.params import INITS, METRICS, UmapParams
+from atlas_core.store import Markers, RunStore
+from atlas_core.store.check import missing_arrays
+from pipelines.core import ray_ops
+from pipelines.core.common import Clock, inject_fault, peak_rss_mb, test_fault
+from pipelines.core.schema import Group, Resources, SettingsBase, choice, setting, store_url
+from pipelines.core.stage import Stage, StageResult, StageRun
+from pipelines.stages import _view_layout
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AlignConf:
+    """One other run whose activations join this run's layout fit (``reduce.align_with``)."""
+
+    run_dir: str = "???"
+    layer: str = "???"
+
+
+@dataclass(frozen=True)
+class ReduceConf(Group):
+    """reduce: UMAP and how it scales (landmark fit, exact search, placement)."""
+
+    GROUP: ClassVar[str] = "reduce"
+    backend: str = "auto"  # auto: cuML where the fit runs has it and a GPU, else umap-learn
+    n_neighbors: int = 50
+    min_dist: float = 0.05
+    metric: str = "cosine"
+    n_epochs: int | None = None
+    init: str = "spectral"  # spectral | pca | random (pca: reproducible on disconnected graphs)
+    seed: int = II("seed")
+    extras: dict[str, Any] = field(default_factory=dict)  # {umap-learn: {...}, cuml: {...}}
+    knn: str = "auto"  # kNN graph of a umap-learn fit: auto | exact | nndescent
+    fit_rows: int = 100_000  # above: fit a seeded sample (the landmarks), place the rest
+    pca_dim: int | None = None
+    place_neighbors: int = 10
+    quality_sample: int = 5000
+    joint_layers: tuple[str, ...] = ()  # one joint fit over several extracted layers ...
+    align_with: tuple[AlignConf, ...] = ()  # ... or over other runs on the same images
+
+    def __post_init__(self) -> None:
+        self._tuples()
+        choice("reduce.backend", self.backend, BACKENDS)
+        choice("reduce.metric", self.metric, METRICS)
+        choice("reduce.init", self.init, INITS)
+        choice("reduce.knn", self.knn, KNN_MODES)
+        self._ranges({
+            "n_neighbors": (2, 10_000), "min_dist": (0.0, 1.0), "n_epochs": (1, None),
+            "fit_rows": (2, None), "pca_dim": (1, None), "place_neighbors": (1, 1000),
+            "quality_sample": (10, None),
+        })  # fmt: skip
+        unknown = set(self.extras) - {"umap-learn", "cuml"}
+        if unknown:
+            raise ConfigError(
+                "reduce.extras", sorted(unknown), choices=("umap-learn", "cuml"),
+                fix="key the extras by backend: {umap-learn: {...}, cuml: {...}}.",
+            )  # fmt: skip
+        for item in self.align_with:
+            if "???" in (item.run_dir, item.layer):
+                raise ConfigError(
+                    "reduce.align_with", item,
+                    fix="each entry is {run_dir: <another run on the same images>, "
+                    "layer: <its layer>}.",
+                )  # fmt: skip
+
+    @property
+    def umap(self) -> UmapParams:
+        extras = {k: dict(v) for k, v in self.extras.items()}
+        r = self
+        return UmapParams(r.n_neighbors, r.min_dist, r.metric, r.n_epochs, r.init, r.seed, extras)
 
 
 @dataclass(frozen=True)
@@ -74,7 +140,8 @@ def _open(url: str, opts: tuple[tuple[str, Any], ...]) -> RunStore:
 
 def features(sources: tuple[Source, ...], rows: np.ndarray) -> np.ndarray:
     """The rows UMAP sees: one layer's activations, or the joint features of several blocks."""
-    blocks = [_open(s.store_url, s.storage_options).gather(s.layer, rows) for s in sources]
+    blocks = [_open(s.store_url, s.storage_options).extraction(s.layer).take("acts", rows)
+              for s in sources]  # fmt: skip
     return blocks[0] if len(blocks) == 1 else joint_features(blocks)
 
 
@@ -82,7 +149,7 @@ def _canonical(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
-def sources_of(s: Settings) -> tuple[Source, ...]:
+def sources_of(s: SettingsBase) -> tuple[Source, ...]:
     """This run's layer(s) plus any aligned runs', in a canonical order (sorted by store and
     layer) so that every run of an aligned set builds the same feature rows."""
     opts = tuple(sorted(s.storage_options.items()))
@@ -167,13 +234,13 @@ def place_task(
     a, b = np.searchsorted(fit_rows, [job.start, job.stop])
     out[fit_rows[a:b] - job.start] = embedding[a:b]
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
-    store.write_rows(job.layer, "layout_raw", job.start, job.stop, out)
+    store.layout_node(job.layer).write("layout_raw", job.start, out)
     return len(rows)
 
 
 # ---------------------------------------------------------------------------- stage
 def _fit_and_place(
-    s: Settings,
+    ctx: StageRun,
     store: RunStore,
     sources: tuple[Source, ...],
     ok_mask: np.ndarray,
@@ -183,14 +250,15 @@ def _fit_and_place(
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The task graph above; returns the raw layout of every row (N * k, 2), NaN for holes, and
     where the fit ran."""
-    r, res = s.reduce, s.cluster
+    s, r, res = ctx.s, ctx.conf(ReduceConf), ctx.s.cluster
     landmarks = Landmarks.build(
         features(sources, fit_rows), r.metric, pca_dim=r.pca_dim, seed=r.seed,
         n_place=r.place_neighbors,
     )  # fmt: skip
     clock.lap("landmarks")
     out_layer = (s.joint_layers or (s.layer,))[0]
-    store.create_rows(out_layer, "layout_raw", 2, {"fingerprint": fp})
+    node = store.layout_node(out_layer)
+    node.create(["layout_raw"], _sample_dims(store))
     fault = test_fault()
     jobs = [
         TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b, fault)
@@ -225,16 +293,29 @@ def _fit_and_place(
         labels=["fit", *(f"rows {j.start}..{j.stop}" for j in jobs)],
     )  # fmt: skip
     clock.lap("fit+place")
-    return store.rows(out_layer, "layout_raw"), where
+    return node.read("layout_raw"), where
 
 
-def run(s: Settings, fp: str) -> StageResult:
-    if s.reduce.rows != "all":  # a class view: its own samples, laid out whole
-        from pipelines import views
+def _sample_dims(store: RunStore) -> dict[str, int]:
+    """The per-sample dims of the store's layout arrays (storage objects like the acts')."""
+    acts = store.extraction(next(iter(store.layers))).array("acts")
+    obj, chunk = int((acts.shards or acts.chunks)[0]), int(acts.chunks[0])
+    return {"ns": store.n_images * store.k, "cs": chunk, "os": obj}
 
-        return views.layout(s, fp)
-    r = s.reduce
-    store = RunStore.open(s.store_url, mode="r+", storage_options=s.storage_options)
+
+def write_layout(store: RunStore, layer: str, norm: np.ndarray, attrs: dict[str, Any]) -> None:
+    """The normalized layout (N * k, 2) of a view's layer, NaN rows for holes (driver)."""
+    node = store.layout_node(layer)
+    node.create(["layout"], _sample_dims(store))
+    node.write("layout", 0, norm.astype(np.float32))
+    node.array("layout").attrs.update(attrs)
+
+
+def run(ctx: StageRun) -> StageResult:
+    if ctx.view.layout is not None:  # a class view: its own samples, laid out whole
+        return _view_layout.layout(ctx, write_layout)
+    s, r, fp = ctx.s, ctx.conf(ReduceConf), ctx.fp
+    store = ctx.open_store("r+")
     sources = sources_of(s)
     ok_mask = usable_rows(store, sources)
     ok = np.flatnonzero(ok_mask)
@@ -247,7 +328,7 @@ def run(s: Settings, fp: str) -> StageResult:
     rng = np.random.default_rng(s.seed)
     fit_rows = np.sort(rng.choice(ok, r.fit_rows, replace=False)) if sampled else ok
     clock = Clock()
-    raw, where = _fit_and_place(s, store, sources, ok_mask, fit_rows, fp, clock)
+    raw, where = _fit_and_place(ctx, store, sources, ok_mask, fit_rows, fp, clock)
     norm, bounds = normalize_layout(raw)
     q_rng = np.random.default_rng(s.seed + 1)
     quality_rows = np.sort(q_rng.choice(ok, min(len(ok), r.quality_sample), replace=False))
@@ -260,7 +341,7 @@ def run(s: Settings, fp: str) -> StageResult:
     attrs = {"backend": where["backend"], "bounds": bounds.tolist(), "fingerprint": fp,
              "joint_layers": joint, **quality}  # fmt: skip
     for name in s.joint_layers or (s.layer,):
-        store.write_layout(name, norm, attrs)
+        write_layout(store, name, norm, attrs)
     log.info("reduce: %d rows (fit on %d with %s): %s", len(ok), len(fit_rows), where, quality)
     details = {
         "backend": where["backend"], "where": where, "sampled_fit": sampled,
@@ -270,3 +351,50 @@ def run(s: Settings, fp: str) -> StageResult:
     }  # fmt: skip
     counts = {"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)}
     return StageResult(counts=counts, details=details)
+
+
+def aligned_extractions(ctx: StageRun) -> list[list[str]]:
+    """(run_dir, layer, extract fingerprint) of each run in reduce.align_with: a re-extracted
+    aligned run changes this run's reduce fingerprint, so the layout is refitted."""
+    out = []
+    for a in ctx.s.reduce.align_with if ctx.view.is_main else ():
+        marker = Markers(a.run_dir, ctx.storage_options).read("stage-extract")
+        if marker is None:
+            raise ConfigError(
+                "reduce.align_with", a.run_dir,
+                fix="that run has no finished extraction: run it with stages=[extract] first.",
+            )  # fmt: skip
+        out.append([a.run_dir, a.layer, str(marker.get("fingerprint"))])
+    return out
+
+
+def check(s: SettingsBase) -> None:
+    """Joint layers must be extracted."""
+    missing = [x for x in s.reduce.joint_layers if x not in s.extracted_layers]
+    if missing:
+        raise ConfigError(
+            "reduce.joint_layers", missing, choices=s.extracted_layers,
+            fix="joint layers must be extracted: add them to extract.layers.",
+        )  # fmt: skip
+
+
+def outputs(ctx: StageRun, store: RunStore) -> list[str]:
+    layers = ctx.s.joint_layers if ctx.view.is_main and ctx.s.joint_layers else (ctx.s.layer,)
+    return missing_arrays(store, [f"{store.layout_node(L).path}/layout" for L in layers])
+
+
+STAGE = Stage(
+    name="reduce",
+    run=run,
+    needs=("extract",),
+    settings=ReduceConf,
+    resources={"reduce_fit": Resources(), "reduce_search": Resources()},
+    outputs=outputs,
+    extra=aligned_extractions,
+    check=check,
+    reads="`layers/<L>/acts` (and aligned runs' acts), `images/status`; a class view: "
+    "`layers/<L>/attr`",
+    writes="`[views/<v>/]layers/<L>/layout` (+ bounds, quality attrs), `layers/<L>/layout_raw`",
+    ray="one fit task + a search task and a place task per shard (`submit`/`gather` task "
+    "graph); a class view: one layout task",
+)

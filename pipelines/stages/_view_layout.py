@@ -1,16 +1,17 @@
-"""The layout of a class view (``reduce.rows``), the reduce stage of a class activation atlas or
-a two-class comparison.
+"""The layout of a class view (:class:`pipelines.core.views.ViewLayout`): the reduce stage of a
+class activation atlas or a two-class comparison.
 
-``class:<c>``: the samples whose top attribution class is c, plus the ``reduce.view_top_n`` with
-the largest positive attribution to c, laid out whole by UMAP (20 / 0.01 / cosine by default) or
-t-SNE in one Ray task. ``compare:<a>:<b>``: the samples either class keeps; x is the attribution
-difference (b - a) over its 99th percentile of absolute value, clipped to [-1, 1] and mapped to
-[0, 1]; y is a 1-D layout of their activations. Every other row of the layout is a hole.
+``class``: the samples whose top attribution class is c, plus the ``top_n`` with the largest
+positive attribution to c, laid out whole by UMAP (20 / 0.01 / cosine by default) or t-SNE in
+one Ray task. ``compare``: the samples either class keeps; x is the attribution difference
+(b - a) over its 99th percentile of absolute value, clipped to [-1, 1] and mapped to [0, 1];
+y is a 1-D layout of their activations. Every other row of the layout is a hole.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,16 +21,15 @@ from atlas_core.errors import ConfigError
 from atlas_core.reduce import normalize_layout
 from atlas_core.reduce.small import embed_small
 from atlas_core.store import RunStore
-from pipelines import ray_ops
-from pipelines.common import StageResult
-from pipelines.settings import Settings
+from pipelines.core import ray_ops
+from pipelines.core.stage import StageResult, StageRun
 
 log = logging.getLogger(__name__)
 
 
 def sample_attribution(store: RunStore, layer: str) -> tuple[np.ndarray, np.ndarray]:
     """(class of each attribution column (S, A), values (S, A)) of every sample."""
-    found = store.attribution(layer)
+    found = store.extraction(layer).attribution()
     if found is None:
         raise ConfigError(
             "extract.attr_classes",
@@ -40,16 +40,14 @@ def sample_attribution(store: RunStore, layer: str) -> tuple[np.ndarray, np.ndar
     values, every = found
     if every:
         return np.broadcast_to(np.arange(values.shape[1]), values.shape), values
-    top = store.top_class()[store.image_of_sample()]
+    top = store.images.top_class()[store.image_of_sample()]
     return top[:, : values.shape[1]], values
 
 
 def view_rows(
-    rows_spec: str, classes: np.ndarray, values: np.ndarray, top_n: int
+    kind: str, cs: tuple[int, ...], classes: np.ndarray, values: np.ndarray, top_n: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(the samples a view keeps, sorted; the comparison's x of each, or None)."""
-    kind, *ids = rows_spec.split(":")
-    cs = [int(c) for c in ids]
     if kind == "class":
         return class_rows(classes, values, cs[0], top_n), None
     rows = np.union1d(
@@ -65,31 +63,28 @@ def fit_task(acts: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return embed_small(acts, **params)
 
 
-def layout(s: Settings, fp: str) -> StageResult:
-    r = s.reduce
-    store = RunStore.open(s.store_url, mode="r+", storage_options=s.storage_options)
+def layout(ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, Any]], None]
+           ) -> StageResult:  # fmt: skip
+    """The reduce stage in a class view: its rows, laid out whole in one Ray task."""
+    r, s = ctx.view.layout, ctx.s
+    assert r is not None  # the caller checked: this is a class view
+    store = ctx.open_store("r+")
     classes, values = sample_attribution(store, s.layer)
-    rows, x = view_rows(r.rows, classes, values, r.view_top_n)
+    rows, x = view_rows(r.rows, r.classes, classes, values, r.top_n)
     if len(rows) < 2:
         raise ConfigError(
-            "classes",
-            r.rows,
-            fix="fewer than 2 samples are attributed to that "
-            "class: pick a class the images show, or raise classes.top_n.",
-        )
-    acts = store.gather(s.layer, rows)
-    params = {
-        "method": r.method,
-        "n_components": 1 if x is not None else 2,
-        "n_neighbors": r.n_neighbors,
-        "min_dist": r.min_dist,
-        "metric": r.metric,
-        "seed": s.seed,
-    }
+            "classes", ctx.view.title,
+            fix="fewer than 2 samples are attributed to that class: pick a class the images "
+            "show, or raise classes.top_n.",
+        )  # fmt: skip
+    acts = store.extraction(s.layer).take("acts", rows)
+    params = {"method": r.method, "n_components": 1 if x is not None else 2,
+              "n_neighbors": r.n_neighbors, "min_dist": r.min_dist, "metric": r.metric,
+              "seed": s.seed}  # fmt: skip
     ray_ops.init(s.cluster)
-    res = s.cluster.reduce_fit
+    res = ctx.resources("reduce_fit")
     handle = ray_ops.submit(fit_task, acts, params, num_cpus=res.num_cpus, num_gpus=res.num_gpus)
-    (emb,) = ray_ops.gather([handle], desc="view layout", labels=[r.rows])
+    (emb,) = ray_ops.gather([handle], desc="view layout", labels=[ctx.view.slug])
     norm = np.full((store.n_images * store.k, 2), np.nan, np.float32)
     if x is None:
         norm[rows] = emb
@@ -98,16 +93,11 @@ def layout(s: Settings, fp: str) -> StageResult:
         norm[rows, 0] = (x + 1.0) / 2.0
         norm[rows, 1] = _unit(emb[:, 0])
         bounds = np.array([[0.0, 0.0], [1.0, 1.0]])
-    store.write_layout(
-        s.layer,
-        norm,
-        {"backend": r.method, "rows": r.rows, "fingerprint": fp, "bounds": bounds.tolist()},
-    )
-    log.info("reduce: view %s: %d samples laid out by %s", r.rows, len(rows), r.method)
-    return StageResult(
-        counts={"rows": len(rows)},
-        details={"view": r.rows, "method": r.method, "backend": r.method},
-    )
+    write(store, s.layer, norm, {"backend": r.method, "view": ctx.view.slug,
+                                 "fingerprint": ctx.fp, "bounds": bounds.tolist()})  # fmt: skip
+    log.info("reduce: view %s: %d samples laid out by %s", ctx.view.slug, len(rows), r.method)
+    return StageResult(counts={"rows": len(rows)},
+                       details={"view": ctx.view.slug, "method": r.method, "backend": r.method})
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ A sweep's job runs in its own directory, ``<sweep dir>/<its overrides>``; jobs w
 model, data, extract settings and set of layers share one extraction under
 ``<sweep dir>/extractions`` (list the swept layers in ``extract.layers`` so every job extracts the
 same set). A failed job writes ``failed.json`` and the sweep goes on; after every job the sweep's
-``index.html`` is rebuilt, and ``atlas`` exits 1 when any job failed.
+``index.json`` and ``index.html`` are rebuilt, and when the multirun ends a Hydra callback
+(:class:`SweepSummary`) reads that index: ``atlas`` exits 1 when any job failed. No state is
+kept in the process between jobs.
 
 A scheduled run (``run_root=...``) writes ``<run_root>/<date>`` (today, UTC, unless ``date=``),
 resumes when the same date runs again, and rebuilds ``<run_root>/index.html``.
@@ -13,29 +15,21 @@ resumes when the same date runs again, and rebuilds ``<run_root>/index.html``.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
+import fsspec
+from hydra.experimental.callback import Callback
+
 from atlas_core.errors import AtlasError, ConfigError
-from pipelines.index import record_failure, write_index
+from pipelines.commands.index import record_failure, write_index
 from pipelines.settings import Settings
 
 log = logging.getLogger("atlas.sweep")
-
-
-@dataclass
-class SweepState:
-    """What the jobs of the multirun in this process did (read by ``atlas`` at the end)."""
-
-    sweep_dir: str | None = None
-    jobs: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-
-
-STATE = SweepState()
 
 
 def for_job(s: Settings, overrides: list[str], output_dir: str, sweep_dir: str) -> Settings:
@@ -49,10 +43,8 @@ def for_job(s: Settings, overrides: list[str], output_dir: str, sweep_dir: str) 
 
 def run_job(s: Settings, resolved: dict[str, Any], overrides: list[str], sweep_dir: str) -> str:
     """Run one job; a failure is recorded, never raised (the other jobs go on)."""
-    from pipelines.run import run
+    from pipelines.commands.run import run
 
-    STATE.sweep_dir = sweep_dir
-    STATE.jobs.append(s.run_dir)
     try:
         run(s, {**resolved, "run_dir": s.run_dir, "extractions": s.extractions})
         status = "done"
@@ -65,11 +57,7 @@ def run_job(s: Settings, resolved: dict[str, Any], overrides: list[str], sweep_d
 def job_failed(
     run_dir: str, sweep_dir: str, exc: Exception, overrides: list[str], opts: dict[str, Any]
 ) -> str:
-    """Record a failed job (``failed.json``, the sweep's state and index); the sweep goes on."""
-    STATE.sweep_dir = sweep_dir
-    if run_dir not in STATE.jobs:
-        STATE.jobs.append(run_dir)
-    STATE.failed.append(run_dir)
+    """Record a failed job (``failed.json`` and the sweep's index); the sweep goes on."""
     log.error("sweep job %s failed: %s", run_dir, exc)
     extra = {"overrides": overrides, "traceback": traceback.format_exc(limit=8)}
     record_failure(run_dir, f"{type(exc).__name__}: {exc}", extra, opts)
@@ -91,7 +79,7 @@ def scheduled(s: Settings, run_root: str, date: str | None) -> Settings:
 def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
     """One run; a scheduled one (``run_root``) goes to ``<run_root>/<date>`` and rebuilds the
     root's index. Returns the settings it ran with and the manifest."""
-    from pipelines.run import run
+    from pipelines.commands.run import run
 
     if s.layers:
         return s, per_layer(s, resolved)
@@ -109,12 +97,12 @@ def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
     """``layers=[a, b, c]``: one atlas per layer, ``<run_dir>/<layer>``, from one extraction of
     every listed layer (``<run_dir>/extractions``); ``<run_dir>/index.html`` compares them.
     A layer that fails is recorded and the others go on; then the first failure is raised."""
-    from pipelines.run import run
+    from pipelines.commands.run import run
 
     wanted = tuple(sorted(set(s.extract.layers) | set(s.layers)))
     failed: list[str] = []
     for layer in s.layers:
-        one = replace(s, layer=layer, layers=(), run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
+        one = s.with_(layer=layer, layers=(), run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
                       extractions=f"{s.run_dir.rstrip('/')}/extractions",
                       extract=replace(s.extract, layers=wanted))  # fmt: skip
         try:
@@ -131,12 +119,20 @@ def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
     return index
 
 
-def finish() -> int:
-    """After a multirun: the exit code (1 when a job failed) and a summary in the log."""
-    if STATE.sweep_dir is None:
-        return 0
-    which = f" ({', '.join(STATE.failed)})" if STATE.failed else ""
-    log.info("sweep %s: %d jobs, %d failed%s", STATE.sweep_dir, len(STATE.jobs),
-             len(STATE.failed), which)  # fmt: skip
-    log.info("sweep index: %s/index.html", STATE.sweep_dir)
-    return 1 if STATE.failed else 0
+class SweepSummary(Callback):
+    """When a multirun ends: the sweep's summary from its index, and exit 1 when a job failed
+    (configured in conf/config.yaml under ``hydra.callbacks``)."""
+
+    def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        try:
+            with fsspec.open(f"{sweep_dir.rstrip('/')}/index.json", "r") as f:
+                index = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        failed = [r["run"] for r in index.get("runs", []) if r.get("status") == "failed"]
+        log.info("sweep %s: %d jobs, %d failed%s", sweep_dir, len(index.get("runs", [])),
+                 len(failed), f" ({', '.join(failed)})" if failed else "")  # fmt: skip
+        log.info("sweep index: %s/index.html", sweep_dir)
+        if failed:
+            raise SystemExit(1)

@@ -12,15 +12,16 @@ COMMANDS = ("verify", "serve")
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         if sys.argv[1] == "serve":
-            from pipelines import serve
+            from pipelines.commands import serve
 
             sys.exit(serve.main(sys.argv[2:]))
-        from pipelines import verify
+        from pipelines.commands import verify
 
         sys.exit(verify.main(sys.argv[2:]))
-    from pipelines import ray_ops, sweep
-    from pipelines.main import main as hydra_main
+    from pipelines.commands.main import main as hydra_main
+    from pipelines.core import ray_ops
 
-    hydra_main()
-    ray_ops.shutdown()
-    sys.exit(sweep.finish())
+    try:
+        hydra_main()  # a failed sweep job exits 1 when the multirun ends (SweepSummary)
+    finally:
+        ray_ops.shutdown()

@@ -17,7 +17,7 @@ import io
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import fsspec
 import numpy as np
@@ -33,13 +33,36 @@ from atlas_core.compose.tiles import (
     zoom_ranges,
 )
 from atlas_core.store import RunStore
-from pipelines import ray_ops, viewer
-from pipelines.common import StageResult, peak_rss_mb
-from pipelines.settings import BACKGROUNDS, TILE_FORMATS, Settings
-from pipelines.viewer import EXEMPLAR_ROWS
+from pipelines.core import ray_ops
+from pipelines.core.common import peak_rss_mb, write_file
+from pipelines.core.schema import Group, Resources, choice
+from pipelines.core.stage import Stage, StageResult, StageRun
+from pipelines.stages import _viewer as viewer
+from pipelines.stages._viewer import BACKGROUNDS, EXEMPLAR_ROWS, TILE_FORMATS
+from pipelines.stages.grid import GridConf
+from pipelines.stages.render import RenderConf
 
 log = logging.getLogger(__name__)
 ICONS_PER_TASK = 2048  # icons a drawing task holds at most (besides the tile it draws)
+
+
+@dataclass(frozen=True)
+class ComposeConf(Group):
+    """compose: the tiles of every level, the overview images and the viewer."""
+
+    GROUP: ClassVar[str] = "compose"
+    background: str = "white"  # canvas behind the icons and in empty cells: white | grey | black
+    density: bool = True  # icon side x min(1, sqrt(count / mean count)), as the article draws
+    tile_px: int = 256
+    tile_format: str = "jpeg"  # jpeg | png | webp
+    overview_px: int = 4096  # atlas.png and atlas-<G>.png are at most this wide
+    sheet_columns: int = 16  # icons per row of the viewer's icon sheets
+
+    def __post_init__(self) -> None:
+        choice("compose.background", self.background, BACKGROUNDS)
+        choice("compose.tile_format", self.tile_format, TILE_FORMATS)
+        choice("compose.tile_px", self.tile_px, (128, 256, 512))
+        self._ranges({"overview_px": (64, 32768), "sheet_columns": (1, 256)})
 
 
 @dataclass(frozen=True)
@@ -49,6 +72,7 @@ class Draw:
 
     store_url: str
     storage_options: dict[str, Any]
+    prefix: str
     layer: str
     size: int
     width: int
@@ -65,13 +89,14 @@ class Draw:
 def draw_task(job: Draw) -> dict[str, Any]:
     """Task body: draw the band from the icons of the cell rows it meets."""
     store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    cell, count = store.grid_cells(job.layer, job.size)
+    level = store.in_view(job.prefix).level(job.layer, job.size)
+    cell, count = level.cells()
     boxes = icon_boxes(cell, density_scale(count, job.density), job.size, job.width)
     px0, px1 = (job.r0 * job.tile, job.r1 * job.tile) if job.z is not None else (job.r0, job.r1)
     lo, hi = cell_rows_in(job.size, job.width, px0, min(px1, job.width))
     flat = cell[:, 1].astype(np.int64) * job.size + cell[:, 0]
     a, b = np.searchsorted(flat, [lo * job.size, (hi + 1) * job.size])
-    icons = store.icon_rows(job.layer, job.size, int(a), int(b))
+    icons = level.read("icons", int(a), int(b))
     boxes, ids = boxes[a:b], np.arange(a, b)
     cache: dict[tuple[int, int, int], Image.Image] = {}
     if job.z is None:
@@ -84,8 +109,8 @@ def draw_task(job: Draw) -> dict[str, Any]:
             region = (tx * job.tile, ty * job.tile, (tx + 1) * job.tile, (ty + 1) * job.tile)
             tile = draw_region(boxes, icons, region, background=job.background, cache=cache,
                                ids=ids)  # fmt: skip
-            _write(f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
-                   _encode(tile, job.fmt), job.storage_options)  # fmt: skip
+            write_file(f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
+                       _encode(tile, job.fmt), job.storage_options)  # fmt: skip
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
 
@@ -93,10 +118,11 @@ def draw_task(job: Draw) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Sheets:
     """Card sprites of cells [start, stop) of a level: one icon sheet, and exemplar sheets of
-    ``EXEMPLAR_ROWS`` cells each; or (``size`` 0) source thumbnails [start, stop)."""
+    ``EXEMPLAR_ROWS`` cells each; or (``size`` 0) source thumbnail slots [start, stop)."""
 
     store_url: str
     storage_options: dict[str, Any]
+    prefix: str
     layer: str
     size: int
     start: int
@@ -108,36 +134,36 @@ class Sheets:
 
 def sheets_task(job: Sheets) -> dict[str, Any]:
     store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    ex = store.exemplar_index(job.layer)
-    if job.size == 0:  # source thumbnails
-        assert ex is not None
-        thumbs = store.thumbs(job.layer, job.start, job.stop)
-        for u, t in zip(range(job.start, job.stop), thumbs, strict=True):
-            w, h = (int(v) for v in ex["thumb_size"][u])
-            if w and h:
-                _write(f"{job.out}/sources/{u}.jpg", _encode(t[:h, :w], "jpeg"),
-                       job.storage_options)  # fmt: skip
+    store = store.in_view(job.prefix)
+    node = store.exemplars(job.layer)
+    ex = node.index()
+    if job.size == 0:  # source thumbnails: the stored JPEG bytes, as they are
+        assert ex is not None  # the sheets of sources are planned from the exemplar index
+        for u, blob in zip(range(job.start, job.stop),
+                           node.thumb_bytes(job.start, job.stop, ex["thumb_len"]), strict=True):
+            if blob:
+                write_file(f"{job.out}/sources/{u}.jpg", blob, job.storage_options)
         return {"rss_mb": peak_rss_mb()}
-    icons = store.icon_rows(job.layer, job.size, job.start, job.stop)
+    level = store.level(job.layer, job.size)
+    icons = level.read("icons", job.start, job.stop)
     base = f"{job.out}/levels/{job.size}"
     page = job.start // (job.columns * job.columns)
-    _write(f"{base}/icons-{page}.png", _encode(sheet(icons, job.columns, job.background), "png"),
-           job.storage_options)  # fmt: skip
-    rows = store.grid_extra(job.layer, job.size, "exemplar_row")
+    write_file(f"{base}/icons-{page}.png", _encode(sheet(icons, job.columns, job.background),
+                                                   "png"), job.storage_options)  # fmt: skip
+    rows = level.optional("exemplar_row")
     if ex is not None and rows is not None:
         for a in range(job.start, job.stop, EXEMPLAR_ROWS):
             b = min(a + EXEMPLAR_ROWS, job.stop)
             sel = rows[a:b]
             where = np.searchsorted(ex["row"], np.maximum(sel, 0))
-            patches = store.exemplar_patches(job.layer, where.ravel())
+            patches = node.take("patch", np.sort(where.ravel()))
+            patches = patches[np.argsort(np.argsort(where.ravel(), kind="stable"), kind="stable")]
             patches[(sel < 0).ravel()] = job.background
             k, px = sel.shape[1], patches.shape[1]
             grid = patches.reshape(b - a, k, px, px, 3).transpose(0, 2, 1, 3, 4)
-            _write(
-                f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
-                _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"),
-                job.storage_options,
-            )
+            write_file(f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
+                       _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"),
+                       job.storage_options)  # fmt: skip
     return {"rss_mb": peak_rss_mb()}
 
 
@@ -168,17 +194,17 @@ def shrink_task(job: Shrink) -> dict[str, Any]:
                     with fs.open(f"{root}/{job.z + 1}/{2 * tx + dx}/{2 * ty + dy}.{ext}") as f:
                         quad.paste(Image.open(f).convert("RGB"), (dx * t, dy * t))
             small = quad.resize((t, t), Image.Resampling.BOX)
-            _write(f"{job.out}/{job.z}/{tx}/{ty}.{ext}", _encode(np.asarray(small), job.fmt),
-                   job.storage_options)  # fmt: skip
+            write_file(f"{job.out}/{job.z}/{tx}/{ty}.{ext}", _encode(np.asarray(small), job.fmt),
+                       job.storage_options)  # fmt: skip
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
 
 
-def _shrink_jobs(s: Settings, levels: list[Level], z: int) -> list[Shrink]:
+def _shrink_jobs(ctx: StageRun, levels: list[Level], z: int) -> list[Shrink]:
     """Every level's tiles of zoom ``z`` still to make from zoom z + 1, in bands of rows."""
-    c, out = s.compose, f"{s.run_dir.rstrip('/')}/viewer/tiles"
+    c, out = ctx.conf(ComposeConf), f"{ctx.run_dir}/viewer/tiles"
     n, rows = 2**z, max(1, 64 // 2**z)
-    return [Shrink(s.storage_options, lv.size, z, r0, min(n, r0 + rows), f"{out}/{lv.size}",
+    return [Shrink(ctx.storage_options, lv.size, z, r0, min(n, r0 + rows), f"{out}/{lv.size}",
                    c.tile_px, c.tile_format)
             for lv in levels if lv.zmin <= z < lv.zmax for r0 in range(0, n, rows)]  # fmt: skip
 
@@ -193,18 +219,11 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _write(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
-    fs, path = fsspec.core.url_to_fs(url, **storage_options)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    with fs.open(path, "wb") as f:
-        f.write(data)
-
-
-def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[Draw], list[Draw]]:
+def _draw_jobs(ctx: StageRun, levels: list[Level]) -> tuple[list[Draw], list[Draw]]:
     """Tile bands of every level's zooms, and overview strips of every level."""
-    c, px = s.compose, s.render.icon_px
+    c, px = ctx.conf(ComposeConf), ctx.conf(RenderConf).icon_px
     tiles, strips = [], []
-    common = (s.store_url, s.storage_options, s.layer)
+    common = (ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer)
     for lv in levels:
         z = lv.zmax  # the zooms below are shrunk from these tiles (:class:`Shrink`)
         n = 2**z
@@ -212,7 +231,7 @@ def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[
         rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
         for r0 in range(0, n, rows):
             tiles.append(Draw(*common, lv.size, c.tile_px * n, r0, min(n, r0 + rows), z,
-                              f"{s.run_dir.rstrip('/')}/viewer/tiles/{lv.size}", c.tile_px,
+                              f"{ctx.run_dir}/viewer/tiles/{lv.size}", c.tile_px,
                               c.tile_format, BACKGROUNDS[c.background], c.density))  # fmt: skip
         width = min(lv.size * px, c.overview_px)
         band = max(1, ICONS_PER_TASK * width // (lv.size * lv.size))
@@ -222,41 +241,43 @@ def _draw_jobs(s: Settings, store: RunStore, levels: list[Level]) -> tuple[list[
     return tiles, strips
 
 
-def _sheet_jobs(s: Settings, store: RunStore) -> list[Sheets]:
-    out, per = f"{s.run_dir.rstrip('/')}/viewer", s.compose.sheet_columns**2
-    common = (s.store_url, s.storage_options, s.layer)
-    bg = BACKGROUNDS[s.compose.background]
+def _sheet_jobs(ctx: StageRun, store: RunStore) -> list[Sheets]:
+    c = ctx.conf(ComposeConf)
+    out, per = f"{ctx.run_dir}/viewer", c.sheet_columns**2
+    common = (ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer)
+    bg = BACKGROUNDS[c.background]
     jobs = []
-    for g in s.grid.sizes:
-        m = len(store.grid_cells(s.layer, g)[1])
-        jobs += [Sheets(*common, g, a, min(m, a + per), out, s.compose.sheet_columns, bg)
+    for g in ctx.conf(GridConf).sizes:
+        m = len(store.level(ctx.s.layer, g).read("count"))
+        jobs += [Sheets(*common, g, a, min(m, a + per), out, c.sheet_columns, bg)
                  for a in range(0, m, per)]  # fmt: skip
-    ex = store.exemplar_index(s.layer)
+    ex = store.exemplars(ctx.s.layer).index()
     u = 0 if ex is None else len(ex["image"])
     jobs += [Sheets(*common, 0, a, min(u, a + 256), out, 0, bg) for a in range(0, u, 256)]
     return jobs
 
 
-def _overviews(s: Settings, strips: list[Draw], results: list[dict[str, Any]]) -> list[str]:
-    files = []
-    for g in s.grid.sizes:
+def _overviews(ctx: StageRun, strips: list[Draw], results: list[dict[str, Any]]) -> list[str]:
+    files, sizes = [], ctx.conf(GridConf).sizes
+    for g in sizes:
         parts = [r["strip"] for j, r in zip(strips, results, strict=True) if j.size == g]
         png = _encode(np.concatenate(parts, axis=0), "png")
-        _write(f"{s.run_dir.rstrip('/')}/atlas-{g}.png", png, s.storage_options)
+        write_file(f"{ctx.run_dir}/atlas-{g}.png", png, ctx.storage_options)
         files.append(f"atlas-{g}.png")
-        if g == s.grid.sizes[0]:
-            _write(f"{s.run_dir.rstrip('/')}/atlas.png", png, s.storage_options)
+        if g == sizes[0]:
+            write_file(f"{ctx.run_dir}/atlas.png", png, ctx.storage_options)
             files.append("atlas.png")
     return files
 
 
-def run(s: Settings, fp: str) -> StageResult:
-    store = RunStore.open(s.store_url, mode="r", storage_options=s.storage_options)
-    levels = zoom_ranges(s.grid.sizes, s.render.icon_px, s.compose.tile_px)
-    tiles, strips = _draw_jobs(s, store, levels)
-    sheets = _sheet_jobs(s, store)
-    ray_ops.init(s.cluster)
-    res = s.cluster.compose
+def run(ctx: StageRun) -> StageResult:
+    store = ctx.open_store("r")
+    c = ctx.conf(ComposeConf)
+    levels = zoom_ranges(ctx.conf(GridConf).sizes, ctx.conf(RenderConf).icon_px, c.tile_px)
+    tiles, strips = _draw_jobs(ctx, levels)
+    sheets = _sheet_jobs(ctx, store)
+    ray_ops.init(ctx.s.cluster)
+    res = ctx.resources()
     ray_ops.require("cluster.compose", res.num_cpus, res.num_gpus)
     jobs: list[Draw | Sheets] = [*tiles, *strips, *sheets]
     out: list[Any] = ray_ops.map_tasks(
@@ -264,17 +285,17 @@ def run(s: Settings, fp: str) -> StageResult:
         desc="compose", labels=[_label(j) for j in jobs],
     )  # fmt: skip
     for z in range(max(lv.zmax for lv in levels) - 1, -1, -1):  # each zoom from the one above
-        shrink = _shrink_jobs(s, levels, z)
+        shrink = _shrink_jobs(ctx, levels, z)
         if shrink:
             out += ray_ops.map_tasks(shrink_task, shrink, num_cpus=res.num_cpus,
                                      num_gpus=res.num_gpus, desc=f"compose zoom {z}",
                                      labels=[f"zoom {z} of {j.size} rows {j.r0}..{j.r1}"
                                              for j in shrink])  # fmt: skip
-    files = _overviews(s, strips, out[len(tiles) : len(tiles) + len(strips)])
-    files += viewer.write_viewer(s, store, levels, _write)
+    files = _overviews(ctx, strips, out[len(tiles) : len(tiles) + len(strips)])
+    files += viewer.write_viewer(ctx, store, levels)
     n_tiles = sum(r.get("tiles", 0) for r in out)
     log.info("compose: %d tiles over %d levels, %s under %s", n_tiles, len(levels),
-             ", ".join(files), s.run_dir)  # fmt: skip
+             ", ".join(files), ctx.run_dir)  # fmt: skip
     return StageResult(
         counts={"tiles": n_tiles, "levels": len(levels), "tasks": len(out)},
         details={
@@ -295,3 +316,27 @@ def _label(job: Draw | Sheets) -> str:
         return f"sheets {job.size or 'sources'} {job.start}..{job.stop}"
     what = f"tiles z{job.z}" if job.z is not None else "overview"
     return f"{what} of {job.size} rows {job.r0}..{job.r1}"
+
+
+def outputs(ctx: StageRun, store: RunStore) -> list[str]:
+    """The overviews and the viewer's page, in the view's folder."""
+    fs, root = fsspec.core.url_to_fs(ctx.run_dir, **ctx.storage_options)
+    files = ["atlas.png", "viewer/index.html",
+             *(f"atlas-{g}.png" for g in ctx.conf(GridConf).sizes)]  # fmt: skip
+    return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
+
+
+STAGE = Stage(
+    name="compose",
+    run=run,
+    needs=("render", "exemplars"),
+    settings=ComposeConf,
+    resources={"compose": Resources()},
+    outputs=outputs,
+    reads="`grid/<G>/{cell,count,icons,top_*,attr_top_*,exemplar_row}`, "
+    "`layers/<L>/exemplars/*`",
+    writes="`viewer/` (tiles, sheets, thumbnails, data, page, Leaflet), `atlas.png`, "
+    "`atlas-<G>.png` (in the view's folder)",
+    ray="one task per band of tile rows of each zoom, per overview strip, per sheet of cells, "
+    "per range of thumbnails (`map_tasks`); each reads only the icons of its band",
+)

@@ -3,9 +3,9 @@
 Checks, and prints by shard or stage what is wrong (exit 1 when anything is, 0 when nothing):
 every extraction shard against its commit marker (``atlas_core.store.check``: marker, storage
 objects present, statuses recounted, holes, checksum); rows expected = ok + failed + lost counted
-from the stored statuses; the stage chain: every stage marker against the fingerprint recomputed
-from the run's own ``manifest.json`` config, no stage done after one that is not, and each done
-stage's outputs present.
+from the stored statuses; the stage chain, in every view, from the stage registry: every stage
+marker against the fingerprint recomputed from the run's own ``manifest.json`` config, no stage
+done after one it needs that is not, and each done stage's declared outputs.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import fsspec
 
 from atlas_core.errors import AtlasError
 from atlas_core.store import Markers, RunStore
-from atlas_core.store.check import Problem, check_shards, missing_stage_outputs
-from pipelines.settings import STAGES, Settings, store_url
+from atlas_core.store.check import Problem, check_shards
+from pipelines.core.stage import StageRun
+from pipelines.core.views import View
+from pipelines.settings import REGISTRY, Settings, store_url
 
 log = logging.getLogger("atlas.verify")
 
@@ -39,7 +41,7 @@ def verify(run_dir: str, storage_options: dict[str, Any] | None = None) -> list[
     if store.parent is not None:
         shards = Markers(str(store.attrs["extraction"]).removesuffix("/atlas.zarr"), opts)
     problems, counts = check_shards(store, shards)
-    log.info("rows: %s", counts)
+    log.info("rows: %s", " ".join(f"{k} {v}" for k, v in counts.items()))
     settings = _settings(run_dir, opts, problems)
     if settings is not None:
         problems += _check_chain(settings, store, markers)
@@ -69,40 +71,34 @@ def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Se
 
 
 def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem]:
-    from pipelines.run import fingerprints, needs
+    from pipelines.commands.run import extraction_of, fingerprints, views_of
 
-    fps, out, missing = fingerprints(s), [], []
-    for stage in STAGES:
-        rec = markers.read(f"stage-{stage}")
-        where = f"stage {stage}"
-        if rec is None:
-            missing.append(stage)
-            continue
-        needed = [m for m in missing if needs(stage, m)]
-        if needed:
-            out.append(Problem(where, f"marked done but stage {needed[0]} is not"))
-        if rec.get("fingerprint") != fps[stage]:
-            got = rec.get("fingerprint")
-            out.append(Problem(where, f"marker fingerprint {got} is not {fps[stage]}, the one "
-                                      "this run's config gives"))  # fmt: skip
-        lost = _missing_outputs(s, store, stage, rec)
-        out += [Problem(where, f"output missing: {m}") for m in lost]
+    views = views_of(s)
+    fps = fingerprints(s, views, extraction_of(s))
+    records = markers.read_all("")
+    out: list[Problem] = []
+    for view in [None, *views]:
+        v = view or View()
+        missing: list[str] = []
+        for st in REGISTRY:
+            if (view is None) != (st.scope == "run") or (view and not st.applies_to(view)):
+                continue
+            rec = records.get(f"{v.marker_prefix}stage-{st.name}")
+            where = f"stage {st.name}" + (f" of view {v.slug}" if v.slug else "")
+            if rec is None:
+                missing.append(st.name)
+                continue
+            needed = [m for m in missing if m in REGISTRY.upstream(st.name)]
+            if needed:
+                out.append(Problem(where, f"marked done but stage {needed[0]} is not"))
+            fp = fps[("" if st.scope == "run" else v.slug, st.name)]
+            if rec.get("fingerprint") != fp:
+                out.append(Problem(where, f"marker fingerprint {rec.get('fingerprint')} is not "
+                                          f"{fp}, the one this run's config gives"))  # fmt: skip
+            if st.outputs is not None:
+                lost = st.outputs(StageRun(st.name, s, v, fp), store.in_view(v.store_prefix))
+                out += [Problem(where, f"output missing: {m}") for m in lost]
     return out
-
-
-def _missing_outputs(s: Settings, store: RunStore, stage: str, rec: dict[str, Any]) -> list[str]:
-    fs, root = fsspec.core.url_to_fs(s.run_dir, **s.storage_options)
-    if stage in ("classes", "patches"):
-        details = rec.get("details") or {}
-        files = [v["viewer"] for v in details.get("views", [])]
-        files += [f"patches/{r['view']}/index.html" for r in details.get("reports", [])]
-        return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
-    if stage != "compose":
-        layouts = s.joint_layers or (s.layer,)
-        return missing_stage_outputs(store, stage, s.layer, s.extracted_layers, layouts,
-                                     s.grid.sizes)  # fmt: skip
-    files = ["atlas.png", "viewer/index.html", *(f"atlas-{g}.png" for g in s.grid.sizes)]
-    return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
 
 
 def main(argv: list[str] | None = None) -> int:

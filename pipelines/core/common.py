@@ -1,4 +1,5 @@
-"""Small helpers shared by the stage modules: device choice, a per-process model cache, results."""
+"""Small helpers shared by the stage modules: device choice, a per-process model cache, file
+writes, secrets redaction and the tests' fault hook."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import torch
 
 from atlas_core.errors import ConfigError
@@ -59,13 +60,12 @@ class Clock:
         self.t = now
 
 
-@dataclass
-class StageResult:
-    """What a stage reports to the manifest: status, counts and any details."""
-
-    status: str = "done"
-    counts: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+def write_file(url: str, data: bytes, storage_options: dict[str, Any]) -> None:
+    """Write ``data`` to a local path or fsspec URL, creating its folder."""
+    fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as f:
+        f.write(data)
 
 
 FAULT_ENV = "ATLAS_TEST_FAULT"
@@ -127,7 +127,7 @@ def _inject(kind: str, where: str, arg: str, shard: int) -> None:
         open(arg, "w").close()
         os.kill(os.getpid(), signal.SIGKILL)
     if kind == "trace":
-        from pipelines.ray_ops import where_am_i
+        from pipelines.core.ray_ops import where_am_i
 
         node = where_am_i()["node"] or "driver"
         open(os.path.join(arg, f"shard-{shard:06d}-{node}-{os.getpid()}"), "w").close()

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from atlas_core.errors import AtlasError, ConfigError
-from pipelines.settings import ClusterConf
+from pipelines.core.schema import ClusterBase
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +52,7 @@ def check_token_auth() -> None:
         raise ConfigError("RAY_AUTH_TOKEN", None, fix=fix)
 
 
-def init(cluster: ClusterConf) -> None:
+def init(cluster: ClusterBase) -> None:
     """Start (or join) Ray once per process; a second call is a no-op. Joining a cluster
     (``cluster.address``) refuses to start without token authentication."""
     if cluster.address:
@@ -162,8 +162,11 @@ def gather(
     labels: Sequence[str] | None = None,
     on_result: Callable[[int, Any], None] | None = None,
     unit: str = "task",
+    keep: bool = True,
 ) -> list[Any]:
-    """Wait for every handle (one progress bar); results in order.
+    """Wait for every handle (one progress bar); results in order (``keep=False``: each result
+    is handed to ``on_result`` and dropped, so the driver holds one at a time; None is returned
+    in its place).
 
     A failed task does not stop the wait: every other task runs to its end, then one RuntimeError
     names the failed ones (no task is left writing when this returns).
@@ -179,13 +182,15 @@ def gather(
             done, pending = ray.wait(pending, num_returns=1)
             i = index[done[0]]
             try:
-                results[i] = ray.get(done[0])
+                value = ray.get(done[0])
             except Exception as exc:  # keep going: no task may outlive the call that started it
                 errors[i] = exc
                 log.error("%s: %s failed: %s", desc, names[i], exc)
                 continue
             if on_result is not None:
-                on_result(i, results[i])
+                on_result(i, value)
+            results[i] = value if keep else None
+            del value
             bar.update(1)
     if errors:
         first = min(errors)
@@ -227,6 +232,7 @@ def map_tasks(
     on_result: Callable[[int, R], None] | None = None,
     shared: Any = None,
     labels: Sequence[str] | None = None,
+    keep: bool = True,
 ) -> list[R]:
     """Run ``fn(job)`` (or ``fn(job, shared)``) for every job as Ray tasks; results in job order,
     one progress bar. ``shared`` is put in the object store once, not sent with every task.
@@ -246,12 +252,15 @@ def map_tasks(
         labels=labels if labels is not None else [f"job {i}" for i in range(len(jobs))],
         on_result=on_result,
         unit="shard",
+        keep=keep,
     )
 
 
 class ActorPool:
-    """A pool of stateful Ray actors fed work items; an actor that dies is replaced and its item
-    re-run, so every item is processed (at least once; results are committed idempotently).
+    """A pool of stateful Ray actors fed work items, ``depth`` in flight per actor (the next
+    item waits in the actor's queue, so it never idles between items); an actor that dies is
+    replaced and its items re-run, so every item is processed (at least once; results are
+    committed idempotently).
 
     factory: the class to run as an actor; args: its constructor arguments (built once per actor).
     """
@@ -265,11 +274,13 @@ class ActorPool:
         num_cpus: float = 1,
         num_gpus: float = 0,
         max_restarts_per_item: int = 3,
+        depth: int = 2,
     ) -> None:
         ray = _ray()
         self._cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(factory)
         self._args = args
         self.size = max(1, size)
+        self.depth = max(1, depth)
         self.max_restarts = max_restarts_per_item
         self.restarts = 0
         self.actors = [self._cls.remote(*args) for _ in range(self.size)]
@@ -282,25 +293,26 @@ class ActorPool:
         desc: str = "items",
         on_result: Callable[[Any, Any], None] | None = None,
         total: int | None = None,
+        extra: tuple[Any, ...] = (),
     ) -> int:
-        """Call ``actor.method(item)`` for every item; ``on_result(item, result)`` in the driver.
-
-        Returns the number of actor deaths survived.
-        """
+        """Call ``actor.method(item, *extra)`` for every item; ``on_result(item, result)`` in
+        the driver. Returns the number of actor deaths survived."""
         ray = _ray()
         queue = list(items)
         tries: dict[int, int] = {}
         running: dict[Any, tuple[int, Any, Any]] = {}  # ref -> (slot, item, actor)
-        free = list(range(self.size))
+        inflight = [0] * self.size
         with tqdm(total=total if total is not None else len(queue), desc=desc) as bar:
             while queue or running:
-                while queue and free:
-                    slot = free.pop()
-                    item = queue.pop(0)
-                    ref = getattr(self.actors[slot], method).remote(item)
-                    running[ref] = (slot, item, self.actors[slot])
+                for slot in range(self.size):
+                    while queue and inflight[slot] < self.depth:
+                        item = queue.pop(0)
+                        ref = getattr(self.actors[slot], method).remote(item, *extra)
+                        running[ref] = (slot, item, self.actors[slot])
+                        inflight[slot] += 1
                 done, _ = ray.wait(list(running), num_returns=1)
-                slot, item, _actor = running.pop(done[0])
+                slot, item, actor = running.pop(done[0])
+                inflight[slot] -= 1
                 try:
                     result = ray.get(done[0])
                 except ray.exceptions.RayActorError as exc:
@@ -308,17 +320,22 @@ class ActorPool:
                     tries[key] = tries.get(key, 0) + 1
                     if tries[key] > self.max_restarts:
                         raise RuntimeError(f"{desc}: an item killed {tries[key]} actors") from exc
-                    log.warning("actor died (%s); replacing it and re-running its item", exc)
-                    self.restarts += 1
-                    self.actors[slot] = self._cls.remote(*self._args)
+                    if self.actors[slot] is actor:  # the first of its items to report it
+                        log.warning("actor died (%s); replacing it and re-running its items", exc)
+                        self.restarts += 1
+                        self.actors[slot] = self._cls.remote(*self._args)
                     queue.insert(0, item)
-                    free.append(slot)
                     continue
-                free.append(slot)
                 if on_result is not None:
                     on_result(item, result)
                 bar.update(1)
         return self.restarts
+
+    def grow(self, size: int) -> None:
+        """Start actors until the pool has ``size``."""
+        while len(self.actors) < size:
+            self.actors.append(self._cls.remote(*self._args))
+        self.size = len(self.actors)
 
     def call(self, index: int, method: str, *args: Any) -> Any:
         """Call one actor's method and wait for the result."""

@@ -88,7 +88,7 @@ def check_keys(node: Any, schema: Any, path: str = "") -> None:
 
 
 # The config tree lives at the repository root (conf/); the project is installed editable.
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
 register_schemas()
 
 
@@ -105,7 +105,7 @@ def main(cfg: DictConfig) -> str | None:
 
 
 def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) -> str:
-    from pipelines import sweep
+    from pipelines.commands import sweep
 
     try:
         settings, resolved = to_settings(cfg)
@@ -116,8 +116,8 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) 
 
 
 def _single(cfg: DictConfig) -> None:
-    from pipelines import ray_ops
-    from pipelines.sweep import run_one
+    from pipelines.commands.sweep import run_one
+    from pipelines.core import ray_ops
 
     try:
         settings, resolved = to_settings(cfg)
@@ -138,9 +138,3 @@ def _single(cfg: DictConfig) -> None:
         manifest["seconds_total"],
         {k: v.get("seconds", v.get("status")) for k, v in stages.items()},
     )
-
-
-if __name__ == "__main__":  # `python -m pipelines.main` behaves as the `atlas` command
-    from pipelines.cli import main as cli
-
-    cli()

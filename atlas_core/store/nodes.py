@@ -1,0 +1,210 @@
+"""The run store's nodes, each declaring its arrays once (docs/run-store.md lists them all).
+
+Dimension keys: ``n`` images, ``ns`` sample rows (n * k), ``ci``/``co`` images per chunk and per
+storage object (``cs``/``os`` the same in sample rows), ``C`` channels, ``A`` attribution
+columns, ``t`` top classes, ``S`` extraction shards; for a level ``M`` kept cells, ``H`` heatmap
+classes, ``k`` exemplars per cell, ``px`` icon side, ``group`` icons optimized together (a chunk),
+``item`` icons per render work item (a storage object); for exemplars ``R`` rows, ``rc`` rows per
+task, ``slots`` thumbnail slots, ``tb`` bytes per thumbnail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from atlas_core.errors import StoreError
+from atlas_core.store.spec import ArraySpec, Node
+
+NAN = float("nan")
+CELL_ROWS = 16384  # kept cells per storage object of a level's per-cell arrays
+
+
+def _img(dtype: Any, fill: Any, *tail: Any) -> ArraySpec:
+    return ArraySpec(dtype, fill, ("n", *tail), chunk="ci", obj="co")
+
+
+def _smp(dtype: Any, fill: Any, *tail: Any) -> ArraySpec:
+    return ArraySpec(dtype, fill, ("ns", *tail), chunk="cs", obj="os")
+
+
+def _cells(dtype: Any, fill: Any, *tail: Any) -> ArraySpec:
+    return ArraySpec(dtype, fill, ("M", *tail), chunk="cells", obj="cells")
+
+
+class Images(Node):
+    """``images``: one row per input of the frozen manifest."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "uri": _img(str, ""),
+        "crop": _img("int32", -1, 4),
+        "status": _img("uint8", 0),
+        "error": _img(str, ""),
+        "content_hash": _img("uint64", 0),
+        "top_class": _img("int32", -1, "t"),
+        "top_prob": _img("float16", NAN, "t"),
+        "label": _img("int32", -1),
+    }
+
+    def status(self) -> np.ndarray:
+        return self.read("status")
+
+    def uris(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return np.asarray(self.read("uri", start, stop), dtype=object)
+
+    def crops(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self.read("crop", start, stop)
+
+    def top_class(self) -> np.ndarray:
+        return self.read("top_class")
+
+
+class Samples(Node):
+    """``samples``: one row per sample (``k`` per image, image-major)."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "image": _smp("int64", -1),
+        "pos": _smp("int16", -1, 2),
+    }
+
+
+class Extraction(Node):
+    """``layers/<L>``, what the extraction writes of a layer: activations, attribution, and the
+    uncentred second moment summed over every position of every shard (one sum per layer,
+    reduced by the driver as shards finish; ``moment_shards`` says which shards it holds)."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "acts": _smp("float16", NAN, "C"),
+        "attr": _smp("float16", NAN, "A"),
+        "moment": ArraySpec("float64", 0.0, ("C", "C")),
+        "moment_count": ArraySpec("int64", 0, (1,)),
+        "moment_shards": ArraySpec("uint8", 0, ("S",)),
+    }
+
+    def acts(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """float32 activations of sample rows [start, stop) (NaN rows are holes)."""
+        return np.asarray(self.read("acts", start, stop), dtype=np.float32)
+
+    def second_moment(self) -> np.ndarray:
+        """E[x x^T] over every position the extraction saw: (C, C) float64."""
+        count = int(self.read("moment_count")[0]) if self.has("moment_count") else 0
+        if not count:
+            raise StoreError(f"no second moment for {self.path}: the extraction is empty")
+        return self.read("moment") / float(count)
+
+    def attribution(self) -> tuple[np.ndarray, bool] | None:
+        """(attribution (N * k, A) float32, whether its columns are every class in order), or
+        None when attribution was not extracted (columns: the images' top classes)."""
+        if not self.has("attr"):
+            return None
+        every = self.array("attr").attrs.get("classes") == "all"
+        return self.read("attr").astype(np.float32), every
+
+
+class Layout(Node):
+    """``[views/<v>/]layers/<L>``: the 2-D layout of a view's samples."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "layout": _smp("float32", NAN, 2),
+        "layout_raw": _smp("float32", NAN, 2),
+    }
+
+
+@dataclass(frozen=True)
+class GridArrays:
+    """One grid level's kept cells. cell: (M, 2) int32 (ix, iy); mean: (M, C) float32;
+    count: (M,) int32; top_class / top_count: (M, t) int32 (top classes of its samples' images)."""
+
+    size: int
+    cell: np.ndarray
+    mean: np.ndarray
+    count: np.ndarray
+    top_class: np.ndarray
+    top_count: np.ndarray
+
+
+class Level(Node):
+    """``[views/<v>/]layers/<L>/grid/<G>``: a grid level's kept cells (flat order, iy major),
+    their icons and exemplar rows. Icons are chunked by ``group`` (the icons optimized together)
+    and stored ``item`` to a storage object (one render work item each)."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "cell": _cells("int32", -1, 2),
+        "count": _cells("int32", 0),
+        "mean": _cells("float32", NAN, "C"),
+        "top_class": _cells("int32", -1, "t"),
+        "top_count": _cells("int32", 0, "t"),
+        "attr_top_class": _cells("int32", -1, "t"),
+        "attr_top_value": _cells("float32", NAN, "t"),
+        "heat": _cells("float32", NAN, "H"),
+        "heat_class": ArraySpec("int64", -1, ("H",)),
+        "icons": ArraySpec("uint8", 0, ("M", "px", "px", 3), chunk="group", obj="item"),
+        "icon_objective": ArraySpec("float32", NAN, ("M",), chunk="item"),
+        "icon_cosine": ArraySpec("float32", NAN, ("M",), chunk="item"),
+        "exemplar_row": _cells("int64", -1, "k"),
+        "exemplar_score": _cells("float32", NAN, "k"),
+    }
+
+    def write_grid(self, grid: GridArrays, attrs: dict[str, Any]) -> None:
+        """The grid stage's arrays of this level (recreated), and the level's attributes."""
+        for name in ("cell", "count", "mean", "top_class", "top_count"):
+            self.put(name, getattr(grid, name), {"cells": CELL_ROWS})
+        self.set_attrs({"size": grid.size, **attrs})
+
+    def put_cells(self, name: str, data: np.ndarray) -> None:
+        """A per-cell array of this level (M, ...) written whole by the driver."""
+        self.put(name, data, {"cells": CELL_ROWS})
+
+    def cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """(cell (M, 2), count (M,)): what drawing needs, without the means."""
+        return self.read("cell"), self.read("count")
+
+    def grid(self) -> GridArrays:
+        names = ("cell", "mean", "count", "top_class", "top_count")
+        size = int(self.attrs["size"])
+        return GridArrays(size, *(self.read(n) for n in names))
+
+    def optional(self, name: str) -> np.ndarray | None:
+        return self.read(name) if self.has(name) else None
+
+    def icons(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective: missing."""
+        return self.read("icons"), self.read("icon_objective"), self.read("icon_cosine")
+
+    def icon_layout(self) -> tuple[int, int]:
+        """(icons per chunk: the optimization group, icons per storage object: a work item)."""
+        arr = self.array("icons")
+        return int(arr.chunks[0]), int((arr.shards or arr.chunks)[0])
+
+
+class Exemplars(Node):
+    """``[views/<v>/]layers/<L>/exemplars``: every sample row that is an exemplar of some cell,
+    its patch (the layer's receptive field around the sample, from its source image), and one
+    thumbnail per source image (JPEG bytes, at most ``tb``, in the slot the row's task owns)."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "row": ArraySpec("int64", -1, ("R",)),
+        "patch": ArraySpec("uint8", 255, ("R", "px", "px", 3), chunk="rc"),
+        "box": ArraySpec("float32", NAN, ("R", 4)),
+        "ok": ArraySpec("uint8", 0, ("R",)),
+        "slot": ArraySpec("int32", -1, ("R",)),
+        "image": ArraySpec("int64", -1, ("slots",)),
+        "thumb": ArraySpec("uint8", 0, ("slots", "tb"), chunk="rc"),
+        "thumb_len": ArraySpec("int32", 0, ("slots",)),
+        "thumb_size": ArraySpec("int32", 0, ("slots", 2)),
+    }
+
+    def index(self) -> dict[str, np.ndarray] | None:
+        """The small arrays (row, box, ok, slot, image, thumb_len, thumb_size), or None before
+        the exemplars stage ran."""
+        if not self.has("ok"):
+            return None
+        names = ("row", "box", "ok", "slot", "image", "thumb_len", "thumb_size")
+        return {n: self.read(n) for n in names}
+
+    def thumb_bytes(self, start: int, stop: int, lengths: np.ndarray) -> list[bytes]:
+        """The JPEG bytes of thumbnail slots [start, stop) (empty for unused slots)."""
+        raw = self.read("thumb", start, stop)
+        return [bytes(r[: int(n)]) for r, n in zip(raw, lengths[start:stop], strict=True)]

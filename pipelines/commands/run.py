@@ -1,0 +1,233 @@
+"""Run the stages in order, in every view, skipping each one whose marker matches its settings.
+
+The runner expands the settings into views (the atlas of every activation, then each class
+view: :mod:`pipelines.core.views`) and runs every stage the registry declares where it applies:
+the extraction once, the per-view stages in each view. A stage's fingerprint covers its own
+settings and the fingerprints of the stages it needs (transitively), so a changed setting
+redoes exactly the stages that depend on it. After the stages, the runner writes the viewers'
+links (one declared output, :func:`pipelines.stages._viewer.write_links`), then
+``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from importlib import metadata
+from typing import Any
+
+import fsspec
+
+import atlas_core
+from atlas_core.errors import ConfigError
+from atlas_core.models.layers import resolve_layer
+from atlas_core.reduce import choose_backend
+from atlas_core.store import Markers, fingerprint
+from pipelines.core.common import cached_model, inject_fault, redact, test_fault
+from pipelines.core.schema import identity, setting
+from pipelines.core.stage import Stage, StageRun
+from pipelines.core.views import MAIN, View, plan_views
+from pipelines.settings import REGISTRY, Settings
+from pipelines.stages._viewer import write_links
+
+log = logging.getLogger(__name__)
+_PACKAGES = ("torch", "torchvision", "timm", "zarr", "ray", "umap-learn", "numpy", "hydra-core",
+             "scikit-learn", "pillow")  # fmt: skip
+Fingerprints = dict[tuple[str, str], str]  # (view slug, stage) -> fingerprint
+
+
+def check(s: Settings) -> None:
+    """Every check that needs no work done: run_dir writable, model and layer exist."""
+    if s.is_local:
+        path = s.run_dir.removeprefix("file://")
+        try:
+            os.makedirs(path, exist_ok=True)
+            probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
+            with open(probe, "w") as f:
+                f.write("ok")
+            os.remove(probe)
+        except OSError as exc:
+            raise ConfigError(
+                "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc.strerror})."
+            ) from exc
+    model = cached_model(s.model.spec, "cpu")
+    for name in s.extracted_layers:
+        resolve_layer(model.module, name, model_name=s.model.name)
+    if s.reduce.backend == "cuml" and not s.cluster.address:  # local: the fit runs here
+        with setting("reduce"):
+            choose_backend("cuml")
+
+
+def views_of(s: Settings) -> list[View]:
+    """The views the settings ask for (class names resolved by the model)."""
+    model = cached_model(s.model.spec, "cpu")
+    views = plan_views(s, model.class_index, model.class_name)
+    if any(not v.is_main for v in views) and not s.extract.attr_classes:
+        raise ConfigError(
+            "extract.attr_classes", 0,
+            fix="class views need attribution: extract.attr_classes=5 (the images' top 5 "
+            "classes) or -1 (every class).",
+        )  # fmt: skip
+    return views
+
+
+def extraction_of(s: Settings) -> Settings:
+    """The settings whose extraction this run uses: its own, or, when the run's finished
+    extraction holds a superset of its layers (same model, data and extract settings), that
+    one, so changing ``layer`` to an extracted layer redoes nothing upstream."""
+    prior = Markers(s.run_dir, s.storage_options).read("stage-extract")
+    stored = ((prior or {}).get("details") or {}).get("layers")
+    if s.extractions or not stored or not set(s.extracted_layers) < set(stored):
+        return s
+    alt = s.with_(extract=replace(s.extract, layers=tuple(stored)))
+    same = prior is not None and _fingerprint(alt, MAIN, REGISTRY["extract"], {}) == prior.get(
+        "fingerprint"
+    )
+    return alt if same else s
+
+
+def stage_inputs(st: Stage, s: Settings, view: View) -> dict[str, Any]:
+    """What a stage's output depends on besides the stages it needs: its settings group (as
+    the view sees it), the groups it reads, the seed, and for per-view stages the layer and
+    the view. Never resources, batch sizes or worker counts."""
+    out: dict[str, Any] = {"seed": s.seed, "atlas_core": atlas_core.__version__}
+    if st.scope == "view":
+        out |= {"layer": s.layer, **view.identity()}
+    if st.group:
+        out[st.group] = identity(view.group(s, st.group))
+    for g in st.inputs:
+        out[g] = identity(getattr(s, g))
+    if st.extra is not None:
+        out["extra"] = st.extra(StageRun(st.name, s, view, ""))
+    return out
+
+
+def _fingerprint(s: Settings, view: View, st: Stage, fps: Fingerprints) -> str:
+    deps = [fps[(_scope_of(d, view), d)] for d in st.needs]
+    return fingerprint([stage_inputs(st, s, view), deps])
+
+
+def _scope_of(name: str, view: View) -> str:
+    return "" if REGISTRY[name].scope == "run" else view.slug
+
+
+def fingerprints(s: Settings, views: list[View], ex: Settings | None = None) -> Fingerprints:
+    """Every stage's fingerprint in every view it applies to; ``ex``: the settings whose
+    extraction the run uses (:func:`extraction_of`, computed here when not given)."""
+    ex = ex or extraction_of(s)
+    fps: Fingerprints = {}
+    for st in REGISTRY:
+        if st.scope == "run":
+            fps[("", st.name)] = _fingerprint(ex, MAIN, st, fps)
+    for view in views:
+        for st in REGISTRY:
+            if st.applies_to(view):
+                fps[(view.slug, st.name)] = _fingerprint(s, view, st, fps)
+    return fps
+
+
+def _stages_in(view: View | None) -> list[Stage]:
+    """The run-scoped stages (``view`` None), or the stages that run in ``view``."""
+    if view is None:
+        return [st for st in REGISTRY if st.scope == "run"]
+    return [st for st in REGISTRY if st.applies_to(view)]
+
+
+def _run_stages(s: Settings, ex: Settings, view: View | None, fps: Fingerprints,
+                markers: Markers) -> dict[str, Any]:  # fmt: skip
+    """Run (or skip) the stages of one view; returns their records by stage."""
+    v = view or MAIN
+    report: dict[str, Any] = {}
+    for st in _stages_in(view):
+        fp = fps[(_scope_of(st.name, v), st.name)]
+        name = f"{v.marker_prefix}stage-{st.name}"
+        where = f"{st.name}" + (f" [{v.slug}]" if v.slug else "")
+        prior = markers.read(name)
+        if prior is not None and prior.get("fingerprint") == fp:
+            report[st.name] = {**prior, "status": "skipped (complete)"}
+            log.info("%s: complete, skipped", where)
+            continue
+        if st.name not in s.stages:
+            _not_requested(s, st, v)
+            report[st.name] = {"status": "not requested"}
+            continue
+        log.info("%s: running", where)
+        t = time.perf_counter()
+        result = st.run(StageRun(st.name, ex if st.scope == "run" else s, v, fp))
+        record = {"status": result.status, "seconds": round(time.perf_counter() - t, 2),
+                  "counts": result.counts, "details": result.details,
+                  "fingerprint": fp}  # fmt: skip
+        markers.write(name, record)
+        report[st.name] = record
+        log.info("%s: done in %.1f s %s", where, record["seconds"], result.counts)
+    return report
+
+
+def _not_requested(s: Settings, st: Stage, view: View) -> None:
+    """A stage left out of ``stages=[...]`` that has not run is fine unless a requested stage
+    of this view needs it."""
+    needed = [r for r in s.stages if st.name in REGISTRY.upstream(r)
+              and (REGISTRY[r].scope == "run" or REGISTRY[r].applies_to(view))]  # fmt: skip
+    if needed:
+        raise ConfigError("stages", list(s.stages), fix=f"stage {st.name} has not run with "
+                          f"these settings yet; add it: stages=[{st.name},...].")  # fmt: skip
+
+
+def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the requested stages in every view; returns the manifest (also written to
+    run_dir/manifest.json)."""
+    t0 = time.perf_counter()
+    inject_fault(test_fault(), "run", 0, s.run_dir)
+    check(s)
+    views = views_of(s)
+    markers = Markers(s.run_dir, s.storage_options)
+    ex = extraction_of(s)
+    fps = fingerprints(s, views, ex)
+    stages = _run_stages(s, ex, None, fps, markers)
+    main = [v for v in views if v.is_main]
+    if main:
+        stages |= _run_stages(s, ex, main[0], fps, markers)
+    others = [v for v in views if not v.is_main]
+    with ThreadPoolExecutor(max_workers=s.classes.parallel) as pool:  # views share the cluster
+        done = list(pool.map(lambda v: _run_stages(s, ex, v, fps, markers), others))
+    write_links(s, views, markers)
+    manifest = {
+        "format": "activation-atlas-manifest", "format_version": 2, "run_dir": s.run_dir,
+        "model": s.model.name, "layer": s.layer, "preset": s.preset_name,
+        "seeds": {"seed": s.seed, "umap": s.reduce.seed}, "config": redact(resolved_config or {}),
+        "versions": _versions(), "git_revision": _git_rev(), "stages": stages,
+        "views": {v.slug: {"title": v.title, "kind": v.kind, "classes": list(v.classes),
+                           "names": list(v.names), "stages": rec}
+                  for v, rec in zip(others, done, strict=True)},
+        "seconds_total": round(time.perf_counter() - t0, 2), "time": time.time(), "date": s.date,
+    }  # fmt: skip
+    with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
+        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+    return manifest
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in _PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _git_rev() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=5, check=False)  # fmt: skip
+        return rev.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
