@@ -1,23 +1,20 @@
 """The ``atlas`` console script: ``atlas verify RUN_DIR`` checks a run, ``atlas serve RUN_DIR``
-serves its viewer on a loopback URL; anything else is the Hydra entry point
-(``atlas key=value ...``, ``atlas -m ...``)."""
+serves its viewer on a loopback URL, ``atlas stages`` prints the stage registry; anything else
+is the Hydra entry point (``atlas key=value ...``, ``atlas -m ...``)."""
 
 from __future__ import annotations
 
 import sys
 
-COMMANDS = ("verify", "serve")
+import importlib
+
+COMMANDS = ("verify", "serve", "stages")
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
-        if sys.argv[1] == "serve":
-            from pipelines.commands import serve
-
-            sys.exit(serve.main(sys.argv[2:]))
-        from pipelines.commands import verify
-
-        sys.exit(verify.main(sys.argv[2:]))
+        command = importlib.import_module(f"pipelines.commands.{sys.argv[1]}")
+        sys.exit(command.main(sys.argv[2:]))
     from pipelines.commands.main import main as hydra_main
     from pipelines.core import ray_ops
 

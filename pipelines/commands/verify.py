@@ -31,21 +31,26 @@ log = logging.getLogger("atlas.verify")
 
 def verify(run_dir: str, storage_options: dict[str, Any] | None = None) -> list[Problem]:
     """Every problem found in the run at ``run_dir`` (empty: the run is consistent)."""
+    return check(run_dir, storage_options)[0]
+
+
+def check(run_dir: str, storage_options: dict[str, Any] | None = None
+          ) -> tuple[list[Problem], dict[str, int]]:  # fmt: skip
+    """(every problem found, the rows by status: expected, ok, failed, lost)."""
     opts = storage_options or {}
     try:
         store = RunStore.open(store_url(run_dir), mode="r", storage_options=opts)
     except AtlasError as exc:
-        return [Problem("store", str(exc))]
+        return [Problem("store", str(exc))], {}
     markers = Markers(run_dir, opts)
     shards = markers  # a shared extraction keeps its shard markers beside its own store
     if store.parent is not None:
         shards = Markers(str(store.attrs["extraction"]).removesuffix("/atlas.zarr"), opts)
     problems, counts = check_shards(store, shards)
-    log.info("rows: %s", " ".join(f"{k} {v}" for k, v in counts.items()))
     settings = _settings(run_dir, opts, problems)
     if settings is not None:
         problems += _check_chain(settings, store, markers)
-    return problems
+    return problems, counts
 
 
 def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Settings | None:
@@ -106,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", help="a run directory or object-store prefix")
     ap.add_argument("--storage-options", default="{}", help="fsspec options as JSON")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    problems = verify(args.run_dir, json.loads(args.storage_options))
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    problems, counts = check(args.run_dir, json.loads(args.storage_options))
+    # the report is the command's output: one line each, on stdout
+    if counts:
+        print("rows: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     for p in problems:
         print(f"FAIL {p}")
     print(f"{args.run_dir}: {'ok' if not problems else f'{len(problems)} problems'}")

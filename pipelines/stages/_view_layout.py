@@ -67,7 +67,8 @@ def layout(ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, 
            ) -> StageResult:  # fmt: skip
     """The reduce stage in a class view: its rows, laid out whole in one Ray task."""
     r, s = ctx.view.layout, ctx.s
-    assert r is not None  # the caller checked: this is a class view
+    if r is None:
+        raise ValueError(f"view {ctx.view.slug!r} has no class layout: it is the main view")
     store = ctx.open_store("r+")
     classes, values = sample_attribution(store, s.layer)
     rows, x = view_rows(r.rows, r.classes, classes, values, r.top_n)

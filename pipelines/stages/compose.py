@@ -32,6 +32,7 @@ from atlas_core.compose.tiles import (
     sheet,
     zoom_ranges,
 )
+from atlas_core.errors import StoreError
 from atlas_core.store import RunStore
 from pipelines.core import ray_ops
 from pipelines.core.common import peak_rss_mb, write_file
@@ -138,7 +139,9 @@ def sheets_task(job: Sheets) -> dict[str, Any]:
     node = store.exemplars(job.layer)
     ex = node.index()
     if job.size == 0:  # source thumbnails: the stored JPEG bytes, as they are
-        assert ex is not None  # the sheets of sources are planned from the exemplar index
+        if ex is None:
+            raise StoreError(f"{node.path}: no exemplars to draw thumbnails from; run the "
+                             "exemplars stage again")  # fmt: skip
         for u, blob in zip(range(job.start, job.stop),
                            node.thumb_bytes(job.start, job.stop, ex["thumb_len"]), strict=True):
             if blob:

@@ -1,8 +1,11 @@
-"""An icon depends only on its cell: the render stage at batch size 4, at 16, with two actors, and
-with its actor killed at a known point (the end of its second batch) writes byte-identical icons.
+"""An icon depends only on its cell: the render stage at work items of 4, of 16 and of 3 icons
+(rounded up to whole groups), with one and two actors, ``actors=auto``, and with its actor
+killed at a known point (the end of its second item) writes byte-identical icons and objectives.
 
-Every random draw is per icon; the float objective can still differ in its last bits between
-batch sizes (batched CPU kernels round differently), so objectives are compared to 1e-4."""
+Icons are optimized in fixed groups (``render.group``, 2 here): the same group always holds the
+same icons in the same order, so every kernel sees the same shapes and bytes however the work is
+split or scheduled, and each CPU actor computes on one thread. That is what makes the promise hold
+on any CPU (its kernels may block by batch shape; here the shape never changes)."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ ICONS = ("icons", "icon_objective")
 def _settings(run_dir: Path, *extra: str):
     return debug_settings(
         f"run_dir={run_dir}", "data.n_images=64", "grid.sizes=[4,5]", "render.steps=6",
-        "render.attempts=2", "render.cache=false", *extra,
+        "render.attempts=2", "render.cache=false", "render.group=2", *extra,
     )[0]  # fmt: skip
 
 
@@ -77,8 +80,6 @@ def test_icons_do_not_depend_on_batch_size_actors_or_an_actor_kill(gridded, inje
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray], name: str) -> bool:
     for key in a:
-        if key.endswith("/icons"):
-            assert a[key].dtype == np.uint8 and np.array_equal(a[key], b[key]), (name, key)
-        else:
-            assert np.allclose(a[key], b[key], rtol=1e-4, atol=1e-9), (name, key)
+        assert np.array_equal(a[key], b[key]), (name, key)  # to the bit, objectives too
+    assert a["5/icons"].dtype == np.uint8 and not np.isnan(a["5/icon_objective"]).any()
     return True

@@ -46,7 +46,9 @@ def test_a_clean_run_verifies_and_is_not_changed(clean_run, capsys) -> None:
     run_dir = clean_run / "clean"
     before = _tree_hash(run_dir)
     assert verify.main([str(run_dir)]) == 0
-    assert capsys.readouterr().out.strip().endswith(": ok")
+    lines = capsys.readouterr().out.splitlines()  # one fact a line
+    assert lines[0].startswith("rows: expected ") and lines[0].endswith("lost 0, failed 0")
+    assert len(lines) == 2 and lines[1] == f"{run_dir}: ok"
     assert _tree_hash(run_dir) == before
 
 

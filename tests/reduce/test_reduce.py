@@ -30,8 +30,15 @@ def test_normalization_clips_to_percentiles_with_margin() -> None:
     assert out[2:][inside].min() >= 0.1 / 1.2 - 1e-6  # the margin is empty space
 
 
-def test_backend_choice_and_errors() -> None:
-    assert choose_backend("auto") in ("umap-learn", "cuml")
+def test_backend_choice_and_errors(monkeypatch) -> None:
+    from atlas_core.reduce import backends
+
+    monkeypatch.setattr(backends, "_has_cuml", lambda: False)
+    assert choose_backend("auto") == "umap-learn"
+    with pytest.raises(ConfigError, match="cuml"):
+        choose_backend("cuml")  # asked for by name and absent: an error, never a fallback
+    monkeypatch.setattr(backends, "_has_cuml", lambda: True)
+    assert choose_backend("auto") == "cuml"
     assert choose_backend("umap-learn") == "umap-learn"
     with pytest.raises(ConfigError, match="Valid choices"):
         choose_backend("tsne")
