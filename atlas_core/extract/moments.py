@@ -102,9 +102,10 @@ class MomentTree:
 
 def partial_to_bytes(sums: dict[str, np.ndarray], counts: dict[str, int]) -> bytes:
     """One shard's partial sums (what its task persists beside its marker)."""
+    arrays: dict[str, Any] = {f"sum_{k}": v for k, v in sums.items()}
+    arrays |= {f"count_{k}": np.array([c]) for k, c in counts.items()}
     buf = io.BytesIO()
-    np.savez(buf, **{f"sum_{k}": v for k, v in sums.items()},
-             **{f"count_{k}": np.array([c]) for k, c in counts.items()})  # fmt: skip
+    np.savez(buf, **arrays)
     return buf.getvalue()
 
 

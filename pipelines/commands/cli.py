@@ -4,9 +4,8 @@ is the Hydra entry point (``atlas key=value ...``, ``atlas -m ...``)."""
 
 from __future__ import annotations
 
-import sys
-
 import importlib
+import sys
 
 COMMANDS = ("verify", "serve", "stages")
 
