@@ -2,8 +2,9 @@
 
 Pan and zoom are Leaflet's (pinned, copied next to the page by :func:`static_files`); the page's
 own script and style are files beside it, and the data is one generated script
-(``data/atlas.js``) that registers the run: no inline script, no inline handler, and a
-Content-Security-Policy that allows nothing but files of the page's own origin. Every string from
+(``data/atlas.js``) that registers the run, and more data scripts it loads as they are needed:
+no inline script, no inline handler, and a Content-Security-Policy that allows nothing but files
+of the page's own origin. Every string from
 a dataset (class names, file names, URIs) is JSON-escaped into that data file and written into the
 page with ``textContent`` only, so no name can become markup.
 """
@@ -54,7 +55,8 @@ _PAGE = """<!doctype html>
 <aside id="card" aria-live="polite"><p class="hint">Hover over the atlas, or focus it and press
 Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
 <div id="source" role="dialog" aria-modal="true" aria-labelledby="source-name" hidden>
- <div class="frame"><img id="source-img" alt="source image"><div id="source-mark"></div></div>
+ <div class="frame" id="source-frame"><img id="source-img" alt="source image"><div
+ id="source-mark"></div></div>
  <p id="source-name"></p><button id="source-close" type="button">Close (Esc)</button>
 </div>
 __SCRIPTS__
@@ -81,6 +83,12 @@ def data_script(run: dict[str, Any]) -> str:
         "(window.ATLAS_RUNS = window.ATLAS_RUNS || []).push("
         f"{{src: document.currentScript.src, run: {safe_json(run)}}});\n"
     )
+
+
+def put_script(payload: dict[str, Any]) -> str:
+    """A data file the page loads when it needs it (a script tag): it hands ``payload`` to the
+    page's loader, keyed by the file's own URL."""
+    return f"window.ATLAS_PUT(document.currentScript.src, {safe_json(payload)});\n"
 
 
 def page_html(title: str, data_srcs: list[str], prefix: str = "") -> str:

@@ -181,30 +181,23 @@ class Level(Node):
 
 class Exemplars(Node):
     """``[views/<v>/]layers/<L>/exemplars``: every sample row that is an exemplar of some cell,
-    its patch (the layer's receptive field around the sample, from its source image), and one
-    thumbnail per source image (JPEG bytes, at most ``tb``, in the slot the row's task owns)."""
+    in sheet order (close in the layout, so one cell's exemplars share a sheet); where its patch
+    is (the layer's receptive field around the sample, cut from its source image) and which
+    thumbnail slot its source has. The pixels are JPEG sheets beside the store
+    (``exemplars/<L>/patches-<n>.jpg``, ``sources-<n>.jpg``: ``rc`` cells each, see
+    :mod:`atlas_core.exemplars.sheets`), one source image stored once however many cells use it."""
 
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {
         "row": ArraySpec("int64", -1, ("R",)),
-        "patch": ArraySpec("uint8", 255, ("R", "px", "px", 3), chunk="rc"),
         "box": ArraySpec("float32", NAN, ("R", 4)),
         "ok": ArraySpec("uint8", 0, ("R",)),
         "slot": ArraySpec("int32", -1, ("R",)),
-        "image": ArraySpec("int64", -1, ("slots",)),
-        "thumb": ArraySpec("uint8", 0, ("slots", "tb"), chunk="rc"),
-        "thumb_len": ArraySpec("int32", 0, ("slots",)),
+        "source": ArraySpec("int64", -1, ("slots",)),
         "thumb_size": ArraySpec("int32", 0, ("slots", 2)),
     }
 
     def index(self) -> dict[str, np.ndarray] | None:
-        """The small arrays (row, box, ok, slot, image, thumb_len, thumb_size), or None before
-        the exemplars stage ran."""
+        """Every array of the node, or None before the exemplars stage ran."""
         if not self.has("ok"):
             return None
-        names = ("row", "box", "ok", "slot", "image", "thumb_len", "thumb_size")
-        return {n: self.read(n) for n in names}
-
-    def thumb_bytes(self, start: int, stop: int, lengths: np.ndarray) -> list[bytes]:
-        """The JPEG bytes of thumbnail slots [start, stop) (empty for unused slots)."""
-        raw = self.read("thumb", start, stop)
-        return [bytes(r[: int(n)]) for r, n in zip(raw, lengths[start:stop], strict=True)]
+        return {n: self.read(n) for n in self.ARRAYS}

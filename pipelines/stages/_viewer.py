@@ -1,17 +1,20 @@
-"""A view's viewer folder: the page, its data file, the pinned Leaflet, and (for runs whose
+"""A view's viewer folder: the page, its data files, the pinned Leaflet, and (for runs whose
 layout is aligned with others', ``reduce.align_with``) a side-by-side page per aligned run.
-The links to the run's other views and reports are not compose's: the runner writes them
-(``viewer/data/links.js``, :func:`write_links`) from the views' markers, after every run.
 
-The data file holds, per level, one record per kept cell: ``[ix, iy, count, label, top,
-exemplars]`` with ``top`` the cell's top classes and values (mean attribution where it was
-extracted, else prediction counts) and ``exemplars`` ``[slot, source, left, top, right, bottom]``
-(the patch's place in the level's exemplar sheet, the source thumbnail, the patch's box as
-fractions of the source image).
+The page fetches little to open: ``data/atlas.js`` (the run: levels, classes, where things are)
+and the first level's ``data/level-<G>.js``; every other file is loaded when it is needed: a
+level's data when the level is shown, a card's data (top values, exemplars) by chunks of
+``CARD_CHUNK`` cells when a card opens, a class's heat when its heatmap is shown, source names
+when a source is shown. Number arrays travel as base64 of little-endian typed arrays (a 320 x 320
+level's cells are a few MB, not tens). Exemplar patches and source thumbnails are not copied:
+the page reads the exemplars stage's own sheets (``../exemplars/<L>/``). The links to the run's
+other views and reports are not compose's: the runner writes them (``viewer/data/links.js``,
+:func:`write_links`) from the views' markers, after every run.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from typing import Any
@@ -19,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from atlas_core.compose.tiles import Level
-from atlas_core.compose.viewer import data_script, page_html, safe_json, source_name, static_files
+from atlas_core.compose.viewer import (
+    data_script,
+    page_html,
+    put_script,
+    safe_json,
+    source_name,
+    static_files,
+)
 from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore
 from atlas_core.store.nodes import Level as LevelNode
@@ -29,99 +39,145 @@ from pipelines.core.stage import StageRun
 from pipelines.core.views import View
 
 log = logging.getLogger(__name__)
-EXEMPLAR_ROWS = 32  # cells per exemplar sheet (one row of k patches each)
 BACKGROUNDS = {"white": 255, "grey": 128, "black": 0}
 TILE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 LINKS = "viewer/data/links.js"  # the runner's one output in a viewer folder
+CARD_CHUNK = 1024  # cells per card data file
+
+
+def b64(a: np.ndarray, dtype: str) -> str:
+    """A little-endian typed array, base64 (read in the page as ``new <Type>Array(bytes)``)."""
+    return base64.b64encode(np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<"))
+                            .tobytes()).decode("ascii")  # fmt: skip
+
+
+def _put(payload: dict[str, Any]) -> bytes:
+    return put_script(payload).encode("utf-8")
 
 
 def _cell_top(level: LevelNode) -> tuple[str, np.ndarray, np.ndarray]:
     """(label kind, top classes (M, t), their values (M, t)) of a level's cells."""
     ac, av = level.optional("attr_top_class"), level.optional("attr_top_value")
     if ac is not None and av is not None:
-        return "attribution", ac, np.round(av.astype(np.float64), 4)
+        return "attribution", ac, av.astype(np.float32)
     tc, tn = level.optional("top_class"), level.optional("top_count")
     if tc is None or tn is None:
         raise StoreError(f"{level.path} has no top classes: run its grid stage again")
-    return "predictions", tc, tn
+    return "predictions", tc, tn.astype(np.float32)
 
 
-def _exemplars(level: LevelNode, k: int, ex: dict[str, np.ndarray] | None) -> list[Any]:
-    """Per cell: ``[[slot, source, l, t, r, b], ...]`` for the exemplars re-read successfully
-    (slot: the patch's place in the cell's row of the level's exemplar sheet; source: the
-    thumbnail slot of its source image)."""
+class _Classes:
+    """The classes the page names, numbered as they are first met."""
+
+    def __init__(self) -> None:
+        self.index: dict[int, int] = {}
+
+    def __call__(self, c: np.ndarray) -> np.ndarray:
+        flat = [self.index.setdefault(int(x), len(self.index)) if x >= 0 else -1
+                for x in np.asarray(c).ravel()]  # fmt: skip
+        return np.array(flat, np.int32).reshape(np.shape(c))
+
+
+def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
+                 ex: dict[str, np.ndarray] | None, name: Any
+                 ) -> tuple[dict[str, Any], dict[str, bytes]]:  # fmt: skip
+    """(the level's entry in atlas.js, its data files by name)."""
+    level = store.level(ctx.s.layer, lv.size)
+    cell, count = level.cells()
+    kind, top_c, top_v = _cell_top(level)
+    top = classes(top_c)
+    files = {f"level-{lv.size}.js": _put({
+        "ix": b64(cell[:, 0], "u2"), "iy": b64(cell[:, 1], "u2"), "count": b64(count, "u4"),
+        "label": b64(top[:, 0] if top.shape[1] else np.full(len(cell), -1), "i2"),
+        "top": b64(top, "i2"), "t": int(top.shape[1]),
+    })}  # fmt: skip
+    exr, slot, box = _exemplars(level, ex)
+    for n, a in enumerate(range(0, len(cell), CARD_CHUNK)):
+        b = min(len(cell), a + CARD_CHUNK)
+        files[f"cards-{lv.size}-{n}.js"] = _put({
+            "topv": b64(top_v[a:b], "f4"), "ex": b64(exr[a:b], "i4"),
+            "slot": b64(slot[a:b], "i4"), "box": b64(box[a:b], "f4"),
+        })  # fmt: skip
+    heat, heat_class = level.optional("heat"), level.optional("heat_class")
+    heats = None
+    if heat is not None and heat_class is not None and len(heat_class):
+        heats = classes(heat_class).tolist()
+        for j in range(len(heat_class)):
+            files[f"heat-{lv.size}-{j}.js"] = _put({"values": b64(heat[:, j], "f4")})
+    labels = {int(c) for c in top_c[:, 0] if c >= 0} if top.shape[1] else set()
+    widest = max((name(c) for c in labels), key=len, default="")
+    entry = {"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": len(cell),
+             "heat": heats, "kind": kind, "widest": widest}  # fmt: skip
+    return entry, files
+
+
+def _exemplars(level: LevelNode, ex: dict[str, np.ndarray] | None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per (cell, j): the exemplar's place in the sheets (-1: none, or not re-read), its
+    source's thumbnail slot, and the patch's box in the source (fractions)."""
     rows = level.optional("exemplar_row")
-    if ex is None or rows is None:
-        return []
-    where = np.searchsorted(ex["row"], np.maximum(rows, 0))
-    where = np.minimum(where, max(len(ex["row"]) - 1, 0))
-    src = ex["slot"][where] if len(ex["row"]) else np.zeros_like(rows)
-    good = (rows >= 0) & (ex["ok"][where] == 1) if len(ex["row"]) else rows < -1
-    box = np.round(ex["box"][where].astype(np.float64), 4) if len(ex["row"]) else None
-    out = []
-    for i in range(len(rows)):
-        out.append([[j, int(src[i, j]), *box[i, j].tolist()]  # type: ignore[index]
-                    for j in range(rows.shape[1]) if good[i, j]])  # fmt: skip
+    if ex is None or rows is None or not len(ex["row"]):
+        m, k = (len(level.read("count")), 1) if rows is None else rows.shape
+        return np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int32), \
+            np.zeros((m, k, 4), np.float32)  # fmt: skip
+    order = np.argsort(ex["row"], kind="stable")
+    at = np.searchsorted(ex["row"], np.maximum(rows, 0), sorter=order)
+    idx = order[np.minimum(at, len(order) - 1)]
+    good = (rows >= 0) & (ex["row"][idx] == rows) & (ex["ok"][idx] == 1)
+    return (np.where(good, idx, -1).astype(np.int32), np.where(good, ex["slot"][idx], -1)
+            .astype(np.int32), np.where(good[..., None], ex["box"][idx], 0).astype(np.float32))
+
+
+def _source_files(store: RunStore, ex: dict[str, np.ndarray] | None, per: int
+                  ) -> dict[str, bytes]:  # fmt: skip
+    """Names and sizes of the source thumbnails, one file per sheet of slots."""
+    if ex is None:
+        return {}
+    uris = store.images.uris()
+    out = {}
+    for n, a in enumerate(range(0, len(ex["source"]), per)):
+        src, wh = ex["source"][a : a + per], ex["thumb_size"][a : a + per]
+        out[f"sources-{n}.js"] = _put({
+            "names": [source_name(str(uris[u])) if u >= 0 else "" for u in src],
+            "w": wh[:, 0].tolist(), "h": wh[:, 1].tolist(),
+        })  # fmt: skip
     return out
 
 
-def run_data(ctx: StageRun, store: RunStore, levels: list[Level]) -> dict[str, Any]:
+def run_data(
+    ctx: StageRun, store: RunStore, levels: list[Level]
+) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """(the run's atlas.js record, every data file by name)."""
     s = ctx.s
     model = cached_model(s.model.spec, "cpu")
-    ex = store.exemplars(s.layer).index()
-    used: dict[int, int] = {}
-    out_levels, kind = [], "predictions"
+    node = store.exemplars(s.layer)
+    ex = node.index()
+    classes, entries = _Classes(), []
+    files: dict[str, bytes] = {}
     for lv in levels:
-        level = store.level(s.layer, lv.size)
-        cell, count = level.cells()
-        kind, top_c, top_v = _cell_top(level)
-        exs = _exemplars(level, store.k, ex)
-        cells = []
-        for i in range(len(count)):
-            top = [[used.setdefault(int(c), len(used)), v.item()]
-                   for c, v in zip(top_c[i], top_v[i], strict=True) if c >= 0]  # fmt: skip
-            label = top[0][0] if top else -1
-            cells.append([int(cell[i, 0]), int(cell[i, 1]), int(count[i]), label, top,
-                          exs[i] if exs else []])  # fmt: skip
-        heat = _heat(level, used)
-        out_levels.append({"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": cells,
-                           "heat": heat})  # fmt: skip
-    sources = _sources(store, ex)
-    sizes = [lv.size for lv in levels]
-    c, e = ctx.s.compose, ctx.s.exemplars
-    return {
+        entry, lf = _level_files(ctx, store, lv, classes, ex, model.class_name)
+        entries.append(entry)
+        files |= lf
+    sheets = node.attrs if ex is not None else {}
+    per = int(sheets.get("per_sheet", 256))
+    files |= _source_files(store, ex, per)
+    c = ctx.s.compose
+    run = {
         "title": ctx.view.title or f"{s.model.name} {s.layer}",
         "meta": f"model {s.model.name}, layer {s.layer}, levels "
-                + ", ".join(f"{g}x{g}" for g in sizes) + f", {store.n_images} images",
-        "label_kind": kind,
-        "classes": [model.class_name(c) for c in sorted(used, key=used.__getitem__)],
-        "levels": out_levels,
-        "icon_px": ctx.s.render.icon_px, "tile_px": c.tile_px,
-        "tile_ext": TILE_FORMATS[c.tile_format],
-        "background": BACKGROUNDS[c.background],
-        "sheet_columns": c.sheet_columns, "exemplar_rows": EXEMPLAR_ROWS,
-        "k": e.k, "patch_px": e.patch_px, "sources": sources,
-        "overview": f"../atlas-{sizes[0]}.png",
+                + ", ".join(f"{lv.size}x{lv.size}" for lv in levels) + f", {store.n_images} images",
+        "label_kind": entries[0]["kind"] if entries else "predictions",
+        "classes": [model.class_name(c) for c in sorted(classes.index, key=classes.index.get)],  # type: ignore[arg-type]
+        "levels": entries, "icon_px": s.render.icon_px, "tile_px": c.tile_px,
+        "tile_ext": TILE_FORMATS[c.tile_format], "background": BACKGROUNDS[c.background],
+        "sheet_columns": c.sheet_columns, "k": s.exemplars.k, "card_chunk": CARD_CHUNK,
+        "exemplars": None if ex is None else {
+            "dir": f"../{sheets['sheets']}/", "per": per, "cols": int(sheets["sheet_columns"]),
+            "patch_px": int(sheets["patch_px"]), "thumb_px": int(sheets["thumb_px"])},
+        "overview": f"../atlas-{levels[0].size}.png",
         "axis": list(ctx.view.names) if ctx.view.kind == "compare" else None,
     }  # fmt: skip
-
-
-def _sources(store: RunStore, ex: dict[str, np.ndarray] | None) -> list[Any]:
-    """Per thumbnail slot: [name, width, height] (null for an unused slot)."""
-    if ex is None:
-        return []
-    uris = store.images.uris()
-    return [[source_name(str(uris[u])), int(w), int(h)] if u >= 0 else None
-            for u, (w, h) in zip(ex["image"], ex["thumb_size"], strict=True)]  # fmt: skip
-
-
-def _heat(level: LevelNode, used: dict[int, int]) -> dict[str, Any] | None:
-    """The level's class heatmaps: per heatmap class, each cell's mean attribution."""
-    values, classes = level.optional("heat"), level.optional("heat_class")
-    if values is None or classes is None or not len(classes):
-        return None
-    return {"classes": [used.setdefault(int(c), len(used)) for c in classes],
-            "values": np.round(values.T.astype(np.float64), 5).tolist()}  # fmt: skip
+    return run, files
 
 
 def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
@@ -146,25 +202,26 @@ def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
 def write_viewer(ctx: StageRun, store: RunStore, levels: list[Level]) -> list[str]:
     """Write the view's ``viewer/`` and return the files a user opens."""
     out, so = f"{ctx.run_dir}/viewer", ctx.storage_options
-    run = run_data(ctx, store, levels)
+    run, files = run_data(ctx, store, levels)
     aligned = _aligned(ctx)
     run["links"] = [{"href": f"compare-{i}.html", "text": f"side by side with {name}"}
                     for i, (name, _) in enumerate(aligned)]  # fmt: skip
     for rel, data in static_files().items():
         write_file(f"{out}/{rel}", data, so)
+    for name, data in files.items():
+        write_file(f"{out}/data/{name}", data, so)
     write_file(f"{out}/data/atlas.js", data_script(run).encode("utf-8"), so)
     scripts = ["data/atlas.js", "data/links.js"]
     write_file(f"{out}/index.html", page_html(run["title"], scripts).encode("utf-8"), so)
-    files = ["viewer/index.html"]
+    pages = ["viewer/index.html"]
     for i, (name, rel) in enumerate(aligned):
         page = page_html(f"{run['title']} | {name}", ["data/atlas.js", rel, "data/links.js"])
         write_file(f"{out}/compare-{i}.html", page.encode("utf-8"), so)
-        files.append(f"viewer/compare-{i}.html")
-    return files
+        pages.append(f"viewer/compare-{i}.html")
+    return pages
 
 
-def links_of(s: SettingsBase, views: list[View], done: dict[str, dict[str, Any]]
-             ) -> list[dict[str, str]]:  # fmt: skip
+def links_of(views: list[View], done: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
     """Links from the main view's page to every finished view and report (``done``: stage
     markers by name, e.g. ``views/<slug>/stage-compose``)."""
     out = []
@@ -183,14 +240,13 @@ def links_of(s: SettingsBase, views: list[View], done: dict[str, dict[str, Any]]
 def write_links(s: SettingsBase, views: list[View], markers: Markers) -> None:
     """``viewer/data/links.js`` of every view that has a viewer: the main page links the
     finished class views and reports, a class view's page links back to the main one."""
-    done = {n: r for n, r in markers.read_all("").items() if n.rsplit("/", 1)[-1].startswith(
-        "stage-")}  # fmt: skip
-    main = links_of(s, views, done)
+    done = {n: r for n, r in markers.read_all("").items()
+            if n.rsplit("/", 1)[-1].startswith("stage-")}  # fmt: skip
+    main = links_of(views, done)
+    back = [{"href": "../../../viewer/index.html", "text": "the atlas of every activation"}]
     for v in views:
         if f"{v.marker_prefix}stage-compose" not in done:
             continue
-        links = main if v.is_main else ([{"href": "../../../viewer/index.html",
-                                          "text": "the atlas of every activation"}]
-                                        if "stage-compose" in done else [])  # fmt: skip
+        links = main if v.is_main else (back if "stage-compose" in done else [])
         script = f"window.ATLAS_LINKS = {safe_json(links)};\n"
         write_file(f"{v.directory(s.run_dir)}/{LINKS}", script.encode("utf-8"), s.storage_options)

@@ -32,14 +32,13 @@ from atlas_core.compose.tiles import (
     sheet,
     zoom_ranges,
 )
-from atlas_core.errors import StoreError
 from atlas_core.store import RunStore
 from pipelines.core import ray_ops
 from pipelines.core.common import peak_rss_mb, write_file
 from pipelines.core.schema import Group, Resources, choice
 from pipelines.core.stage import Stage, StageResult, StageRun
 from pipelines.stages import _viewer as viewer
-from pipelines.stages._viewer import BACKGROUNDS, EXEMPLAR_ROWS, TILE_FORMATS
+from pipelines.stages._viewer import BACKGROUNDS, TILE_FORMATS
 from pipelines.stages.grid import GridConf
 from pipelines.stages.render import RenderConf
 
@@ -118,8 +117,7 @@ def draw_task(job: Draw) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Sheets:
-    """Card sprites of cells [start, stop) of a level: one icon sheet, and exemplar sheets of
-    ``EXEMPLAR_ROWS`` cells each; or (``size`` 0) source thumbnail slots [start, stop)."""
+    """The card sprites of cells [start, stop) of a level: one sheet of their icons."""
 
     store_url: str
     storage_options: dict[str, Any]
@@ -135,38 +133,11 @@ class Sheets:
 
 def sheets_task(job: Sheets) -> dict[str, Any]:
     store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    store = store.in_view(job.prefix)
-    node = store.exemplars(job.layer)
-    ex = node.index()
-    if job.size == 0:  # source thumbnails: the stored JPEG bytes, as they are
-        if ex is None:
-            raise StoreError(f"{node.path}: no exemplars to draw thumbnails from; run the "
-                             "exemplars stage again")  # fmt: skip
-        for u, blob in zip(range(job.start, job.stop),
-                           node.thumb_bytes(job.start, job.stop, ex["thumb_len"]), strict=True):
-            if blob:
-                write_file(f"{job.out}/sources/{u}.jpg", blob, job.storage_options)
-        return {"rss_mb": peak_rss_mb()}
-    level = store.level(job.layer, job.size)
+    level = store.in_view(job.prefix).level(job.layer, job.size)
     icons = level.read("icons", job.start, job.stop)
-    base = f"{job.out}/levels/{job.size}"
     page = job.start // (job.columns * job.columns)
-    write_file(f"{base}/icons-{page}.png", _encode(sheet(icons, job.columns, job.background),
-                                                   "png"), job.storage_options)  # fmt: skip
-    rows = level.optional("exemplar_row")
-    if ex is not None and rows is not None:
-        for a in range(job.start, job.stop, EXEMPLAR_ROWS):
-            b = min(a + EXEMPLAR_ROWS, job.stop)
-            sel = rows[a:b]
-            where = np.searchsorted(ex["row"], np.maximum(sel, 0))
-            patches = node.take("patch", np.sort(where.ravel()))
-            patches = patches[np.argsort(np.argsort(where.ravel(), kind="stable"), kind="stable")]
-            patches[(sel < 0).ravel()] = job.background
-            k, px = sel.shape[1], patches.shape[1]
-            grid = patches.reshape(b - a, k, px, px, 3).transpose(0, 2, 1, 3, 4)
-            write_file(f"{base}/exemplars-{a // EXEMPLAR_ROWS}.jpg",
-                       _encode(grid.reshape((b - a) * px, k * px, 3), "jpeg"),
-                       job.storage_options)  # fmt: skip
+    write_file(f"{job.out}/levels/{job.size}/icons-{page}.png",
+               _encode(sheet(icons, job.columns, job.background), "png"), job.storage_options)
     return {"rss_mb": peak_rss_mb()}
 
 
@@ -245,6 +216,8 @@ def _draw_jobs(ctx: StageRun, levels: list[Level]) -> tuple[list[Draw], list[Dra
 
 
 def _sheet_jobs(ctx: StageRun, store: RunStore) -> list[Sheets]:
+    """Icon sheets of every level (exemplars need none: the page reads the exemplars stage's
+    own sheets)."""
     c = ctx.conf(ComposeConf)
     out, per = f"{ctx.run_dir}/viewer", c.sheet_columns**2
     common = (ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer)
@@ -254,9 +227,6 @@ def _sheet_jobs(ctx: StageRun, store: RunStore) -> list[Sheets]:
         m = len(store.level(ctx.s.layer, g).read("count"))
         jobs += [Sheets(*common, g, a, min(m, a + per), out, c.sheet_columns, bg)
                  for a in range(0, m, per)]  # fmt: skip
-    ex = store.exemplars(ctx.s.layer).index()
-    u = 0 if ex is None else len(ex["image"])
-    jobs += [Sheets(*common, 0, a, min(u, a + 256), out, 0, bg) for a in range(0, u, 256)]
     return jobs
 
 
@@ -316,7 +286,7 @@ def _any_task(job: Draw | Sheets) -> dict[str, Any]:
 
 def _label(job: Draw | Sheets) -> str:
     if isinstance(job, Sheets):
-        return f"sheets {job.size or 'sources'} {job.start}..{job.stop}"
+        return f"icon sheet of {job.size} {job.start}..{job.stop}"
     what = f"tiles z{job.z}" if job.z is not None else "overview"
     return f"{what} of {job.size} rows {job.r0}..{job.r1}"
 
@@ -336,10 +306,10 @@ STAGE = Stage(
     settings=ComposeConf,
     resources={"compose": Resources()},
     outputs=outputs,
-    reads="`grid/<G>/{cell,count,icons,top_*,attr_top_*,exemplar_row}`, "
+    reads="`grid/<G>/{cell,count,icons,top_*,attr_top_*,heat,exemplar_row}`, "
     "`layers/<L>/exemplars/*`",
-    writes="`viewer/` (tiles, sheets, thumbnails, data, page, Leaflet), `atlas.png`, "
-    "`atlas-<G>.png` (in the view's folder)",
-    ray="one task per band of tile rows of each zoom, per overview strip, per sheet of cells, "
-    "per range of thumbnails (`map_tasks`); each reads only the icons of its band",
+    writes="`viewer/` (tiles, icon sheets, data per level and per card chunk, page, Leaflet), "
+    "`atlas.png`, `atlas-<G>.png` (in the view's folder)",
+    ray="one task per band of tile rows of each zoom, per overview strip, per icon sheet "
+    "(`map_tasks`); each reads only the icons of its band",
 )

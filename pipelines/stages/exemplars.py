@@ -1,14 +1,15 @@
-"""Exemplars stage: the real images behind each cell, as patches in the run store.
+"""Exemplars stage: the real images behind each cell, as patches beside the run store.
 
 plan: score tasks, one per extraction shard's rows, each returning the top-k (cosine to the cell
-mean) of its rows for every level; the driver merges them into ``grid/<G>/exemplar_row``. Patch
-tasks, one per ``exemplars.rows_per_task`` exemplar rows (a whole storage object of patches),
-re-read the source images by their stored URI and crop (folders, file lists, tar members, object
-stores alike), cut the layer's receptive field (measured from the model) around each sampled
-position, and write the patches; each task also writes one thumbnail per source image whose
-first exemplar row it holds, as JPEG bytes in the thumbnail slots it owns (one storage object:
-a source is stored once, however many cells it serves). A source that cannot be re-read is
-counted, not fatal: its patches stay blank and ``ok`` 0.
+mean) of its rows for every level, folded by the driver as they arrive into
+``grid/<G>/exemplar_row``. The exemplar rows are put in sheet order (by their cell of the finest
+level, so a cell's exemplars sit together) and cut into tasks of ``exemplars.rows_per_task``.
+Each task re-reads its source images by their stored URI (folders, file lists, tar members,
+object stores alike; one decode per source), cuts the layer's receptive field (measured from the
+model) around each sampled position, and writes one JPEG sheet of its patches and one of the
+thumbnails of the source images it is the first to use (a source image is stored once, however
+many cells it serves). The driver writes the small index arrays. A source that cannot be re-read
+is counted, not fatal: its patches stay blank and ``ok`` 0.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from atlas_core.exemplars import (
     patch_box,
     source_box,
     take_patch,
-    thumbnail_jpeg,
     top_k_per_cell,
 )
+from atlas_core.exemplars.sheets import SHEET_COLUMNS, fit, jpeg, pack
 from atlas_core.extract.sampling import map_positions
 from atlas_core.grid import cell_index
 from atlas_core.models.preprocess import Preprocess
@@ -40,7 +41,7 @@ from atlas_core.models.receptive import receptive_field
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
 from pipelines.core import ray_ops
-from pipelines.core.common import cached_model
+from pipelines.core.common import cached_model, write_file
 from pipelines.core.schema import NOT_FINGERPRINTED, Group, Resources, choice
 from pipelines.core.stage import Stage, StageResult, StageRun
 from pipelines.stages.grid import GridConf, GridJob, grid_jobs
@@ -58,22 +59,18 @@ class ExemplarsConf(Group):
     GROUP: ClassVar[str] = "exemplars"
     k: int = 8
     patch_px: int = 64  # side of each stored patch
-    thumb_px: int = 160  # longer side of each source image's thumbnail (JPEG)
+    thumb_px: int = 128  # longer side of each source image's thumbnail
     field: str = "effective"  # theoretical | effective: which receptive field a patch covers
     field_mass: float = 0.9  # the effective field holds this share of the gradient's mass
-    rows_per_task: int = dataclasses.field(default=256, metadata=NOT_FINGERPRINTED)  # per task
+    # patches per task and per sheet (sheets are 16 cells wide)
+    rows_per_task: int = dataclasses.field(default=256, metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
         choice("exemplars.field", self.field, ("theoretical", "effective"))
         self._ranges({
-            "k": (1, 64), "patch_px": (8, 512), "thumb_px": (32, 2048),
-            "field_mass": (0.05, 1.0), "rows_per_task": (1, None),
+            "k": (1, 64), "patch_px": (8, 512), "thumb_px": (32, 1024),
+            "field_mass": (0.05, 1.0), "rows_per_task": (1, 4096),
         })  # fmt: skip
-
-    @property
-    def thumb_bytes(self) -> int:
-        """The most bytes one thumbnail may take (JPEG quality drops until it fits)."""
-        return max(4096, self.thumb_px * self.thumb_px * 3 // 6)
 
 
 def score_task(job: GridJob, k: int, means: dict[int, tuple[np.ndarray, np.ndarray]]
@@ -91,21 +88,21 @@ def score_task(job: GridJob, k: int, means: dict[int, tuple[np.ndarray, np.ndarr
 
 @dataclass(frozen=True)
 class PatchJob:
-    """Exemplar rows [start, start + len(rows)) of the row list, their positions and images'
-    URIs and crops; the thumbnail slots this job owns (slot, image row)."""
+    """Exemplars [start, start + len(rows)) of the sheet order: their sample rows, positions and
+    images' URIs and crops; the thumbnail slots this job owns (slot, URI), from ``slot0``;
+    where its two sheets go."""
 
-    store_url: str
-    storage_options: dict[str, Any]
-    prefix: str
-    layer: str
     start: int
     rows: np.ndarray
     pos: np.ndarray  # (n, 2) (y, x) on the layer's grid
     images: np.ndarray
     uris: dict[int, str]
     crops: dict[int, tuple[int, int, int, int]]
-    thumbs: tuple[tuple[int, int], ...]
-    slot0: int  # the first slot of the job's storage object of thumbnails
+    thumbs: tuple[tuple[int, str], ...]
+    slot0: int
+    out: str  # <view dir>/exemplars/<layer>: patches-<n>.jpg and sources-<n>.jpg
+    sheet: int
+    storage_options: dict[str, Any]
     grid: tuple[int, int]
     side: float
     pre: Preprocess
@@ -113,49 +110,41 @@ class PatchJob:
     root: str | None
     patch_px: int
     thumb_px: int
-    thumb_bytes: int
 
 
 def patch_task(job: PatchJob) -> dict[str, Any]:
-    """Task body: write the job's patches and thumbnails; return boxes, flags and sizes."""
+    """Task body: write the job's two sheets; return boxes, flags and thumbnail sizes."""
 
-    @lru_cache(maxsize=32)
-    def load(image: int) -> Image.Image | None:  # a source's rows share one decode
-        return _read(job.uris[image], job.policy, job.root)
+    @lru_cache(maxsize=64)
+    def load(uri: str) -> Image.Image | None:  # crops of one source share its decode
+        return decode(uri, None, policy=job.policy, root=job.root).image
 
-    n, px = len(job.rows), job.patch_px
-    patch = np.full((n, px, px, 3), 255, np.uint8)
+    n = len(job.rows)
+    patches: list[np.ndarray | None] = [None] * n
     box = np.full((n, 4), np.nan, np.float32)
     ok = np.zeros(n, np.uint8)
     for i, (image, pos) in enumerate(zip(job.images, job.pos, strict=True)):
-        im = load(int(image))
+        im = load(job.uris[int(image)])
         if im is None:
             continue
         full = _source_box(job, im, int(image), (int(pos[0]), int(pos[1])))
-        patch[i] = take_patch(im, full, px)
+        patches[i] = take_patch(im, full, job.patch_px)
         box[i] = np.array(full) / np.array([im.width, im.height, im.width, im.height])
         ok[i] = 1
-    store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
-    node = store.in_view(job.prefix).exemplars(job.layer)
-    node.write("patch", job.start, patch)
-    slots = node.array("thumb").chunks[0]
-    thumbs = np.zeros((min(slots, node.array("thumb").shape[0] - job.slot0), job.thumb_bytes),
-                      np.uint8)  # fmt: skip
+    write_file(f"{job.out}/patches-{job.sheet}.jpg", jpeg(pack(patches, job.patch_px)),
+               job.storage_options)  # fmt: skip
+    thumbs: list[np.ndarray | None] = []
     sizes = []
-    for slot, image in job.thumbs:
-        im = load(image)
-        if im is None:
-            continue
-        blob, (w, h) = thumbnail_jpeg(im, job.thumb_px, job.thumb_bytes)
-        thumbs[slot - job.slot0, : len(blob)] = np.frombuffer(blob, np.uint8)
-        sizes.append((slot, len(blob), w, h))
-    if len(thumbs):
-        node.write("thumb", job.slot0, thumbs)
-    return {"box": box, "ok": ok, "thumbs": sizes, "images": len(set(job.images.tolist()))}
-
-
-def _read(uri: str, policy: DecodePolicy, root: str | None) -> Image.Image | None:
-    return decode(uri, None, policy=policy, root=root).image
+    for slot, uri in job.thumbs:
+        im = load(uri)
+        thumbs.append(None if im is None else fit(im, job.thumb_px))
+        if im is not None:
+            sizes.append((slot, int(thumbs[-1].shape[1]), int(thumbs[-1].shape[0])))  # type: ignore[union-attr]
+    if job.thumbs:
+        write_file(f"{job.out}/sources-{job.sheet}.jpg", jpeg(pack(thumbs, job.thumb_px), 80),
+                   job.storage_options)  # fmt: skip
+    return {"box": box, "ok": ok, "thumbs": sizes,
+            "images": len({job.uris[int(u)] for u in job.images})}  # fmt: skip
 
 
 def _source_box(
@@ -199,26 +188,39 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
     return {g: merge_top_k([best[g]] if g in best else [], len(means[g][0]), k) for g in sizes}
 
 
-def _slots(images: np.ndarray, rc: int) -> tuple[np.ndarray, np.ndarray]:
-    """Thumbnail slots: (slot of each exemplar row, source image of each slot (-1: unused)).
-    Job j (rows [j * rc, (j + 1) * rc)) owns slots [j * rc, (j + 1) * rc), given to the sources
-    whose first row it holds."""
-    first = np.r_[True, images[1:] != images[:-1]]  # rows are sorted, so are their images
-    n_jobs = max(1, -(-len(images) // rc))
-    image_of_slot = np.full(n_jobs * rc, -1, np.int64)
-    slot_of = {}
-    for j in range(n_jobs):
-        starts = np.flatnonzero(first[j * rc : (j + 1) * rc]) + j * rc
-        for local, row in enumerate(starts):
-            slot_of[int(images[row])] = j * rc + local
-            image_of_slot[j * rc + local] = images[row]
-    return np.array([slot_of[int(u)] for u in images], np.int32), image_of_slot
+def sheet_order(store: RunStore, layer: str, rows: np.ndarray, finest: int) -> np.ndarray:
+    """``rows`` (sample rows) sorted by their cell of the finest level, then by row: the cells'
+    exemplars sit together in the sheets, so a card reads one sheet or two."""
+    xy = store.layout_node(layer).take("layout", np.sort(rows))
+    cells = cell_index(xy, finest)
+    order = np.lexsort((np.sort(rows), cells))
+    return np.sort(rows)[order]
 
 
-def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, image_of_slot: np.ndarray,
+def _slots(uri_of: list[str], rc: int) -> tuple[np.ndarray, list[str]]:
+    """Thumbnail slots, one per source URI: (slot of each exemplar, the URI of each slot ('' for
+    an unused one)). Task j (exemplars
+    [j * rc, (j + 1) * rc)) owns slots [j * rc, (j + 1) * rc), given to the URIs it is first to
+    use."""
+    n_jobs = max(1, -(-len(uri_of) // rc))
+    slot_uri = [""] * (n_jobs * rc)
+    slot_of: dict[str, int] = {}
+    taken = [0] * n_jobs
+    slot = np.empty(len(uri_of), np.int32)
+    for i, uri in enumerate(uri_of):
+        if uri not in slot_of:
+            j = i // rc
+            slot_of[uri] = j * rc + taken[j]
+            slot_uri[slot_of[uri]] = uri
+            taken[j] += 1
+        slot[i] = slot_of[uri]
+    return slot, slot_uri
+
+
+def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, slot_uri: list[str],
                 side: float) -> list[PatchJob]:  # fmt: skip
-    """One job per storage object of exemplar rows (``rows_per_task``); job j owns the
-    thumbnail slots [j * rc, (j + 1) * rc)."""
+    """One job per ``rows_per_task`` exemplars of the sheet order; job j owns the thumbnail
+    slots [j * rc, (j + 1) * rc) and writes sheets j."""
     s, e = ctx.s, ctx.conf(ExemplarsConf)
     k, rc = store.k, e.rows_per_task
     images = rows // k
@@ -226,18 +228,18 @@ def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, image_of_slot:
     pos = _positions(store, rows, grid_hw)
     uris, crops = store.images.uris(), store.images.crops()
     pre = cached_model(s.model.spec, "cpu").preprocess
+    out = f"{ctx.run_dir}/exemplars/{s.layer}"
     jobs = []
-    for a in range(0, len(rows), rc):
+    for j, a in enumerate(range(0, len(rows), rc)):
         b = min(a + rc, len(rows))
         uniq = [int(u) for u in np.unique(images[a:b])]
-        own = tuple((a + j, int(u)) for j, u in enumerate(image_of_slot[a : a + rc]) if u >= 0)
+        own = tuple((a + i, u) for i, u in enumerate(slot_uri[a : a + rc]) if u)
         jobs.append(PatchJob(
-            ctx.store_url, ctx.storage_options, ctx.view.store_prefix, s.layer, a, rows[a:b],
-            pos[a:b], images[a:b], {u: str(uris[u]) for u in uniq},
+            a, rows[a:b], pos[a:b], images[a:b], {u: str(uris[u]) for u in uniq},
             {u: (int(crops[u][0]), int(crops[u][1]), int(crops[u][2]), int(crops[u][3]))
              for u in uniq},
-            own, a, grid_hw, side, pre, s.data.decode, store.attrs.get("root"),
-            e.patch_px, e.thumb_px, e.thumb_bytes,
+            own, a, out, j, ctx.storage_options, grid_hw, side, pre, s.data.decode,
+            store.attrs.get("root"), e.patch_px, e.thumb_px,
         ))  # fmt: skip
     return jobs
 
@@ -268,7 +270,10 @@ def run(ctx: StageRun) -> StageResult:
     node = store.exemplars(s.layer)
     node.set_attrs({"fingerprint": ctx.fp, "field": e.field, "field_px": side,
                     "theoretical_px": rf.theoretical, "effective_px": rf.effective,
-                    "grid": list(rf.grid), "input_px": rf.input_px})  # fmt: skip
+                    "grid": list(rf.grid), "input_px": rf.input_px,
+                    "sheets": f"exemplars/{s.layer}", "per_sheet": e.rows_per_task,
+                    "sheet_columns": SHEET_COLUMNS, "patch_px": e.patch_px,
+                    "thumb_px": e.thumb_px})  # fmt: skip
     n_ok = int(ok.sum())
     log.info(
         "exemplars: %d patches (%d failed) from %d images in %.1f s (%.1f images/s); field %d px",
@@ -290,41 +295,39 @@ def run(ctx: StageRun) -> StageResult:
 
 def _patches(ctx: StageRun, store: RunStore, rows: np.ndarray, side: float
              ) -> tuple[np.ndarray, int, float, int]:  # fmt: skip
-    """Patch tasks over the exemplar rows; the driver then writes the small arrays, ``ok``
-    last. Returns (ok per row, source images read, seconds, source images)."""
+    """Patch tasks over the exemplars in sheet order; the driver then writes the index arrays,
+    ``ok`` last. Returns (ok per exemplar, source images read, seconds, source images)."""
     e, res = ctx.conf(ExemplarsConf), ctx.resources()
-    slot, image_of_slot = _slots(rows // store.k, e.rows_per_task)
-    node = store.exemplars(ctx.s.layer)
-    node.create(["patch"], {"R": len(rows), "px": e.patch_px, "rc": e.rows_per_task})
-    node.create(["thumb"], {"slots": len(image_of_slot), "tb": e.thumb_bytes,
-                            "rc": e.rows_per_task})  # fmt: skip
-    node.put("row", rows)
-    node.put("slot", slot)
-    node.put("image", image_of_slot)
-    jobs = _patch_jobs(ctx, store, rows, image_of_slot, side)
+    rows = sheet_order(store, ctx.s.layer, rows, max(ctx.conf(GridConf).sizes))
+    uris = store.images.uris()
+    uri_of = [str(uris[r // store.k]) for r in rows]
+    slot, slot_uri = _slots(uri_of, e.rows_per_task)
+    first = {u: i for i, u in reversed(list(enumerate(uri_of)))}
+    source = np.array([rows[first[u]] // store.k if u else -1 for u in slot_uri], np.int64)
+    jobs = _patch_jobs(ctx, store, rows, slot_uri, side)
     t0 = time.perf_counter()
     box, ok = np.full((len(rows), 4), np.nan, np.float32), np.zeros(len(rows), np.uint8)
-    lens, wh = np.zeros(len(image_of_slot), np.int32), np.zeros((len(image_of_slot), 2), np.int32)
+    wh = np.zeros((len(slot_uri), 2), np.int32)
     read = [0]
 
     def collect(i: int, out: dict[str, Any]) -> None:
         a = jobs[i].start
         box[a : a + len(out["ok"])], ok[a : a + len(out["ok"])] = out["box"], out["ok"]
-        for u, n, w, h in out["thumbs"]:
-            lens[u], wh[u] = n, (w, h)
+        for u, w, h in out["thumbs"]:
+            wh[u] = (w, h)
         read[0] += out["images"]
 
     ray_ops.map_tasks(
         patch_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="exemplar patches",
-        labels=[f"exemplar rows {j.start}..{j.start + len(j.rows)}" for j in jobs],
+        labels=[f"exemplars {j.start}..{j.start + len(j.rows)}" for j in jobs],
         on_result=collect, keep=False,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
-    node.put("box", box)
-    node.put("thumb_len", lens)
-    node.put("thumb_size", wh)
-    node.put("ok", ok)  # last: the stage's rows are done
-    return ok, read[0], seconds, int((image_of_slot >= 0).sum())
+    node = store.exemplars(ctx.s.layer)
+    for name, values in (("row", rows), ("slot", slot), ("source", source), ("box", box),
+                         ("thumb_size", wh), ("ok", ok)):  # ok last: the stage's rows are done
+        node.put(name, values)
+    return ok, read[0], seconds, int(sum(1 for u in slot_uri if u))
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
@@ -342,8 +345,8 @@ STAGE = Stage(
     outputs=outputs,
     reads="`layers/<L>/{layout,acts}`, `grid/<G>/{cell,mean}`, `images/{uri,crop}`, "
     "`samples/pos`, the source images",
-    writes="`grid/<G>/exemplar_{row,score}`, `layers/<L>/exemplars/*` (patches; one JPEG "
-    "thumbnail per source image)",
+    writes="`grid/<G>/exemplar_{row,score}`, `layers/<L>/exemplars/*` (the index), "
+    "`exemplars/<L>/{patches,sources}-<n>.jpg` (sheets; a source image once)",
     ray="one scoring task per shard (top-k lists, merged as they arrive), then one patch task "
-    "per storage object of exemplar rows, re-reading sources by URI",
+    "per sheet of exemplars, re-reading sources by URI",
 )

@@ -93,12 +93,16 @@ class Page:
 
     def settle(self) -> None:
         self.page.wait_for_load_state("load")
-        self.page.wait_for_function(  # every tile of the view drawn
+        self.page.wait_for_function(  # every tile of the view drawn, every data file in
             "() => { const t = [...document.querySelectorAll('.leaflet-tile')];"
             " return t.length > 0 && t.every(x => x.classList.contains('leaflet-tile-loaded')"
-            " && x.complete); }"
+            " && x.complete) && document.body.dataset.busy === '0'; }"
         )
         self.page.wait_for_timeout(300)
+
+    def drawn(self, kind: str, pane: int = 0) -> list:
+        """What the map's canvas overlay drew last: hits [[ix, iy]] or heat [[ix, iy, op]]."""
+        return self.page.evaluate(f"window.ATLAS_VIEW.panes[{pane}].{kind}")
 
     def text(self, sel: str) -> str:
         return self.page.inner_text(sel)
@@ -186,12 +190,15 @@ def test_search_highlights_the_cells_that_hold_a_class(runs, browser) -> None:
     p.page.fill("#search", names[cls])
     p.page.wait_for_function("() => document.getElementById('found').textContent !== ''")
     assert p.text("#found").startswith(f"{want} cells at 8 \u00d7 8")
-    assert len(p.page.query_selector_all("path.hit-outer")) == want
+    p.settle()
+    cells = {tuple(c) for c in lv["cell"][(lv["top_class"] == cls).any(axis=1)].tolist()}
+    assert {tuple(c) for c in p.drawn("hits")} == cells  # zoom 1: the whole level in view
     q = p.page.evaluate("new URLSearchParams(location.hash.slice(1)).get('q')")
     assert q == names[cls]  # the search is part of the shared view
     p.page.fill("#search", "")
     p.page.wait_for_function("() => document.getElementById('found').textContent === ''")
-    assert p.page.query_selector_all("path.hit-outer") == []
+    p.settle()
+    assert p.drawn("hits") == []
     p.clean()
 
 
@@ -208,6 +215,7 @@ def test_payloads_in_names_are_shown_as_text_and_run_nothing(runs, browser) -> N
     ix, iy = lv["cell"][i]
     p = Page(browser, (runs / "a" / "viewer" / "index.html").as_uri() + f"#l=4&c={ix},{iy}")
     assert f"Cell ({ix}, {iy})" in p.text("#card")
+    p.page.wait_for_selector("#card .exemplar")
     buttons = p.page.query_selector_all("#card .exemplar")
     target = [b for b in buttons if b.get_attribute("title") == EVIL_FILE]
     assert target and len(buttons) == int((rows[i] >= 0).sum())
@@ -309,7 +317,7 @@ def test_aligned_runs_open_side_by_side_with_linked_views(runs, browser) -> None
         assert srcs and all("/tiles/8/1/" in s for s in srcs)
     a = json.loads(_data(runs / "a"))
     b = json.loads(_data(runs / "b"))
-    assert a["levels"][0]["cells"] and b["levels"][0]["cells"]
+    assert a["levels"][0]["cells"] > 0 and b["levels"][0]["cells"] > 0
     la, lb = _level(runs / "a", 8), _level(runs / "b", 8)
     both = {tuple(c) for c in la["cell"].tolist()} & {tuple(c) for c in lb["cell"].tolist()}
     ix, iy = _central(sorted(both), 8)

@@ -251,7 +251,8 @@ def _open(pg, url: str) -> None:
     pg.wait_for_selector("body[data-ready='1']")
     pg.wait_for_function(
         "() => { const t = [...document.querySelectorAll('.leaflet-tile')];"
-        " return t.length > 0 && t.every(x => x.classList.contains('leaflet-tile-loaded')); }"
+        " return t.length > 0 && t.every(x => x.classList.contains('leaflet-tile-loaded'))"
+        " && document.body.dataset.busy === '0'; }"
     )
 
 
@@ -271,6 +272,8 @@ def test_class_pages_and_the_heatmap_in_a_browser(views, page) -> None:
     box = pg.query_selector(".map").bounding_box()  # zoom 1: the 512 px map, centred
     pg.mouse.move(box["x"] + box["width"] / 2 + ((ix + 0.5) / 4 - 0.5) * 512,
                   box["y"] + box["height"] / 2 - ((iy + 0.5) / 4 - 0.5) * 512)
+    pg.wait_for_function("() => document.body.dataset.busy === '0'"
+                         " && !document.getElementById('card').textContent.includes('loading')")
     card = pg.inner_text("#card")  # a kept cell's card shows both attributions
     assert f"Cell ({ix}, {iy}) of 4" in card
     assert f"attribution to {a_name}" in card and f"attribution to {b_name}" in card
@@ -282,13 +285,8 @@ def test_class_pages_and_the_heatmap_in_a_browser(views, page) -> None:
     pg.fill("#search", f"class {c}")
     pg.wait_for_function("() => !document.getElementById('heat').disabled")
     pg.check("#heat")
-    pg.wait_for_function("() => document.querySelectorAll('path.heat').length > 0")
-    got = sorted(
-        float(x)
-        for x in pg.eval_on_selector_all(
-            "path.heat", "ps => ps.map(p => p.getAttribute('fill-opacity'))"
-        )
-    )
+    pg.wait_for_function("() => window.ATLAS_VIEW.panes[0].heat.length > 0")
+    got = sorted(float(x[2]) for x in pg.evaluate("window.ATLAS_VIEW.panes[0].heat"))
     v = heat[:, heat_class.index(c)].astype(np.float64)
     want = sorted(round(0.9 * (1 - min(1, max(0, x / v.max()))), 4) for x in v)
     assert got == pytest.approx(want, abs=1e-3) and min(got) == 0
