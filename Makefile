@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test lint bench clean-runs
+.PHONY: demo test lint bench bench-scale clean-runs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ bench: $(STAMP)
 	$(PY) -m pip install decorator kornia ipython
 	$(PY) -m pip install --no-deps torch-lucent==0.1.8
 	$(PY) -m benchmarks.run
+
+# the R3 shape at three sizes (10k, 50k, 200k images; SCALE_SIZES to change): growth exponents
+# and the projection to ImageNet, in benchmarks/results/scale.json (tens of minutes on 2 cores)
+bench-scale: $(STAMP)
+	$(PY) -m benchmarks.scale_bench
 
 clean-runs:
 	rm -rf runs

@@ -29,51 +29,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import RayRssSampler, report, settings, write
+from benchmarks.common import RayRssSampler, report, settings, synthetic_run, write
 
 log = logging.getLogger("benchmarks.compose")
 LAYER = "blocks.2"
 
 
 def make_store(run_dir: Path, levels: dict[int, float], px: int, seed: int = 0) -> None:
-    """A run store holding only what compose reads: per level kept cells, counts and icons."""
-    from atlas_core.data.plan import plan_shards
-    from atlas_core.data.sources import InputManifest
-    from atlas_core.store import RunStore
-    from atlas_core.store.run_store import GridArrays, StoreLayout
-
-    rng = np.random.default_rng(seed)
-    manifest = InputManifest(np.array(["none.png"], dtype=object), np.full((1, 4), -1, np.int32))
-    layout = StoreLayout(k=1, seed=seed, layers={LAYER: (4, 8, 8)}, topk=5, n_classes=10)
-    plan = plan_shards(1, chunk_images=1)
-    url = str(run_dir / "atlas.zarr")
-    store = RunStore.create(url, manifest, plan, np.zeros((1, 2), np.int16), layout)
-    for g, kept_share in levels.items():
-        flat = np.flatnonzero(rng.random(g * g) < kept_share)
-        m = len(flat)
-        cells = np.stack([flat % g, flat // g], 1).astype(np.int32)
-        top = rng.integers(0, 10, (m, 5)).astype(np.int32)
-        store.write_grid(LAYER, GridArrays(g, cells, np.zeros((m, 4), np.float32),
-                                           rng.integers(1, 60, m).astype(np.int32), top,
-                                           np.ones((m, 5), np.int32)), {})  # fmt: skip
-        _icons(url, g, m, px, rng)
-
-
-def _icons(url: str, g: int, m: int, px: int, rng: np.random.Generator) -> None:
-    """Random smooth icons, written 256 to a storage object (the render stage writes one per
-    object; compose reads row ranges either way), so making the store takes seconds."""
-    import zarr
-
-    gg = zarr.open_group(url, mode="r+")[f"layers/{LAYER}/grid/{g}"]
-    icons = gg.create_array("icons", shape=(m, px, px, 3), chunks=(256, px, px, 3), dtype="uint8",
-                            fill_value=0, overwrite=True)  # fmt: skip
-    for name in ("icon_objective", "icon_cosine"):
-        gg.create_array(name, shape=(m,), chunks=(m,), dtype="float32", fill_value=0.0,
-                        overwrite=True)[:] = 0.0  # fmt: skip
-    for a in range(0, m, 2048):
-        b = min(m, a + 2048)
-        small = rng.integers(0, 256, (b - a, 8, 8, 3), dtype=np.uint8)
-        icons[a:b] = np.stack([np.asarray(Image.fromarray(x).resize((px, px))) for x in small])
+    """A run store holding only what compose reads (per level kept cells, counts, top classes
+    and icons): :func:`benchmarks.common.synthetic_run`."""
+    synthetic_run(run_dir, levels, px, seed=seed)
 
 
 PEER = """
@@ -83,8 +48,8 @@ from atlas_core.compose import compose_canvas
 from atlas_core.store import RunStore
 store = RunStore.open(sys.argv[1])
 g = int(sys.argv[2])
-cells, _ = store.grid_cells("blocks.2", g)
-icons, _, _ = store.icons("blocks.2", g)
+cells, _ = store.level("blocks.2", g).cells()
+icons, _, _ = store.level("blocks.2", g).icons()
 canvas = compose_canvas(cells, icons, g)
 Image.fromarray(canvas).save(sys.argv[3], compress_level=6)
 w = int(sys.argv[4])
@@ -106,6 +71,8 @@ def peer(run_dir: Path, g: int, width: int) -> tuple[float, float, np.ndarray]:
 
 def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
     from pipelines.core import ray_ops
+    from pipelines.core.stage import StageRun
+    from pipelines.core.views import MAIN
     from pipelines.stages import compose
 
     s = settings("model=tiny", f"run_dir={run_dir}", f"grid.sizes=[{','.join(map(str, sizes))}]",
@@ -113,7 +80,7 @@ def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
     ray_ops.init(s.cluster)
     with RayRssSampler() as rss:
         t0 = time.perf_counter()
-        res = compose.run(s, "bench")
+        res = compose.run(StageRun("compose", s, MAIN, "bench"))
         seconds = time.perf_counter() - t0
     ray_ops.shutdown()
     return seconds, {

@@ -96,7 +96,9 @@ def page_open(run_dir: Path) -> dict[str, Any] | None:
 
 
 def exponents(results: dict[int, dict[str, Any]]) -> dict[str, float]:
-    """Growth exponent of every figure between the two largest sizes."""
+    """Growth exponent of every figure between the two largest sizes (none with one size)."""
+    if len(results) < 2:
+        return {}
     (n1, a), (n2, b) = sorted(results.items())[-2:]
     out = {}
     for key in _figures(a):

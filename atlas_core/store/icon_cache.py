@@ -80,7 +80,7 @@ class IconCache:
         blobs = {}
         for key, e in entries.items():
             buf = io.BytesIO()
-            np.savez(buf, icons=e.icons, objective=np.asarray(e.objective, np.float32),
+            np.savez_compressed(buf, icons=e.icons, objective=np.asarray(e.objective, np.float32),
                      cosine=np.asarray(e.cosine, np.float32))  # fmt: skip
             blobs[self._path(key)] = buf.getvalue()
         for folder in {p.rsplit("/", 1)[0] for p in blobs}:

@@ -382,19 +382,21 @@ class RunStore:
         return np.asarray(self.array(key)[start:stop])
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (sorted ints) of ``key`` as float32 or the array's dtype, read one
-        chunk at a time: memory holds the result plus one chunk, never the whole array."""
+        """Rows ``rows`` (any order) of ``key`` as float32 or the array's dtype, read one chunk
+        at a time in row order: memory holds the result plus one chunk, never the array."""
         arr = self.array(key)
         rows = np.asarray(rows, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
         dtype = np.float32 if arr.dtype.kind == "f" else arr.dtype
         out = np.empty((len(rows), *arr.shape[1:]), dtype=dtype)
         step = int(arr.chunks[0])
-        chunk_of = rows // step
+        chunk_of = srt // step
         bounds = np.flatnonzero(np.r_[True, chunk_of[1:] != chunk_of[:-1], True])
         for a, b in itertools.pairwise(bounds):
             c = int(chunk_of[a])
             block = np.asarray(arr[c * step : (c + 1) * step])
-            out[a:b] = block[rows[a:b] - c * step]
+            out[order[a:b]] = block[srt[a:b] - c * step]
         return out
 
     def has(self, key: str) -> bool:

@@ -121,7 +121,7 @@ class Node:
         return self.store.read(self.key(name), start, stop)
 
     def take(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows ``rows`` (sorted ints), read one storage object at a time."""
+        """Rows ``rows`` (any order), read one chunk at a time."""
         return self.store.take(self.key(name), rows)
 
     def has(self, name: str) -> bool:

@@ -41,7 +41,7 @@ from atlas_core.models.receptive import receptive_field
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
 from pipelines.core import ray_ops
-from pipelines.core.common import cached_model, write_file
+from pipelines.core.common import cached_model, inject_fault, test_fault, write_file
 from pipelines.core.schema import NOT_FINGERPRINTED, Group, Resources, choice
 from pipelines.core.stage import Stage, StageResult, StageRun
 from pipelines.stages.grid import GridConf, GridJob, grid_jobs
@@ -110,10 +110,12 @@ class PatchJob:
     root: str | None
     patch_px: int
     thumb_px: int
+    fault: str = ""
 
 
 def patch_task(job: PatchJob) -> dict[str, Any]:
     """Task body: write the job's two sheets; return boxes, flags and thumbnail sizes."""
+    inject_fault(job.fault, "patch", job.sheet)
 
     @lru_cache(maxsize=64)
     def load(uri: str) -> Image.Image | None:  # crops of one source share its decode
@@ -239,7 +241,7 @@ def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, slot_uri: list
             {u: (int(crops[u][0]), int(crops[u][1]), int(crops[u][2]), int(crops[u][3]))
              for u in uniq},
             own, a, out, j, ctx.storage_options, grid_hw, side, pre, s.data.decode,
-            store.attrs.get("root"), e.patch_px, e.thumb_px,
+            store.attrs.get("root"), e.patch_px, e.thumb_px, test_fault(),
         ))  # fmt: skip
     return jobs
 

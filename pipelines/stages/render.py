@@ -58,9 +58,9 @@ class RenderConf(Group):
     # on CUDA the largest power of two up to 256 that fits the GPU's free memory (recorded in
     # the store, so a resume keeps it)
     group: Any = "auto"
-    # icons per work item and per storage object, rounded up to whole groups (auto: 4 groups);
-    # never changes an icon
-    batch_size: Any = field(default=64, metadata=NOT_FINGERPRINTED)
+    # icons per work item and per storage object, rounded up to whole groups (auto: about four
+    # items per actor, at most 1024 icons); never changes an icon
+    batch_size: Any = field(default="auto", metadata=NOT_FINGERPRINTED)
     cache: bool = field(default=True, metadata=NOT_FINGERPRINTED)  # never render a group twice
     cache_dir: str | None = field(default=None, metadata=NOT_FINGERPRINTED)  # <run_dir>/icon-cache
 
@@ -181,7 +181,9 @@ def run(ctx: StageRun) -> StageResult:
     try:
         where = pool.call(0, "where")
         group = _group(ctx, store, pool)
-        items = [it for g in sizes for it in _plan_level(ctx, store, g, group, whiten)]
+        todo = sum(len(store.level(s.layer, g).read("count")) for g in sizes)
+        item = _item_size(r, group, todo, _actors(res, todo))
+        items = [it for g in sizes for it in _plan_level(ctx, store, g, group, item, whiten)]
         actors = _actors(res, len(items))
         pool.grow(actors)
         log.info("render: %d icons in %d items, groups of %d, %d actors (%d px, %d steps, "
@@ -220,13 +222,15 @@ def _group(ctx: StageRun, store: RunStore, pool: ray_ops.ActorPool) -> int:
     return int(pool.call(0, "suggest_group"))
 
 
-def _item_size(r: RenderConf, group: int) -> int:
-    want = 4 * group if r.batch_size == "auto" else int(r.batch_size)
+def _item_size(r: RenderConf, group: int, icons: int, actors: int) -> int:
+    """Icons per work item: ``render.batch_size``, or (auto) about four items per actor, at
+    most 1024 icons; whole groups either way."""
+    want = int(r.batch_size) if r.batch_size != "auto" else min(1024, -(-icons // (4 * actors)))
     return max(group, -(-want // group) * group)
 
 
 def _plan_level(
-    ctx: StageRun, store: RunStore, size: int, group: int, whiten: np.ndarray | None
+    ctx: StageRun, store: RunStore, size: int, group: int, item: int, whiten: np.ndarray | None
 ) -> list[RenderItem]:
     """The level's work items still to render (its icon arrays created when new)."""
     s, r, fp = ctx.s, ctx.conf(RenderConf), ctx.fp
@@ -234,7 +238,6 @@ def _plan_level(
     grid = level.grid()
     m = len(grid.cell)
     if not level.has("icons") or level.array("icons").attrs.get("fingerprint") != fp:
-        item = _item_size(r, group)
         level.create(["icons", "icon_objective", "icon_cosine"],
                      {"M": m, "px": r.icon_px, "group": group, "item": item})  # fmt: skip
         level.array("icons").attrs.update({"fingerprint": fp, "group": group})
