@@ -8,14 +8,14 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
 .PHONY: demo test lint bench bench-scale clean-runs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip wheel
 	# torch/torchvision first and pinned: pip takes them from the local wheel cache when present
 	$(PY) -m pip install "torch==2.14.1" "torchvision==0.29.1"
 	$(PY) -m pip install -e ".[dev]"
 	# the viewer's pinned Leaflet, from the npm registry, checked against its sha512
-	$(PY) -m atlas_core.compose.vendor
+	$(PY) atlas_core/compose/vendor.py
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -3,7 +3,9 @@
 The package tarball is checked against the registry's published sha512 integrity pinned here
 before anything is unpacked; only Leaflet's ``dist`` files and its licence are kept, under
 ``atlas_core/compose/static/vendor/leaflet-<version>/``. Nothing is fetched when an atlas is
-built or viewed: compose copies these files next to each run's page.
+built or viewed: compose copies these files next to each run's page. Building a wheel runs this
+too (setup.py), so the installed package carries Leaflet. Standard library only: setup.py runs
+this file on its own, before anything is installed.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import os
 import sys
 import tarfile
 import urllib.request
+from pathlib import Path
 
-from atlas_core.compose.viewer import LEAFLET_VERSION, static_dir
-
+LEAFLET_VERSION = "1.9.4"
 log = logging.getLogger(__name__)
 TARBALL = f"https://registry.npmjs.org/leaflet/-/leaflet-{LEAFLET_VERSION}.tgz"
 INTEGRITY = (  # the registry's dist.integrity of leaflet 1.9.4
@@ -37,7 +39,7 @@ def verify(data: bytes, integrity: str = INTEGRITY) -> None:
 
 def install(data: bytes | None = None) -> str:
     """Unpack the pinned Leaflet (fetched unless ``data`` is the tarball); returns its folder."""
-    dest = static_dir() / "vendor" / f"leaflet-{LEAFLET_VERSION}"
+    dest = Path(__file__).resolve().parent / "static" / "vendor" / f"leaflet-{LEAFLET_VERSION}"
     if (dest / "leaflet.js").is_file() and data is None:
         return str(dest)
     if data is None:
@@ -53,7 +55,8 @@ def install(data: bytes | None = None) -> str:
             if not keep or ".." in name:
                 continue
             f = tar.extractfile(m)
-            assert f is not None
+            if f is None:
+                continue
             rel = name.removeprefix("package/dist/").removeprefix("package/")
             (dest / rel).write_bytes(f.read())
     return str(dest)

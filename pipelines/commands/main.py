@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import hydra
@@ -87,8 +87,9 @@ def check_keys(node: Any, schema: Any, path: str = "") -> None:
             check_keys(v, schema[k], where)
 
 
-# The config tree lives at the repository root (conf/); the project is installed editable.
-CONF_DIR = str(Path(__file__).resolve().parent.parent.parent / "conf")
+# The config tree: conf/ at the repository's root, installed as the package atlas_conf (also
+# from a wheel, so `atlas` works from any folder); Hydra reads it from there.
+CONF_DIR = str(resources.files("atlas_conf"))
 register_schemas()
 
 

@@ -1,0 +1,132 @@
+"""``atlas plan [overrides] [--json] [--device cpu|h100|a100] [--workers N]``: what a run will cost
+before anything is written.
+
+It resolves the config exactly as ``atlas`` would (the same overrides), lists the inputs (a
+folder or file list is listed, tar members counted; nothing is decoded), reads the model's
+layer shapes and FLOPs (one forward pass of one blank image on the CPU), then estimates per
+stage the tasks, rows, cells and icons, the run directory's bytes and storage objects, and each
+stage's hours on ``workers`` nodes of the named device (:mod:`atlas_core.plan`: a calibration
+measured here for the CPU and recorded from published figures for GPUs). ``--json`` prints the
+same as one JSON document (``store_bytes``, ``objects``, ``stages``, ``hours``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from atlas_core.compose.tiles import zoom_ranges
+from atlas_core.models.layers import layer_shapes, run_until, stop_at
+from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
+from pipelines.core.common import cached_model
+
+log = logging.getLogger("atlas.plan")
+
+
+def _settings(overrides: list[str]) -> Any:
+    from hydra import compose, initialize_config_dir
+
+    from pipelines.commands.main import CONF_DIR, to_settings
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return to_settings(compose("config", overrides=overrides))[0]
+
+
+def gflops(model: Any, layer: str) -> tuple[float, float]:
+    """(a whole forward pass, the pass stopped at ``layer``) in GFLOPs per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, model.preprocess.size, model.preprocess.size)
+    out = []
+    for stop in (False, True):
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            if stop:
+                with stop_at(model.module, [layer]):
+                    run_until(model.module, x)
+            else:
+                model.module(x)
+        out.append(fc.get_total_flops() / 1e9)
+    return out[0], out[1]
+
+
+def shape_of(s: Any, device: str) -> tuple[RunShape, tuple[float, float], int]:
+    """(the run's shape, its model's GFLOPs, the model's input px)."""
+    from pipelines.stages.extract import build_manifest
+
+    man = build_manifest(s.data, s.seed)
+    model = cached_model(s.model.spec, "cpu")
+    shapes = layer_shapes(model.module, s.extracted_layers, model.preprocess.size)
+    e, r, x = s.extract, s.render, s.exemplars
+    co = e.chunk_images * e.zarr_shard_chunks
+    n = len(man)
+    group = int(r.group) if r.group != "auto" else (16 if device == "cpu" else 256)
+    sizes = s.grid.sizes
+    lv = zoom_ranges(sizes, r.icon_px, s.compose.tile_px)
+    uris = [str(u) for u in man.uris]
+    shape = RunShape(
+        n_images=n, k=e.samples_per_image, channels={k: v[0] for k, v in shapes.items()},
+        layer=s.layer, act_bytes=2 if e.act_dtype == "float16" else 4,
+        attr=model.num_classes if e.attr_classes < 0 else e.attr_classes, topk=e.kept_classes,
+        chunk_images=co, shards=-(-n // (co * e.chunks_per_shard)), levels=sizes,
+        min_count=s.grid.min_count, icon_px=r.icon_px, steps=r.steps, attempts=r.attempts,
+        group=group, item=max(group, 64 if r.batch_size == "auto" else int(r.batch_size)),
+        exemplars_k=x.k, patch_px=x.patch_px, thumb_px=x.thumb_px,
+        rows_per_task=x.rows_per_task, tile_px=s.compose.tile_px,
+        zooms={v.size: (v.zmin, v.zmax) for v in lv}, distinct_sources=len(set(uris)),
+        uri_bytes=int(np.mean([len(u) for u in uris])) if uris else 60,
+    )  # fmt: skip
+    return shape, gflops(model, s.layer), model.preprocess.size
+
+
+def plan(overrides: list[str], device: str = "cpu", workers: int = 1) -> dict[str, Any]:
+    s = _settings(overrides)
+    if device not in CALIBRATION:
+        raise SystemExit(f"atlas plan: --device {device} is not calibrated; choose one of "
+                         f"{', '.join(CALIBRATION)}")  # fmt: skip
+    shape, flops, input_px = shape_of(s, device)
+    p = estimate(shape)
+    h = hours(p, shape, CALIBRATION[device], flops, input_px, workers)
+    return {**p.as_dict(), "hours": h, "hours_total": float(f"{sum(h.values()):.3g}"),
+            "device": device, "workers": workers, "calibration": CALIBRATION[device].note,
+            "gflops": {"forward": round(flops[0], 3), "to_layer": round(flops[1], 3)},
+            "run_dir": s.run_dir, "model": s.model.name, "layer": s.layer}  # fmt: skip
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} PB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="atlas plan", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--device", default="cpu", help=f"one of {', '.join(CALIBRATION)}")
+    ap.add_argument("--workers", type=int, default=1, help="worker nodes of that device")
+    args, overrides = ap.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    out = plan(overrides, args.device, args.workers)
+    if args.json:
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
+    print(f"plan of {out['model']} {out['layer']} -> {out['run_dir']} on {args.workers} x "
+          f"{args.device} ({out['calibration']})")
+    for name, st in out["stages"].items():
+        print(f"  {name:<10} {out['hours'].get(name, 0):>9.3g} h  "
+              + ", ".join(f"{k} {v}" for k, v in st.items()))
+    print(f"  total      {out['hours_total']:>9.3g} h")
+    print(f"  run directory: {_human(out['store_bytes'])} in {out['objects']} storage objects")
+    for group, b in out["bytes_by_group"].items():
+        print(f"    {group:<38} {_human(b):>10}  {out['objects_by_group'][group]:>8} objects")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""``atlas plan``: resolves the same overrides as a run, writes nothing, and its estimate of
+the run directory's bytes and storage objects is within 35% of what the run then writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.commands.plan import plan
+from pipelines.commands.run import run
+from tests.conftest import debug_settings
+
+pytestmark = pytest.mark.ray
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _disk(run_dir: Path) -> tuple[int, int]:
+    files = [p for p in run_dir.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files), len(files)
+
+
+def test_the_plan_writes_nothing_and_prints_json(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "pipelines", "plan", "--json", "model=tiny",
+                          f"run_dir={tmp_path / 'never'}", "preset=r3", "data.n_images=1000"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    doc = json.loads(out.stdout)
+    assert doc["store_bytes"] > 0 and doc["objects"] > 0 and not (tmp_path / "never").exists()
+    assert doc["stages"]["extract"]["images"] == 1000 and doc["hours"]["render"] > 0
+    assert set(doc["stages"]["grid"]["cells"]) == {"20", "40", "80", "160"}  # R3's levels
+
+
+def test_the_estimate_is_within_35_percent_of_a_real_run(tmp_path: Path, local_ray) -> None:
+    overrides = [f"run_dir={tmp_path / 'run'}", "debug=fast", "data.n_images=256",
+                 "grid.sizes=[4,8]", "extract.chunk_images=64"]  # fmt: skip
+    want = plan(overrides)
+    s, resolved = debug_settings(*overrides)
+    run(s, resolved)
+    got_bytes, got_files = _disk(tmp_path / "run")
+    log.info("plan: %d bytes in %d objects estimated, %d bytes in %d files written",
+             want["store_bytes"], want["objects"], got_bytes, got_files)  # fmt: skip
+    assert abs(want["store_bytes"] - got_bytes) <= 0.35 * got_bytes
+    assert abs(want["objects"] - got_files) <= 0.35 * got_files
