@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = ("verify", "serve", "stages")
+COMMANDS = ("verify", "serve", "stages", "plan")
 
 
 def main() -> None:
