@@ -38,10 +38,19 @@ SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
 UPSCALING = {"Default", "Aggressive", "Conservative"}
 
 
-def _objects() -> list[tuple[str, dict[str, Any]]]:
+DATE = "2026-12-06"
+
+
+def _objects(applied_only: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """Every object of infra/k8s (``kubectl apply -f infra/k8s/`` applies the folder's own
+    files) and, unless ``applied_only``, of its templates (the schedule's date filled in)."""
     out = []
-    for path in sorted(K8S.glob("*.yaml")):
-        out += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    paths = sorted(K8S.glob("*.yaml")) + ([] if applied_only else
+                                          sorted((K8S / "templates").glob("*.yaml")))  # fmt: skip
+    for path in paths:
+        text = path.read_text()
+        text = text.replace("__DATE__", DATE) if path.parent.name == "templates" else text
+        out += [(path.name, d) for d in yaml.safe_load_all(text) if d]
     return out
 
 
@@ -104,7 +113,7 @@ def test_every_object_validates_offline() -> None:
     log.info("manifests: %d objects validated (%s), %d pod templates; kinds %s",
              len(objs), counted, counted["pod_templates"], kinds)  # fmt: skip
     for want in ("RayCluster", "RayJob", "CronJob", "ServiceAccount", "Role", "RoleBinding",
-                 "Secret", "ConfigMap"):  # fmt: skip
+                 "Secret", "ConfigMap", "PersistentVolume", "PersistentVolumeClaim"):  # fmt: skip
         assert want in kinds, want
 
 
@@ -171,6 +180,7 @@ def test_images_are_pinned_and_ours_is_the_one_the_dockerfile_builds() -> None:
     ours = f"activation-atlas:{version.group(1)}"
     assert f"-t {ours}" in (ROOT / "infra" / "Dockerfile").read_text()
     images = [i for _, d in _objects() for i in _walk(d, "image")]
+    assert not any(i.startswith("bitnami/") for i in images)  # unversioned or withdrawn tags
     images.append(
         yaml.safe_load((ROOT / "infra" / "ray-cluster.yaml").read_text())["docker"]["image"]
     )
@@ -180,16 +190,73 @@ def test_images_are_pinned_and_ours_is_the_one_the_dockerfile_builds() -> None:
         assert not image.endswith(":latest"), image
 
 
-def test_the_schedule_applies_exactly_rayjob_yaml() -> None:
-    cm = next(d for _, d in _objects() if d["kind"] == "ConfigMap")
-    assert cm["data"]["rayjob.yaml"] == (K8S / "rayjob.yaml").read_text()
-    cron = next(d for _, d in _objects() if d["kind"] == "CronJob")
-    job = yaml.safe_load((K8S / "rayjob.yaml").read_text())
-    command = " ".join(
-        cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
-    )
-    assert f"delete rayjob {job['metadata']['name']}" in command
-    assert "run_root=" in job["spec"]["entrypoint"]  # dated, resumable, indexed runs
+def test_the_schedule_creates_a_dated_run_and_never_ends_one() -> None:
+    cm = next(d for _, d in _objects(True) if d["kind"] == "ConfigMap")
+    template = (K8S / "templates" / "rayjob.yaml").read_text()
+    assert cm["data"]["rayjob.yaml"] == template  # a copy
+    cron = next(d for _, d in _objects(True) if d["kind"] == "CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    command = " ".join(pod["containers"][0]["command"])
+    assert "delete" not in command and "kubectl create" in command  # never ends a run
+    assert 'get rayjob "atlas-$day"' in command and "s/__DATE__/$day/g" in command
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["timeZone"] == "Etc/UTC"
+    role = next(d for _, d in _objects(True) if d["kind"] == "Role")
+    assert set(role["rules"][0]["verbs"]) == {"get", "list", "create"}
+    job = yaml.safe_load(template.replace("__DATE__", DATE))
+    spec = job["spec"]
+    assert job["metadata"]["name"] == f"atlas-{DATE}"
+    assert f"date={DATE}" in spec["entrypoint"] and "run_root=" in spec["entrypoint"]  # resumes
+    assert "keep_runs=" in spec["entrypoint"]
+    assert 0 < spec["activeDeadlineSeconds"] <= 7 * 86400 and 0 < spec["backoffLimit"] <= 5
+
+
+def test_secrets_are_templates_kubectl_apply_never_overwrites() -> None:
+    applied = {d["kind"] for _, d in _objects(True)}
+    assert "Secret" not in applied and "RayJob" not in applied  # templates only
+    secrets = [d for _, d in _objects() if d["kind"] == "Secret"]
+    assert {s["metadata"]["name"] for s in secrets} == {"atlas-ray-token", "atlas-object-store"}
+    assert all("REPLACE" in str(s["stringData"]) for s in secrets)
+
+
+def _containers(d: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [c for pod in _pod_specs(d) for c in pod["containers"]]
+    if d["kind"] == "RayCluster":
+        out.append({"name": "autoscaler", **d["spec"]["autoscalerOptions"]})
+    return out
+
+
+def test_the_cluster_is_sized_and_placed_for_the_run() -> None:
+    objs = {d["kind"]: d for _, d in _objects()}
+    rc = objs["RayCluster"]["spec"]
+    head = rc["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0" and head["rayStartParams"]["num-gpus"] == "0"
+    checked = 0
+    for kind in ("RayCluster", "RayJob", "CronJob"):
+        for c in _containers(objs[kind]):  # Guaranteed pods: requests equal limits
+            assert c["resources"]["requests"] == c["resources"]["limits"], (kind, c["name"])
+            checked += 1
+            if kind != "CronJob":  # every container that talks to the head carries the token
+                env = {e["name"]: e for e in c.get("env", [])}
+                assert env["RAY_AUTH_MODE"]["value"] == "token", c["name"]
+                ref = env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]
+                assert ref["name"] == "atlas-ray-token", c["name"]
+    head_mem = head["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"]
+    assert int(head_mem.removesuffix("Gi")) >= 16  # the driver's reads of per-row scalars
+    for group in [head, *rc["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        shm = next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"]
+        assert shm["medium"] == "Memory" and shm["sizeLimit"].endswith("Gi")
+        assert "/dev/shm" in {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    gpu = rc["workerGroupSpecs"][0]
+    assert gpu["minReplicas"] == 0 and gpu["template"]["spec"]["nodeSelector"]
+    assert rc["autoscalerOptions"]["idleTimeoutSeconds"] >= 1200  # longer than driver phases
+    pvc, pv = objs["PersistentVolumeClaim"]["spec"], objs["PersistentVolume"]["spec"]
+    assert pvc["volumeName"] == objs["PersistentVolume"]["metadata"]["name"]
+    assert pvc["storageClassName"] == pv["storageClassName"] == "" and "nfs" in pv
+    log.info("manifests: %d containers with requests = limits, the token in every one that "
+             "talks to the head; head num-cpus 0, /dev/shm sized, idle timeout %d s, GPU "
+             "nodeSelector, the claim bound to an NFS volume", checked,
+             rc["autoscalerOptions"]["idleTimeoutSeconds"])  # fmt: skip
 
 
 def test_the_checks_reject_broken_objects() -> None:
