@@ -41,6 +41,9 @@ class ConfigError(AtlasError, ValueError):
             msg += f" Fix: {fix}"
         super().__init__(msg)
 
+    def __reduce__(self) -> tuple[object, ...]:  # picklable: a task's error reaches the driver
+        return (_config_error, (self.what, self.value, self.choices, self.valid, self.fix))
+
     def at(self, prefix: str, name: str | None = None) -> ConfigError:
         """The same error for the setting ``prefix.name`` (a caller maps the library's parameter
         name to its own key; the fix text is kept)."""
@@ -54,3 +57,8 @@ class StoreError(AtlasError):
 
 class PlanError(StoreError):
     """A write plan whose tasks would share a storage object (a race under zarr's rules)."""
+
+
+def _config_error(what: str, value: object, choices: list[object] | None, valid: str,
+                  fix: str) -> ConfigError:  # fmt: skip
+    return ConfigError(what, value, choices=choices, valid=valid, fix=fix)

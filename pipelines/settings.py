@@ -21,6 +21,7 @@ from pipelines.core.schema import (
     Resources,
     SettingsBase,
     choice,
+    in_range,
     setting,
     store_url,
 )
@@ -49,6 +50,8 @@ def _post_init(self: Any) -> None:
     object.__setattr__(self, "stages", tuple(self.stages) or REGISTRY.names)
     for s in self.stages:
         choice("stages", s, REGISTRY.names)
+    if self.keep_runs is not None:
+        in_range("keep_runs", self.keep_runs, 1, None)
     for st in REGISTRY:
         if st.check is not None:
             st.check(self)

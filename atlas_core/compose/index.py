@@ -32,6 +32,8 @@ def run_row(name: str, manifest: dict[str, Any] | None, error: str = "") -> dict
     a run with no manifest, or an error, is a failed row that keeps the error's text."""
     if manifest is None:
         return {"run": name, "status": "failed", "error": error or "no manifest.json"}
+    if manifest.get("status") == "failed":
+        error = error or str(manifest.get("error", "failed"))
     st = manifest.get("stages", {})
 
     def get(stage: str, part: str, key: str) -> Any:
@@ -42,7 +44,8 @@ def run_row(name: str, manifest: dict[str, Any] | None, error: str = "") -> dict
     cells = get("grid", "counts", "cells_kept") or {}
     return {
         "run": name,
-        "status": "done" if done else "incomplete",
+        "status": "failed" if manifest.get("status") == "failed" else
+                  "done" if done else "incomplete",
         "model": manifest.get("model"),
         "layer": manifest.get("layer"),
         "preset": manifest.get("preset"),

@@ -17,13 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from atlas_core.compose.vendor import LEAFLET_VERSION
 from atlas_core.errors import AtlasError
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; object-src 'none'"
 )
-LEAFLET_VERSION = "1.9.4"
 _STATIC = ("viewer.js", "viewer.css")
 _LEAFLET = ("leaflet.js", "leaflet.css", "LICENSE")
 

@@ -40,7 +40,7 @@ def choose_backend(name: str = "auto") -> str:
         raise ConfigError(
             "backend", name, choices=[b for b in BACKENDS if b != name],
             fix="cuml needs RAPIDS cuML and a CUDA GPU where the fit runs: "
-            "pip install --extra-index-url=https://pypi.nvidia.com cuml-cu12, or use umap-learn.",
+            "pip install --extra-index-url=https://pypi.nvidia.com cuml-cu13, or use umap-learn.",
         )  # fmt: skip
     if name == "umap-learn":
         try:

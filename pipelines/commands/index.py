@@ -13,7 +13,7 @@ import fsspec
 from atlas_core.compose.index import index_html, run_row
 
 log = logging.getLogger(__name__)
-SKIP = ("extractions",)
+SKIP = ("extractions", "icon-cache")
 
 
 def _read_json(fs: Any, path: str) -> dict[str, Any] | None:

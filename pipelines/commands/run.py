@@ -30,7 +30,8 @@ from atlas_core.errors import ConfigError
 from atlas_core.models.layers import resolve_layer
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
-from pipelines.core.common import cached_model, inject_fault, redact, test_fault
+from pipelines.core import ray_ops
+from pipelines.core.common import cached_model, hardware, inject_fault, redact, test_fault
 from pipelines.core.schema import identity, setting
 from pipelines.core.stage import Stage, StageRun
 from pipelines.core.views import MAIN, View, plan_views
@@ -160,7 +161,10 @@ def _run_stages(s: Settings, ex: Settings, view: View | None, fps: Fingerprints,
             continue
         log.info("%s: running", where)
         t = time.perf_counter()
-        result = st.run(StageRun(st.name, ex if st.scope == "run" else s, v, fp))
+        try:
+            result = st.run(StageRun(st.name, ex if st.scope == "run" else s, v, fp))
+        finally:
+            ray_ops.release()  # the autoscaler may let the stage's nodes go
         record = {"status": result.status, "seconds": round(time.perf_counter() - t, 2),
                   "counts": result.counts, "details": result.details,
                   "fingerprint": fp}  # fmt: skip
@@ -168,6 +172,40 @@ def _run_stages(s: Settings, ex: Settings, view: View | None, fps: Fingerprints,
         report[st.name] = record
         log.info("%s: done in %.1f s %s", where, record["seconds"], result.counts)
     return report
+
+
+def preflight(s: Settings) -> dict[str, Any]:
+    """On a cluster: one task of each resource shape the requested stages ask for, reporting
+    its node's torch, CUDA, NVIDIA driver, device, cuML and nvJPEG (for the manifest); a shape
+    with GPUs that lands where CUDA does not work fails the run now, naming node and reason."""
+    if not s.cluster.address:
+        return {}
+    shapes: dict[tuple[float, float], list[str]] = {}
+    for st in REGISTRY:
+        if st.name in s.stages:
+            for key in st.resources:
+                r = getattr(s.cluster, key)
+                shapes.setdefault((r.num_cpus, r.num_gpus), []).append(key)
+    ray_ops.init(s.cluster)
+    out: dict[str, Any] = {}
+    for (cpus, gpus), keys in sorted(shapes.items()):
+        ray_ops.require(f"cluster.{keys[0]}", cpus, gpus)
+        (report,) = ray_ops.gather([ray_ops.submit(hardware, num_cpus=cpus, num_gpus=gpus)],
+                                   desc=f"preflight {cpus:g} CPU / {gpus:g} GPU")  # fmt: skip
+        out[f"{cpus:g} CPU / {gpus:g} GPU"] = {**report, "for": keys}
+        if gpus and not report["cuda"] and any(
+                getattr(s.cluster, k).device != "cpu" for k in keys):  # fmt: skip
+            raise ConfigError(
+                f"cluster.{keys[0]}", {"num_gpus": gpus},
+                fix=f"a task given a GPU landed on node {report['node']} (host "
+                f"{report['host']}), where CUDA does not work: "
+                f"{report['cuda_error'] or 'no device visible'}; NVIDIA driver "
+                f"{report['driver'] or 'not found'}, torch {report['torch']} for CUDA "
+                f"{report['torch_cuda']}. Fix the node image or driver, or set "
+                f"cluster.{keys[0]}.device=cpu knowingly.",
+            )  # fmt: skip
+    ray_ops.release()
+    return out
 
 
 def _not_requested(s: Settings, st: Stage, view: View) -> None:
@@ -182,14 +220,32 @@ def _not_requested(s: Settings, st: Stage, view: View) -> None:
 
 def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the requested stages in every view; returns the manifest (also written to
-    run_dir/manifest.json)."""
+    run_dir/manifest.json). A run that fails still writes its manifest, with status failed,
+    the error and the stages that finished, then raises."""
     t0 = time.perf_counter()
-    inject_fault(test_fault(), "run", 0, s.run_dir)
-    check(s)
-    views = views_of(s)
     markers = Markers(s.run_dir, s.storage_options)
+    try:
+        inject_fault(test_fault(), "run", 0, s.run_dir)
+        check(s)
+        parts = _stages(s, markers)
+    except Exception as exc:
+        done = {st.name: {**rec, "status": "done"} for st in REGISTRY
+                if (rec := markers.read(f"stage-{st.name}")) is not None}  # fmt: skip
+        try:
+            _write_manifest(s, resolved_config, t0, {"status": "failed", "stages": done,
+                                                     "error": f"{type(exc).__name__}: {exc}"})
+        except OSError:  # a run_dir that cannot be written: the error says so
+            pass
+        raise
+    return _write_manifest(s, resolved_config, t0, {"status": "done", **parts})
+
+
+def _stages(s: Settings, markers: Markers) -> dict[str, Any]:
+    """Every stage of every view; the manifest's stages, views and hardware."""
+    views = views_of(s)
     ex = extraction_of(s)
     fps = fingerprints(s, views, ex)
+    nodes = preflight(s)
     stages = _run_stages(s, ex, None, fps, markers)
     main = [v for v in views if v.is_main]
     if main:
@@ -198,14 +254,19 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
     with ThreadPoolExecutor(max_workers=s.classes.parallel) as pool:  # views share the cluster
         done = list(pool.map(lambda v: _run_stages(s, ex, v, fps, markers), others))
     write_links(s, views, markers)
+    return {"hardware": nodes, "stages": stages,
+            "views": {v.slug: {"title": v.title, "kind": v.kind, "classes": list(v.classes),
+                               "names": list(v.names), "stages": rec}
+                      for v, rec in zip(others, done, strict=True)}}  # fmt: skip
+
+
+def _write_manifest(s: Settings, resolved: dict[str, Any] | None, t0: float,
+                    parts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
     manifest = {
         "format": "activation-atlas-manifest", "format_version": 2, "run_dir": s.run_dir,
         "model": s.model.name, "layer": s.layer, "preset": s.preset_name,
-        "seeds": {"seed": s.seed, "umap": s.reduce.seed}, "config": redact(resolved_config or {}),
-        "versions": _versions(), "git_revision": _git_rev(), "stages": stages,
-        "views": {v.slug: {"title": v.title, "kind": v.kind, "classes": list(v.classes),
-                           "names": list(v.names), "stages": rec}
-                  for v, rec in zip(others, done, strict=True)},
+        "seeds": {"seed": s.seed, "umap": s.reduce.seed}, "config": redact(resolved or {}),
+        "versions": _versions(), "git_revision": _git_rev(), **parts,
         "seconds_total": round(time.perf_counter() - t0, 2), "time": time.time(), "date": s.date,
     }  # fmt: skip
     with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:

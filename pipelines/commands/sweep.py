@@ -69,11 +69,16 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def scheduled(s: Settings, run_root: str, date: str | None) -> Settings:
-    """A scheduled run's settings: ``<run_root>/<date>`` (today in UTC by default)."""
+    """A scheduled run's settings: ``<run_root>/<date>`` (today in UTC by default), with the
+    extraction and the icon cache shared under the run root (unless set), so a run whose
+    images and settings did not change since last week re-extracts and re-renders nothing."""
     day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     if not _DATE.match(day):
         raise ConfigError("date", day, valid="YYYY-MM-DD", fix="give the run's date as 2026-01-31.")
-    return replace(s, run_dir=f"{run_root.rstrip('/')}/{day}")
+    root = run_root.rstrip("/")
+    render = s.render if s.render.cache_dir else replace(s.render, cache_dir=f"{root}/icon-cache")
+    return s.with_(run_dir=f"{root}/{day}", date=day,
+                   extractions=s.extractions or f"{root}/extractions", render=render)
 
 
 def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
@@ -85,12 +90,36 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
         return s, per_layer(s, resolved)
     if s.run_root:
         s = scheduled(s, s.run_root, s.date)
-        resolved = {**resolved, "run_dir": s.run_dir, "date": s.run_dir.rsplit("/", 1)[-1]}
-        s = replace(s, date=resolved["date"])
-    manifest = run(s, resolved)
+        resolved = {**resolved, "run_dir": s.run_dir, "date": s.date,
+                    "extractions": s.extractions, "render": {**resolved.get("render", {}),
+                                                             "cache_dir": s.render.cache_dir}}
+    try:
+        manifest = run(s, resolved)
+    except Exception as exc:  # recorded where the run would have been, and in the index
+        record_failure(s.run_dir, f"{type(exc).__name__}: {exc}",
+                       {"traceback": traceback.format_exc(limit=8)}, s.storage_options)
+        if s.run_root:
+            write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
+        raise
     if s.run_root:
+        expire(s.run_root, s.keep_runs, s.storage_options)
         write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
     return s, manifest
+
+
+def expire(run_root: str, keep: int | None, opts: dict[str, Any]) -> list[str]:
+    """Delete all but the newest ``keep`` dated runs under ``run_root`` (their names sort by
+    date); returns what was deleted. The shared extractions and icon cache stay."""
+    if keep is None:
+        return []
+    fs, base = fsspec.core.url_to_fs(run_root, **opts)
+    dated = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)
+                   if _DATE.match(p.rstrip("/").rsplit("/", 1)[-1]))  # fmt: skip
+    gone = dated[: max(0, len(dated) - keep)]
+    for name in gone:
+        fs.rm(f"{base.rstrip('/')}/{name}", recursive=True)
+        log.info("scheduled runs: %s expired (keep_runs=%d)", name, keep)
+    return gone
 
 
 def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:

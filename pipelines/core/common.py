@@ -21,16 +21,61 @@ _MODELS: dict[tuple[ModelSpec, str], LoadedModel] = {}
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible to this process, else ``cpu``."""
+    """``auto`` -> ``cuda`` when a GPU is usable by this process, else ``cpu``; ``cuda`` where
+    CUDA does not work fails, naming the node and why (the NVIDIA driver it saw)."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
+        hw = hardware()
         raise ConfigError(
             "device", name, choices=("auto", "cpu"),
-            fix="no CUDA device is visible to this process: give the stage GPUs "
-            "(cluster.<stage>.num_gpus) or use auto.",
+            fix=f"this task asked for a GPU and node {hw['node'] or hw['host']} (host "
+            f"{hw['host']}) has no usable CUDA: {hw['cuda_error'] or 'no device visible'}; "
+            f"NVIDIA driver {hw['driver'] or 'not found'}, torch {hw['torch']} built for CUDA "
+            f"{hw['torch_cuda']}. Fix the node's driver or image, or set "
+            "cluster.<stage>.device=cpu knowingly.",
         )  # fmt: skip
     return name
+
+
+def hardware() -> dict[str, Any]:
+    """What this process's node offers: torch and its CUDA, the NVIDIA driver, the device,
+    cuML, nvJPEG (a preflight task records one per node type in the manifest)."""
+    import importlib.util
+    import socket
+
+    from pipelines.core.ray_ops import where_am_i
+
+    error = ""
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # the reason CUDA does not work here
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    ok = torch.cuda.is_available()
+    return {
+        "node": where_am_i()["node"], "host": socket.gethostname(), "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda, "cuda": ok, "cuda_error": "" if ok else error,
+        "device": torch.cuda.get_device_name(0) if ok else "cpu", "driver": _driver(),
+        "cuml": importlib.util.find_spec("cuml") is not None,
+        "nvjpeg": ok and hasattr(__import__("torchvision.io").io, "decode_jpeg"),
+    }  # fmt: skip
+
+
+def _driver() -> str:
+    """The NVIDIA kernel driver's version, or '' (read from /proc, then nvidia-smi)."""
+    import subprocess
+
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            return re.findall(r"\d+\.\d+(?:\.\d+)?", f.read())[0]
+    except (OSError, IndexError):
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+        return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def cached_model(spec: ModelSpec, device: str) -> LoadedModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -61,6 +62,8 @@ def init(cluster: ClusterBase) -> None:
         # Local runs stay on loopback: with this, Ray resolves every node address to 127.0.0.1
         # instead of the machine's interface (read when ray is first imported).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    _WAIT["seconds"] = float(cluster.wait_s)
+    _WAIT["settle"] = min(20.0, float(cluster.wait_s))
     ray = _ray()
     if ray.is_initialized():
         return
@@ -89,19 +92,73 @@ def cluster_resources() -> dict[str, float]:
     return dict(_ray().cluster_resources())
 
 
-def require(what: str, num_cpus: float = 0, num_gpus: float = 0) -> None:
-    """Refuse at once a task or actor shape that no node of the cluster can ever run (Ray
-    would wait for it forever): ``what`` names the setting, e.g. ``cluster.render``."""
-    ray = _ray()
-    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-    fits = any(r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus for r in nodes)
-    if not fits:
+_WAIT = {"seconds": 0.0, "settle": 20.0}  # set by init() from cluster.wait_s
+
+
+def _fitting(num_cpus: float, num_gpus: float) -> list[dict[str, float]]:
+    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
+    return [r for r in nodes if r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus]
+
+
+def ask(num_cpus: float, num_gpus: float, count: int) -> None:
+    """Tell the autoscaler what is wanted: ``count`` bundles of this shape (replacing any
+    earlier request; a cluster without an autoscaler ignores it). ``count`` 0 withdraws it."""
+    from ray.autoscaler.sdk import request_resources
+
+    shape = {"CPU": float(num_cpus), **({"GPU": float(num_gpus)} if num_gpus else {})}
+    request_resources(bundles=[shape] * max(0, count))
+
+
+def require(what: str, num_cpus: float = 0, num_gpus: float = 0, count: int = 1) -> None:
+    """Make sure some node can run a task or actor of this shape. When none of the live nodes
+    can, ask the autoscaler for ``count`` of them and wait up to ``cluster.wait_s`` for a node
+    that fits (a GPU group that starts at zero replicas grows on demand); then refuse, naming
+    the setting (``what``, e.g. ``cluster.render``), the shape and what the nodes have (Ray
+    would wait for it forever)."""
+    deadline = time.monotonic() + _WAIT["seconds"]
+    if not _fitting(num_cpus, num_gpus) and _WAIT["seconds"] > 0:
+        log.info("%s: no node has %g CPU / %g GPU yet: asking the autoscaler for %d and waiting "
+                 "up to %.0f s", what, num_cpus, num_gpus, count, _WAIT["seconds"])  # fmt: skip
+        ask(num_cpus, num_gpus, count)
+        while not _fitting(num_cpus, num_gpus) and time.monotonic() < deadline:
+            time.sleep(1.0)
+    if not _fitting(num_cpus, num_gpus):
+        nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
         have = [f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes]
+        waited = f" within cluster.wait_s={_WAIT['seconds']:g} s" if _WAIT["seconds"] else ""
         raise ConfigError(
             what, {"num_cpus": num_cpus, "num_gpus": num_gpus},
-            fix=f"no node of this cluster has that much (nodes: {', '.join(have) or 'none'}); "
-            f"lower {what}.num_cpus / {what}.num_gpus or add nodes that have it.",
+            fix=f"no node of this cluster has that much{waited} (nodes: "
+            f"{', '.join(have) or 'none'}); lower {what}.num_cpus / {what}.num_gpus, add nodes "
+            "that have it, or let the autoscaler grow a group that has it (cluster.wait_s).",
         )  # fmt: skip
+
+
+def grow(num_cpus: float, num_gpus: float, count: int) -> int:
+    """How many of this shape the cluster holds once it has grown for them: ask the
+    autoscaler for ``count``, wait until they fit or the capacity stops growing for a while
+    (at most ``cluster.wait_s``), and return the capacity then (at least one: see require)."""
+    have = capacity(num_cpus, num_gpus)
+    if have >= count or _WAIT["seconds"] <= 0:
+        return have
+    ask(num_cpus, num_gpus, count)
+    deadline, settle = time.monotonic() + _WAIT["seconds"], time.monotonic() + _WAIT["settle"]
+    while have < count and time.monotonic() < min(deadline, settle):
+        time.sleep(1.0)
+        now = capacity(num_cpus, num_gpus)
+        if now > have:  # still growing: wait for more
+            have, settle = now, time.monotonic() + _WAIT["settle"]
+    log.info("the cluster holds %d of the %d asked (%g CPU / %g GPU each)", have, count,
+             num_cpus, num_gpus)  # fmt: skip
+    return have
+
+
+def release() -> None:
+    """Withdraw every request to the autoscaler, so idle nodes can go."""
+    if _WAIT["seconds"] > 0 and _ray().is_initialized():
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
 
 
 def capacity(num_cpus: float = 1, num_gpus: float = 0) -> int:
@@ -177,6 +234,7 @@ def gather(
     results: dict[int, Any] = {}
     errors: dict[int, Exception] = {}
     pending = list(handles)
+    progress = Progress(desc, len(handles), unit)
     with tqdm(total=len(handles), desc=desc, unit=unit) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
@@ -192,6 +250,7 @@ def gather(
             results[i] = value if keep else None
             del value
             bar.update(1)
+            progress.step()
     if errors:
         first = min(errors)
         for i in sorted(errors):  # a library error (a bad setting, a broken store) as itself
@@ -205,6 +264,55 @@ def gather(
             f"First error: {errors[first]}"
         ) from errors[first]
     return [results[i] for i in range(len(handles))]
+
+
+class Progress:
+    """A progress line in the log (the job log of ``ray job submit``) at most every
+    ``every`` seconds, with the rate and an ETA; and the stage's progress as Ray metrics."""
+
+    def __init__(self, desc: str, total: int, unit: str, every: float = 30.0) -> None:
+        self.desc, self.total, self.unit, self.every = desc, total, unit, every
+        self.done, self.t0, self.last = 0, time.monotonic(), time.monotonic()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        gauge("atlas_stage_done", self.done, {"stage": self.desc})
+        gauge("atlas_stage_total", self.total, {"stage": self.desc})
+        now = time.monotonic()
+        if now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info("%s: %d/%d %ss, %.2f/s, ETA %.0f s", self.desc, self.done, self.total,
+                 self.unit, rate, eta)  # fmt: skip
+
+
+_METRICS: dict[tuple[str, str], Any] = {}
+
+
+def _metric(kind: str, name: str, tags: tuple[str, ...]) -> Any:
+    """One Ray metric per name (``ray.util.metrics``: exported on each node's metrics port,
+    which the dashboard's Prometheus scrapes as ``ray_<name>``)."""
+    key = (kind, name)
+    if key not in _METRICS:
+        from ray.util import metrics
+
+        cls = metrics.Counter if kind == "counter" else metrics.Gauge
+        _METRICS[key] = cls(name, description=f"activation atlas: {name}", tag_keys=tags)
+    return _METRICS[key]
+
+
+def count(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    """Add ``value`` to counter ``name`` (images, icons, failures), from a task or the driver;
+    a no-op outside Ray."""
+    if value and _ray().is_initialized():
+        _metric("counter", name, tuple(sorted(tags or {}))).inc(value, tags=tags or None)
+
+
+def gauge(name: str, value: float, tags: dict[str, str] | None = None) -> None:
+    if _ray().is_initialized():
+        _metric("gauge", name, tuple(sorted(tags or {}))).set(value, tags=tags or None)
 
 
 def settle(handles: Sequence[Any]) -> int:

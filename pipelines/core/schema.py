@@ -217,9 +217,12 @@ class ClusterBase(Group):
     address: str | None = None  # null: a local Ray on 127.0.0.1; auto or host:port: join one
     num_cpus: int | None = None  # local Ray only
     namespace: str = "atlas"
+    # how long a stage waits for the autoscaler to add a node its tasks fit (0: refuse at once,
+    # as a local Ray does: it has no autoscaler)
+    wait_s: float = 0.0
 
     def __post_init__(self) -> None:
-        self._ranges({"num_cpus": (1, None)})
+        self._ranges({"num_cpus": (1, None), "wait_s": (0, None)})
         for f in fields(self):
             value = getattr(self, f.name)
             if isinstance(value, Resources):
@@ -253,6 +256,7 @@ class SettingsBase:
     # and <run_root>/index.html lists every dated run
     run_root: str | None = None
     date: str | None = None
+    keep_runs: int | None = None  # scheduled runs: keep the newest N dated runs (null: all)
     # one atlas per layer from one extraction: <run_dir>/<layer>/ each, <run_dir>/index.html
     layers: tuple[str, ...] = ()
 

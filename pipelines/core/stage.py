@@ -73,6 +73,15 @@ class StageRun:
             raise TypeError(f"cluster.{name or self.stage} is not a resources entry")
         return value
 
+    def device(self, name: str | None = None) -> str:
+        """The device the tasks of ``cluster.<name>`` ask for: as set, except that on a cluster
+        a stage given GPUs with ``device: auto`` asks for CUDA, so a node where CUDA does not
+        work fails loudly instead of computing on its CPU (``auto`` stays for local runs)."""
+        res = self.resources(name)
+        if res.device == "auto" and res.num_gpus > 0 and self.s.cluster.address:
+            return "cuda"
+        return res.device
+
     def open_store(self, mode: str = "r") -> RunStore:
         """The run store, scoped to this view (its layouts, levels and exemplars)."""
         from atlas_core.store import RunStore

@@ -145,6 +145,8 @@ def patch_task(job: PatchJob) -> dict[str, Any]:
     if job.thumbs:
         write_file(f"{job.out}/sources-{job.sheet}.jpg", jpeg(pack(thumbs, job.thumb_px), 80),
                    job.storage_options)  # fmt: skip
+    ray_ops.count("atlas_exemplar_patches", int(ok.sum()), {"status": "ok"})
+    ray_ops.count("atlas_exemplar_patches", int(n - ok.sum()), {"status": "failed"})
     return {"box": box, "ok": ok, "thumbs": sizes,
             "images": len({job.uris[int(u)] for u in job.images})}  # fmt: skip
 
@@ -177,16 +179,24 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
     handles = [ray_ops.submit(score_task, j, k, shared, num_cpus=res.num_cpus,
                               num_gpus=res.num_gpus) for j in jobs]  # fmt: skip
     best: dict[int, Parts] = {}
+    waiting: list[list[Parts]] = []
 
-    def merge(_: int, parts: list[Parts]) -> None:  # fold as they arrive: k per cell held
-        for g, p in zip(sizes, parts, strict=True):
-            if g in best:
-                c, r, sc = (np.concatenate([x, y]) for x, y in zip(best[g], p, strict=True))
-                p = top_k_per_cell(c, sc, r, k)
-            best[g] = p
+    def fold() -> None:  # every level's best k per cell, with the parts that came in
+        for j, g in enumerate(sizes):
+            parts = [p[j] for p in waiting] + ([best[g]] if g in best else [])
+            c, r, sc = (np.concatenate(x) for x in zip(*parts, strict=True))
+            best[g] = top_k_per_cell(c, sc, r, k)
+        waiting.clear()
+
+    def merge(_: int, parts: list[Parts]) -> None:  # in batches: the cost stays linear
+        waiting.append(parts)
+        if len(waiting) >= 64:
+            fold()
 
     ray_ops.gather(handles, desc="exemplar scores", labels=[f"rows {j.start}..{j.stop}"
                    for j in jobs], on_result=merge, keep=False)  # fmt: skip
+    if waiting:
+        fold()
     return {g: merge_top_k([best[g]] if g in best else [], len(means[g][0]), k) for g in sizes}
 
 

@@ -174,7 +174,8 @@ def _extract(ctx: StageRun) -> StageResult:
     s, fp = ctx.s, ctx.fp
     markers = Markers(s.run_dir, s.storage_options)
     ray_ops.init(s.cluster)
-    warm = _warm_workers(ctx)  # worker start-up overlaps the driver creating the store
+    warm = _warm_workers(ctx)  # worker start-up (and any node the autoscaler adds) overlaps
+    # the driver creating the store
     store = _open_or_create(ctx, markers)
     plan = store.shards
     moments = _Moments(markers, len(plan))
@@ -259,10 +260,10 @@ def warm_worker(model: ModelSpec, device: str) -> str:
 def _warm_workers(ctx: StageRun) -> list[Any]:
     """One warm-up task per extraction slot the cluster has (handles; nothing waits on them)."""
     res = ctx.resources()
-    ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus)
+    ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus, count=64)
     slots = ray_ops.capacity(res.num_cpus, res.num_gpus)
     return [
-        ray_ops.submit(warm_worker, ctx.s.model.spec, res.device, num_cpus=res.num_cpus,
+        ray_ops.submit(warm_worker, ctx.s.model.spec, ctx.device(), num_cpus=res.num_cpus,
                        num_gpus=res.num_gpus)
         for _ in range(slots)
     ]  # fmt: skip
@@ -273,7 +274,7 @@ def _job(ctx: StageRun, shard: int, start: int, stop: int) -> ExtractJob:
     return ExtractJob(
         s.run_dir, s.store_url, s.storage_options, shard, start, stop, ctx.fp, s.model.spec,
         s.extracted_layers, e.batch_size, e.kept_classes, e.attr_classes, s.data.decode,
-        e.jpeg_decoder, e.amp, ctx.resources().device, test_fault(),
+        e.jpeg_decoder, e.amp, ctx.device(), test_fault(),
     )  # fmt: skip
 
 
@@ -354,6 +355,9 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
                                                                  result.moment_count))  # fmt: skip
     inject_fault(job.fault, "after_write", job.shard)
     counts = Counter(Status(int(v)).name.lower() for v in reader.status)
+    ray_ops.count("atlas_images", counts.get("ok", 0), {"status": "ok"})
+    ray_ops.count("atlas_images", sum(n for s, n in counts.items() if s != "ok"),
+                  {"status": "failed"})  # fmt: skip
     record = {
         "shard": job.shard, "rows": [job.start, job.stop], "fingerprint": job.fingerprint,
         "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,

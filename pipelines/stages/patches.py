@@ -199,7 +199,7 @@ def _jobs(ctx: StageRun, store: RunStore, a: int, b: int, icons: np.ndarray) -> 
     uris, crops, root = class_images(p, store, a)
     bs, seeds = p.batch_size, _noise_seeds(ctx, a, b)
     return [
-        FlipJob(ctx.s.model.spec, ctx.resources().device, tuple(uris[i : i + bs]),
+        FlipJob(ctx.s.model.spec, ctx.device(), tuple(uris[i : i + bs]),
                 tuple(crops[i : i + bs]), root, ctx.s.data.decode, a, b, icons, p.sizes,
                 p.corners, p.margin, seeds, p.examples if i == 0 else 0)
         for i in range(0, len(uris), bs)

@@ -276,12 +276,12 @@ def _fit_and_place(
     ray_ops.require(what or "cluster.reduce_fit", res.reduce_fit.num_cpus, fit_gpus)
     ray_ops.require("cluster.reduce_search", sr.num_cpus, sr.num_gpus)
     emb = ray_ops.submit(
-        fit_task, lm, r.umap, r.backend, r.knn, res.reduce_fit.device, fault,
+        fit_task, lm, r.umap, _backend(ctx), r.knn, ctx.device("reduce_fit"), fault,
         num_cpus=res.reduce_fit.num_cpus, num_gpus=fit_gpus,
     )  # fmt: skip
     found = [
-        ray_ops.submit(search_task, j, lm, usable, sr.device, num_cpus=sr.num_cpus,
-                       num_gpus=sr.num_gpus)
+        ray_ops.submit(search_task, j, lm, usable, ctx.device("reduce_search"),
+                       num_cpus=sr.num_cpus, num_gpus=sr.num_gpus)
         for j in jobs
     ]  # fmt: skip
     placed = [
@@ -351,6 +351,15 @@ def run(ctx: StageRun) -> StageResult:
     }  # fmt: skip
     counts = {"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)}
     return StageResult(counts=counts, details=details)
+
+
+def _backend(ctx: StageRun) -> str:
+    """``reduce.backend``; on a cluster, ``auto`` with a GPU for the fit means cuML, and a fit
+    node without it fails naming what to install (never a silent 50x slower umap-learn)."""
+    r = ctx.conf(ReduceConf)
+    if r.backend == "auto" and ctx.s.cluster.address and ctx.resources("reduce_fit").num_gpus > 0:
+        return "cuml"
+    return r.backend
 
 
 def aligned_extractions(ctx: StageRun) -> list[list[str]]:

@@ -147,12 +147,16 @@ class RenderWorker:
         level.write("icon_objective", item.start, objective)  # last: the item is done
         if self.cache is not None and new:
             self.cache.put_many(new)
+        ray_ops.count("atlas_icons", n, {"source": "rendered" if new or not self.cache
+                                         else "cache"})  # fmt: skip
         self.items += 1
         kind, _, flag = self.fault.partition(":render:")
         if kind == "sigkill_once" and self.items == 2 and not os.path.exists(flag):
             open(flag, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
-        return {"icons": n, "groups_rendered": len(new) if self.cache else len(parts),
+        rendered = sum(len(g.icons) for g in new.values()) if self.cache else n
+        return {"icons": n, "icons_rendered": rendered,
+                "groups_rendered": len(new) if self.cache else len(parts),
                 "groups_cached": len(parts) - (len(new) if self.cache else len(parts))}  # fmt: skip
 
     def suggest_group(self) -> int:
@@ -170,26 +174,29 @@ def run(ctx: StageRun) -> StageResult:
     if not any(_unfinished(store, s.layer, g, ctx.fp) for g in sizes):
         return _summarize(ctx, store, 0, 0, {}, {})
     ray_ops.init(s.cluster)
-    res = ctx.resources()
+    res: Any = ctx.resources()  # an ActorResources
     ray_ops.require("cluster.render", res.num_cpus, res.num_gpus)
     cache = r.cache_dir or f"{s.run_dir.rstrip('/')}/icon-cache"
     target = Target(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, s.layer,
                     cache if r.cache else None)  # fmt: skip
-    args = (s.model.spec, r.icon, res.device, whiten, target, test_fault())
+    args = (s.model.spec, r.icon, ctx.device(), whiten, target, test_fault())
     pool = ray_ops.ActorPool(RenderWorker, args, size=1, num_cpus=res.num_cpus,
                              num_gpus=res.num_gpus)  # fmt: skip
     try:
         where = pool.call(0, "where")
         group = _group(ctx, store, pool)
         todo = sum(len(store.level(s.layer, g).read("count")) for g in sizes)
-        item = _item_size(r, group, todo, _actors(res, todo))
+        now = int(res.actors) if res.actors != "auto" else ray_ops.capacity(res.num_cpus,
+                                                                             res.num_gpus)
+        item = _item_size(r, group, todo, max(1, now))
         items = [it for g in sizes for it in _plan_level(ctx, store, g, group, item, whiten)]
         actors = _actors(res, len(items))
         pool.grow(actors)
         log.info("render: %d icons in %d items, groups of %d, %d actors (%d px, %d steps, "
                  "best of %d)", sum(len(i.seeds) for i in items), len(items), group, actors,
                  r.icon_px, r.steps, r.attempts)  # fmt: skip
-        done: dict[str, int] = {"icons": 0, "groups_rendered": 0, "groups_cached": 0}
+        done: dict[str, int] = {"icons": 0, "icons_rendered": 0, "groups_rendered": 0,
+                                "groups_cached": 0}  # fmt: skip
 
         def count(_: RenderItem, out: dict[str, Any]) -> None:
             for k in done:
@@ -258,11 +265,11 @@ def _plan_level(
 
 
 def _actors(res: Any, items: int) -> int:
-    """``cluster.render.actors``, or (auto) as many as the cluster holds, never more than the
-    items."""
+    """``cluster.render.actors``, or (auto) as many as the cluster holds once the autoscaler
+    has grown for them (``ray_ops.grow``), never more than the items."""
     if res.actors != "auto":
         return int(res.actors)
-    return max(1, min(ray_ops.capacity(res.num_cpus, res.num_gpus), items))
+    return max(1, min(ray_ops.grow(res.num_cpus, res.num_gpus, items), items))
 
 
 def _summarize(
@@ -280,7 +287,7 @@ def _summarize(
     if len(allc):
         details["fidelity_cosine_mean"] = round(float(allc.mean()), 4)
         details["fidelity_cosine_std"] = round(float(allc.std()), 4)
-    counts = {"icons": total, "icons_rendered_now": done.get("icons", 0),
+    counts = {"icons": total, "icons_rendered_now": done.get("icons_rendered", 0),
               "groups_rendered": done.get("groups_rendered", 0),
               "groups_from_cache": done.get("groups_cached", 0),
               "actor_restarts": restarts}  # fmt: skip

@@ -1,0 +1,131 @@
+"""Autoscaling from zero: Ray's fake multi-node autoscaler (``RAY_FAKE_CLUSTER=1 ray start
+--head --autoscaling-config=...``, provider ``fake_multinode``), whose GPU worker type starts at
+zero nodes, as KubeRay's GPU group does. The atlas joins it with ``cluster=ray_cluster``: each
+stage asks the autoscaler for what it needs and waits; GPU nodes come up, the run finishes, and
+its markers name the nodes that came up. The head exports Ray metrics: the atlas's own are on
+its Prometheus endpoint. All in a network namespace whose only interface is loopback.
+
+The fake GPUs have no CUDA: the test sets the GPU stages' device to ``cpu`` knowingly (with
+``auto`` a GPU task on a cluster fails loudly where CUDA does not work; tested on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_images
+from tests.pipelines.test_ray_jobs import RAY, _env, _port, stop_cluster
+
+log = logging.getLogger(__name__)
+pytestmark = pytest.mark.ray
+GPU_STAGES = ("extract", "reduce_fit", "reduce_search", "render", "patches")
+
+
+def _config(gcs: int) -> dict:
+    return {
+        "cluster_name": "atlas-fake", "max_workers": 2, "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 30,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True,
+                     "gcs_address": f"127.0.0.1:{gcs}"},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
+            "gpu": {"resources": {"CPU": 4, "GPU": 1}, "node_config": {}, "min_workers": 0,
+                    "max_workers": 2},
+        },
+        "head_node_type": "ray.head.default", "auth": {}, "docker": {},
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+    }  # fmt: skip
+
+
+def _gpu_nodes(dash: int, env: dict[str, str]) -> list[str]:
+    out = subprocess.run([RAY, "list", "nodes", "--format=json", "--detail",
+                          f"--address=http://127.0.0.1:{dash}"], env=env, capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    return sorted(n["node_id"] for n in json.loads(out.stdout or "[]")
+                  if n.get("resources_total", {}).get("GPU") and n.get("state") == "ALIVE")
+
+
+def scenario(tmp: Path) -> dict:
+    make_images(tmp / "imgs", 32, size=64, seed=3)
+    temp = tempfile.mkdtemp(prefix="as", dir="/tmp")
+    env = {**_env(secrets.token_hex(32)), "RAY_FAKE_CLUSTER": "1",
+           "AUTOSCALER_UPDATE_INTERVAL_S": "1"}  # fmt: skip
+    gcs, dash, metrics = _port(), _port(), _port()
+    (tmp / "autoscaling.json").write_text(json.dumps(_config(gcs)))
+    start = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
+             "--num-cpus=1", "--num-gpus=0", f"--autoscaling-config={tmp / 'autoscaling.json'}",
+             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+             f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats"]
+    cluster = {"temp": temp, "gcs": gcs}
+    try:
+        out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        before = _gpu_nodes(dash, env)
+        cpu = [f"cluster.{k}.device=cpu" for k in GPU_STAGES]
+        cmd = [sys.executable, "-m", "pipelines", "debug=fast", "data=folder",
+               f"data.path={tmp / 'imgs'}", f"run_dir={tmp / 'run'}", "cluster=ray_cluster",
+               f"cluster.address=127.0.0.1:{gcs}", "cluster.wait_s=240", "extract.chunk_images=8",
+               "reduce.n_neighbors=8", "cluster.extract.num_cpus=2",
+               "cluster.render.num_cpus=2", "reduce.backend=umap-learn", *cpu]  # fmt: skip
+        t0 = time.perf_counter()
+        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
+                             cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+        seconds = time.perf_counter() - t0
+        after = _gpu_nodes(dash, env)
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=30).read()
+        interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    finally:
+        stop_cluster(cluster)
+    return {
+        "returncode": job.returncode, "output": (job.stdout + job.stderr)[-5000:],
+        "seconds": seconds, "gpu_nodes_before": before, "gpu_nodes_after": after,
+        "metrics": [ln for ln in scraped.decode().splitlines() if "atlas" in ln][:40],
+        "interfaces": sorted(line.split(":")[0].strip() for line in interfaces),
+    }  # fmt: skip
+
+
+def test_a_gpu_group_that_starts_at_zero_grows_and_the_run_finishes(tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or subprocess.run(
+        ["unshare", "--net", "true"], capture_output=True, check=False
+    ).returncode:
+        pytest.skip("needs `unshare --net` (root, or user namespaces) to keep Ray on loopback")
+    root = Path(__file__).resolve().parents[2]
+    script = (f"ip link set lo up && exec {sys.executable} -m tests.pipelines.test_autoscaling "
+              f"{tmp_path}")  # fmt: skip
+    out = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=root, capture_output=True,
+                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["interfaces"] == ["lo"]
+    assert r["returncode"] == 0, r["output"]
+    assert r["gpu_nodes_before"] == [] and r["gpu_nodes_after"], r  # grown from zero
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "done"
+    nodes = set(manifest["stages"]["extract"]["details"]["nodes"])
+    assert nodes and nodes <= set(r["gpu_nodes_after"])  # extraction ran on nodes that came up
+    assert manifest["hardware"] and all(h["node"] for h in manifest["hardware"].values())
+    assert any(line.startswith("ray_atlas_") for line in r["metrics"]), r["metrics"]
+    log.info("fake autoscaler: GPU nodes 0 -> %d, extraction on %d of them, %.0f s; metrics "
+             "scraped from the head: %d atlas series", len(r["gpu_nodes_after"]), len(nodes),
+             r["seconds"], len(r["metrics"]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1])
+    (target / "result.json").write_text(json.dumps(scenario(target)))
