@@ -43,11 +43,12 @@ GROUPS = (
                                               "atlas.zarr/layers/blocks.2/moment")),
     ("layout", ("atlas.zarr/layers/blocks.2/layout",)),
     ("levels: cells", ("atlas.zarr/layers/blocks.2/grid",)),
-    ("exemplars", ("atlas.zarr/layers/blocks.2/exemplars",)),
+    ("exemplars: index", ("atlas.zarr/layers/blocks.2/exemplars",)),
+    ("exemplars: sheets", ("exemplars/",)),
     ("markers", ("markers",)),
     ("icon cache", ("icon-cache",)),
     ("viewer", ("viewer",)),
-    ("overviews", ("atlas",)),
+    ("overviews", ("atlas.png", "atlas-")),
 )  # fmt: skip
 
 
