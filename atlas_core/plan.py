@@ -71,6 +71,7 @@ class Device:
     slots: int = 2  # extraction tasks / render actors at once per node
     cpus: int = 2  # CPU tasks at once per node (grid, exemplars, compose)
     note: str = ""
+    startup_s: float = 0.0  # per stage on GPUs: models loaded, kernels tuned, actors started
 
 
 CALIBRATION = {
@@ -79,14 +80,17 @@ CALIBRATION = {
     # per slot) and `make bench-scale` (the rest)
     "cpu": Device("cpu", 100.0, 11.7, 17.0, 2_600.0, 20_000.0, 180.0, 75.0, 2, 2,
                   "2 CPU cores, measured here (make demo, make bench-scale)"),
-    # one H100 per worker node with 8 CPUs: JPEG decode at ~400 images/s per CPU thread (8
-    # threads), inference at ~60 TFLOP/s effective in bf16; rendering at the project's bar
+    # one H100 per worker node with 8 CPUs: JPEG decode and resize at ~250 ImageNet images/s
+    # per CPU thread (8 threads), inference at ~60 TFLOP/s effective in bf16; rendering at the
+    # project's bar
     # (100k icon-steps/s at 80 px stopped at mixed4c: ~0.8 GFLOPs a step, 80 TFLOP/s); cuML
     # UMAP 1M x 512 in ~10 s (published on a V100: 20 s)
-    "h100": Device("h100", 3_200.0, 60_000.0, 80_000.0, 100_000.0, 2_000_000.0, 400.0, 75.0,
-                   1, 8, "published figures, per GPU worker (8 CPUs, 1 H100); not measured here"),
-    "a100": Device("a100", 3_200.0, 30_000.0, 40_000.0, 60_000.0, 1_200_000.0, 400.0, 75.0,
-                   1, 8, "published figures, per GPU worker (8 CPUs, 1 A100); not measured here"),
+    "h100": Device("h100", 2_000.0, 60_000.0, 80_000.0, 100_000.0, 2_000_000.0, 400.0, 75.0,
+                   1, 8, "published figures, per GPU worker (8 CPUs, 1 H100); not measured here",
+                   120.0),
+    "a100": Device("a100", 2_000.0, 30_000.0, 40_000.0, 60_000.0, 1_200_000.0, 400.0, 75.0,
+                   1, 8, "published figures, per GPU worker (8 CPUs, 1 A100); not measured here",
+                   120.0),
 }
 
 
@@ -189,6 +193,8 @@ def hours(plan: Plan, r: RunShape, dev: Device, gflops: tuple[float, float], inp
     ex = st["exemplars"]["sources"] / (dev.exemplar_sources_s * cpu) + st["exemplars"][
         "rows"] / (2_000.0 * cpu)
     compose = st["compose"]["tiles"] / (dev.tiles_s * cpu)
-    out = {"extract": extract, "reduce": fit + place, "grid": st["extract"]["samples"] / 2e5 / w,
-           "exemplars": ex, "render": render, "compose": compose}  # fmt: skip
+    up = dev.startup_s
+    out = {"extract": extract + up, "reduce": fit + place + up,
+           "grid": st["extract"]["samples"] / 2e5 / w, "exemplars": ex, "render": render + up,
+           "compose": compose}  # fmt: skip
     return {k: float(f"{v / 3600:.3g}") for k, v in out.items()}

@@ -24,7 +24,12 @@ from torch import nn
 
 from atlas_core.errors import ConfigError
 from atlas_core.models.preprocess import Preprocess
-from atlas_core.models.weights import hub_checkpoint, load_by_name_or_position, load_state_dict
+from atlas_core.models.weights import (
+    ARCHITECTURE_ONLY,
+    hub_checkpoint,
+    load_by_name_or_position,
+    load_state_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +180,8 @@ def _needs_weights(name: str) -> ConfigError:
 
 
 def _read(weights: str) -> dict[str, torch.Tensor]:
+    if weights == ARCHITECTURE_ONLY:
+        return {}
     if weights.startswith("hub:"):
         return load_state_dict(hub_checkpoint(weights.removeprefix("hub:")))
     return load_state_dict(weights)

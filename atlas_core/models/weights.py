@@ -76,15 +76,22 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return out
 
 
+ARCHITECTURE_ONLY = "architecture"  # model.weights for shapes and FLOPs only (atlas plan)
+
+
 def load_by_name_or_position(
     module: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str
 ) -> None:
     """Load ``state`` into ``module``: by key where the keys match, else by position.
+    ``source="architecture"`` loads nothing: the module keeps its initial weights (planning a
+    run needs its shapes and FLOPs, not its weights, which may live only on the cluster).
 
     Loading by position is for checkpoints of the same architecture saved under other names
     (EfficientNet-Lite0's original release against timm's module names). It is refused unless
     the two have the same number of tensors with every shape equal, in order.
     """
+    if source == ARCHITECTURE_ONLY:
+        return
     target = module.state_dict()
     same_names = set(state) == set(target)
     if same_names:

@@ -2,8 +2,10 @@
 before anything is written.
 
 It resolves the config exactly as ``atlas`` would (the same overrides), lists the inputs (a
-folder or file list is listed, tar members counted; nothing is decoded), reads the model's
-layer shapes and FLOPs (one forward pass of one blank image on the CPU), then estimates per
+folder or file list is listed, tar members counted; nothing is decoded; ``--images N`` instead
+plans N distinct files without listing them, for data that only the cluster can reach), reads
+the model's layer shapes and FLOPs (its architecture only, without its weights: one forward
+pass of one blank image on the CPU), then estimates per
 stage the tasks, rows, cells and icons, the run directory's bytes and storage objects, and each
 stage's hours on ``workers`` nodes of the named device (:mod:`atlas_core.plan`: a calibration
 measured here for the CPU and recorded from published figures for GPUs). ``--json`` prints the
@@ -15,25 +17,32 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from atlas_core.compose.tiles import zoom_ranges
+from atlas_core.models import load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
+from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
-from pipelines.core.common import cached_model
 
 log = logging.getLogger("atlas.plan")
 
 
-def _settings(overrides: list[str]) -> Any:
+def _settings(overrides: list[str], data_here: bool = True) -> Any:
+    from contextlib import nullcontext
+
     from hydra import compose, initialize_config_dir
 
     from pipelines.commands.main import CONF_DIR, to_settings
+    from pipelines.core.schema import data_not_here
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), (
+        nullcontext() if data_here else data_not_here()
+    ):
         return to_settings(compose("config", overrides=overrides))[0]
 
 
@@ -54,20 +63,26 @@ def gflops(model: Any, layer: str) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def shape_of(s: Any, device: str) -> tuple[RunShape, tuple[float, float], int]:
-    """(the run's shape, its model's GFLOPs, the model's input px)."""
+def shape_of(s: Any, device: str, images: int | None = None
+             ) -> tuple[RunShape, tuple[float, float], int]:  # fmt: skip
+    """(the run's shape, its model's GFLOPs, the model's input px). ``images``: plan that many
+    distinct files (up to ``data.limit``) instead of listing the data."""
     from pipelines.stages.extract import build_manifest
 
-    man = build_manifest(s.data, s.seed)
-    model = cached_model(s.model.spec, "cpu")
+    if images is None:
+        uris = [str(u) for u in build_manifest(s.data, s.seed).uris]
+        n, distinct = len(uris), len(set(uris))
+        uri_bytes = int(np.mean([len(u) for u in uris])) if uris else 60
+    else:
+        n = min(images, s.data.limit) if s.data.source != "photos" and s.data.limit else images
+        distinct, uri_bytes = n, 60
+    model = load_model(replace(s.model.spec, weights=ARCHITECTURE_ONLY), "cpu")
     shapes = layer_shapes(model.module, s.extracted_layers, model.preprocess.size)
     e, r, x = s.extract, s.render, s.exemplars
     co = e.chunk_images * e.zarr_shard_chunks
-    n = len(man)
     group = int(r.group) if r.group != "auto" else (16 if device == "cpu" else 256)
     sizes = s.grid.sizes
     lv = zoom_ranges(sizes, r.icon_px, s.compose.tile_px)
-    uris = [str(u) for u in man.uris]
     shape = RunShape(
         n_images=n, k=e.samples_per_image, channels={k: v[0] for k, v in shapes.items()},
         layer=s.layer, act_bytes=2 if e.act_dtype == "float16" else 4,
@@ -77,18 +92,19 @@ def shape_of(s: Any, device: str) -> tuple[RunShape, tuple[float, float], int]:
         group=group, item=max(group, 64 if r.batch_size == "auto" else int(r.batch_size)),
         exemplars_k=x.k, patch_px=x.patch_px, thumb_px=x.thumb_px,
         rows_per_task=x.rows_per_task, tile_px=s.compose.tile_px,
-        zooms={v.size: (v.zmin, v.zmax) for v in lv}, distinct_sources=len(set(uris)),
-        uri_bytes=int(np.mean([len(u) for u in uris])) if uris else 60,
+        zooms={v.size: (v.zmin, v.zmax) for v in lv}, distinct_sources=distinct,
+        uri_bytes=uri_bytes,
     )  # fmt: skip
     return shape, gflops(model, s.layer), model.preprocess.size
 
 
-def plan(overrides: list[str], device: str = "cpu", workers: int = 1) -> dict[str, Any]:
-    s = _settings(overrides)
+def plan(overrides: list[str], device: str = "cpu", workers: int = 1,
+         images: int | None = None) -> dict[str, Any]:  # fmt: skip
+    s = _settings(overrides, data_here=images is None)
     if device not in CALIBRATION:
         raise SystemExit(f"atlas plan: --device {device} is not calibrated; choose one of "
                          f"{', '.join(CALIBRATION)}")  # fmt: skip
-    shape, flops, input_px = shape_of(s, device)
+    shape, flops, input_px = shape_of(s, device, images)
     p = estimate(shape)
     h = hours(p, shape, CALIBRATION[device], flops, input_px, workers)
     return {**p.as_dict(), "hours": h, "hours_total": float(f"{sum(h.values()):.3g}"),
@@ -110,9 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--device", default="cpu", help=f"one of {', '.join(CALIBRATION)}")
     ap.add_argument("--workers", type=int, default=1, help="worker nodes of that device")
+    ap.add_argument("--images", type=int, default=None,
+                    help="plan this many distinct image files instead of listing the data")
     args, overrides = ap.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    out = plan(overrides, args.device, args.workers)
+    out = plan(overrides, args.device, args.workers, args.images)
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0

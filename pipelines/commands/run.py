@@ -229,6 +229,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
         check(s)
         parts = _stages(s, markers)
     except Exception as exc:
+        ray_ops.count("atlas_runs", 1, {"status": "failed"})
         done = {st.name: {**rec, "status": "done"} for st in REGISTRY
                 if (rec := markers.read(f"stage-{st.name}")) is not None}  # fmt: skip
         try:
@@ -237,6 +238,7 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
         except OSError:  # a run_dir that cannot be written: the error says so
             pass
         raise
+    ray_ops.count("atlas_runs", 1, {"status": "done"})
     return _write_manifest(s, resolved_config, t0, {"status": "done", **parts})
 
 

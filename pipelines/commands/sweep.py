@@ -109,15 +109,22 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
 
 def expire(run_root: str, keep: int | None, opts: dict[str, Any]) -> list[str]:
     """Delete all but the newest ``keep`` dated runs under ``run_root`` (their names sort by
-    date); returns what was deleted. The shared extractions and icon cache stay."""
+    date); returns what was deleted. Only a run that has ended (its ``manifest.json`` written,
+    done or failed) is deleted: one still going is left alone. The shared extractions and icon
+    cache stay."""
     if keep is None:
         return []
     fs, base = fsspec.core.url_to_fs(run_root, **opts)
+    base = base.rstrip("/")
     dated = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)
                    if _DATE.match(p.rstrip("/").rsplit("/", 1)[-1]))  # fmt: skip
-    gone = dated[: max(0, len(dated) - keep)]
-    for name in gone:
-        fs.rm(f"{base.rstrip('/')}/{name}", recursive=True)
+    gone = []
+    for name in dated[: max(0, len(dated) - keep)]:
+        if not fs.exists(f"{base}/{name}/manifest.json"):
+            log.info("scheduled runs: %s has not ended; not expired", name)
+            continue
+        fs.rm(f"{base}/{name}", recursive=True)
+        gone.append(name)
         log.info("scheduled runs: %s expired (keep_runs=%d)", name, keep)
     return gone
 

@@ -244,6 +244,7 @@ def gather(
             except Exception as exc:  # keep going: no task may outlive the call that started it
                 errors[i] = exc
                 log.error("%s: %s failed: %s", desc, names[i], exc)
+                count("atlas_task_failures", 1, {"stage": desc})
                 continue
             if on_result is not None:
                 on_result(i, value)

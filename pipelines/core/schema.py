@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -29,6 +30,18 @@ SOURCES = ("photos", "folder", "filelist", "tar")
 # field metadata of a setting that never changes what a stage writes (batch sizes, caches): it
 # is left out of the stage's fingerprint
 NOT_FINGERPRINTED = {"fingerprint": False}
+_UNREACHABLE_DATA: ContextVar[bool] = ContextVar("unreachable_data", default=False)
+
+
+@contextmanager
+def data_not_here() -> Iterator[None]:
+    """Compose settings whose data only the cluster can reach (``atlas plan --images``): the
+    data path is not required to exist on this machine."""
+    token = _UNREACHABLE_DATA.set(True)
+    try:
+        yield
+    finally:
+        _UNREACHABLE_DATA.reset(token)
 S = TypeVar("S", bound="SettingsBase")
 
 
@@ -133,7 +146,8 @@ class DataConf(Group):
             )
         if self.source != "photos" and not self.path:
             raise ConfigError("data.path", None, fix=f"data={self.source} needs data.path=<path>.")
-        if self.source == "folder" and not os.path.isdir(os.path.expanduser(str(self.path))):
+        here = not _UNREACHABLE_DATA.get()
+        if here and self.source == "folder" and not os.path.isdir(os.path.expanduser(self.path)):
             raise ConfigError(
                 "data.path", self.path, fix="point data.path at an existing directory."
             )

@@ -120,10 +120,11 @@ def test_a_gpu_group_that_starts_at_zero_grows_and_the_run_finishes(tmp_path: Pa
     nodes = set(manifest["stages"]["extract"]["details"]["nodes"])
     assert nodes and nodes <= set(r["gpu_nodes_after"])  # extraction ran on nodes that came up
     assert manifest["hardware"] and all(h["node"] for h in manifest["hardware"].values())
-    assert any(line.startswith("ray_atlas_") for line in r["metrics"]), r["metrics"]
+    assert any(line.startswith("ray_atlas_stage_done") for line in r["metrics"]), r["metrics"]
+    names = sorted({ln.split("{")[0] for ln in r["metrics"] if not ln.startswith("#")})
     log.info("fake autoscaler: GPU nodes 0 -> %d, extraction on %d of them, %.0f s; metrics "
-             "scraped from the head: %d atlas series", len(r["gpu_nodes_after"]), len(nodes),
-             r["seconds"], len(r["metrics"]))  # fmt: skip
+             "scraped from the head: %d atlas series (%s)", len(r["gpu_nodes_after"]),
+             len(nodes), r["seconds"], len(r["metrics"]), ", ".join(names))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -47,3 +47,18 @@ def test_the_estimate_is_within_35_percent_of_a_real_run(tmp_path: Path, local_r
              want["store_bytes"], want["objects"], got_bytes, got_files)  # fmt: skip
     assert abs(want["store_bytes"] - got_bytes) <= 0.35 * got_bytes
     assert abs(want["objects"] - got_files) <= 0.35 * got_files
+
+
+def test_a_plan_for_data_only_the_cluster_reaches_needs_no_weights(tmp_path: Path) -> None:
+    """``--images N`` plans N files of a folder this machine cannot see, and the model's
+    architecture is enough (GoogLeNet's weights are not here): R3 on ImageNet, 16 H100s."""
+    missing = tmp_path / "imagenet" / "train"
+    out = plan(["experiment=googlenet_mixed4c", "data=imagenet", f"data.path={missing}"],
+               device="h100", workers=16, images=1_281_167)  # fmt: skip
+    assert out["stages"]["extract"]["images"] == 1_281_167 and out["model"] == "googlenet"
+    assert out["layer"] == "inception4c" and set(out["stages"]["grid"]["cells"]) == {
+        20, 40, 80, 160}
+    raw = 1_281_167 * 512 * 2  # one sample an image, 512 float16 channels at inception4c
+    assert 0.7 * raw < out["bytes_by_group"]["extraction: activations and moments"] < 1.2 * raw
+    assert 1.0 < out["gflops"]["forward"] < 4.0 and out["hours"]["render"] > 0
+    assert not missing.exists()

@@ -46,11 +46,14 @@ def test_weekly_runs_share_work_record_failures_and_expire(tmp_path, local_ray, 
     assert rows["2026-11-15"]["status"] == "failed" and index["failed"] == 1
     assert "injected fault" in rows["2026-11-15"]["error"]
     assert "failed" in (root / "index.html").read_text()
+    going = root / "2026-10-25"  # an older run still going (no manifest yet): never expired
+    (going / "markers").mkdir(parents=True)
     retry = week("2026-11-15", "extract.edge=0")  # the same date again: it resumes, and ends
     assert retry["status"] == "done"
     index = json.loads((root / "index.json").read_text())
     assert [r["run"] for r in index["runs"]] == ["2026-11-08", "2026-11-15"]  # keep_runs=2
     assert not (root / "2026-11-01").exists() and (root / "extractions").is_dir()
+    assert going.is_dir()
     log.info("schedule: week 2 rendered 0 groups (%d from the cache); a failed date recorded "
              "in failed.json, its manifest and the index, then resumed; 1 run expired",
              rd["counts"]["groups_from_cache"])  # fmt: skip
