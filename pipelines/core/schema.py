@@ -146,8 +146,8 @@ class DataConf(Group):
             )
         if self.source != "photos" and not self.path:
             raise ConfigError("data.path", None, fix=f"data={self.source} needs data.path=<path>.")
-        here = not _UNREACHABLE_DATA.get()
-        if here and self.source == "folder" and not os.path.isdir(os.path.expanduser(self.path)):
+        here, path = not _UNREACHABLE_DATA.get(), os.path.expanduser(str(self.path))
+        if here and self.source == "folder" and not os.path.isdir(path):
             raise ConfigError(
                 "data.path", self.path, fix="point data.path at an existing directory."
             )
