@@ -354,10 +354,11 @@ def run(ctx: StageRun) -> StageResult:
 
 
 def _backend(ctx: StageRun) -> str:
-    """``reduce.backend``; on a cluster, ``auto`` with a GPU for the fit means cuML, and a fit
-    node without it fails naming what to install (never a silent 50x slower umap-learn)."""
+    """``reduce.backend``; ``auto`` where the fit asks for CUDA (on a cluster: a GPU for the fit
+    and ``cluster.reduce_fit.device`` not set to cpu) means cuML, and a fit node without it fails
+    naming what to install (never a silent 50x slower umap-learn)."""
     r = ctx.conf(ReduceConf)
-    if r.backend == "auto" and ctx.s.cluster.address and ctx.resources("reduce_fit").num_gpus > 0:
+    if r.backend == "auto" and ctx.device("reduce_fit") == "cuda":
         return "cuml"
     return r.backend
 

@@ -31,6 +31,9 @@ def test_a_gpu_stage_on_a_cluster_asks_for_cuda_and_locally_takes_what_is_there(
         address="x", reduce_fit=on.s.cluster.reduce_fit.__class__(num_gpus=1))), MAIN, "fp")) \
         == "cuml"  # fmt: skip
     assert _backend(StageRun("reduce", on.s, MAIN, "fp")) == "auto"  # the fit has no GPU
+    cpu_fit = _run("cluster.address=127.0.0.1:1", "cluster.reduce_fit.num_gpus=1",
+                   "cluster.reduce_fit.device=cpu").s  # fmt: skip
+    assert _backend(StageRun("reduce", cpu_fit, MAIN, "fp")) == "auto"  # a CPU fit, knowingly
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

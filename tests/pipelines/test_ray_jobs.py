@@ -128,6 +128,11 @@ def _kill_node(port: int) -> None:
             p.send_signal(signal.SIGKILL)
 
 
+# the workers advertise GPUs but have no CUDA: a stage given a GPU fails loudly there unless its
+# device is set to cpu knowingly (the first job of the scenario checks the refusal)
+CPU_KNOWINGLY = [f"cluster.{k}.device=cpu" for k in ("extract", "reduce_fit", "reduce_search")]
+
+
 def _args(images: Path, run_dir: Path) -> list[str]:
     return [
         "debug=fast",
@@ -160,13 +165,15 @@ def scenario(tmp: Path) -> dict:
     cluster = start_cluster()
     try:
         nodes = _nodes(cluster)
+        submit = [RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}"]
+        atlas = [sys.executable, "-c", "from pipelines.commands.cli import main; main()",
+                 "cluster=ray_cluster", "cluster.address=auto"]  # fmt: skip
+        refused = subprocess.run([*submit, "--", *atlas, *_args(tmp / "imgs", tmp / "gpu")],
+                                 env=cluster["env"], capture_output=True, text=True,
+                                 timeout=300)  # fmt: skip
         runtime = {"env_vars": {"ATLAS_TEST_FAULT": f"sleep:mid:0.5;trace:start:{traces}"}}
-        cmd = [
-            RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}",
-            f"--runtime-env-json={json.dumps(runtime)}", "--", sys.executable, "-c",
-            "from pipelines.commands.cli import main; main()", "cluster=ray_cluster",
-            "cluster.address=auto", *_args(tmp / "imgs", run_dir),
-        ]  # fmt: skip
+        cmd = [*submit, f"--runtime-env-json={json.dumps(runtime)}", "--", *atlas,
+               *_args(tmp / "imgs", run_dir), *CPU_KNOWINGLY]  # fmt: skip
         t0 = time.perf_counter()
         job = subprocess.Popen(cmd, env=cluster["env"], stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
@@ -184,6 +191,10 @@ def scenario(tmp: Path) -> dict:
         interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     finally:
         stop_cluster(cluster)
+    gpu_refusal = {"returncode": refused.returncode, "output": refused.stdout[-6000:],
+                   "wrote_store": (tmp / "gpu" / "atlas.zarr").exists()}  # fmt: skip
+    if job.returncode != 0:  # the test reports the job's own output
+        return {"returncode": job.returncode, "output": output[-4000:], "gpu": gpu_refusal}
     from pipelines.commands.run import run
     from pipelines.core import ray_ops
     from tests.conftest import debug_settings
@@ -197,7 +208,7 @@ def scenario(tmp: Path) -> dict:
     b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
     return {
         "returncode": job.returncode, "output": output[-4000:], "seconds": seconds,
-        "nodes": nodes, "started_on_b": started_b,
+        "nodes": nodes, "started_on_b": started_b, "gpu": gpu_refusal,
         "committed_by": _committed(run_dir),
         "equal": {n: bool(np.array_equal(a[n][:], b[n][:], equal_nan=True)) for n in ARRAYS},
         "interfaces": sorted(line.split(":")[0].strip() for line in interfaces),
@@ -224,6 +235,11 @@ def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["returncode"] == 0, r["output"]
     assert r["interfaces"] == ["lo"]
+    gpu = r["gpu"]  # GPUs asked where CUDA does not work: refused before any work, naming why
+    assert gpu["returncode"] != 0 and not gpu["wrote_store"], gpu
+    assert "where CUDA does not work" in gpu["output"] and "device=cpu knowingly" in gpu["output"]
+    failed = json.loads((tmp_path / "gpu" / "manifest.json").read_text())
+    assert failed["status"] == "failed" and "CUDA" in failed["error"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     ex = manifest["stages"]["extract"]["counts"]
     assert (ex["images_expected"], ex["images_ok"], ex["images_failed"], ex["images_lost"]) == (
