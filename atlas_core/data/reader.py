@@ -10,10 +10,17 @@ Three strategies, chosen from the inputs, behind one iterator:
 
 A row that cannot be decoded is skipped in the batches and keeps its status and reason; rows are
 never substituted, so row ``i`` is always input ``i``.
+
+Reading, decoding, resizing and collating run in a producer thread ahead of the consumer's
+forward pass, ``prefetch`` batches deep (a bounded queue: memory stays ``prefetch`` batches
+whatever the shard's size). One producer keeps the rows in order; an error in it is raised in
+the consumer; a consumer that stops early stops it.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -45,6 +52,28 @@ class Preprocess(Protocol):
     def tensor_to_input(self, t: torch.Tensor) -> torch.Tensor: ...
 
 
+_END = object()
+
+
+def _ahead(pool: ThreadPoolExecutor, fn: Any, n: int, window: int) -> Iterator[Any]:
+    """``fn(0) .. fn(n - 1)`` in order, on the pool, at most ``window`` ahead of the consumer
+    (``pool.map`` would submit all n at once and hold every result)."""
+    from collections import deque
+
+    pending: deque[Any] = deque()
+    nxt = 0
+    while nxt < n or pending:
+        while nxt < n and len(pending) < window:
+            pending.append(pool.submit(fn, nxt))
+            nxt += 1
+        yield pending.popleft().result()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
 class ImageReader:
     """Rows of one shard: ``uris`` (n,) str and ``crops`` (n, 4) int32 (-1: whole image).
 
@@ -65,6 +94,7 @@ class ImageReader:
         decoder: str = "auto",
         batch_size: int = 64,
         threads: int = 2,
+        prefetch: int = 2,
     ) -> None:
         self.uris = [str(u) for u in uris]
         self.crops = np.asarray(crops)
@@ -74,6 +104,7 @@ class ImageReader:
         self.device = device
         self.batch_size = batch_size
         self.threads = threads
+        self.prefetch = max(1, prefetch)
         n = len(self.uris)
         self.status = np.zeros(n, np.uint8)
         self.error = np.full(n, "", dtype=object)
@@ -89,14 +120,52 @@ class ImageReader:
         return "tar" if self.tar else "torchvision" if self.torchvision else "pil"
 
     def batches(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(row indices (B,), normalized input (B, 3, H, W)) for the rows that decoded."""
+        """(row indices (B,), normalized input (B, 3, H, W)) for the rows that decoded, made
+        ``prefetch`` batches ahead in a producer thread. ``status``, ``error`` and ``hashes``
+        are complete once the iteration has ended."""
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                for b in self._batches():
+                    if not put(b):
+                        return
+                put(_END)
+            except BaseException as exc:  # raised in the consumer
+                put(_Failed(exc))
+
+        worker = threading.Thread(target=produce, name="atlas-reader", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Failed):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            worker.join()
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             if self.tar:
                 rows: Iterator[tuple[int, Any]] = self._from_tar()
             elif self.torchvision:
                 rows = self._by_torchvision(pool)
             else:
-                rows = pool.map(self._load, range(len(self.uris)))  # runs ahead on the pool
+                rows = _ahead(pool, self._load, len(self.uris), self.batch_size)
             batch: list[tuple[int, Any]] = []
             for i, item in rows:
                 if item is not None:
@@ -145,7 +214,10 @@ class ImageReader:
                     yield i, self.pre.tensor_to_input(t)
                     continue
                 _, arr = self._load(i)
-                yield i, None if arr is None else torch.from_numpy(arr).permute(2, 0, 1) / 255.0
+                if arr is None:
+                    yield i, None
+                    continue
+                yield i, torch.from_numpy(np.array(arr)).permute(2, 0, 1) / 255.0
 
     def _collate(self, batch: list[tuple[int, Any]]) -> tuple[np.ndarray, torch.Tensor]:
         idx = np.array([j for j, _ in batch])

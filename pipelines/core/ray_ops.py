@@ -237,21 +237,24 @@ def gather(
     progress = Progress(desc, len(handles), unit)
     with tqdm(total=len(handles), desc=desc, unit=unit) as bar:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            i = index[done[0]]
-            try:
-                value = ray.get(done[0])
-            except Exception as exc:  # keep going: no task may outlive the call that started it
-                errors[i] = exc
-                log.error("%s: %s failed: %s", desc, names[i], exc)
-                count("atlas_task_failures", 1, {"stage": desc})
-                continue
-            if on_result is not None:
-                on_result(i, value)
-            results[i] = value if keep else None
-            del value
-            bar.update(1)
-            progress.step()
+            # every finished handle at once (up to 256), so a wait over n tasks costs O(n), not
+            # O(n^2): ray.wait scans the whole pending list each call
+            done, pending = ray.wait(pending, num_returns=min(len(pending), 256), timeout=0.2)
+            for ref in done:
+                i = index[ref]
+                try:
+                    value = ray.get(ref)
+                except Exception as exc:  # keep going: no task may outlive the call starting it
+                    errors[i] = exc
+                    log.error("%s: %s failed: %s", desc, names[i], exc)
+                    count("atlas_task_failures", 1, {"stage": desc})
+                    continue
+                if on_result is not None:
+                    on_result(i, value)
+                results[i] = value if keep else None
+                del value
+                bar.update(1)
+                progress.step()
     if errors:
         first = min(errors)
         for i in sorted(errors):  # a library error (a bad setting, a broken store) as itself
