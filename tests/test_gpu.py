@@ -31,9 +31,9 @@ def test_bf16_channels_last_extraction_matches_fp32_cpu() -> None:
 def test_rendering_on_cuda_picks_a_batch_and_raises_the_objective() -> None:
     m = load_model(ModelSpec(), device="cuda")
     r = IconRenderer(m, "blocks.4", RenderSettings(icon_px=64, steps=32, attempts=1), device="cuda")
-    assert r.suggest_batch_size() >= 16
+    assert r.suggest_group() >= 16
     d = np.abs(np.random.default_rng(0).normal(size=(16, 112))).astype(np.float32)
-    icons, score, cos = r.render(d, seeds=range(len(d)))
+    icons, score, cos, _ = r.render(d, seeds=range(len(d)))
     assert icons.shape == (16, 64, 64, 3) and np.isfinite(score).all() and cos.mean() > 0.1
 
 

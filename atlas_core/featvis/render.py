@@ -10,26 +10,46 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from atlas_core.featvis.objectives import Acts, direction_cossim
+from atlas_core.featvis.objectives import Acts, Objective, direction_cosine, direction_cossim
 from atlas_core.featvis.optimize import optimize
-from atlas_core.featvis.param import fft_image, pixel_image, to_valid_rgb
+from atlas_core.featvis.param import Fourier, Parameterization, PhaseOnly, Pixels
 from atlas_core.featvis.streams import Streams, icon_seed
-from atlas_core.featvis.transforms import collapse_alpha, flatten_alpha, icon_transforms
+from atlas_core.featvis.transforms import (
+    collapse_alpha,
+    flatten_alpha,
+    icon_transforms,
+    noise,
+)
 from atlas_core.models.layers import run_until, stop_at
 from atlas_core.models.registry import LoadedModel
+
+PARAMS = ("fft", "pixel", "maco")
+OBJECTIVES = ("lucid", "cosine")
+ALPHAS = ("none", "channel", "saliency")
 
 
 @dataclass(frozen=True)
 class RenderSettings:
     """Icon rendering settings (R3 defaults: 80 px, 1024 steps, best of 4, cosine power 4).
 
-    param: ``"fft"`` (decorrelated colour, sigmoid) or ``"pixel"``.
-    alpha: optimize an alpha channel too, over random backgrounds; icons are flattened on white.
-    whiten: use S = inverse second-moment matrix on the directions.
+    param: ``"fft"`` (Lucid: spectrum scaled by 1/f, decorrelated colour, sigmoid), ``"maco"``
+        (MACO: the phase only, the magnitude fixed to the run's own images' mean amplitude
+        spectrum, given to the renderer as ``spectrum``) or ``"pixel"``.
+    optimizer: ``"adam"`` or ``"nadam"`` (MACO's); noise: Gaussian plus uniform noise of this
+        scale added to the transformed image every step (MACO: 0.05).
+    alpha: ``"none"``; ``"channel"`` (Lucid's: an optimized alpha channel over random
+        backgrounds); ``"saliency"`` (MACO's: where the objective's input gradient was, summed
+        over the steps, clipped at its 80th percentile). With alpha the icons are returned
+        unflattened, beside their alpha.
+    objective: ``"lucid"`` (Lucid's ``mean(a * Sv) * max(0.1, cos)^cos_power`` at the centre) or
+        ``"cosine"`` (the cosine between the centre activation and the direction, unwhitened;
+        ``fill`` weighs in the mean cosine over every position: :func:`direction_cosine`).
+    whiten: use S = inverse second-moment matrix on the directions (``lucid`` objective only).
     amp: bfloat16 autocast on CUDA (ignored on CPU).
     """
 
@@ -44,7 +64,59 @@ class RenderSettings:
     decay_power: float = 1.0
     transforms: bool = True
     amp: bool = True
-    alpha: bool = False
+    alpha: str = "none"
+    objective: str = "lucid"
+    fill: float = 0.0
+    optimizer: str = "adam"
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.param not in PARAMS or self.alpha not in ALPHAS or self.objective not in OBJECTIVES:
+            raise ValueError(f"param must be one of {PARAMS}, alpha one of {ALPHAS} and "
+                             f"objective one of {OBJECTIVES}")
+
+
+class Rendered(NamedTuple):
+    """What :meth:`IconRenderer.render` gives: icons (B, px, px, 3) uint8, best final objective
+    (B,) float32, fidelity cosine (B,) float32, alpha (B, px, px) uint8 or None."""
+
+    icons: np.ndarray
+    objective: np.ndarray
+    cosine: np.ndarray
+    alpha: np.ndarray | None
+
+    @staticmethod
+    def concatenate(parts: Sequence[Rendered]) -> Rendered:
+        alphas = [p.alpha for p in parts]
+        return Rendered(np.concatenate([p.icons for p in parts]),
+                        np.concatenate([p.objective for p in parts]),
+                        np.concatenate([p.cosine for p in parts]),
+                        None if any(a is None for a in alphas)
+                        else np.concatenate(alphas))  # type: ignore[arg-type]  # fmt: skip
+
+
+def parameterization(settings: RenderSettings, spectrum: np.ndarray | None = None
+                     ) -> Parameterization:  # fmt: skip
+    """The value ``settings.param`` names; ``maco`` needs the run's amplitude ``spectrum``."""
+    if settings.param == "maco":
+        if spectrum is None:
+            raise ValueError("param='maco' needs the run's amplitude spectrum (spectrum=...)")
+        return PhaseOnly(np.asarray(spectrum, np.float32))
+    if settings.param == "pixel":
+        return Pixels(settings.sd)
+    return Fourier(settings.sd, settings.decay_power)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def saliency_alpha(seen: torch.Tensor, percentile: float = 80.0) -> torch.Tensor:
+    """(B, H, W) summed input-gradient magnitudes -> alpha in [0, 1]: each icon's map clipped
+    at its own ``percentile`` and divided by it (MACO's transparency)."""
+    flat = seen.flatten(1).float()
+    top = torch.quantile(flat, percentile / 100.0, dim=1).clamp_min(1e-12)
+    return (flat / top[:, None]).clamp(0.0, 1.0).reshape(seen.shape)
 
 
 def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -64,7 +136,10 @@ class IconRenderer:
         settings: RenderSettings,
         *,
         device: torch.device | str = "cpu",
+        spectrum: np.ndarray | None = None,
+        param: Parameterization | None = None,
     ) -> None:
+        self.param = param if param is not None else parameterization(settings, spectrum)
         self.model = model
         self.layer = layer
         self.settings = settings
@@ -74,7 +149,9 @@ class IconRenderer:
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
         self.transforms = icon_transforms(settings.icon_px) if settings.transforms else []
-        if settings.alpha:
+        if settings.noise > 0:
+            self.transforms = [*self.transforms, noise(settings.noise)]
+        if settings.alpha == "channel":
             self.transforms = [collapse_alpha(), *self.transforms]
 
     def forward(self, images: torch.Tensor) -> Acts:
@@ -98,12 +175,13 @@ class IconRenderer:
         seeds: Sequence[int],
         whiten: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> Rendered:
         """Icons for ``directions`` (B, C), optimized together as one tensor; with best-of-N,
         the N attempts of every icon are rows of that tensor too (attempt-major).
 
-        Returns (icons uint8 (B, px, px, 3), best final objective (B,) float32, cosine (B,)
-        between each icon's activation at the layer's centre and its direction).
+        Returns :class:`Rendered`: icons uint8 (B, px, px, 3), best final objective (B,) float32,
+        cosine (B,) between each icon's activation at the layer's centre and its direction, and
+        with an ``alpha`` setting the alpha uint8 (B, px, px) (the icons then unflattened).
         Best-of-N: each icon keeps the attempt with the highest final objective (the first
         such attempt on ties).
         seeds: (B,) one per icon (:func:`icon_seed` of the run's seed and the icon's identity);
@@ -114,41 +192,52 @@ class IconRenderer:
         if len(seeds) != len(directions):
             raise ValueError(f"{len(directions)} directions but {len(seeds)} seeds")
         s = self.settings
-        b, n = len(directions), s.attempts
+        b, n, px = len(directions), s.attempts, s.icon_px
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
-        wt = (
-            torch.tensor(np.array(whiten, np.float32), device=self.device)
-            if s.whiten and whiten is not None
-            else None
-        )
-        objective = direction_cossim(self.layer, vecs.repeat(n, 1), power=s.cos_power, whiten=wt)
+        objective = self.objective(vecs.repeat(n, 1), whiten)
         gen = Streams([icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds],
                       device=self.device)  # fmt: skip
-        shape = (b * n, 4 if s.alpha else 3, s.icon_px, s.icon_px)
-        if s.param == "fft":
-            params, raw = fft_image(
-                shape, sd=s.sd, decay_power=s.decay_power, rng=gen, device=self.device
-            )
-        else:
-            params, raw = pixel_image(shape, sd=s.sd, rng=gen, device=self.device)
-        image_fn = to_valid_rgb(raw, decorrelate=s.param == "fft")
-        img, score, _ = optimize(  # final scores see the icon flattened on white
+        channels = 4 if s.alpha == "channel" else 3
+        params, image_fn = self.param((b * n, channels, px, px), gen, self.device)
+        img, score, _, seen = optimize(  # final scores see the icon flattened on white
             self.forward, objective, params, image_fn, steps=s.steps, lr=s.lr,
-            transforms=self.transforms, rng=gen, on_step=on_step,
+            transforms=self.transforms, rng=gen, on_step=on_step, optimizer=s.optimizer,
+            saliency=s.alpha == "saliency",
         )  # fmt: skip
-        img = flatten_alpha(img).reshape(n, b, 3, s.icon_px, s.icon_px)
-        score = score.reshape(n, b)
+        alpha = img[:, 3] if s.alpha == "channel" else (
+            saliency_alpha(seen) if s.alpha == "saliency" and seen is not None else None)
+        return self._best(img, alpha, score.reshape(n, b), vecs)
+
+    def objective(self, vecs: torch.Tensor, whiten: np.ndarray | None) -> Objective:
+        """The settings' objective for directions ``vecs`` (B, C): Lucid's ``dot * cos^n`` with
+        the whitening when ``settings.whiten``, or the plain cosine (never whitened)."""
+        s = self.settings
+        if s.objective == "cosine":
+            return direction_cosine(self.layer, vecs, fill=s.fill)
+        wt = (torch.tensor(np.array(whiten, np.float32), device=self.device)
+              if s.whiten and whiten is not None else None)  # fmt: skip
+        return direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
+
+    def _best(self, img: torch.Tensor, alpha: torch.Tensor | None, score: torch.Tensor,
+              vecs: torch.Tensor) -> Rendered:  # fmt: skip
+        """Each icon's best attempt (``score`` (N, B)), as uint8 arrays."""
+        n, b = score.shape
+        px = img.shape[-1]
         pick = score.argmax(dim=0)
         rows = torch.arange(b, device=score.device)
-        best, best_img = score[pick, rows], img[pick, rows]
-        cosine = self.cosine(best_img, vecs)
-        icons = (best_img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-        return icons.cpu().numpy(), best.cpu().numpy().astype(np.float32), cosine
+        flat = flatten_alpha(img).reshape(n, b, 3, px, px)[pick, rows]
+        keep = img[:, :3].reshape(n, b, 3, px, px)[pick, rows] if alpha is not None else flat
+        a8 = None
+        if alpha is not None:
+            a8 = _to_uint8(alpha.reshape(n, b, px, px)[pick, rows])
+        return Rendered(_to_uint8(keep.permute(0, 2, 3, 1)),
+                        score[pick, rows].cpu().numpy().astype(np.float32),
+                        self.cosine(flat, vecs), a8)  # fmt: skip
 
     def render_groups(
         self, directions: np.ndarray, *, seeds: Sequence[int], group: int,
         whiten: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    ) -> Rendered:  # fmt: skip
         """Icons for consecutive groups of ``group`` directions, one :meth:`render` each.
 
         This is what makes an icon depend on its cell only: the same group always holds the
@@ -156,7 +245,7 @@ class IconRenderer:
         whatever the work split, the actor or the machine's load."""
         out = [self.render(directions[a : a + group], seeds=seeds[a : a + group], whiten=whiten)
                for a in range(0, len(directions), group)]  # fmt: skip
-        return tuple(np.concatenate(parts) for parts in zip(*out, strict=True))  # type: ignore[return-value]
+        return Rendered.concatenate(out)
 
     def suggest_group(self, *, probe: int = 8, fraction: float = 0.5, cap: int = 256) -> int:
         """Icons to optimize together: 16 on a CPU; on CUDA the largest power of two up to
@@ -169,9 +258,11 @@ class IconRenderer:
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
         vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
-        params, raw = fft_image((probe, 3, s.icon_px, s.icon_px), device=self.device)
-        optimize(self.forward, direction_cossim(self.layer, vecs), params, to_valid_rgb(raw),
-                 steps=1, transforms=self.transforms)  # fmt: skip
+        params, image_fn = self.param((probe, 4 if s.alpha == "channel" else 3, s.icon_px,
+                                       s.icon_px), Streams.from_seed(0, probe), self.device)
+        optimize(self.forward, direction_cossim(self.layer, vecs), params, image_fn, steps=1,
+                 transforms=self.transforms, optimizer=s.optimizer,
+                 saliency=s.alpha == "saliency")  # fmt: skip
         per_image = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
         free, _ = torch.cuda.mem_get_info(self.device)
         fits = int(fraction * free // (per_image * max(1, s.attempts)))

@@ -100,6 +100,19 @@ def crop_or_pad_to(size: int, value: float = 0.5) -> Transform:
     return t
 
 
+def noise(level: float) -> Transform:
+    """Add Gaussian and uniform noise of scale ``level`` to every pixel, per image from its own
+    stream (MACO's robustness noise)."""
+
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = rng.normal(c, h, w).to(x.device, x.dtype)
+        u = rng.uniform(c * h * w).reshape(b, c, h, w).to(x.device, x.dtype) - 0.5
+        return x + level * (g + u)
+
+    return t
+
+
 def collapse_alpha() -> Transform:
     """RGBA -> RGB over a fresh random background each step (Lucid's alpha trick): only what the
     objective needs stays opaque. RGB input passes through unchanged."""
@@ -133,11 +146,21 @@ def compose(transforms: Sequence[Transform]) -> Transform:
     return t
 
 
+ICON_SCALES = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
+ICON_DEGREES = [float(d) for d in
+                list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]]
+
+
 def icon_transforms(size: int) -> list[Transform]:
     """The activation-atlas icon transforms: pad 16, jitter 4,4,8,8,8, random scale, random rotate
-    (-20..20 degrees, biased to small angles), jitter 2, crop back to ``size``."""
-    scales = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
-    degrees = list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
+    (-20..20 degrees, biased to small angles), jitter 2, crop back to ``size``; as one resampling
+    (:func:`fused_icon_transform`)."""
+    return [fused_icon_transform(size)]
+
+
+def icon_transforms_chain(size: int) -> list[Transform]:
+    """The same transforms one by one (six gathers and a resampling a step): the reference the
+    fused one is tested against."""
     return [
         pad(16),
         jitter(4),
@@ -145,7 +168,59 @@ def icon_transforms(size: int) -> list[Transform]:
         jitter(8),
         jitter(8),
         jitter(8),
-        scale_rotate(scales, [float(d) for d in degrees]),
+        scale_rotate(ICON_SCALES, ICON_DEGREES),
         jitter(2),
         crop_or_pad_to(size),
     ]
+
+
+def fused_icon_transform(
+    size: int,
+    padding: int = 16,
+    jitters: Sequence[int] = (4, 4, 8, 8, 8),
+    scales: Sequence[float] = ICON_SCALES,
+    degrees: Sequence[float] = ICON_DEGREES,
+    last: int = 2,
+) -> Transform:
+    """pad, jitters, scale and rotate, a last jitter and the crop back to ``size`` as one affine
+    map and one bilinear resampling of the batch (the chain's integer crops are translations, so
+    they fold into the map). Per image it draws from its stream exactly what the chain draws, in
+    the same order, and gives the chain's image wherever the rotated window stays inside the
+    jittered crop (the chain repeats that crop's edge beyond it; this samples the padded image
+    there, as if the crop were larger). For inputs of ``size`` x ``size``."""
+    scale_table, angle_table = _Table(scales), _Table(degrees)
+    inner = size + 2 * padding - sum(jitters)  # the side the chain rotates
+    out = inner - last  # the side after the last jitter; crop_or_pad_to pads it back
+
+    def t(x: torch.Tensor, rng: Streams) -> torch.Tensor:
+        if x.shape[-1] != size or x.shape[-2] != size:
+            raise ValueError(f"the icon transform is for {size} px images, got {x.shape}")
+        dev, dt = x.device, x.dtype
+        offset = torch.zeros(x.shape[0], 2, device=rng.device)  # (y, x), summed crop offsets
+        for d in jitters:
+            offset += (rng.uniform(2) * (d + 1)).long().clamp_(max=d)
+        s = scale_table.pick(rng)
+        a = angle_table.pick(rng) * (math.pi / 180.0)
+        o6 = (rng.uniform(2) * (last + 1)).long().clamp_(max=last).float()
+        cos, sin = torch.cos(a) / s, torch.sin(a) / s
+        # pixel map (x, y): q_in = off + c + A (v + o6 - c), v the output pixel, c the centre of
+        # the rotated square, in the frame of the padded image; then into x's frame (- padding)
+        c = inner / 2 - 0.5
+        ox, oy = offset[:, 1] - padding, offset[:, 0] - padding
+        vx, vy = (out - 1) / 2 + o6[:, 1] - c, (out - 1) / 2 + o6[:, 0] - c
+        bx = ox + c + cos * vx - sin * vy
+        by = oy + c + sin * vx + cos * vy
+        k = out / size  # output and input normalized frames differ in size
+        theta = torch.stack([
+            torch.stack([cos * k, -sin * k, (2 * bx + 1) / size - 1], 1),
+            torch.stack([sin * k, cos * k, (2 * by + 1) / size - 1], 1),
+        ], 1).to(dev, dt)  # fmt: skip
+        grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out, out], align_corners=False)
+        y = F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False) + 0.5  # fmt: skip
+        ph = size - out
+        y = F.pad(y, (ph // 2, ph - ph // 2, ph // 2, ph - ph // 2), value=0.5)
+        # channels-last: oneDNN's convolutions (and cuDNN's) run faster on it
+        return y.contiguous(memory_format=torch.channels_last)
+
+    return t

@@ -42,11 +42,13 @@ def group_key(
 
 @dataclass(frozen=True)
 class CachedGroup:
-    """A group's icons (G, px, px, 3) uint8, best objectives (G,) and cosines (G,)."""
+    """A group's icons (G, px, px, 3) uint8, best objectives (G,), cosines (G,) and alpha
+    (G, px, px) uint8 or None."""
 
     icons: np.ndarray
     objective: np.ndarray
     cosine: np.ndarray
+    alpha: np.ndarray | None = None
 
 
 class IconCache:
@@ -68,7 +70,8 @@ class IconCache:
                 continue
             try:
                 z = np.load(io.BytesIO(blob))
-                out[key] = CachedGroup(z["icons"], z["objective"], z["cosine"])
+                out[key] = CachedGroup(z["icons"], z["objective"], z["cosine"],
+                                       z["alpha"] if "alpha" in z.files else None)  # fmt: skip
             except (OSError, ValueError, KeyError, EOFError):
                 continue
         self.hits += len(out)
@@ -80,8 +83,12 @@ class IconCache:
         blobs = {}
         for key, e in entries.items():
             buf = io.BytesIO()
-            np.savez_compressed(buf, icons=e.icons, objective=np.asarray(e.objective, np.float32),
-                     cosine=np.asarray(e.cosine, np.float32))  # fmt: skip
+            arrays: dict[str, Any] = {"icons": e.icons,
+                                      "objective": np.asarray(e.objective, np.float32),
+                                      "cosine": np.asarray(e.cosine, np.float32)}  # fmt: skip
+            if e.alpha is not None:
+                arrays["alpha"] = e.alpha
+            np.savez_compressed(buf, **arrays)
             blobs[self._path(key)] = buf.getvalue()
         for folder in {p.rsplit("/", 1)[0] for p in blobs}:
             self.fs.makedirs(folder, exist_ok=True)

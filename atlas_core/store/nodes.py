@@ -46,7 +46,13 @@ class Images(Node):
         "top_class": _img("int32", -1, "t"),
         "top_prob": _img("float16", NAN, "t"),
         "label": _img("int32", -1),
+        # the mean rfft2 magnitude of the model-sized inputs, decorrelated colours (MACO icons)
+        "spectrum": ArraySpec("float32", 0.0, (3, "sh", "sw")),
     }
+
+    def spectrum(self) -> np.ndarray | None:
+        """(3, H, W // 2 + 1) the images' mean amplitude spectrum, or None (an older store)."""
+        return self.read("spectrum") if self.has("spectrum") else None
 
     def status(self) -> np.ndarray:
         return self.read("status")
@@ -143,6 +149,9 @@ class Level(Node):
         "icons": ArraySpec("uint8", 0, ("M", "px", "px", 3), chunk="group", obj="item"),
         "icon_objective": ArraySpec("float32", NAN, ("M",), chunk="item"),
         "icon_cosine": ArraySpec("float32", NAN, ("M",), chunk="item"),
+        "icon_alpha": ArraySpec("uint8", 0, ("M", "px", "px"), chunk="group", obj="item"),
+        "icon_margin": _cells("float32", NAN),
+        "icon_rank": _cells("int32", 0),
         "exemplar_row": _cells("int64", -1, "k"),
         "exemplar_score": _cells("float32", NAN, "k"),
     }
@@ -168,6 +177,23 @@ class Level(Node):
 
     def optional(self, name: str) -> np.ndarray | None:
         return self.read(name) if self.has(name) else None
+
+    def alpha(self, start: int = 0, stop: int | None = None) -> np.ndarray | None:
+        """(n, px, px) uint8 alpha of icons [start, stop) where the render made one, else None."""
+        if not self.has("icons") or self.array("icons").attrs.get("alpha", "none") == "none":
+            return None
+        return self.read("icon_alpha", start, stop) if self.has("icon_alpha") else None
+
+    def drawn(self, start: int = 0, stop: int | None = None, background: int = 255
+              ) -> np.ndarray:  # fmt: skip
+        """Icons [start, stop) as drawn on ``background``: (n, px, px, 3) uint8, each over the
+        background by its alpha where the render made one."""
+        icons = self.read("icons", start, stop)
+        a = self.alpha(start, stop)
+        if a is None:
+            return icons
+        w = a[..., None].astype(np.float32) / 255.0
+        return np.round(icons * w + background * (1.0 - w)).astype(np.uint8)
 
     def icons(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(icons (M, px, px, 3) uint8, objective (M,), cosine (M,)); NaN objective: missing."""

@@ -96,7 +96,7 @@ def draw_task(job: Draw) -> dict[str, Any]:
     lo, hi = cell_rows_in(job.size, job.width, px0, min(px1, job.width))
     flat = cell[:, 1].astype(np.int64) * job.size + cell[:, 0]
     a, b = np.searchsorted(flat, [lo * job.size, (hi + 1) * job.size])
-    icons = level.read("icons", int(a), int(b))
+    icons = level.drawn(int(a), int(b), job.background)
     boxes, ids = boxes[a:b], np.arange(a, b)
     cache: dict[tuple[int, int, int], Image.Image] = {}
     if job.z is None:
@@ -134,7 +134,7 @@ class Sheets:
 def sheets_task(job: Sheets) -> dict[str, Any]:
     store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
     level = store.in_view(job.prefix).level(job.layer, job.size)
-    icons = level.read("icons", job.start, job.stop)
+    icons = level.drawn(job.start, job.stop, job.background)
     page = job.start // (job.columns * job.columns)
     write_file(f"{job.out}/levels/{job.size}/icons-{page}.png",
                _encode(sheet(icons, job.columns, job.background), "png"), job.storage_options)
@@ -302,7 +302,7 @@ def outputs(ctx: StageRun, store: RunStore) -> list[str]:
 STAGE = Stage(
     name="compose",
     run=run,
-    needs=("render", "exemplars"),
+    needs=("render", "exemplars", "plausibility"),
     settings=ComposeConf,
     resources={"compose": Resources()},
     outputs=outputs,

@@ -37,6 +37,7 @@ from atlas_core.data.tars import tar_manifest
 from atlas_core.errors import StoreError
 from atlas_core.extract import ActivationExtractor, ShardBuffers, sample_positions
 from atlas_core.extract.moments import MomentTree, partial_from_bytes, partial_to_bytes
+from atlas_core.extract.spectrum import SPECTRUM, SpectrumSum
 from atlas_core.models.layers import layer_shapes
 from atlas_core.models.registry import ModelSpec
 from atlas_core.store import Markers, RunStore, fingerprint
@@ -200,8 +201,12 @@ def _extract(ctx: StageRun) -> StageResult:
         )  # fmt: skip
     finally:  # the shards that finished are kept, whatever failed
         moments.checkpoint()
-    sums, counts = moments.tree.total()
+    total_sums, total_counts = moments.tree.total()
+    sums, counts = dict(total_sums), dict(total_counts)
+    amp, n_amp = sums.pop(SPECTRUM, None), counts.pop(SPECTRUM, 0)
     store.write_moments(sums, counts, moments.tree.covered())
+    if amp is not None:
+        store.images.put("spectrum", (amp / max(n_amp, 1)).astype(np.float32))
     dup, first = duplicate_rows(store.images.read("content_hash"), store.images.crops(),
                                 store.status() == Status.OK)  # fmt: skip
     store.mark_duplicates(dup, first)
@@ -343,16 +348,24 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
     buf = ShardBuffers(job.stop - job.start, k, {L: store.layers[L][0] for L in job.layers},
                        job.topk, extractor.attr_width)  # fmt: skip
     startup = time.perf_counter() - t0
+    spectrum = SpectrumSum()
+    pre = model.preprocess
+    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     for idx, x in reader.batches():
         buf.add(idx, extractor(x, pos[buf.sample_rows(idx)]))
+        spectrum.add(x.to(device) * std + mean, job.start + idx)  # the [0, 1] model input
         inject_fault(job.fault, "mid", job.shard)
     buf.set_inputs(reader.status, reader.error, reader.hashes)
     seconds = time.perf_counter() - t0
     result = buf.result(job.shard, job.start, job.stop, seconds)
     store.write_extract_shard(result)
     markers = Markers(job.run_dir, job.storage_options)
-    markers.write_blob(partial_name(job.shard), partial_to_bytes(result.moment,
-                                                                 result.moment_count))  # fmt: skip
+    sums, counts_m = dict(result.moment), dict(result.moment_count)
+    amp = spectrum.result()
+    if amp is not None:
+        sums[SPECTRUM], counts_m[SPECTRUM] = amp, spectrum.count
+    markers.write_blob(partial_name(job.shard), partial_to_bytes(sums, counts_m))
     inject_fault(job.fault, "after_write", job.shard)
     counts = Counter(Status(int(v)).name.lower() for v in reader.status)
     ray_ops.count("atlas_images", counts.get("ok", 0), {"status": "ok"})
@@ -367,7 +380,7 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
         "where": {**ray_ops.where_am_i(), "device": device, "reader": reader.strategy},
     }  # fmt: skip
     markers.write(f"extract/shard-{job.shard:06d}", record)
-    return record, result.moment, result.moment_count
+    return record, sums, counts_m
 
 
 def _acts_hash(acts: dict[str, np.ndarray], store: RunStore) -> str:

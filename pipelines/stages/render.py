@@ -26,7 +26,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from atlas_core.featvis.render import IconRenderer, RenderSettings, whitening_matrix
+from atlas_core.errors import ConfigError
+from atlas_core.featvis.render import (
+    ALPHAS,
+    OBJECTIVES,
+    PARAMS,
+    IconRenderer,
+    Rendered,
+    RenderSettings,
+    whitening_matrix,
+)
 from atlas_core.featvis.streams import icon_seed
 from atlas_core.models.registry import ModelSpec
 from atlas_core.store import CachedGroup, IconCache, RunStore, group_key
@@ -49,11 +58,23 @@ class RenderConf(Group):
     steps: int = 1024
     attempts: int = 4  # best of N per icon (the N attempts are optimized in one tensor)
     lr: float = 0.05
+    # lucid (Lucid's code: mean(a*Sv) * max(0.1, cos)^cos_power, whitened) | cosine (the cosine
+    # between the centre activation and the cell's direction: closer to the cell's exemplars at
+    # the same steps, measured in docs/icons.md; cos_power and whiten do not apply)
+    objective: str = "lucid"
+    fill: float = 0.5  # cosine objective: weight of the mean cosine over every position
     cos_power: float = 4.0
     whiten: bool = True
-    param: str = "fft"  # fft | pixel
+    # fft (Lucid: 1/f spectrum, decorrelated colour) | maco (the phase only, the magnitude the
+    # run's own images' mean amplitude spectrum, measured during extraction) | pixel
+    param: str = "fft"
+    optimizer: str = "adam"  # adam | nadam (MACO's)
+    noise: float = 0.0  # Gaussian + uniform noise added to the transformed image each step
     amp: bool = True  # bfloat16 autocast on CUDA
-    alpha: bool = False  # optimize transparency too; icons flattened on white
+    # none | channel (Lucid: an optimized alpha over random backgrounds) | saliency (MACO:
+    # where the objective's input gradients were); stored as grid/<G>/icon_alpha, compose
+    # draws each icon over the atlas's background with it
+    alpha: str = "none"
     # icons optimized together in one tensor, part of an icon's identity: auto = 16 on a CPU,
     # on CUDA the largest power of two up to 256 that fits the GPU's free memory (recorded in
     # the store, so a resume keeps it)
@@ -65,7 +86,15 @@ class RenderConf(Group):
     cache_dir: str | None = field(default=None, metadata=NOT_FINGERPRINTED)  # <run_dir>/icon-cache
 
     def __post_init__(self) -> None:
-        choice("render.param", self.param, ("fft", "pixel"))
+        if str(self.alpha) in ("True", "False", "true", "false"):  # the old boolean setting
+            object.__setattr__(self, "alpha", "channel" if str(self.alpha).lower() == "true"
+                               else "none")  # fmt: skip
+        choice("render.param", self.param, PARAMS)
+        choice("render.alpha", self.alpha, ALPHAS)
+        choice("render.optimizer", self.optimizer, ("adam", "nadam"))
+        choice("render.objective", self.objective, OBJECTIVES)
+        in_range("render.fill", self.fill, 0.0, 1.0)
+        in_range("render.noise", self.noise, 0.0, 1.0)
         self._ranges({"icon_px": (8, 1024), "steps": (1, None), "attempts": (1, 64),
                       "lr": (1e-6, 10.0), "cos_power": (0.0, 16.0)})  # fmt: skip
         for key in ("batch_size", "group"):
@@ -77,7 +106,8 @@ class RenderConf(Group):
         return RenderSettings(
             icon_px=self.icon_px, steps=self.steps, attempts=self.attempts, lr=self.lr,
             cos_power=self.cos_power, whiten=self.whiten, param=self.param, amp=self.amp,
-            alpha=self.alpha,
+            alpha=self.alpha, optimizer=self.optimizer, noise=self.noise, objective=self.objective,
+            fill=self.fill if self.objective == "cosine" else 0.0,
         )  # fmt: skip
 
 
@@ -112,12 +142,13 @@ class RenderWorker:
     def __init__(
         self, model: ModelSpec, settings: RenderSettings, device: str,
         whiten: np.ndarray | None, target: Target, fault: str = "",
+        spectrum: np.ndarray | None = None,
     ) -> None:  # fmt: skip
         self.device = resolve_device(device)
         if self.device == "cpu":  # one thread: a thread count never changes a reduction
             torch.set_num_threads(1)
         self.renderer = IconRenderer(cached_model(model, self.device), target.layer, settings,
-                                     device=self.device)  # fmt: skip
+                                     device=self.device, spectrum=spectrum)  # fmt: skip
         self.whiten = whiten
         self.target = target
         self.cache = IconCache(target.cache, target.storage_options) if target.cache else None
@@ -132,19 +163,21 @@ class RenderWorker:
             key = item.keys[g] if item.keys else ""
             if key in found:
                 c = found[key]
-                parts.append((c.icons, c.objective, c.cosine))
+                parts.append(Rendered(c.icons, c.objective, c.cosine, c.alpha))
                 continue
             out = self.renderer.render(item.directions[a : a + group],
                                        seeds=item.seeds[a : a + group], whiten=self.whiten)
             parts.append(out)
             if key:
                 new[key] = CachedGroup(*out)
-        icons, objective, cosine = (np.concatenate(p) for p in zip(*parts, strict=True))
+        done = Rendered.concatenate(parts)
         store = RunStore.open(t.store_url, mode="r+", storage_options=t.storage_options)
         level = store.in_view(t.prefix).level(t.layer, item.size)
-        level.write("icons", item.start, icons)
-        level.write("icon_cosine", item.start, cosine)
-        level.write("icon_objective", item.start, objective)  # last: the item is done
+        level.write("icons", item.start, done.icons)
+        if done.alpha is not None:
+            level.write("icon_alpha", item.start, done.alpha)
+        level.write("icon_cosine", item.start, done.cosine)
+        level.write("icon_objective", item.start, done.objective)  # last: the item is done
         if self.cache is not None and new:
             self.cache.put_many(new)
         ray_ops.count("atlas_icons", n, {"source": "rendered" if new or not self.cache
@@ -169,7 +202,8 @@ class RenderWorker:
 def run(ctx: StageRun) -> StageResult:
     s, r = ctx.s, ctx.conf(RenderConf)
     store = ctx.open_store("r+")
-    whiten = whitening_matrix(store.extraction(s.layer).second_moment()) if r.whiten else None
+    whiten = (whitening_matrix(store.extraction(s.layer).second_moment())
+              if r.whiten and r.objective == "lucid" else None)  # fmt: skip
     sizes = ctx.conf(GridConf).sizes
     if not any(_unfinished(store, s.layer, g, ctx.fp) for g in sizes):
         return _summarize(ctx, store, 0, 0, {}, {})
@@ -179,7 +213,11 @@ def run(ctx: StageRun) -> StageResult:
     cache = r.cache_dir or f"{s.run_dir.rstrip('/')}/icon-cache"
     target = Target(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, s.layer,
                     cache if r.cache else None)  # fmt: skip
-    args = (s.model.spec, r.icon, ctx.device(), whiten, target, test_fault())
+    spectrum = store.images.spectrum() if r.param == "maco" else None
+    if r.param == "maco" and spectrum is None:
+        raise ConfigError("render.param", "maco", fix="this run's extraction has no amplitude "
+                          "spectrum (it predates it): re-extract, or use render.param=fft.")
+    args = (s.model.spec, r.icon, ctx.device(), whiten, target, test_fault(), spectrum)
     pool = ray_ops.ActorPool(RenderWorker, args, size=1, num_cpus=res.num_cpus,
                              num_gpus=res.num_gpus)  # fmt: skip
     try:
@@ -245,9 +283,11 @@ def _plan_level(
     grid = level.grid()
     m = len(grid.cell)
     if not level.has("icons") or level.array("icons").attrs.get("fingerprint") != fp:
-        level.create(["icons", "icon_objective", "icon_cosine"],
-                     {"M": m, "px": r.icon_px, "group": group, "item": item})  # fmt: skip
-        level.array("icons").attrs.update({"fingerprint": fp, "group": group})
+        names = ["icons", "icon_objective", "icon_cosine"] + (["icon_alpha"]
+                                                               if r.alpha != "none" else [])
+        level.create(names, {"M": m, "px": r.icon_px, "group": group, "item": item})
+        level.array("icons").attrs.update({"fingerprint": fp, "group": group,
+                                           "alpha": r.alpha})  # fmt: skip
     item = level.icon_layout()[1]
     objective = level.read("icon_objective")
     seeds = [icon_seed(s.seed, s.layer, size, *grid.cell[i]) for i in range(m)]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from atlas_core.featvis import (
@@ -20,9 +21,9 @@ from atlas_core.featvis.transforms import compose
 from atlas_core.models import ModelSpec, load_model
 
 
-def _tiny_renderer(**kw) -> IconRenderer:
+def _tiny_renderer(spectrum: np.ndarray | None = None, **kw) -> IconRenderer:
     s = RenderSettings(**{"icon_px": 32, "steps": 12, "attempts": 1, **kw})
-    return IconRenderer(load_model(ModelSpec(name="tiny")), "blocks.2", s)
+    return IconRenderer(load_model(ModelSpec(name="tiny")), "blocks.2", s, spectrum=spectrum)
 
 
 def test_objectives_compose_like_numbers() -> None:
@@ -47,6 +48,25 @@ def test_cossim_objective_matches_the_formula() -> None:
     assert torch.allclose(got, dot * cos**4)
 
 
+def test_the_cosine_objective_is_the_cosine_at_the_centre() -> None:
+    from atlas_core.featvis.objectives import direction_cosine
+
+    t = torch.randn(3, 5, 4, 4, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+    got = direction_cosine("l", v)({"l": t})
+    a = t[:, :, 2, 2]
+    centre = (a * v).sum(-1) / (a.norm(dim=-1) * v.norm(dim=-1))
+    assert torch.allclose(got, centre, atol=1e-6)
+    every = torch.stack([torch.stack([(t[:, :, y, x] * v).sum(-1) / (t[:, :, y, x].norm(dim=-1)
+                                      * v.norm(dim=-1)) for x in range(4)]) for y in range(4)])
+    filled = direction_cosine("l", v, fill=0.25)({"l": t})
+    assert torch.allclose(filled, 0.75 * centre + 0.25 * every.mean((0, 1)), atol=1e-6)
+    r = _tiny_renderer(objective="cosine", steps=3)
+    d = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+    out = r.render(d, seeds=(1, 2), whiten=np.eye(32) * 5)  # no whitening for the cosine
+    assert np.allclose(out.objective, out.cosine, atol=2e-3)  # the objective is the fidelity
+
+
 def test_whitening_is_the_inverse_second_moment() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4000, 6)) @ rng.normal(size=(6, 6))
@@ -68,6 +88,29 @@ def test_fft_image_and_transforms_keep_shapes_in_range() -> None:
     assert params[0].grad is not None and params[0].grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("scales,degrees,window", [
+    ([1.0], [0.0], slice(0, 64)),  # integer crops only: the whole image
+    ([1.15, 1.25], [-5.0, 5.0], slice(0, 64)),  # zoomed in: the window stays in the crop
+    (None, None, slice(24, 40)),  # the real tables: where the window is inside the crop
+])  # fmt: skip
+def test_the_fused_icon_transform_is_the_chain(scales, degrees, window) -> None:
+    """One resampling gives the chain's image (pad, five jitters, scale and rotate, a jitter,
+    the crop back) from the same per-image draws, wherever the chain's window stays inside its
+    jittered crop (beyond, the chain repeats the crop's edge)."""
+    from atlas_core.featvis import transforms as T
+
+    x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    kw = {} if scales is None else {"scales": scales, "degrees": degrees}
+    chain = [T.pad(16), *[T.jitter(d) for d in (4, 4, 8, 8, 8)],
+             T.scale_rotate(scales or T.ICON_SCALES, degrees or T.ICON_DEGREES), T.jitter(2),
+             T.crop_or_pad_to(64)]  # fmt: skip
+    want = compose(chain)(x, Streams.from_seed(3, 8))
+    got = T.fused_icon_transform(64, **kw)(x, Streams.from_seed(3, 8))
+    assert got.shape == want.shape == (8, 3, 64, 64)
+    assert (got - want)[..., window, window].abs().max() < 1e-4
+    assert not torch.equal(got[0], got[1])  # per image draws
+
+
 def test_objective_rises_after_a_few_steps() -> None:
     r = _tiny_renderer()
     gen = torch.Generator().manual_seed(0)
@@ -77,7 +120,7 @@ def test_objective_rises_after_a_few_steps() -> None:
     image_fn = to_valid_rgb(raw)
     with torch.no_grad():
         before = obj(r.forward(image_fn()))
-    _, after, hist = optimize(
+    _, after, hist, _ = optimize(
         r.forward,
         obj,
         params,
@@ -103,40 +146,10 @@ def test_rendering_is_reproducible_and_best_of_n_keeps_the_best() -> None:
     # attempt a of icon i draws from the stream icon_seed(seeds[i], "attempt", a)
     per_attempt = [_render_attempt(_tiny_renderer(), d, a) for a in range(3)]
     assert np.allclose(per_attempt[0], one[1], atol=1e-6)
-    _icons, best, cos = _tiny_renderer(attempts=3).render(d, seeds=SEEDS)
+    _icons, best, cos, _ = _tiny_renderer(attempts=3).render(d, seeds=SEEDS)
     assert np.allclose(best, np.max(per_attempt, axis=0), atol=1e-6)
     assert not np.allclose(best, per_attempt[0])  # some icon took a later attempt
     assert cos.shape == (6,) and (np.abs(cos) <= 1).all()
-
-
-def test_a_group_renders_to_the_same_bytes_in_any_work_split() -> None:
-    """Icons are optimized in fixed groups: the same group holds the same icons in the same
-    order whatever the work item, so every forward pass sees the same shape and the same bytes
-    (recorded here), which is what makes the result independent of the CPU's batch-dependent
-    kernels; every random draw comes from the icon's own seed."""
-    import hashlib
-
-    d = np.random.default_rng(1).normal(size=(10, 32)).astype(np.float32)
-    seeds = [icon_seed(0, "blocks.2", 4, i, 0) for i in range(10)]
-    r = _tiny_renderer(steps=5, attempts=2)
-    seen: list[tuple[tuple[int, ...], str]] = []
-    forward = r.forward
-
-    def recording(images: torch.Tensor):
-        seen.append((tuple(images.shape),
-                     hashlib.sha256(images.detach().contiguous().numpy().tobytes()).hexdigest()))
-        return forward(images)
-
-    r.forward = recording  # type: ignore[method-assign]
-    whole = r.render_groups(d, seeds=seeds, group=4)
-    log_whole, seen[:] = list(seen), []
-    parts = [r.render_groups(d[a:b], seeds=seeds[a:b], group=4) for a, b in ((0, 4), (4, 10))]
-    assert log_whole == seen  # the same tensors, call for call
-    assert {shape[0] for shape, _ in seen} == {8, 4, 2}  # groups of 4 and 2, x 2 attempts
-    for k in range(3):
-        assert np.array_equal(whole[k], np.concatenate([p[k] for p in parts]))
-    other = r.render_groups(d[:4], seeds=[seeds[0] + 1, *seeds[1:4]], group=4)
-    assert not np.array_equal(whole[0][:1], other[0][:1])  # the seed does matter
 
 
 def test_streams_are_per_icon_counters_on_the_device() -> None:
@@ -159,7 +172,7 @@ def _render_attempt(r: IconRenderer, d: np.ndarray, attempt: int) -> np.ndarray:
     gen = Streams([icon_seed(x, "attempt", attempt) for x in SEEDS])
     params, raw = fft_image((len(d), 3, s.icon_px, s.icon_px), sd=s.sd, rng=gen)
     obj = direction_cossim(r.layer, torch.tensor(d), power=s.cos_power)
-    _, score, _ = optimize(
+    _, score, _, _ = optimize(
         r.forward,
         obj,
         params,
@@ -185,5 +198,98 @@ def test_alpha_parameterization_renders_rgb_icons_on_white() -> None:
     clear = torch.cat([torch.zeros(1, 3, 4, 4), torch.zeros(1, 1, 4, 4)], 1)
     assert torch.equal(flatten_alpha(clear), torch.ones(1, 3, 4, 4))  # transparent -> white
     d = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
-    icons, score, cos = _tiny_renderer(alpha=True).render(d, seeds=(1, 2))
+    icons, score, cos, alpha = _tiny_renderer(alpha="channel").render(d, seeds=(1, 2))
     assert icons.shape == (2, 32, 32, 3) and np.isfinite(score).all() and cos.shape == (2,)
+    assert alpha is not None and alpha.shape == (2, 32, 32) and alpha.dtype == np.uint8
+    assert alpha.min() < 250  # some of each icon is see-through
+    _, _, _, none = _tiny_renderer().render(d, seeds=(1, 2))
+    assert none is None
+
+
+def test_saliency_alpha_is_where_the_objective_looked() -> None:
+    """MACO's transparency: the summed |d objective / d pixel| over the steps, clipped at its
+    80th percentile per icon. An objective that reads one corner of the image only gets an
+    alpha of zero everywhere else."""
+    from atlas_core.featvis.render import saliency_alpha
+
+    seen = torch.zeros(2, 10, 10)
+    seen[0, :3, :3] = torch.arange(9.0).reshape(3, 3) + 1
+    seen[1] = torch.arange(100.0).reshape(10, 10)
+    a = saliency_alpha(seen)
+    assert torch.equal(a[0, 3:], torch.zeros(7, 10)) and a[0, 2, 2] == 1.0
+    assert torch.allclose(a[1], (seen[1] / torch.quantile(seen[1].flatten(), 0.8)).clamp(max=1))
+    d = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
+    r = _tiny_renderer(alpha="saliency", steps=4)
+    _icons, _, _, alpha = r.render(d, seeds=(1, 2, 3))
+    assert alpha is not None and alpha.shape == (3, 32, 32)
+    assert ((alpha == 255).mean(axis=(1, 2)) >= 0.19).all() and (alpha < 255).any()
+
+
+def _spectrum(h: int = 32, w: int = 32) -> np.ndarray:
+    """A natural-looking amplitude spectrum (1 / f per channel), (3, h, w // 2 + 1)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    f = np.maximum(np.sqrt(fx * fx + fy * fy), 1.0 / max(h, w))
+    return np.stack([1.0 / f, 0.5 / f, 0.3 / f]).astype(np.float32)
+
+
+def test_phase_only_keeps_the_magnitude_and_optimizes_the_phase() -> None:
+    from atlas_core.featvis import PhaseOnly, maco_image
+
+    mag = _spectrum()
+    params, raw = maco_image((2, 3, 32, 32), mag, rng=Streams.from_seed(0, 2))
+    x = raw()
+    got = torch.fft.rfft2(x).abs()[:, :, :, 1:16].detach().numpy()  # columns free of symmetry
+    ratio = got / mag[None, :, :, 1:16]
+    for i in range(2):  # standardizing scales each image: one factor per image
+        assert ratio[i].std() / ratio[i].mean() < 1e-3
+    assert abs(float(x[0].mean())) < 1e-4 and abs(float(x[0].std()) - 1) < 2e-3
+    assert list(params[0].shape) == [2, 3, 32, 17]
+    img = PhaseOnly(mag)((2, 3, 32, 32), Streams.from_seed(0, 2), "cpu")[1]()
+    assert img.shape == (2, 3, 32, 32) and 0 <= img.min() and img.max() <= 1
+
+
+def test_phase_only_raises_the_objective_like_lucids() -> None:
+    r = _tiny_renderer(param="maco", spectrum=_spectrum())
+    gen = torch.Generator().manual_seed(0)
+    vecs = torch.randn(4, 32, generator=gen)
+    obj = direction_cossim("blocks.2", vecs, power=2)
+    streams = Streams.from_seed(1, 4)
+    params, image_fn = r.param((4, 3, 32, 32), streams, "cpu")
+    with torch.no_grad():
+        before = obj(r.forward(image_fn()))
+    _, after, hist, _ = optimize(r.forward, obj, params, image_fn, steps=40, lr=0.5,
+                                 rng=streams, optimizer="nadam")  # fmt: skip
+    assert (after > before + 0.01).all() and hist[-1] > hist[0]
+
+
+@pytest.mark.parametrize("param", ["fft", "maco"])
+def test_a_group_renders_to_the_same_bytes_in_any_work_split(param: str) -> None:
+    """Icons are optimized in fixed groups: the same group holds the same icons in the same
+    order whatever the work item, so every forward pass sees the same shape and the same bytes
+    (recorded here), which is what makes the result independent of the CPU's batch-dependent
+    kernels; every random draw comes from the icon's own seed. For both parameterizations."""
+    import hashlib
+
+    d = np.random.default_rng(1).normal(size=(10, 32)).astype(np.float32)
+    seeds = [icon_seed(0, "blocks.2", 4, i, 0) for i in range(10)]
+    r = _tiny_renderer(steps=5, attempts=2, param=param, spectrum=_spectrum())
+    seen: list[tuple[tuple[int, ...], str]] = []
+    forward = r.forward
+
+    def recording(images: torch.Tensor):
+        seen.append((tuple(images.shape),
+                     hashlib.sha256(images.detach().contiguous().numpy().tobytes()).hexdigest()))
+        return forward(images)
+
+    r.forward = recording  # type: ignore[method-assign]
+    whole = r.render_groups(d, seeds=seeds, group=4)
+    log_whole, seen[:] = list(seen), []
+    parts = [r.render_groups(d[a:b], seeds=seeds[a:b], group=4) for a, b in ((0, 4), (4, 10))]
+    assert log_whole == seen  # the same tensors, call for call
+    assert {shape[0] for shape, _ in seen} == {8, 4, 2}  # groups of 4 and 2, x 2 attempts
+    for k in range(3):
+        assert np.array_equal(whole[k], np.concatenate([p[k] for p in parts]))
+    other = r.render_groups(d[:4], seeds=[seeds[0] + 1, *seeds[1:4]], group=4)
+    assert not np.array_equal(whole[0][:1], other[0][:1])  # the seed does matter
+    assert np.array_equal(whole[0][1:4], other[0][1:4])  # and only for its own icon
