@@ -2,8 +2,9 @@
 
 Used for a sweep's folder and a schedule's root. Each row is a plain dict summarised from a
 run's ``manifest.json`` (:func:`run_row`); the page shows each atlas as a thumbnail with its
-model, layer, preset, status, counts, seconds, trustworthiness and icon fidelity, linking to the
-run's viewer. Every string from data is escaped; the page loads nothing from the network.
+model, layer, preset, status, counts, seconds, trustworthiness, icon fidelity and plausibility,
+linking to the run's viewer. Every string from data is escaped; the page loads nothing from the
+network.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ COLUMNS = (
     ("seconds", "seconds"),
     ("trustworthiness", "trustworthiness"),
     ("fidelity", "icon fidelity"),
+    ("plausibility", "plausibility margin (finest level)"),
+    ("top5", "own cell in top 5 (chance)"),
 )
 
 
@@ -42,6 +45,8 @@ def run_row(name: str, manifest: dict[str, Any] | None, error: str = "") -> dict
     statuses = {k: str(v.get("status", "")) for k, v in st.items()}
     done = all(v.startswith(("done", "skipped")) for v in statuses.values()) and statuses
     cells = get("grid", "counts", "cells_kept") or {}
+    judged = get("plausibility", "counts", "levels") or {}
+    finest = judged[max(judged, key=int)]["icons"] if judged else {}
     return {
         "run": name,
         "status": "failed" if manifest.get("status") == "failed" else
@@ -56,6 +61,8 @@ def run_row(name: str, manifest: dict[str, Any] | None, error: str = "") -> dict
         "seconds": manifest.get("seconds_total"),
         "trustworthiness": get("reduce", "details", "trustworthiness_k10"),
         "fidelity": get("render", "details", "fidelity_cosine_mean"),
+        "plausibility": finest.get("margin_mean"),
+        "top5": f"{finest['top5']:.3f} ({finest['chance_top5']:.3f})" if "top5" in finest else None,
         "date": manifest.get("date"),
         "error": error,
     }

