@@ -193,16 +193,16 @@ def preflight(s: Settings) -> dict[str, Any]:
         (report,) = ray_ops.gather([ray_ops.submit(hardware, num_cpus=cpus, num_gpus=gpus)],
                                    desc=f"preflight {cpus:g} CPU / {gpus:g} GPU")  # fmt: skip
         out[f"{cpus:g} CPU / {gpus:g} GPU"] = {**report, "for": keys}
-        if gpus and not report["cuda"] and any(
-                getattr(s.cluster, k).device != "cpu" for k in keys):  # fmt: skip
+        loud = [k for k in keys if getattr(s.cluster, k).device != "cpu"]
+        if gpus and not report["cuda"] and loud:
             raise ConfigError(
-                f"cluster.{keys[0]}", {"num_gpus": gpus},
+                f"cluster.{loud[0]}", {"num_gpus": gpus},
                 fix=f"a task given a GPU landed on node {report['node']} (host "
                 f"{report['host']}), where CUDA does not work: "
                 f"{report['cuda_error'] or 'no device visible'}; NVIDIA driver "
                 f"{report['driver'] or 'not found'}, torch {report['torch']} for CUDA "
                 f"{report['torch_cuda']}. Fix the node image or driver, or set "
-                f"cluster.{keys[0]}.device=cpu knowingly.",
+                f"cluster.{loud[0]}.device=cpu knowingly.",
             )  # fmt: skip
     ray_ops.release()
     return out

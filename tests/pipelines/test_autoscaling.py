@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.stages import REGISTRY
 from tests.conftest import make_images
 from tests.pipelines.test_ray_jobs import RAY, _env, _port, stop_cluster
 
 log = logging.getLogger(__name__)
 pytestmark = pytest.mark.ray
-GPU_STAGES = ("extract", "reduce_fit", "reduce_search", "render", "patches")
 
 
 def _config(gcs: int) -> dict:
@@ -77,7 +77,7 @@ def scenario(tmp: Path) -> dict:
         out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         before = _gpu_nodes(dash, env)
-        cpu = [f"cluster.{k}.device=cpu" for k in GPU_STAGES]
+        cpu = [f"cluster.{k}.device=cpu" for k in REGISTRY.resources()]  # every stage's entry
         cmd = [sys.executable, "-m", "pipelines", "debug=fast", "data=folder",
                f"data.path={tmp / 'imgs'}", f"run_dir={tmp / 'run'}", "cluster=ray_cluster",
                f"cluster.address=127.0.0.1:{gcs}", "cluster.wait_s=240", "extract.chunk_images=8",

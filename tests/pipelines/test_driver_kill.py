@@ -93,7 +93,7 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
     sheet, byte for byte) and the viewer's data equal an uninterrupted run's."""
     make_images(tmp_path / "imgs", 48, size=64, seed=5)
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
-    every = "[extract,reduce,grid,exemplars,render,compose]"
+    every = "[extract,reduce,grid,exemplars,render,plausibility,compose]"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     _atlas(_cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8",
                 stages="[extract,reduce,grid]"), env)  # fmt: skip

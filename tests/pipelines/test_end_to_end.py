@@ -166,6 +166,7 @@ def test_a_second_run_skips_and_a_changed_setting_redoes_only_what_follows(folde
         "grid": "skipped (complete)",
         "exemplars": "skipped (complete)",  # it reads the grid, not the icons
         "render": "done",
+        "plausibility": "done",  # it judges the icons
         "compose": "done",
     }
 
@@ -372,7 +373,7 @@ def test_unreadable_sources_are_counted_not_fatal(tmp_path) -> None:
     gone = sorted((tmp_path / "imgs").rglob("*.jpg"))[:3]
     for f in gone:
         f.unlink()
-    s, _ = _settings(*common, "stages=[exemplars,compose]")
+    s, _ = _settings(*common, "stages=[exemplars,plausibility,compose]")
     counts = run(s, {})["stages"]["exemplars"]["counts"]
     g = zarr.open_group(str(tmp_path / "run" / "atlas.zarr"), mode="r")
     ex = g["layers/blocks.2/exemplars"]
