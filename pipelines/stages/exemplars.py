@@ -180,6 +180,7 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
                               num_gpus=res.num_gpus) for j in jobs]  # fmt: skip
     best: dict[int, Parts] = {}
     waiting: list[list[Parts]] = []
+    pending = [0]  # entries waiting
 
     def fold() -> None:  # every level's best k per cell, with the parts that came in
         for j, g in enumerate(sizes):
@@ -187,10 +188,15 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
             c, r, sc = (np.concatenate(x) for x in zip(*parts, strict=True))
             best[g] = top_k_per_cell(c, sc, r, k)
         waiting.clear()
+        pending[0] = 0
 
-    def merge(_: int, parts: list[Parts]) -> None:  # in batches: the cost stays linear
+    def merge(_: int, parts: list[Parts]) -> None:
+        # fold once as much has come in as the best lists hold (and at least 64 results): each
+        # entry is sorted O(1) times on average, so the cost stays linear in the rows even when
+        # the best lists (cells x k) grow with the run
         waiting.append(parts)
-        if len(waiting) >= 64:
+        pending[0] += sum(len(p[0]) for p in parts)
+        if len(waiting) >= 64 and pending[0] >= sum(len(b[0]) for b in best.values()):
             fold()
 
     ray_ops.gather(handles, desc="exemplar scores", labels=[f"rows {j.start}..{j.stop}"
