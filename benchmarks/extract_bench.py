@@ -202,9 +202,16 @@ def main() -> None:
     n = args.images
     root = Path(tempfile.mkdtemp())
     paths = write_inputs(n, root / "all")
-    bare, arrs = bare_forward(paths)
-    loop = plain_loop(paths)
+    # the peers run before and after ours and keep their better run: on this machine one run of
+    # the same pass varies by 10-15% (frequency, the other core), and the peers get the benefit
+    bare1, arrs = bare_forward(paths)
+    loop1 = plain_loop(paths)
     mine = ours(root / "all")
+    bare2, _ = bare_forward(paths)
+    loop2 = plain_loop(paths)
+    bare, loop = max(bare1, bare2), max(loop1, loop2)
+    log.info("peers: bare %.1f / %.1f img/s, loop %.1f / %.1f img/s (before / after ours)",
+             bare1, bare2, loop1, loop2)  # fmt: skip
     err, rel = extraction_error(mine["store_url"], arrs)
     ips = mine["images_per_second"]
     report(f"extract {n} images", ips, loop, "img/s", f"max abs error vs fp32 forward {err:.2e}")
@@ -231,6 +238,8 @@ def main() -> None:
             "loop_images_per_second": round(loop, 2),
             "bare_forward_images_per_second": round(bare, 2),
             "ratio_vs_loop": round(ips / loop, 3),
+            "peer_runs": {"bare": [round(bare1, 2), round(bare2, 2)],
+                          "loop": [round(loop1, 2), round(loop2, 2)]},
             "ratio_vs_bare": round(ips / bare, 3),
             "ratio_steady_vs_bare": round(mine["steady"] / bare, 3),
             "fraction_of_bare": round(ips / bare, 3),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ("extract_bench", "reduce_bench", "render_bench", "compose_bench")
+BENCHMARKS = (
+    "extract_bench", "reduce_bench", "render_bench", "quality_bench", "compose_bench",
+)  # fmt: skip
 
 
 def main() -> None:
