@@ -2,9 +2,20 @@
 
 from atlas_core.quality.plausibility import (
     Plausibility,
+    choose_pool,
     exemplar_reference,
     plausibility,
     pooled_features,
+    prototypes,
+    score,
 )
 
-__all__ = ["Plausibility", "exemplar_reference", "plausibility", "pooled_features"]
+__all__ = [
+    "Plausibility",
+    "choose_pool",
+    "exemplar_reference",
+    "plausibility",
+    "pooled_features",
+    "prototypes",
+    "score",
+]

@@ -31,22 +31,28 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Plausibility:
-    """Per cell: ``margin`` (M,) float32 (NaN where the cell has no exemplar) and ``rank`` (M,)
-    int32 (0 there)."""
+    """Per cell: ``margin`` (M,) float32 (NaN where the cell has no exemplar), ``rank`` (M,)
+    int32 (0 there) and ``candidates`` (M,) int32, the cells its own was ranked among."""
 
     margin: np.ndarray
     rank: np.ndarray
+    candidates: np.ndarray
 
     def summary(self) -> dict[str, float]:
         ok = self.rank > 0
         n = int(ok.sum())
         if not n:
             return {"cells": 0}
-        r = self.rank[ok]
+        r, cand = self.rank[ok], self.candidates[ok]
         return {"cells": n, "margin_mean": round(float(np.nanmean(self.margin[ok])), 4),
                 "top1": round(float((r <= 1).mean()), 4), "top5": round(float((r <= 5).mean()), 4),
-                "chance_top5": round(min(5, n) / n, 4),
-                "rank_median": float(np.median(r))}  # fmt: skip
+                "chance_top5": round(float(np.mean(np.minimum(5, cand) / cand)), 4),
+                "ranked_among": int(cand.max()), "rank_median": float(np.median(r))}  # fmt: skip
+
+    @staticmethod
+    def concatenate(parts: list[Plausibility]) -> Plausibility:
+        return Plausibility(*(np.concatenate([getattr(p, f) for p in parts])
+                              for f in ("margin", "rank", "candidates")))  # fmt: skip
 
 
 def _pool_input(module: nn.Module) -> nn.Module | None:
@@ -93,51 +99,70 @@ def pooled_features(
     return torch.cat(out).numpy()
 
 
-def _prototypes(ex: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(unit mean of each cell's valid exemplar features (M, D), whether it has any (M,))."""
+def prototypes(ex: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(unit mean of each cell's valid exemplar features (M, D), whether it has any (M,)),
+    from exemplar features (M, k, D) and ``ok`` (M, k)."""
     w = ok.astype(np.float32)[..., None]
     mean = (ex * w).sum(1) / np.maximum(w.sum(1), 1.0)
     norm = np.linalg.norm(mean, axis=1, keepdims=True)
     has = ok.any(1) & (norm[:, 0] > 0)
-    return np.where(has[:, None], mean / np.maximum(norm, 1e-12), 0.0), has
+    return np.where(has[:, None], mean / np.maximum(norm, 1e-12), 0.0).astype(np.float32), has
 
 
-def _score(feats: np.ndarray, protos: np.ndarray, has: np.ndarray, own: np.ndarray | None = None
-           ) -> Plausibility:  # fmt: skip
-    sims = feats @ protos.T  # (M, M): icon i against cell j
-    m = len(feats)
-    idx = np.arange(m)
-    own_sim = sims[idx, idx] if own is None else own
-    n = int(has.sum())
-    other = (np.where(has[None, :], sims, 0.0).sum(1) - np.where(has, sims[idx, idx], 0.0)) / \
-        max(n - 1, 1)  # fmt: skip
-    margin = np.where(has, own_sim - other, np.nan).astype(np.float32)
-    other_cell = idx[None, :] != idx[:, None]
-    beats = (np.where(has[None, :], sims, -np.inf) > own_sim[:, None]) & other_cell
-    rank = np.where(has, 1 + beats.sum(1), 0).astype(np.int32)
-    return Plausibility(margin, rank)
+def choose_pool(cells_with_exemplars: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """The cells every icon is ranked among: all of ``cells_with_exemplars`` (indices) when
+    there are at most ``size``, else a seeded sample of ``size`` of them, sorted. Ranking
+    among a fixed pool keeps the cost linear in the cells (a level of 320 has up to 102,400)."""
+    cells = np.asarray(cells_with_exemplars, np.int64)
+    if len(cells) <= size:
+        return cells
+    return np.sort(np.random.default_rng(seed).choice(cells, size, replace=False))
 
 
-def plausibility(icons: np.ndarray, exemplars: np.ndarray, ok: np.ndarray) -> Plausibility:
+def score(feats: np.ndarray, own: np.ndarray, has: np.ndarray, ids: np.ndarray,
+          pool_ids: np.ndarray, pool_protos: np.ndarray) -> Plausibility:  # fmt: skip
+    """Features ``feats`` (n, D) of probes (icons) for cells ``ids`` (n,), their cosine to their
+    own cell's prototype ``own`` (n,) and whether it has one ``has`` (n,), against the pool's
+    prototypes (P, D) of cells ``pool_ids`` (P,): the margin over the mean of the pool's other
+    cells and the own cell's rank among them."""
+    sims = feats @ pool_protos.T  # (n, P)
+    other = pool_ids[None, :] != ids[:, None]
+    n_other = other.sum(1)
+    mean_other = np.where(other, sims, 0.0).sum(1) / np.maximum(n_other, 1)
+    margin = np.where(has, own - mean_other, np.nan).astype(np.float32)
+    rank = np.where(has, 1 + ((sims > own[:, None]) & other).sum(1), 0).astype(np.int32)
+    return Plausibility(margin, rank, (n_other + 1).astype(np.int32))
+
+
+def plausibility(icons: np.ndarray, exemplars: np.ndarray, ok: np.ndarray,
+                 pool: np.ndarray | None = None) -> Plausibility:  # fmt: skip
     """Icons' unit features (M, D) against their cells' exemplars' (M, k, D), ``ok`` (M, k)
-    marking the exemplars that exist (a cell with none gets NaN and rank 0)."""
-    protos, has = _prototypes(exemplars, ok)
-    return _score(icons, protos, has)
+    marking the exemplars that exist (a cell with none gets NaN and rank 0), ranked among the
+    cells ``pool`` (default: every cell with exemplars)."""
+    protos, has = prototypes(exemplars, ok)
+    pool = np.flatnonzero(has) if pool is None else pool
+    own = np.einsum("md,md->m", icons, protos)
+    return score(icons, own, has, np.arange(len(icons)), pool, protos[pool])
 
 
-def exemplar_reference(exemplars: np.ndarray, ok: np.ndarray) -> Plausibility:
+def exemplar_reference(exemplars: np.ndarray, ok: np.ndarray, pool: np.ndarray | None = None,
+                       pool_protos: np.ndarray | None = None,
+                       ids: np.ndarray | None = None) -> Plausibility:  # fmt: skip
     """The same figures for each cell's first exemplar in its icon's place: against its own
-    cell's prototype of the other exemplars (leave-one-out) and the other cells' full ones.
-    Cells with fewer than two exemplars get NaN and rank 0."""
-    first = np.argmax(ok, axis=1)
+    cell's prototype of the other exemplars (leave-one-out) and the pool's full prototypes
+    (default: every cell of ``exemplars``). Cells with fewer than two exemplars get NaN and
+    rank 0. ``ids``: the cells' indices in the level (default 0..M-1)."""
     m = len(exemplars)
+    first = np.argmax(ok, axis=1)
     probe = exemplars[np.arange(m), first]
     rest = ok.copy()
     rest[np.arange(m), first] = False
-    loo, has_loo = _prototypes(exemplars, rest)
-    protos, has = _prototypes(exemplars, ok)
-    own = np.einsum("md,md->m", probe, loo)
-    scored = _score(probe, protos, has, own=own)
+    loo, has_loo = prototypes(exemplars, rest)
+    ids = np.arange(m) if ids is None else ids
+    if pool is None or pool_protos is None:
+        protos, has = prototypes(exemplars, ok)
+        pool = np.flatnonzero(has)
+        pool_protos = protos[pool]
     keep = has_loo & ok[np.arange(m), first]
-    return Plausibility(np.where(keep, scored.margin, np.nan).astype(np.float32),
-                        np.where(keep, scored.rank, 0).astype(np.int32))  # fmt: skip
+    own = np.einsum("md,md->m", probe, loo)
+    return score(probe, own, keep, ids, pool, pool_protos)

@@ -86,3 +86,28 @@ def test_pooled_features_are_the_unit_input_of_the_last_linear_layer() -> None:
     with torch.no_grad():
         want = torch.nn.functional.normalize(net[:4](Pre().normalize(x)), dim=1).numpy()
     assert got.shape == (5, 6) and np.allclose(got, want, atol=1e-5)
+
+
+def test_a_pool_ranks_among_its_cells_only() -> None:
+    """Above ``pool`` cells, each icon is ranked among a seeded sample of cells: the margin is
+    over the pool's other cells and the rank counts only them (a loop over the pool)."""
+    from atlas_core.quality import choose_pool
+
+    rng = np.random.default_rng(3)
+    m, k, d = 30, 3, 12
+    ex = _unit(rng.normal(size=(m, k, d))).astype(np.float32)
+    ok = np.ones((m, k), bool)
+    icons = _unit(ex.mean(1) + 0.5 * rng.normal(size=(m, d))).astype(np.float32)
+    pool = choose_pool(np.arange(m), 7, seed=1)
+    assert len(pool) == 7 and np.array_equal(pool, choose_pool(np.arange(m), 7, seed=1))
+    assert np.array_equal(choose_pool(np.arange(5), 7), np.arange(5))  # few cells: all of them
+    p = plausibility(icons, ex, ok, pool=pool)
+    protos = {j: _unit(ex[j].mean(0)) for j in range(m)}
+    for i in range(m):
+        own = float(icons[i] @ protos[i])
+        others = [float(icons[i] @ protos[j]) for j in pool if j != i]
+        assert abs(p.margin[i] - (own - np.mean(others))) < 1e-5
+        assert p.rank[i] == 1 + sum(o > own for o in others)
+        assert p.candidates[i] == len(others) + 1
+    s = p.summary()
+    assert s["ranked_among"] == 8 and abs(s["chance_top5"] - np.mean(5 / p.candidates)) < 1e-4

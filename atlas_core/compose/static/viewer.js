@@ -408,7 +408,7 @@
     const parts = [];
     if (!isNaN(f.fid)) parts.push("icon fidelity " + f.fid.toFixed(3));
     if (f.rank > 0) {
-      const p = lv.plausibility, n = p && p.icons ? p.icons.cells : lv.cells;
+      const p = lv.plausibility, n = p && p.icons ? (p.icons.ranked_among || p.icons.cells) : lv.cells;
       parts.push("plausibility margin " + f.margin.toFixed(3) + ", own exemplars ranked " + f.rank + " of " + n +
         (p ? " (judge " + p.judge + ")" : ""));
     }
