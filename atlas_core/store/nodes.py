@@ -218,12 +218,16 @@ class Exemplars(Node):
         "box": ArraySpec("float32", NAN, ("R", 4)),
         "ok": ArraySpec("uint8", 0, ("R",)),
         "slot": ArraySpec("int32", -1, ("R",)),
+        # the plausibility judge's unit features of every patch (NaN where the patch is
+        # missing), one chunk per sheet: written by the plausibility stage's sheet tasks
+        "judge": ArraySpec("float16", NAN, ("R", "D"), chunk="sheet"),
         "source": ArraySpec("int64", -1, ("slots",)),
         "thumb_size": ArraySpec("int32", 0, ("slots", 2)),
     }
 
     def index(self) -> dict[str, np.ndarray] | None:
-        """Every array of the node, or None before the exemplars stage ran."""
+        """The index's arrays (not the judge's features), or None before the exemplars stage
+        ran."""
         if not self.has("ok"):
             return None
-        return {n: self.read(n) for n in self.ARRAYS}
+        return {n: self.read(n) for n in self.ARRAYS if n != "judge"}

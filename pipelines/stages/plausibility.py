@@ -1,13 +1,14 @@
 """Plausibility stage: every rendered icon judged against its own cell's exemplar patches.
 
-Per level, Ray tasks (on a GPU where the cluster gives this stage one) load the judge network
-(default: the atlas's own model; ``plausibility.judge`` names another, cached per worker) and put
-icons and exemplar patches through its pooled features (:mod:`atlas_core.quality`): one task for
-the prototypes of the level's pool (every cell with exemplars up to ``plausibility.pool``, else a
-seeded sample), then one task per ``cells_per_task`` cells scoring each icon against the pool:
+Ray tasks (on a GPU where the cluster gives this stage one) load the judge network (default: the
+atlas's own model; ``plausibility.judge`` names another; once per worker) and use its pooled
+features (:mod:`atlas_core.quality`). First every exemplar patch goes through it once, in tasks
+of whole sheets that write ``layers/<L>/exemplars/judge``. Then, per level, the driver makes the
+prototypes of the level's pool (every cell with exemplars up to ``plausibility.pool``, else a
+seeded sample) from those features, and one task per ``cells_per_task`` cells scores each icon:
 the margin of its cosine to its own cell's exemplars over the pool's other cells, and its own
-cell's rank among them; beside it, what a real exemplar reaches in the icon's place. The cost is
-linear in the cells, and no process holds more than a task's patches. The driver writes
+cell's rank among them; beside it, what a real exemplar reaches in the icon's place. Each patch
+and icon is judged once and the scoring is linear in the cells. The driver writes
 ``grid/<G>/{icon_margin,icon_rank}`` and the summaries (level attributes, the manifest, the
 viewer's cards, the sweep index).
 """
@@ -24,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from atlas_core.exemplars.sheets import cell as sheet_cell
-from atlas_core.models import ModelSpec
+from atlas_core.models import ModelSpec, load_model
+from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.quality import (
     Plausibility,
     choose_pool,
@@ -55,56 +57,68 @@ class PlausibilityConf(Group):
     input_px: int = 112  # icons and patches are resized to this square for the judge
     pool: int = 2048  # cells ranked among: every cell with exemplars up to this, else a sample
     batch: int = field(default=64, metadata=NOT_FINGERPRINTED)
-    cells_per_task: int = field(default=1024, metadata=NOT_FINGERPRINTED)
+    cells_per_task: int = field(default=2048, metadata=NOT_FINGERPRINTED)
+    sheets_per_task: int = field(default=4, metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
         self._ranges({"input_px": (16, 1024), "pool": (2, None), "batch": (1, 4096),
-                      "cells_per_task": (1, None)})  # fmt: skip
+                      "cells_per_task": (1, None), "sheets_per_task": (1, None)})  # fmt: skip
 
 
 @dataclass(frozen=True)
-class JudgeJob:
-    """Cells [start, stop) of level ``size``: where the store and the sheets are, the judge."""
+class Judge:
+    """Where the store and the sheets are, and the judge (a plain value for the tasks)."""
 
     store_url: str
     prefix: str
     run_dir: str
     storage_options: dict[str, Any]
     layer: str
-    size: int
-    start: int
-    stop: int
-    judge: ModelSpec
+    spec: ModelSpec
     input_px: int
     batch: int
     device: str
 
     def features(self, images: np.ndarray) -> np.ndarray:
-        judge = cached_model(self.judge, resolve_device(self.device))
+        """Unit pooled features (n, D) of uint8 images (n, h, w, 3); the judge is loaded once
+        per worker process."""
+        device = resolve_device(self.device)
+        judge = cached_model(self.spec, device)
         return pooled_features(judge.module, judge.preprocess, images, input_px=self.input_px,
-                               batch=self.batch, device=resolve_device(self.device))
+                               batch=self.batch, device=device)  # fmt: skip
 
-    def exemplars(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The judge's features of the exemplar patches of ``cells`` (level indices): (n, k, D)
-        and which exist (n, k)."""
-        store = RunStore.open(self.store_url, storage_options=self.storage_options)
-        store = store.in_view(self.prefix)
-        place, ok = places(store, self.layer, self.size, cells)
-        attrs = dict(store.exemplars(self.layer).attrs)
-        need = np.unique(place[ok])
-        feats = self.features(read_patches(self.run_dir, self.storage_options, attrs, need))
-        at = np.searchsorted(need, np.where(ok, place, need[0] if len(need) else 0))
-        out = feats[np.minimum(at, max(len(need) - 1, 0))] if len(need) else \
-            np.zeros((*ok.shape, 1), np.float32)  # fmt: skip
-        return out, ok
+    def store(self) -> RunStore:
+        store = RunStore.open(self.store_url, mode="r+", storage_options=self.storage_options)
+        return store.in_view(self.prefix)
 
 
-def places(store: RunStore, layer: str, size: int, cells: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """For ``cells`` of level ``size``: each exemplar's place in the exemplar index (n, k) and
-    whether its patch exists (n, k)."""
+@dataclass(frozen=True)
+class SheetJob:
+    """Exemplars [start, stop) of the index: whole sheets (chunks of ``judge``)."""
+
+    judge: Judge
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """Cells [start, stop) of level ``size``: their exemplars' places in the index (n, k) and
+    which exist (n, k)."""
+
+    judge: Judge
+    size: int
+    start: int
+    stop: int
+    place: np.ndarray
+    ok: np.ndarray
+
+
+def places(store: RunStore, layer: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each exemplar of each cell of level ``size``: its place in the exemplar index (M, k) and
+    whether its patch exists (M, k)."""
     index = store.exemplars(layer).index()
-    rows = store.level(layer, size).read("exemplar_row")[cells]
+    rows = store.level(layer, size).read("exemplar_row")
     if index is None or not len(index["row"]):
         return np.zeros(rows.shape, np.int64), np.zeros(rows.shape, bool)
     order = np.argsort(index["row"], kind="stable")
@@ -129,27 +143,35 @@ def read_patches(root: str, opts: dict[str, Any], attrs: dict[str, Any], idx: np
     return out
 
 
-def pool_task(job: JudgeJob, pool: np.ndarray) -> np.ndarray:
-    """Task body: the prototypes (P, D) of the level's pool cells."""
-    ex, ok = job.exemplars(pool)
-    return prototypes(ex, ok)[0]
+def sheet_task(job: SheetJob) -> int:
+    """Task body: the judge's features of every patch of whole sheets, into ``judge``."""
+    j = job.judge
+    store = j.store()
+    node = store.exemplars(j.layer)
+    idx = np.arange(job.start, job.stop)
+    feats = j.features(read_patches(j.run_dir, j.storage_options, dict(node.attrs), idx))
+    ok = node.read("ok", job.start, job.stop) == 1
+    node.write("judge", job.start, np.where(ok[:, None], feats, np.nan).astype(np.float16))
+    return len(idx)
 
 
-def judge_task(job: JudgeJob, shared: tuple[np.ndarray, np.ndarray]
-               ) -> tuple[Plausibility, Plausibility]:  # fmt: skip
-    """Task body: the icons of cells [start, stop) against their exemplars and the pool (its
-    cells and their prototypes), and a real exemplar in each icon's place (the ceiling)."""
+def cell_task(job: CellJob, shared: tuple[np.ndarray, np.ndarray]
+              ) -> tuple[Plausibility, Plausibility]:  # fmt: skip
+    """Task body: the icons of cells [start, stop) against their exemplars' features and the
+    pool (its cells and their prototypes), and a real exemplar in each icon's place."""
     pool, pool_protos = shared
-    store = RunStore.open(job.store_url, storage_options=job.storage_options).in_view(job.prefix)
-    level = store.level(job.layer, job.size)
+    j = job.judge
+    store = j.store()
+    level = store.level(j.layer, job.size)
+    ex = store.exemplars(j.layer).take("judge", job.place.reshape(-1))
+    ex = np.nan_to_num(ex.reshape(*job.place.shape, -1))
     ids = np.arange(job.start, job.stop)
-    ex, ok = job.exemplars(ids)
     rendered = ~np.isnan(level.read("icon_objective", job.start, job.stop))
-    icons = job.features(level.drawn(job.start, job.stop))  # as seen on white
-    protos, has = prototypes(ex, ok & rendered[:, None])
+    icons = j.features(level.drawn(job.start, job.stop))  # as seen on white
+    protos, has = prototypes(ex, job.ok & rendered[:, None])
     own = np.einsum("nd,nd->n", icons, protos)
-    ours = score(icons, own, has, ids, pool, pool_protos)
-    return ours, exemplar_reference(ex, ok, pool, pool_protos, ids)
+    return (score(icons, own, has, ids, pool, pool_protos),
+            exemplar_reference(ex, job.ok, pool, pool_protos, ids))
 
 
 def _judge_spec(ctx: StageRun) -> ModelSpec:
@@ -160,27 +182,43 @@ def _judge_spec(ctx: StageRun) -> ModelSpec:
         return ModelSpec(conf.judge, conf.judge_weights)
 
 
-def _level(ctx: StageRun, store: RunStore, size: int) -> dict[str, Any] | None:
-    """Judge one level: its pool's prototypes (one task), then its cells in tasks of
-    ``cells_per_task``; writes the per-cell arrays, returns the level's summary."""
+def _features(ctx: StageRun, store: RunStore, judge: Judge) -> None:
+    """Every exemplar patch through the judge once: tasks of whole sheets write ``judge``."""
+    node, res = store.exemplars(ctx.s.layer), ctx.resources()
+    index = node.index()
+    rows, per = (len(index["row"]) if index else 0), int(node.attrs.get("per_sheet", 1))
+    if not rows:
+        return
+    probe = load_model(replace(judge.spec, weights=ARCHITECTURE_ONLY))  # its feature size
+    dim = pooled_features(probe.module, probe.preprocess, np.zeros((1, 8, 8, 3), np.uint8),
+                          input_px=judge.input_px).shape[1]  # fmt: skip
+    node.create(["judge"], {"R": rows, "D": dim, "sheet": per})
+    step = per * max(1, ctx.conf(PlausibilityConf).sheets_per_task)
+    jobs = [SheetJob(judge, a, min(rows, a + step)) for a in range(0, rows, step)]
+    ray_ops.map_tasks(sheet_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
+                      desc="plausibility patches")  # fmt: skip
+
+
+def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int) -> dict[str, Any] | None:
+    """Judge one level's icons in tasks of ``cells_per_task`` cells, against its pool (every
+    cell with exemplars up to ``plausibility.pool``, else a seeded sample, whose prototypes
+    the driver makes from the stored features); writes the per-cell arrays, returns the
+    level's summary."""
     s, conf, res = ctx.s, ctx.conf(PlausibilityConf), ctx.resources()
     level = store.level(s.layer, size)
     if not level.has("exemplar_row") or not level.has("icon_objective"):
         return None
-    m = len(level.read("count"))
-    _, ok = places(store, s.layer, size, np.arange(m))
+    place, ok = places(store, s.layer, size)
     pool = choose_pool(np.flatnonzero(ok.any(1)), conf.pool, seed=s.seed + size)
     if not len(pool):
         return None
-    job = JudgeJob(s.store_url, store.prefix, ctx.run_dir, s.storage_options, s.layer, size, 0,
-                   m, _judge_spec(ctx), conf.input_px, conf.batch, ctx.device())  # fmt: skip
-    (pool_protos,) = ray_ops.map_tasks(pool_task, [job], shared=pool, num_cpus=res.num_cpus,
-                                       num_gpus=res.num_gpus, desc=f"plausibility {size} pool")
-    step = conf.cells_per_task
-    jobs = [replace(job, start=a, stop=min(m, a + step)) for a in range(0, m, step)]
-    parts = ray_ops.map_tasks(judge_task, jobs, shared=(pool, pool_protos),
-                              num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                              desc=f"plausibility {size}")  # fmt: skip
+    feats = store.exemplars(s.layer).take("judge", place[pool].reshape(-1))
+    pool_protos = prototypes(np.nan_to_num(feats.reshape(*place[pool].shape, -1)), ok[pool])[0]
+    m, step = len(place), conf.cells_per_task
+    jobs = [CellJob(judge, size, a, min(m, a + step), place[a : a + step], ok[a : a + step])
+            for a in range(0, m, step)]  # fmt: skip
+    parts = ray_ops.map_tasks(cell_task, jobs, shared=(pool, pool_protos), num_cpus=res.num_cpus,
+                              num_gpus=res.num_gpus, desc=f"plausibility {size}")  # fmt: skip
     ours = Plausibility.concatenate([p[0] for p in parts])
     ref = Plausibility.concatenate([p[1] for p in parts])
     level.put_cells("icon_margin", ours.margin)
@@ -203,8 +241,11 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.init(s.cluster)
     res = ctx.resources()
     ray_ops.require("cluster.plausibility", res.num_cpus, res.num_gpus)
+    judge = Judge(s.store_url, store.prefix, ctx.run_dir, s.storage_options, s.layer,
+                  _judge_spec(ctx), conf.input_px, conf.batch, ctx.device())  # fmt: skip
+    _features(ctx, store, judge)
     counts = {str(g): out for g in ctx.conf(GridConf).sizes
-              if (out := _level(ctx, store, g)) is not None}  # fmt: skip
+              if (out := _level(ctx, store, judge, g)) is not None}  # fmt: skip
     return StageResult(counts={"levels": counts},
                        details={"judge": conf.judge or s.model.name, "input_px": conf.input_px,
                                 "pool": conf.pool})  # fmt: skip
@@ -224,8 +265,9 @@ STAGE = Stage(
     outputs=outputs,
     reads="`grid/<G>/{icons,icon_objective,exemplar_row}`, `layers/<L>/exemplars/*`, the "
     "exemplar sheets",
-    writes="`[views/<v>/]layers/<L>/grid/<G>/{icon_margin,icon_rank}`, the level's "
-    "`plausibility` attribute",
-    ray="per level: one task for the pool's prototypes, then one task per `cells_per_task` "
-    "cells (`map_tasks`): the judge's features of its icons and patches, scored against the pool",
+    writes="`layers/<L>/exemplars/judge`, `[views/<v>/]layers/<L>/grid/<G>/{icon_margin,"
+    "icon_rank}`, the level's `plausibility` attribute",
+    ray="one task per `sheets_per_task` sheets: the judge's features of their patches; then per "
+    "level one task per `cells_per_task` cells: its icons' features, scored against the level's "
+    "pool (`map_tasks`)",
 )

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.ray
 def judged(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("plaus")
     s, _ = debug_settings(f"run_dir={base / 'run'}", "grid.sizes=[4,6]", "exemplars.k=3",
-                          "plausibility.pool=5", "plausibility.cells_per_task=3",
+                          "exemplars.rows_per_task=8", "plausibility.pool=5",
+                          "plausibility.cells_per_task=3", "plausibility.sheets_per_task=2",
                           "plausibility.input_px=32")  # fmt: skip
     return s, run(s, {}), base / "run"
 
@@ -43,12 +44,15 @@ def test_a_level_in_tasks_against_a_pool_equals_the_library(judged) -> None:
     for size in (4, 6):
         level = store.level(s.layer, size)
         m = len(level.read("count"))
-        place, ok = places(store, s.layer, size, np.arange(m))
+        place, ok = places(store, s.layer, size)
         pool = choose_pool(np.flatnonzero(ok.any(1)), 5, seed=s.seed + size)
         patches = read_patches(str(run_dir), {}, attrs, place.reshape(-1))
         feats = pooled_features(judge.module, judge.preprocess, patches, input_px=32)
-        ex = feats.reshape(*ok.shape, -1)
+        stored = store.exemplars(s.layer).take("judge", place.reshape(-1))
+        assert np.allclose(stored[ok.reshape(-1)], feats[ok.reshape(-1)], atol=2e-3)  # float16
+        ex = stored.reshape(*ok.shape, -1)
         icons = pooled_features(judge.module, judge.preprocess, level.drawn(), input_px=32)
+        ex = np.nan_to_num(ex)
         want = plausibility(icons, ex, ok, pool=pool)
         assert np.allclose(level.read("icon_margin"), want.margin, atol=1e-5, equal_nan=True)
         assert np.array_equal(level.read("icon_rank"), want.rank)
