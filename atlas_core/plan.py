@@ -50,6 +50,12 @@ class RunShape:
     distinct_sources: int  # source files (photos: a few; a folder: every image)
     uri_bytes: int = 60
     views: int = 1
+    judge_dim: int = 1280  # the plausibility judge's pooled features per patch
+    judge_px: int = 112  # the size it sees icons and patches at
+    judge_gflops: float = 0.0  # its whole forward pass per image at its own input size
+    judge_input_px: int = 224
+    cells_per_task: int = 2048
+    sheets_per_task: int = 4
 
 
 @dataclass(frozen=True)
@@ -145,13 +151,16 @@ def estimate(r: RunShape) -> Plan:
     c = r.channels[r.layer]
     per_cell = c * 4 * 0.9 + 24 + r.topk * 10 + r.exemplars_k * 10
     icon = r.icon_px * r.icon_px * 3
-    plan.bytes["levels: cells"] = icons * per_cell
-    plan.objects["levels: cells"] = len(r.levels) * 2 * 10
+    plan.bytes["levels: cells"] = icons * (per_cell + 8)  # + margin and rank
+    plan.objects["levels: cells"] = len(r.levels) * 2 * 12
     plan.bytes["levels: icons"] = icons * (icon * 0.75 + 8)
     plan.objects["levels: icons"] = sum(3 * (_objects(m, r.item) + 1) for m in cells.values())
     plan.bytes["exemplars"] = ex_rows * (r.patch_px**2 * 3 * 0.12 + 30) + sources * (
         r.thumb_px**2 * 3 * 0.1)
     plan.objects["exemplars"] = 2 * _objects(ex_rows, r.rows_per_task) + 8
+    # the judge's float16 features of every patch, a chunk per sheet (the plausibility stage)
+    plan.bytes["exemplars"] += ex_rows * r.judge_dim * 2 * 0.9
+    plan.objects["exemplars"] += _objects(ex_rows, r.rows_per_task) + 1
     plan.bytes["icon cache"] = icons * icon * 0.7
     plan.objects["icon cache"] = _objects(icons, r.group) * 1.0
     tiles = sum(sum(4**z for z in range(lo, hi + 1)) for lo, hi in r.zooms.values())
@@ -173,6 +182,10 @@ def estimate(r: RunShape) -> Plan:
                       "sources": sources},
         "render": {"icons": icons, "icon_steps": icons * r.steps * r.attempts,
                    "items": sum(int(_objects(m, r.item)) for m in cells.values())},
+        "plausibility": {
+            "tasks": int(_objects(ex_rows, r.rows_per_task * r.sheets_per_task))
+            + sum(int(_objects(m, r.cells_per_task)) for m in cells.values()),
+            "patches": ex_rows, "icons": icons},
         "compose": {"tiles": tiles},
     }  # fmt: skip
     return plan
@@ -194,7 +207,10 @@ def hours(plan: Plan, r: RunShape, dev: Device, gflops: tuple[float, float], inp
         "rows"] / (2_000.0 * cpu)
     compose = st["compose"]["tiles"] / (dev.tiles_s * cpu)
     up = dev.startup_s
+    pl = st["plausibility"]
+    judge = (pl["patches"] + pl["icons"]) * (r.judge_gflops or gflops[0]) * (
+        r.judge_px / r.judge_input_px) ** 2 / (dev.forward_gflops_s * dev.slots * w)
     out = {"extract": extract + up, "reduce": fit + place + up,
            "grid": st["extract"]["samples"] / 2e5 / w, "exemplars": ex, "render": render + up,
-           "compose": compose}  # fmt: skip
+           "plausibility": judge + up, "compose": compose}  # fmt: skip
     return {k: float(f"{v / 3600:.3g}") for k, v in out.items()}

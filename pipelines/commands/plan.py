@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from atlas_core.compose.tiles import zoom_ranges
-from atlas_core.models import load_model
+from atlas_core.models import ModelSpec, load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
 from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
@@ -46,21 +46,22 @@ def _settings(overrides: list[str], data_here: bool = True) -> Any:
         return to_settings(compose("config", overrides=overrides))[0]
 
 
-def gflops(model: Any, layer: str) -> tuple[float, float]:
-    """(a whole forward pass, the pass stopped at ``layer``) in GFLOPs per image."""
+def gflops(model: Any, layer: str | None) -> tuple[float, float]:
+    """(a whole forward pass, the pass stopped at ``layer``; None: the whole again) in GFLOPs
+    per image."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, model.preprocess.size, model.preprocess.size)
     out = []
-    for stop in (False, True):
+    for stop in (False, True) if layer else (False,):
         with FlopCounterMode(display=False) as fc, torch.no_grad():
-            if stop:
+            if stop and layer:
                 with stop_at(model.module, [layer]):
                     run_until(model.module, x)
             else:
                 model.module(x)
         out.append(fc.get_total_flops() / 1e9)
-    return out[0], out[1]
+    return out[0], out[-1]
 
 
 def shape_of(s: Any, device: str, images: int | None = None
@@ -93,9 +94,21 @@ def shape_of(s: Any, device: str, images: int | None = None
         exemplars_k=x.k, patch_px=x.patch_px, thumb_px=x.thumb_px,
         rows_per_task=x.rows_per_task, tile_px=s.compose.tile_px,
         zooms={v.size: (v.zmin, v.zmax) for v in lv}, distinct_sources=distinct,
-        uri_bytes=uri_bytes,
+        uri_bytes=uri_bytes, **_judge(s, model),
     )  # fmt: skip
     return shape, gflops(model, s.layer), model.preprocess.size
+
+
+def _judge(s: Any, model: Any) -> dict[str, Any]:
+    """The plausibility judge's shape: its pooled feature size and whole-pass GFLOPs (the
+    atlas's own model unless ``plausibility.judge`` names another; architecture only)."""
+    p = s.plausibility
+    judge = model if not p.judge else load_model(ModelSpec(p.judge, ARCHITECTURE_ONLY), "cpu")
+    linears = [m for m in judge.module.modules() if isinstance(m, torch.nn.Linear)]
+    dim = int(linears[-1].in_features) if linears else 1280
+    return {"judge_dim": dim, "judge_px": p.input_px, "judge_input_px": judge.preprocess.size,
+            "judge_gflops": gflops(judge, None)[0] if p.judge else 0.0,
+            "cells_per_task": p.cells_per_task, "sheets_per_task": p.sheets_per_task}
 
 
 def plan(overrides: list[str], device: str = "cpu", workers: int = 1,
