@@ -17,7 +17,14 @@ import torch
 
 from atlas_core.errors import ConfigError
 from atlas_core.extract.sampling import map_positions
-from atlas_core.models.layers import capture, capture_leaves, run_until, stop_at
+from atlas_core.models.layers import (
+    TokenGrid,
+    capture,
+    capture_leaves,
+    prefix_key,
+    run_until,
+    stop_at,
+)
 from atlas_core.models.registry import LoadedModel
 
 
@@ -82,6 +89,10 @@ class ActivationExtractor:
         (batched vector-Jacobian products, ``class_chunk`` classes at a time).
     micro: images per forward pass, whatever a call passes (default: 32 on a CPU, 128 on CUDA);
         part of what an activation's last bits depend on, like the device.
+    pool: ``"position"`` (the activation at each sampled position), ``"mean"`` (the mean over
+        every position of the map: the spatial mean, or the mean of a transformer's patch
+        tokens) or ``"cls"`` (a transformer's class token). The last two take one sample per
+        image and no attribution.
     """
 
     def __init__(
@@ -96,6 +107,7 @@ class ActivationExtractor:
         attr_classes: int = 0,
         class_chunk: int = 16,
         micro: int | None = None,
+        pool: str = "position",
     ) -> None:
         self.model = model
         self.layers = list(layers)
@@ -115,6 +127,17 @@ class ActivationExtractor:
                 "attr_classes", attr_classes, valid=f"[-1, topk={topk}]",
                 fix="keep at least as many top classes as attribution columns.",
             )  # fmt: skip
+        self.pool = pool
+        if pool not in ("position", "mean", "cls"):
+            raise ValueError(f"pool must be position, mean or cls, not {pool!r}")
+        if pool != "position" and attr_classes:
+            raise ConfigError("sampling", pool, fix="attribution is per position: sample "
+                              "positions (random, centre, all) or set attr_classes=0.")
+        if pool == "cls":
+            grid = TokenGrid.of(model.module)
+            if grid is None or not grid.prefix:
+                raise ConfigError("sampling", "cls", fix=f"{model.spec.name} has no class token: "
+                                  "use random, centre, all or mean.")  # fmt: skip
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
 
@@ -181,7 +204,13 @@ class ActivationExtractor:
             for name in self.layers:
                 f = feats[name].detach().float()
                 py, px = where[name]
-                acts[name] = f[img, :, py, px].cpu().numpy()
+                if self.pool == "mean":
+                    vec = f.mean((2, 3))[img]
+                elif self.pool == "cls":
+                    vec = feats[prefix_key(name)].detach().float()[img, 0]
+                else:
+                    vec = f[img, :, py, px]
+                acts[name] = vec.cpu().numpy()
                 flat = f.flatten(2).double()  # (B, C, H*W): one fixed-size product per image
                 moment[name] = torch.bmm(flat, flat.transpose(1, 2))
                 count[name] = int(flat.shape[0] * flat.shape[2])

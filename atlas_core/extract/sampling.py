@@ -13,6 +13,7 @@ import numpy as np
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SAMPLING = ("random", "centre", "all", "mean", "cls")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -45,17 +46,24 @@ def sample_positions(
     images: shape (n,), int image indices (rows of the input manifest).
     grid: (H, W) of the coarsest layer. edge: cells to avoid at each border (the article avoids
         the edges; shrunk automatically for grids too small to keep any cell).
-    mode: ``"random"`` (k seeded positions), ``"centre"`` (the middle cell, k times).
+    mode: ``"random"`` (k seeded positions), ``"centre"`` (the middle cell, k times), ``"all"``
+        (every cell, row-major: k must be H * W). The extractor's ``mean`` and ``cls`` modes
+        sample no position: they are stored at the centre.
     Returns int16 array, shape (n * k, 2): (y, x), image-major (rows i*k .. i*k+k-1 are image i).
     """
     h, w = grid
     images = np.asarray(images, dtype=np.int64)
     img = np.repeat(images, k)
     j = np.tile(np.arange(k, dtype=np.uint64), len(images))
-    if mode == "centre":
+    if mode == "all":
+        if k != h * w:
+            raise ValueError(f"every position of a {h}x{w} grid needs k = {h * w}, not {k}")
+        cells = np.stack(np.divmod(np.arange(h * w), w), 1)
+        return np.tile(cells, (len(images), 1)).astype(np.int16)
+    if mode in ("centre", "mean", "cls"):
         return np.stack([np.full(len(img), h // 2), np.full(len(img), w // 2)], 1).astype(np.int16)
     if mode != "random":
-        raise ValueError(f"sampling mode must be 'random' or 'centre', got {mode!r}")
+        raise ValueError(f"sampling mode must be one of {SAMPLING}, got {mode!r}")
     ey = min(edge, (h - 1) // 2)
     ex = min(edge, (w - 1) // 2)
     y = ey + np.floor(_uniform(seed, img, j, 0) * (h - 2 * ey)).astype(np.int64)

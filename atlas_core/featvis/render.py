@@ -107,6 +107,26 @@ def parameterization(settings: RenderSettings, spectrum: np.ndarray | None = Non
     return Fourier(settings.sd, settings.decay_power)
 
 
+def render_px(model: LoadedModel, icon_px: int) -> int:
+    """The size icons are optimized at: their own (``icon_px``), except for a transformer with
+    fixed position embeddings (a token grid and no ``dynamic_img_size``), which only takes its
+    own input size; those icons are optimized at the model's size and downsampled."""
+    from atlas_core.models.layers import TokenGrid
+
+    module = model.module
+    if TokenGrid.of(module) is None or getattr(module, "dynamic_img_size", False):
+        return icon_px
+    return int(model.preprocess.size)
+
+
+def _resize(x: torch.Tensor, px: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, px, px), antialiased; unchanged when already that size."""
+    if x.shape[-1] == px and x.shape[-2] == px:
+        return x
+    return torch.nn.functional.interpolate(x, size=(px, px), mode="bilinear", antialias=True,
+                                           align_corners=False)  # fmt: skip
+
+
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
@@ -148,7 +168,8 @@ class IconRenderer:
         self.model.module.to(self.device)
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
-        self.transforms = icon_transforms(settings.icon_px) if settings.transforms else []
+        self.px = render_px(model, settings.icon_px)
+        self.transforms = icon_transforms(self.px) if settings.transforms else []
         if settings.noise > 0:
             self.transforms = [*self.transforms, noise(settings.noise)]
         if settings.alpha == "channel":
@@ -192,7 +213,7 @@ class IconRenderer:
         if len(seeds) != len(directions):
             raise ValueError(f"{len(directions)} directions but {len(seeds)} seeds")
         s = self.settings
-        b, n, px = len(directions), s.attempts, s.icon_px
+        b, n, px = len(directions), s.attempts, self.px
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
         objective = self.objective(vecs.repeat(n, 1), whiten)
         gen = Streams([icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds],
@@ -229,7 +250,9 @@ class IconRenderer:
         keep = img[:, :3].reshape(n, b, 3, px, px)[pick, rows] if alpha is not None else flat
         a8 = None
         if alpha is not None:
-            a8 = _to_uint8(alpha.reshape(n, b, px, px)[pick, rows])
+            a8 = _to_uint8(_resize(alpha.reshape(n, b, 1, px, px)[pick, rows],
+                                   self.settings.icon_px)[:, 0])  # fmt: skip
+        keep = _resize(keep, self.settings.icon_px)
         return Rendered(_to_uint8(keep.permute(0, 2, 3, 1)),
                         score[pick, rows].cpu().numpy().astype(np.float32),
                         self.cosine(flat, vecs), a8)  # fmt: skip
@@ -258,8 +281,8 @@ class IconRenderer:
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
         vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
-        params, image_fn = self.param((probe, 4 if s.alpha == "channel" else 3, s.icon_px,
-                                       s.icon_px), Streams.from_seed(0, probe), self.device)
+        params, image_fn = self.param((probe, 4 if s.alpha == "channel" else 3, self.px,
+                                       self.px), Streams.from_seed(0, probe), self.device)
         optimize(self.forward, direction_cossim(self.layer, vecs), params, image_fn, steps=1,
                  transforms=self.transforms, optimizer=s.optimizer,
                  saliency=s.alpha == "saliency")  # fmt: skip

@@ -1,14 +1,22 @@
-"""Layer lookup by module name, and hooks that always come off again.
+"""Layer lookup by module name, hooks that always come off again, and the feature-map adapter.
 
 ``capture`` records the outputs of named modules during a forward pass; ``stop_at`` also ends the
 forward pass right after the deepest of them, so nothing past the target layer is computed.
 Both are context managers: the hooks are removed on exit, whatever happened inside.
+
+Every recorded output is a feature map (B, C, H, W): a convolutional layer's as it is; a
+transformer layer's tokens (B, N, C) mapped to its patch grid (B, C, h, w) after dropping the
+model's own prefix tokens (class, distillation, registers), whose number and the patch size are
+read from the model (timm's ``num_prefix_tokens`` and ``patch_embed.patch_size``), never guessed
+from N (:class:`TokenGrid`). Everything after the adapter sees one shape; anything else stops
+with an error naming the layer and its shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,6 +44,85 @@ def resolve_layer(model: nn.Module, name: str, *, model_name: str = "model") -> 
     )
 
 
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a transformer lays out its tokens: ``prefix`` tokens first (class, distillation,
+    registers), then one token per ``patch`` (ph, pw) pixels, row-major."""
+
+    prefix: int
+    patch: tuple[int, int]
+
+    @staticmethod
+    def of(model: nn.Module) -> TokenGrid | None:
+        """The model's layout, read from it (timm's ViT family), or None."""
+        prefix = getattr(model, "num_prefix_tokens", None)
+        patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        if prefix is None or patch is None:
+            return None
+        ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+        return TokenGrid(int(prefix), (int(ph), int(pw)))
+
+    def to_map(self, tokens: torch.Tensor, input_hw: tuple[int, int], name: str) -> torch.Tensor:
+        """(B, N, C) tokens of an input of ``input_hw`` -> (B, C, h, w) patch tokens."""
+        b, n, c = tokens.shape
+        h, w = input_hw[0] // self.patch[0], input_hw[1] // self.patch[1]
+        if n != self.prefix + h * w:
+            raise ConfigError(
+                "layer", name,
+                fix=f"layer {name} gives {n} tokens for a {input_hw[0]}x{input_hw[1]} input, "
+                f"not {self.prefix} prefix tokens + {h}x{w} patches of {self.patch[0]}x"
+                f"{self.patch[1]} px: pick a layer whose output is the token sequence (a block, "
+                "or its MLP's fc1).",
+            )  # fmt: skip
+        return tokens[:, self.prefix :].transpose(1, 2).reshape(b, c, h, w)
+
+    def to_tokens(self, prefix: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
+        """The inverse: prefix tokens (B, P, C) and a patch map (B, C, h, w) -> (B, N, C)."""
+        return torch.cat([prefix, fmap.flatten(2).transpose(1, 2)], dim=1)
+
+
+def prefix_key(name: str) -> str:
+    """Where :func:`capture` puts a transformer layer's prefix tokens (B, P, C): the class token
+    first (``extract.sampling=cls``)."""
+    return f"{name}#prefix"
+
+
+class _Adapter:
+    """Per capture: the model's token layout and the size of the input being run."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.grid = TokenGrid.of(model)
+        self.input_hw: tuple[int, int] | None = None
+        self.handle = model.register_forward_pre_hook(self._input)
+
+    def _input(self, _m: nn.Module, args: tuple[object, ...]) -> None:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            self.input_hw = (int(x.shape[-2]), int(x.shape[-1]))
+
+    def check(self, output: object, name: str) -> torch.Tensor:
+        """``output`` as it is when it is a feature map; tokens are for :meth:`to_map`."""
+        if isinstance(output, torch.Tensor) and (output.ndim == 4 or (
+                output.ndim == 3 and self.grid is not None and self.input_hw is not None)):
+            return output
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ConfigError(
+            "layer", name,
+            fix=f"layer {name} outputs {shape}, neither a feature map (B, C, H, W) nor the tokens "
+            "(B, N, C) of a model that names its prefix tokens and patch size (timm's "
+            "num_prefix_tokens, patch_embed.patch_size): pick another layer.",
+        )  # fmt: skip
+
+    def to_map(self, output: torch.Tensor, name: str) -> torch.Tensor:
+        if output.ndim == 4:
+            return output
+        assert self.grid is not None and self.input_hw is not None  # checked
+        return self.grid.to_map(output, self.input_hw, name)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
 class _Stop(Exception):
     """Raised from a hook to end a forward pass early."""
 
@@ -45,12 +132,14 @@ def capture(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str, torch.
     """Record the outputs of the named modules: ``with capture(m, ["blocks.4"]) as out: m(x)``."""
     out: dict[str, torch.Tensor] = {}
     handles = []
+    adapter = _Adapter(model)
     try:
         for name in names:
             module = resolve_layer(model, name)
-            handles.append(module.register_forward_hook(_recorder(out, name)))
+            handles.append(module.register_forward_hook(_recorder(out, name, adapter)))
         yield out
     finally:
+        adapter.remove()
         for h in handles:
             h.remove()
 
@@ -87,18 +176,30 @@ def run_until(model: nn.Module, x: torch.Tensor) -> None:
 Hook = Callable[[nn.Module, object, torch.Tensor], "torch.Tensor | None"]
 
 
-def _recorder(out: dict[str, torch.Tensor], name: str, graph: bool = False) -> Hook:
+def _recorder(out: dict[str, torch.Tensor], name: str, adapter: _Adapter,
+              graph: bool = False) -> Hook:  # fmt: skip
     def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor | None:
-        if graph and not output.requires_grad:
+        output = adapter.check(output, name)
+        if not graph:
+            out[name] = adapter.to_map(output, name)
+            if output.ndim == 3 and adapter.grid is not None and adapter.grid.prefix:
+                out[prefix_key(name)] = output[:, : adapter.grid.prefix]
+            return None
+        if not output.requires_grad:
             # nothing upstream needs a gradient (frozen weights): start the graph here. Later
             # captured layers are computed from this tensor, so they stay in the graph too and
             # gradients reach every captured layer (a detach per layer would cut the earlier
             # ones off from the logits).
             output = output.detach().requires_grad_(True)
+        if output.ndim == 4:
             out[name] = output
             return output
-        out[name] = output
-        return None
+        # tokens: the rest of the model runs on tokens rebuilt from the patch map, so the map
+        # is on the path to the logits and d logits / d map is a gradient of the map itself
+        assert adapter.grid is not None
+        fmap = adapter.to_map(output, name)
+        out[name] = fmap
+        return adapter.grid.to_tokens(output[:, : adapter.grid.prefix], fmap)
 
     return hook
 
@@ -110,13 +211,14 @@ def capture_leaves(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
     named layer, several layers in one pass."""
     out: dict[str, torch.Tensor] = {}
     handles = []
+    adapter = _Adapter(model)
     try:
         for name in names:
-            handles.append(
-                resolve_layer(model, name).register_forward_hook(_recorder(out, name, graph=True))
-            )
+            handles.append(resolve_layer(model, name).register_forward_hook(
+                _recorder(out, name, adapter, graph=True)))  # fmt: skip
         yield out
     finally:
+        adapter.remove()
         for h in handles:
             h.remove()
 

@@ -156,6 +156,9 @@ def _torchvision(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]
 
 
 def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
+    """timm's ``arch`` with the weights of a local file. The classifier's size is read from the
+    file (``head.weight``; none: a model without one, as CLIP towers and DINOv2 are saved), so
+    headless checkpoints load as they are."""
     import timm
 
     if arch not in timm.list_models():
@@ -165,13 +168,20 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
             choices=timm.list_models()[:60],
             fix="use a timm architecture name (timm.list_models()).",
         )
-    model = timm.create_model(arch, pretrained=False)
     if weights is None:
         raise _needs_weights(f"timm:{arch}")
-    load_by_name_or_position(model, _read(weights), source=weights)
+    state = _read(weights)
+    kw: dict[str, Any] = {}
+    if state:
+        head = state.get("head.weight", state.get("head.fc.weight"))
+        kw["num_classes"] = int(head.shape[0]) if head is not None else 0
+    model = timm.create_model(arch, pretrained=False, **kw)
+    load_by_name_or_position(model, state, source=weights)
     cfg: dict[str, Any] = dict(model.pretrained_cfg)  # type: ignore[arg-type]  # timm types it loosely
+    fixed = getattr(getattr(model, "patch_embed", None), "img_size", None)  # a ViT's own size
+    size = int(fixed[-1] if fixed is not None else cfg.get("input_size", (3, 224, 224))[-1])
     pre = Preprocess(
-        size=int(cfg.get("input_size", (3, 224, 224))[-1]),
+        size=size,
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         mean=tuple(cfg.get("mean", IMAGENET.mean)),
         std=tuple(cfg.get("std", IMAGENET.std)),
@@ -232,11 +242,21 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
     else:
         module, pre = _BUILDERS[spec.name](spec.weights)
     module.eval().requires_grad_(False).to(device)
-    num_classes = _num_classes(module)
+    num_classes = _num_classes(module, spec.name)
     return LoadedModel(spec, module, pre, num_classes, _class_names(num_classes))
 
 
-def _num_classes(module: nn.Module) -> int:
+def _num_classes(module: nn.Module, name: str = "") -> int:
+    """Classes the model predicts: timm's ``num_classes`` when it has one (0: no head, as
+    DINOv2 is saved), else the last linear layer's outputs. The head of an image-text tower
+    (timm's ``*_clip_*`` and ``*siglip*`` architectures) is a projection into the text space, not
+    a classifier: no classes."""
+    arch = name.partition(":")[2] or name
+    if "_clip_" in arch or "siglip" in arch:
+        return 0
+    declared = getattr(module, "num_classes", None)
+    if isinstance(declared, int):
+        return declared
     last = [m for m in module.modules() if isinstance(m, nn.Linear)]
     return int(last[-1].out_features) if last else 0
 

@@ -56,6 +56,14 @@ class Plausibility:
 
 
 def _pool_input(module: nn.Module) -> nn.Module | None:
+    """The classifier whose input is the pooled features: none for a headless timm model (its
+    output is the pooled features), timm's ``head`` when it is a linear layer, else the last
+    linear layer."""
+    if getattr(module, "num_classes", None) == 0:
+        return None
+    head = getattr(module, "head", None)
+    if isinstance(head, nn.Linear):
+        return head
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     return linears[-1] if linears else None
 
@@ -71,8 +79,13 @@ def pooled_features(
     device: torch.device | str = "cpu",
 ) -> np.ndarray:
     """Unit-length pooled features (N, D) float32 of uint8 images (N, h, w, 3), each resized
-    (bilinear, antialiased) to ``input_px`` square and normalized as ``preprocess`` says: the
-    input of the module's last linear layer, or its output when it has none."""
+    (bilinear, antialiased) to ``input_px`` square (a transformer with fixed position embeddings:
+    its own input size) and normalized as ``preprocess`` says: the input of the module's last
+    linear layer, or its output when it has none (a headless model's pooled features)."""
+    from atlas_core.models.layers import TokenGrid
+
+    if TokenGrid.of(module) is not None and not getattr(module, "dynamic_img_size", False):
+        input_px = int(preprocess.size)
     head = _pool_input(module)
     got: list[torch.Tensor] = []
 

@@ -27,7 +27,7 @@ import fsspec
 
 import atlas_core
 from atlas_core.errors import ConfigError
-from atlas_core.models.layers import resolve_layer
+from atlas_core.models.layers import layer_shapes, resolve_layer
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, fingerprint
 from pipelines.core import ray_ops
@@ -61,9 +61,27 @@ def check(s: Settings) -> None:
     model = cached_model(s.model.spec, "cpu")
     for name in s.extracted_layers:
         resolve_layer(model.module, name, model_name=s.model.name)
+    layer_shapes(model.module, s.extracted_layers, model.preprocess.size)  # a map or tokens
+    if not model.num_classes:
+        _needs_no_logits(s)
     if s.reduce.backend == "cuml" and not s.cluster.address:  # local: the fit runs here
         with setting("reduce"):
             choose_backend("cuml")
+
+
+def _needs_no_logits(s: Settings) -> None:
+    """A model without a class head (a CLIP tower, DINOv2) runs without predictions: the
+    settings that need class logits stop the run before any work."""
+    why = f"{s.model.name} has no class head (its outputs are features, not class logits)"
+    if s.extract.attr_classes:
+        raise ConfigError("extract.attr_classes", s.extract.attr_classes,
+                          fix=f"{why}: attribution needs logits; set extract.attr_classes=0.")
+    if s.classes.atlases or s.classes.pairs:
+        raise ConfigError("classes", {"atlases": list(s.classes.atlases),
+                                      "pairs": [list(p) for p in s.classes.pairs]},
+                          fix=f"{why}: class views need logits; leave classes empty.")  # fmt: skip
+    if "patches" in s.stages:
+        raise ConfigError("stages", list(s.stages), fix=f"{why}: drop the patches stage.")
 
 
 def views_of(s: Settings) -> list[View]:

@@ -36,6 +36,7 @@ from atlas_core.exemplars import (
 from atlas_core.exemplars.sheets import SHEET_COLUMNS, fit, jpeg, pack
 from atlas_core.extract.sampling import map_positions
 from atlas_core.grid import cell_index
+from atlas_core.models.layers import TokenGrid
 from atlas_core.models.preprocess import Preprocess
 from atlas_core.models.receptive import receptive_field
 from atlas_core.store import RunStore
@@ -289,6 +290,9 @@ def run(ctx: StageRun) -> StageResult:
     node.set_attrs({"fingerprint": ctx.fp, "field": e.field, "field_px": side,
                     "theoretical_px": rf.theoretical, "effective_px": rf.effective,
                     "grid": list(rf.grid), "input_px": rf.input_px,
+                    # a transformer's token covers one patch; its measured field is wider
+                    "token_patch_px": grid.patch[0] if (grid := TokenGrid.of(model.module))
+                    else None,
                     "sheets": f"exemplars/{s.layer}", "per_sheet": e.rows_per_task,
                     "sheet_columns": SHEET_COLUMNS, "patch_px": e.patch_px,
                     "thumb_px": e.thumb_px})  # fmt: skip

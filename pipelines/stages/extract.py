@@ -34,9 +34,10 @@ from atlas_core.data.decode import DECODE_POLICY, DecodePolicy, Status
 from atlas_core.data.plan import duplicate_rows
 from atlas_core.data.reader import ImageReader
 from atlas_core.data.tars import tar_manifest
-from atlas_core.errors import StoreError
+from atlas_core.errors import ConfigError, StoreError
 from atlas_core.extract import ActivationExtractor, ShardBuffers, sample_positions
 from atlas_core.extract.moments import MomentTree, partial_from_bytes, partial_to_bytes
+from atlas_core.extract.sampling import SAMPLING
 from atlas_core.extract.spectrum import SPECTRUM, SpectrumSum
 from atlas_core.models.layers import layer_shapes
 from atlas_core.models.registry import ModelSpec
@@ -71,7 +72,10 @@ class ExtractConf(Group):
     # extracted layers, not which one is the atlas's: STAGE.extra)
     layers: tuple[str, ...] = field(default=(), metadata=NOT_FINGERPRINTED)
     samples_per_image: int = 1
-    sampling: str = "random"  # random | centre
+    # random (samples_per_image seeded positions, avoiding `edge`) | centre | all (every
+    # position: samples_per_image = H * W of the coarsest layer) | mean (the spatial mean, or a
+    # transformer's patch tokens' mean) | cls (a transformer's class token): one per image
+    sampling: str = "random"
     edge: int = 1  # cells at the border that random positions avoid
     # images per read batch (auto: two forward passes' worth, 64 on a CPU, 256 on CUDA); the
     # model always sees fixed-size batches, so this never changes an activation
@@ -87,7 +91,11 @@ class ExtractConf(Group):
 
     def __post_init__(self) -> None:
         self._tuples()
-        choice("extract.sampling", self.sampling, ("random", "centre"))
+        choice("extract.sampling", self.sampling, SAMPLING)
+        if self.sampling in ("mean", "cls") and self.samples_per_image != 1:
+            raise ConfigError("extract.samples_per_image", self.samples_per_image,
+                              fix=f"sampling={self.sampling} gives one vector per image: set "
+                              "extract.samples_per_image=1.")  # fmt: skip
         choice("extract.act_dtype", self.act_dtype, ("float16", "float32"))
         choice("extract.amp", self.amp, ("bf16", "fp16", "off"))
         choice("extract.jpeg_decoder", self.jpeg_decoder, ("auto", "torchvision", "pil"))
@@ -128,6 +136,7 @@ class ExtractJob:
     amp: str = "bf16"
     device: str = "auto"
     fault: str = ""
+    pool: str = "position"  # position | mean | cls (extract.sampling's)
 
 
 def build_manifest(data: DataConf, seed: int) -> InputManifest:
@@ -274,12 +283,20 @@ def _warm_workers(ctx: StageRun) -> list[Any]:
     ]  # fmt: skip
 
 
+def kept_classes(s: Any) -> int:
+    """Top predictions kept per image: ``extract.kept_classes``, or none for a model without a
+    class head (a CLIP tower, DINOv2: its outputs are features, not class logits)."""
+    model = cached_model(s.model.spec, "cpu")
+    return s.extract.kept_classes if model.num_classes else 0
+
+
 def _job(ctx: StageRun, shard: int, start: int, stop: int) -> ExtractJob:
     s, e = ctx.s, ctx.conf(ExtractConf)
     return ExtractJob(
         s.run_dir, s.store_url, s.storage_options, shard, start, stop, ctx.fp, s.model.spec,
-        s.extracted_layers, e.batch_size, e.kept_classes, e.attr_classes, s.data.decode,
+        s.extracted_layers, e.batch_size, kept_classes(s), e.attr_classes, s.data.decode,
         e.jpeg_decoder, e.amp, ctx.device(), test_fault(),
+        e.sampling if e.sampling in ("mean", "cls") else "position",
     )  # fmt: skip
 
 
@@ -298,6 +315,10 @@ def _open_or_create(ctx: StageRun, markers: Markers) -> RunStore:
     shapes = layer_shapes(model.module, s.extracted_layers, model.preprocess.size)
     coarse = min(shapes.values(), key=lambda v: v[1] * v[2])
     e = ctx.conf(ExtractConf)
+    if e.sampling == "all" and e.samples_per_image != coarse[1] * coarse[2]:
+        raise ConfigError("extract.samples_per_image", e.samples_per_image,
+                          fix=f"sampling=all takes every position of the {coarse[1]}x{coarse[2]} "
+                          f"grid: set extract.samples_per_image={coarse[1] * coarse[2]}.")
     positions = sample_positions(
         np.arange(len(manifest)), e.samples_per_image, (coarse[1], coarse[2]),
         seed=s.seed, edge=e.edge, mode=e.sampling,
@@ -307,7 +328,7 @@ def _open_or_create(ctx: StageRun, markers: Markers) -> RunStore:
                        chunks_per_shard=e.chunks_per_shard)  # fmt: skip
     log.info("extract: %d images, %d shards, layers %s", len(manifest), len(plan), shapes)
     layout = StoreLayout(
-        k=e.samples_per_image, seed=s.seed, layers=shapes, topk=e.kept_classes,
+        k=e.samples_per_image, seed=s.seed, layers=shapes, topk=kept_classes(s),
         act_dtype=e.act_dtype, attr_classes=e.attr_classes, n_classes=model.num_classes,
         inner=e.zarr_shard_chunks,
     )  # fmt: skip
@@ -336,7 +357,7 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
     model = cached_model(job.model, device)
     extractor = ActivationExtractor(
         model, job.layers, {L: store.layers[L][1:] for L in job.layers}, topk=job.topk,
-        device=device, attr_classes=job.attr_classes, amp_dtype=AMP[job.amp],
+        device=device, attr_classes=job.attr_classes, amp_dtype=AMP[job.amp], pool=job.pool,
     )  # fmt: skip
     img = store.images
     reader = ImageReader(
