@@ -52,7 +52,8 @@ def write_inputs(n: int, folder: Path) -> list[str]:
     return paths
 
 
-def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256) -> dict[str, Any]:
+def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256,
+         extra: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """The extract stage end to end on the folder: store creation, worker start-up (process,
     imports, model load), decoding, writes and commit markers. Ray's own start-up (``ray.init``)
     is done before the clock starts. Also the steady rate: the median shard's images per second
@@ -67,7 +68,7 @@ def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256) -> 
         f"run_dir={tempfile.mkdtemp()}", f"layer={LAYER}", "data=folder", f"data.path={folder}",
         f"extract.batch_size={BATCH}", f"extract.chunk_images={chunk}",
         f"cluster.address={cluster_address or 'null'}",
-        f"cluster.num_cpus={'null' if cluster_address else 2}",
+        f"cluster.num_cpus={'null' if cluster_address else 2}", *extra,
     )  # fmt: skip
     ray_ops.init(s.cluster)
     with Timer() as t:
@@ -112,11 +113,11 @@ def plain_loop(paths: list[str]) -> float:
     return len(paths) / t.seconds
 
 
-def bare_forward(paths: list[str]) -> tuple[float, np.ndarray]:
+def bare_forward(paths: list[str], spec: Any = None) -> tuple[float, np.ndarray]:
     """Forward pass only, on tensors decoded beforehand; also returns them for the error check."""
     from atlas_core.models import ModelSpec, load_model
 
-    m = load_model(ModelSpec())
+    m = load_model(spec or ModelSpec())
     arrs = _decoded(paths, m)
     xs = [m.preprocess.batch(arrs[b : b + BATCH]) for b in range(0, len(paths), BATCH)]
     _warm(m)
@@ -146,6 +147,41 @@ def extraction_error(store_url: str, arrs: np.ndarray) -> tuple[float, float]:
         err = max(err, float(np.abs(stored[b : b + BATCH] - ref).max()))
         peak = max(peak, float(np.abs(ref).max()))
     return err, err / peak
+
+
+def vit(paths: list[str], root: Path, n: int = 512) -> dict[str, Any]:
+    """A vision transformer through the same stage: timm's ViT-Tiny/16 (random weights saved
+    with safetensors and loaded by name; the speed does not depend on the weights), layer
+    blocks.6, against its bare forward pass on pre-decoded tensors (best of two runs)."""
+    import timm
+    from safetensors.torch import save_file
+
+    from atlas_core.models import ModelSpec
+
+    torch.manual_seed(0)
+    weights = root / "vit_tiny.safetensors"
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
+    sub = root / f"vit-{n}"
+    sub.mkdir(exist_ok=True)
+    for p in paths[:n]:
+        if not (sub / Path(p).name).exists():
+            os.link(p, sub / Path(p).name)
+    spec = ModelSpec("timm:vit_tiny_patch16_224", str(weights))
+    bare1, _ = bare_forward(paths[:n], spec)
+    mine = ours(sub, extra=("model=timm", "model.name=timm:vit_tiny_patch16_224",
+                            f"model.weights={weights}", "layer=blocks.6"))  # fmt: skip
+    bare2, _ = bare_forward(paths[:n], spec)
+    bare = max(bare1, bare2)
+    report(f"ViT-Tiny/16 blocks.6, {n} images", mine["images_per_second"], bare, "img/s",
+           "bare = forward only, pre-decoded")  # fmt: skip
+    return {"model": "timm:vit_tiny_patch16_224", "layer": "blocks.6", "images": n,
+            "ours_images_per_second": round(mine["images_per_second"], 2),
+            "ours_steady_images_per_second": round(mine["steady"], 2),
+            "bare_forward_images_per_second": round(bare, 2),
+            "bare_runs": [round(bare1, 2), round(bare2, 2)],
+            "fraction_of_bare": round(mine["images_per_second"] / bare, 3),
+            "fraction_of_bare_steady": round(mine["steady"] / bare, 3)}  # fmt: skip
 
 
 def _noop(i: int) -> int:
@@ -221,6 +257,7 @@ def main() -> None:
     report("task layer, no-op tasks", sched["ours_tasks_per_second"],
            sched["bare_ray_tasks_per_second"], "tasks/s", "every result returned, in order")
     zw = zarr_write_mb_s()
+    transformer = vit(paths, root)
     write(
         "extract",
         {
@@ -247,6 +284,7 @@ def main() -> None:
             "max_abs_error_fp16_vs_fp32_forward": err,
             "max_relative_error_fp16_vs_fp32_forward": rel,
             "scheduler": sched,
+            "vit": transformer,
             "zarr_write_mb_per_second": round(zw, 1),
             "untimed": "writing the input files; ray.init (Ray start-up); model loading of the "
             "loop and the bare pass. Timed in ours: store creation, worker processes, imports "

@@ -71,6 +71,8 @@ def ours(n: int) -> dict[str, float]:
     import multiprocessing
 
     from pipelines.core import ray_ops
+    from pipelines.core.stage import StageRun
+    from pipelines.core.views import MAIN
     from pipelines.stages.reduce import run
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,7 +90,7 @@ def ours(n: int) -> dict[str, float]:
         )  # fmt: skip
         ray_ops.init(s.cluster)
         with RayRssSampler() as workers, Timer() as t:
-            res = run(s, "bench")
+            res = run(StageRun("reduce", s, MAIN, "bench"))
         ray_ops.shutdown()
     return {
         "seconds": t.seconds,
