@@ -150,10 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"plan of {out['model']} {out['layer']} -> {out['run_dir']} on {args.workers} x "
           f"{args.device} ({out['calibration']})")
+    width = max(len(name) for name in [*out["stages"], "total"])
     for name, st in out["stages"].items():
-        print(f"  {name:<10} {out['hours'].get(name, 0):>9.3g} h  "
+        print(f"  {name:<{width}} {out['hours'].get(name, 0):>9.3g} h  "
               + ", ".join(f"{k} {v}" for k, v in st.items()))
-    print(f"  total      {out['hours_total']:>9.3g} h")
+    print(f"  {'total':<{width}} {out['hours_total']:>9.3g} h")
     print(f"  run directory: {_human(out['store_bytes'])} in {out['objects']} storage objects")
     for group, b in out["bytes_by_group"].items():
         print(f"    {group:<38} {_human(b):>10}  {out['objects_by_group'][group]:>8} objects")
