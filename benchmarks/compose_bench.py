@@ -130,7 +130,8 @@ def main() -> None:
         "demo_levels": case("demo levels 16+32", {16: 0.42, 32: 0.2}, 64),
         "big_level": case(f"{args.big}x{args.big}", {args.big: 1.0}, args.px),
         "note": "ours: the largest of the driver's and any Ray worker's peak RSS (workers "
-                "hold a Python, torch and Ray at ~300-400 MB before any work)",
+                "hold a Python with torch, zarr and Ray imported before any work: the "
+                "demo-level figures)",
     }  # fmt: skip
     write("compose", result)
 
