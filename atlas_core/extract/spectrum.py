@@ -12,6 +12,8 @@ the fixed tree of :class:`~atlas_core.extract.moments.MomentTree` under the key
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -35,14 +37,17 @@ class SpectrumSum:
         self.total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, x01: torch.Tensor, rows: np.ndarray) -> None:
-        """Images ``x01`` (B, 3, H, W) in [0, 1] of manifest rows ``rows`` (B,): those with
-        row % STRIDE == 0 are added, in order."""
+    def add(self, x: torch.Tensor, rows: np.ndarray,
+            to01: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:  # fmt: skip
+        """Images ``x`` (B, 3, H, W) of manifest rows ``rows`` (B,): those with
+        row % STRIDE == 0 are added, in order; ``to01`` maps the picked images to [0, 1] (the
+        model input's inverse normalization; none: already in [0, 1]), where ``x`` is."""
         pick = np.flatnonzero(np.asarray(rows) % STRIDE == 0)
         if not len(pick):
             return
         for i in pick:  # one image a call: a batched FFT's last bits depend on the batch
-            a = amplitudes(x01[int(i) : int(i) + 1])[0]
+            one = x[int(i) : int(i) + 1]
+            a = amplitudes(one if to01 is None else to01(one))[0]
             self.total = a if self.total is None else self.total + a
             self.count += 1
 

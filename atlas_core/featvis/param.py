@@ -23,6 +23,7 @@ _COLOR_SVD_SQRT = np.array(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
 )
 _COLOR_NORMALIZED = _COLOR_SVD_SQRT / np.max(np.linalg.norm(_COLOR_SVD_SQRT, axis=0))
+_COLOR_INVERSE = np.linalg.inv(_COLOR_NORMALIZED.T.astype(np.float64))  # decorrelate_colors
 
 
 def _freqs(h: int, w: int) -> np.ndarray:
@@ -66,8 +67,7 @@ def _standardize(t: torch.Tensor) -> torch.Tensor:
 def decorrelate_colors(x: torch.Tensor) -> torch.Tensor:
     """RGB images (B, 3, H, W) in the decorrelated colour space ``to_valid_rgb`` maps from (the
     inverse of its colour matrix): what a magnitude spectrum for :func:`maco_image` is taken of."""
-    inv = torch.tensor(np.linalg.inv(_COLOR_NORMALIZED.T.astype(np.float64)), dtype=x.dtype,
-                       device=x.device)  # fmt: skip
+    inv = torch.tensor(_COLOR_INVERSE, dtype=x.dtype, device=x.device)
     # to_valid_rgb maps t -> einsum("bchw,cd->bdhw", t, M) with M = _COLOR_NORMALIZED.T, so the
     # inverse map is the same contraction with inv(M)
     return torch.einsum("bchw,cd->bdhw", x, inv)

@@ -25,7 +25,7 @@ from atlas_core.featvis.transforms import (
     icon_transforms,
     noise,
 )
-from atlas_core.models.layers import run_until, stop_at
+from atlas_core.models.layers import TokenGrid, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
 
 PARAMS = ("fft", "pixel", "maco")
@@ -74,6 +74,8 @@ class RenderSettings:
         if self.param not in PARAMS or self.alpha not in ALPHAS or self.objective not in OBJECTIVES:
             raise ValueError(f"param must be one of {PARAMS}, alpha one of {ALPHAS} and "
                              f"objective one of {OBJECTIVES}")
+        if self.param == "maco" and self.alpha == "channel":
+            raise ValueError("param='maco' has no alpha channel: use alpha='saliency' or 'none'")
 
 
 class Rendered(NamedTuple):
@@ -111,12 +113,7 @@ def render_px(model: LoadedModel, icon_px: int) -> int:
     """The size icons are optimized at: their own (``icon_px``), except for a transformer with
     fixed position embeddings (a token grid and no ``dynamic_img_size``), which only takes its
     own input size; those icons are optimized at the model's size and downsampled."""
-    from atlas_core.models.layers import TokenGrid
-
-    module = model.module
-    if TokenGrid.of(module) is None or getattr(module, "dynamic_img_size", False):
-        return icon_px
-    return int(model.preprocess.size)
+    return int(model.preprocess.size) if TokenGrid.fixed_size(model.module) else icon_px
 
 
 def _resize(x: torch.Tensor, px: int) -> torch.Tensor:
@@ -157,9 +154,8 @@ class IconRenderer:
         *,
         device: torch.device | str = "cpu",
         spectrum: np.ndarray | None = None,
-        param: Parameterization | None = None,
     ) -> None:
-        self.param = param if param is not None else parameterization(settings, spectrum)
+        self.param = parameterization(settings, spectrum)
         self.model = model
         self.layer = layer
         self.settings = settings
@@ -225,8 +221,9 @@ class IconRenderer:
             transforms=self.transforms, rng=gen, on_step=on_step, optimizer=s.optimizer,
             saliency=s.alpha == "saliency",
         )  # fmt: skip
-        alpha = img[:, 3] if s.alpha == "channel" else (
-            saliency_alpha(seen) if s.alpha == "saliency" and seen is not None else None)
+        if s.alpha == "saliency" and seen is not None:  # drawn, and judged, like channel alpha
+            img = torch.cat([img, saliency_alpha(seen)[:, None].to(img.dtype)], 1)
+        alpha = img[:, 3] if img.shape[1] == 4 else None
         return self._best(img, alpha, score.reshape(n, b), vecs)
 
     def objective(self, vecs: torch.Tensor, whiten: np.ndarray | None) -> Objective:
@@ -297,7 +294,5 @@ class IconRenderer:
     @torch.no_grad()
     def cosine(self, images: torch.Tensor, vecs: torch.Tensor) -> np.ndarray:
         """Cosine between each image's centre activation and its direction (fidelity), (B,)."""
-        out = self.forward(images.to(self.device))[self.layer]
-        a = out[:, :, out.shape[2] // 2, out.shape[3] // 2]
-        cos = torch.nn.functional.cosine_similarity(a, vecs.to(a.device), dim=-1)
+        cos = direction_cosine(self.layer, vecs)(self.forward(images.to(self.device)))
         return cos.cpu().numpy().astype(np.float32)

@@ -158,22 +158,6 @@ def icon_transforms(size: int) -> list[Transform]:
     return [fused_icon_transform(size)]
 
 
-def icon_transforms_chain(size: int) -> list[Transform]:
-    """The same transforms one by one (six gathers and a resampling a step): the reference the
-    fused one is tested against."""
-    return [
-        pad(16),
-        jitter(4),
-        jitter(4),
-        jitter(8),
-        jitter(8),
-        jitter(8),
-        scale_rotate(ICON_SCALES, ICON_DEGREES),
-        jitter(2),
-        crop_or_pad_to(size),
-    ]
-
-
 def fused_icon_transform(
     size: int,
     padding: int = 16,

@@ -62,6 +62,12 @@ class TokenGrid:
         ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
         return TokenGrid(int(prefix), (int(ph), int(pw)))
 
+    @staticmethod
+    def fixed_size(model: nn.Module) -> bool:
+        """Whether the model is a transformer with fixed position embeddings (a token grid and
+        no ``dynamic_img_size``): it only takes its own input size."""
+        return TokenGrid.of(model) is not None and not getattr(model, "dynamic_img_size", False)
+
     def to_map(self, tokens: torch.Tensor, input_hw: tuple[int, int], name: str) -> torch.Tensor:
         """(B, N, C) tokens of an input of ``input_hw`` -> (B, C, h, w) patch tokens."""
         b, n, c = tokens.shape

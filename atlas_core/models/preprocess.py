@@ -70,6 +70,12 @@ class Preprocess:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input scale -> [0, 1] (the inverse of :meth:`normalize`)."""
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return x * std + mean
+
     def batch(self, arrays: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
         """uint8 array (B, H, W, 3) -> normalized float32 tensor (B, 3, H, W) on ``device``."""
         x = torch.from_numpy(np.array(arrays, dtype=np.uint8, copy=True)).to(device)

@@ -157,9 +157,11 @@ def _torchvision(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]
 
 def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
     """timm's ``arch`` with the weights of a local file. The classifier's size is read from the
-    file (``head.weight``; none: a model without one, as CLIP towers and DINOv2 are saved), so
-    headless checkpoints load as they are."""
+    file, under the name timm's config gives the architecture's classifier (``fc``,
+    ``classifier``, ``head``, ``head.fc``; none in the file: a model without one, as DINOv2 is
+    saved), so headless checkpoints load as they are."""
     import timm
+    from timm.models import get_pretrained_cfg
 
     if arch not in timm.list_models():
         raise ConfigError(
@@ -173,7 +175,9 @@ def _timm(arch: str, weights: str | None) -> tuple[nn.Module, Preprocess]:
     state = _read(weights)
     kw: dict[str, Any] = {}
     if state:
-        head = state.get("head.weight", state.get("head.fc.weight"))
+        name = getattr(get_pretrained_cfg(arch), "classifier", None) or "head"
+        name = name[0] if isinstance(name, (tuple, list)) else name  # DeiT: head, head_dist
+        head = state.get(f"{name}.weight")
         kw["num_classes"] = int(head.shape[0]) if head is not None else 0
     model = timm.create_model(arch, pretrained=False, **kw)
     load_by_name_or_position(model, state, source=weights)
@@ -249,16 +253,18 @@ def load_model(spec: ModelSpec, device: torch.device | str = "cpu") -> LoadedMod
 def _num_classes(module: nn.Module, name: str = "") -> int:
     """Classes the model predicts: timm's ``num_classes`` when it has one (0: no head, as
     DINOv2 is saved), else the last linear layer's outputs. The head of an image-text tower
-    (timm's ``*_clip_*`` and ``*siglip*`` architectures) is a projection into the text space, not
-    a classifier: no classes."""
+    (timm's ``*_clip_*`` and ``*siglip*`` architectures) is a projection into the text space
+    unless it has ImageNet-1k's 1000 outputs (the ``*_ft_in1k`` checkpoints): no classes."""
     arch = name.partition(":")[2] or name
-    if "_clip_" in arch or "siglip" in arch:
-        return 0
     declared = getattr(module, "num_classes", None)
     if isinstance(declared, int):
-        return declared
-    last = [m for m in module.modules() if isinstance(m, nn.Linear)]
-    return int(last[-1].out_features) if last else 0
+        n = declared
+    else:
+        last = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        n = int(last[-1].out_features) if last else 0
+    if ("_clip_" in arch or "siglip" in arch) and n != 1000:
+        return 0
+    return n
 
 
 def _class_names(num_classes: int) -> list[str]:

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atlas_core.models.layers import TokenGrid
+
 
 @dataclass(frozen=True)
 class Plausibility:
@@ -68,6 +70,12 @@ def _pool_input(module: nn.Module) -> nn.Module | None:
     return linears[-1] if linears else None
 
 
+def feature_dim(module: nn.Module, preprocess: Any, input_px: int) -> int:
+    """The size D of :func:`pooled_features` of this module (one blank image through it)."""
+    blank = np.zeros((1, 8, 8, 3), np.uint8)
+    return int(pooled_features(module, preprocess, blank, input_px=input_px).shape[1])
+
+
 @torch.no_grad()
 def pooled_features(
     module: nn.Module,
@@ -82,9 +90,7 @@ def pooled_features(
     (bilinear, antialiased) to ``input_px`` square (a transformer with fixed position embeddings:
     its own input size) and normalized as ``preprocess`` says: the input of the module's last
     linear layer, or its output when it has none (a headless model's pooled features)."""
-    from atlas_core.models.layers import TokenGrid
-
-    if TokenGrid.of(module) is not None and not getattr(module, "dynamic_img_size", False):
+    if TokenGrid.fixed_size(module):
         input_px = int(preprocess.size)
     head = _pool_input(module)
     got: list[torch.Tensor] = []
@@ -148,14 +154,19 @@ def score(feats: np.ndarray, own: np.ndarray, has: np.ndarray, ids: np.ndarray,
 
 
 def plausibility(icons: np.ndarray, exemplars: np.ndarray, ok: np.ndarray,
-                 pool: np.ndarray | None = None) -> Plausibility:  # fmt: skip
+                 pool: np.ndarray | None = None, pool_protos: np.ndarray | None = None,
+                 ids: np.ndarray | None = None) -> Plausibility:  # fmt: skip
     """Icons' unit features (M, D) against their cells' exemplars' (M, k, D), ``ok`` (M, k)
     marking the exemplars that exist (a cell with none gets NaN and rank 0), ranked among the
-    cells ``pool`` (default: every cell with exemplars)."""
+    cells ``pool`` (default: every cell with exemplars) whose prototypes are ``pool_protos``
+    (default: those of these cells). ``ids``: the cells' indices in the level (default
+    0..M-1), for cells scored in parts against a pool of the whole level."""
     protos, has = prototypes(exemplars, ok)
     pool = np.flatnonzero(has) if pool is None else pool
+    pool_protos = protos[pool] if pool_protos is None else pool_protos
+    ids = np.arange(len(icons)) if ids is None else ids
     own = np.einsum("md,md->m", icons, protos)
-    return score(icons, own, has, np.arange(len(icons)), pool, protos[pool])
+    return score(icons, own, has, ids, pool, pool_protos)
 
 
 def exemplar_reference(exemplars: np.ndarray, ok: np.ndarray, pool: np.ndarray | None = None,

@@ -28,7 +28,7 @@ from atlas_core.models import ModelSpec, load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
 from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
-from atlas_core.quality import pooled_features
+from atlas_core.quality import feature_dim
 
 log = logging.getLogger("atlas.plan")
 
@@ -105,9 +105,8 @@ def _judge(s: Any, model: Any) -> dict[str, Any]:
     atlas's own model unless ``plausibility.judge`` names another; architecture only)."""
     p = s.plausibility
     judge = model if not p.judge else load_model(ModelSpec(p.judge, ARCHITECTURE_ONLY), "cpu")
-    dim = pooled_features(judge.module, judge.preprocess, np.zeros((1, 8, 8, 3), np.uint8),
-                          input_px=p.input_px).shape[1]  # fmt: skip
-    return {"judge_dim": dim, "judge_px": p.input_px, "judge_input_px": judge.preprocess.size,
+    return {"judge_dim": feature_dim(judge.module, judge.preprocess, p.input_px),
+            "judge_px": p.input_px, "judge_input_px": judge.preprocess.size,
             "judge_gflops": gflops(judge, None)[0] if p.judge else 0.0,
             "cells_per_task": p.cells_per_task, "sheets_per_task": p.sheets_per_task}
 

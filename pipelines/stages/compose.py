@@ -306,7 +306,8 @@ STAGE = Stage(
     settings=ComposeConf,
     resources={"compose": Resources()},
     outputs=outputs,
-    reads="`grid/<G>/{cell,count,icons,top_*,attr_top_*,heat,exemplar_row}`, "
+    reads="`grid/<G>/{cell,count,icons,icon_alpha,icon_cosine,icon_margin,icon_rank,top_*,"
+    "attr_top_*,heat,exemplar_row}`, "
     "`layers/<L>/exemplars/*`",
     writes="`viewer/` (tiles, icon sheets, data per level and per card chunk, page, Leaflet), "
     "`atlas.png`, `atlas-<G>.png` (in the view's folder)",

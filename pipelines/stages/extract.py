@@ -370,12 +370,9 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
                        job.topk, extractor.attr_width)  # fmt: skip
     startup = time.perf_counter() - t0
     spectrum = SpectrumSum()
-    pre = model.preprocess
-    mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
     for idx, x in reader.batches():
         buf.add(idx, extractor(x, pos[buf.sample_rows(idx)]))
-        spectrum.add(x.to(device) * std + mean, job.start + idx)  # the [0, 1] model input
+        spectrum.add(x, job.start + idx, model.preprocess.denormalize)  # one image in eight
         inject_fault(job.fault, "mid", job.shard)
     buf.set_inputs(reader.status, reader.error, reader.hashes)
     seconds = time.perf_counter() - t0
@@ -473,7 +470,7 @@ STAGE = Stage(
     scope="run",
     extra=lambda ctx: sorted(ctx.s.extracted_layers),
     reads="`images/uri`, `images/crop`, `samples/pos`, the source images",
-    writes="`images/{status,error,content_hash,top_class,top_prob}`, "
+    writes="`images/{status,error,content_hash,top_class,top_prob,spectrum}`, "
     "`layers/<L>/{acts,attr,moment,moment_count,moment_shards}`, "
     "`markers/extract/shard-*.json`, `markers/extract/moments.npz`",
     ray="one task per shard (`map_tasks`); the driver adds each task's second-moment sums "

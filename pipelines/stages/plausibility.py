@@ -26,14 +26,16 @@ from PIL import Image
 
 from atlas_core.exemplars.sheets import cell as sheet_cell
 from atlas_core.models import ModelSpec, load_model
+from atlas_core.models.registry import check_model_name
 from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.quality import (
     Plausibility,
     choose_pool,
     exemplar_reference,
+    feature_dim,
+    plausibility,
     pooled_features,
     prototypes,
-    score,
 )
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
@@ -63,6 +65,9 @@ class PlausibilityConf(Group):
     def __post_init__(self) -> None:
         self._ranges({"input_px": (16, 1024), "pool": (2, None), "batch": (1, 4096),
                       "cells_per_task": (1, None), "sheets_per_task": (1, None)})  # fmt: skip
+        if self.judge:  # a misspelled judge stops the run before any work
+            with setting("plausibility", {"name": "judge"}):
+                check_model_name(self.judge)
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,10 @@ class CellJob:
     ok: np.ndarray
 
 
-def places(store: RunStore, layer: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each exemplar of each cell of level ``size``: its place in the exemplar index (M, k) and
-    whether its patch exists (M, k)."""
-    index = store.exemplars(layer).index()
+def places(store: RunStore, layer: str, size: int, index: dict[str, np.ndarray] | None
+           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each exemplar of each cell of level ``size``: its place in the exemplar ``index`` (M, k)
+    and whether its patch exists (M, k)."""
     rows = store.level(layer, size).read("exemplar_row")
     if index is None or not len(index["row"]):
         return np.zeros(rows.shape, np.int64), np.zeros(rows.shape, bool)
@@ -168,30 +173,24 @@ def cell_task(job: CellJob, shared: tuple[np.ndarray, np.ndarray]
     ids = np.arange(job.start, job.stop)
     rendered = ~np.isnan(level.read("icon_objective", job.start, job.stop))
     icons = j.features(level.drawn(job.start, job.stop))  # as seen on white
-    protos, has = prototypes(ex, job.ok & rendered[:, None])
-    own = np.einsum("nd,nd->n", icons, protos)
-    return (score(icons, own, has, ids, pool, pool_protos),
+    return (plausibility(icons, ex, job.ok & rendered[:, None], pool, pool_protos, ids),
             exemplar_reference(ex, job.ok, pool, pool_protos, ids))
 
 
 def _judge_spec(ctx: StageRun) -> ModelSpec:
     conf = ctx.conf(PlausibilityConf)
-    if not conf.judge:
-        return ctx.s.model.spec
-    with setting("plausibility", {"judge": conf.judge}):
-        return ModelSpec(conf.judge, conf.judge_weights)
+    return ModelSpec(conf.judge, conf.judge_weights) if conf.judge else ctx.s.model.spec
 
 
-def _features(ctx: StageRun, store: RunStore, judge: Judge) -> None:
+def _features(ctx: StageRun, store: RunStore, judge: Judge,
+              index: dict[str, np.ndarray] | None) -> None:  # fmt: skip
     """Every exemplar patch through the judge once: tasks of whole sheets write ``judge``."""
     node, res = store.exemplars(ctx.s.layer), ctx.resources()
-    index = node.index()
     rows, per = (len(index["row"]) if index else 0), int(node.attrs.get("per_sheet", 1))
     if not rows:
         return
     probe = load_model(replace(judge.spec, weights=ARCHITECTURE_ONLY))  # its feature size
-    dim = pooled_features(probe.module, probe.preprocess, np.zeros((1, 8, 8, 3), np.uint8),
-                          input_px=judge.input_px).shape[1]  # fmt: skip
+    dim = feature_dim(probe.module, probe.preprocess, judge.input_px)
     node.create(["judge"], {"R": rows, "D": dim, "sheet": per})
     step = per * max(1, ctx.conf(PlausibilityConf).sheets_per_task)
     jobs = [SheetJob(judge, a, min(rows, a + step)) for a in range(0, rows, step)]
@@ -199,7 +198,8 @@ def _features(ctx: StageRun, store: RunStore, judge: Judge) -> None:
                       desc="plausibility patches")  # fmt: skip
 
 
-def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int) -> dict[str, Any] | None:
+def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int,
+           index: dict[str, np.ndarray] | None) -> dict[str, Any] | None:  # fmt: skip
     """Judge one level's icons in tasks of ``cells_per_task`` cells, against its pool (every
     cell with exemplars up to ``plausibility.pool``, else a seeded sample, whose prototypes
     the driver makes from the stored features); writes the per-cell arrays, returns the
@@ -208,9 +208,11 @@ def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int) -> dict[str,
     level = store.level(s.layer, size)
     if not level.has("exemplar_row") or not level.has("icon_objective"):
         return None
-    place, ok = places(store, s.layer, size)
+    place, ok = places(store, s.layer, size, index)
     pool = choose_pool(np.flatnonzero(ok.any(1)), conf.pool, seed=s.seed + size)
-    if not len(pool):
+    if not len(pool):  # no cell has an exemplar: nothing to judge, as for such a cell
+        level.put_cells("icon_margin", np.full(len(place), np.nan, np.float32))
+        level.put_cells("icon_rank", np.zeros(len(place), np.int32))
         return None
     feats = store.exemplars(s.layer).take("judge", place[pool].reshape(-1))
     pool_protos = prototypes(np.nan_to_num(feats.reshape(*place[pool].shape, -1)), ok[pool])[0]
@@ -243,9 +245,10 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.require("cluster.plausibility", res.num_cpus, res.num_gpus)
     judge = Judge(s.store_url, store.prefix, ctx.run_dir, s.storage_options, s.layer,
                   _judge_spec(ctx), conf.input_px, conf.batch, ctx.device())  # fmt: skip
-    _features(ctx, store, judge)
+    index = store.exemplars(s.layer).index()
+    _features(ctx, store, judge, index)
     counts = {str(g): out for g in ctx.conf(GridConf).sizes
-              if (out := _level(ctx, store, judge, g)) is not None}  # fmt: skip
+              if (out := _level(ctx, store, judge, g, index)) is not None}  # fmt: skip
     return StageResult(counts={"levels": counts},
                        details={"judge": conf.judge or s.model.name, "input_px": conf.input_px,
                                 "pool": conf.pool})  # fmt: skip

@@ -17,6 +17,7 @@ a thread count never changes a reduction either.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -93,6 +94,10 @@ class RenderConf(Group):
         choice("render.alpha", self.alpha, ALPHAS)
         choice("render.optimizer", self.optimizer, ("adam", "nadam"))
         choice("render.objective", self.objective, OBJECTIVES)
+        if self.param == "maco" and self.alpha == "channel":
+            raise ConfigError("render.alpha", self.alpha, fix="MACO's parameterization has no "
+                              "alpha channel: set render.alpha=saliency (MACO's own) or none, "
+                              "or render.param=fft.")  # fmt: skip
         in_range("render.fill", self.fill, 0.0, 1.0)
         in_range("render.noise", self.noise, 0.0, 1.0)
         self._ranges({"icon_px": (8, 1024), "steps": (1, None), "attempts": (1, 64),
@@ -227,7 +232,8 @@ def run(ctx: StageRun) -> StageResult:
         now = int(res.actors) if res.actors != "auto" else ray_ops.capacity(res.num_cpus,
                                                                              res.num_gpus)
         item = _item_size(r, group, todo, max(1, now))
-        items = [it for g in sizes for it in _plan_level(ctx, store, g, group, item, whiten)]
+        items = [it for g in sizes
+                 for it in _plan_level(ctx, store, g, group, item, whiten, spectrum)]
         actors = _actors(res, len(items))
         pool.grow(actors)
         log.info("render: %d icons in %d items, groups of %d, %d actors (%d px, %d steps, "
@@ -275,8 +281,9 @@ def _item_size(r: RenderConf, group: int, icons: int, actors: int) -> int:
 
 
 def _plan_level(
-    ctx: StageRun, store: RunStore, size: int, group: int, item: int, whiten: np.ndarray | None
-) -> list[RenderItem]:
+    ctx: StageRun, store: RunStore, size: int, group: int, item: int, whiten: np.ndarray | None,
+    spectrum: np.ndarray | None,
+) -> list[RenderItem]:  # fmt: skip
     """The level's work items still to render (its icon arrays created when new)."""
     s, r, fp = ctx.s, ctx.conf(RenderConf), ctx.fp
     level = store.level(s.layer, size)
@@ -292,6 +299,8 @@ def _plan_level(
     objective = level.read("icon_objective")
     seeds = [icon_seed(s.seed, s.layer, size, *grid.cell[i]) for i in range(m)]
     context = {"model": asdict(s.model.spec), "layer": s.layer, "icon": asdict(r.icon)}
+    if spectrum is not None:  # MACO's magnitude is the run's own: a render input like whiten
+        context["spectrum"] = hashlib.sha256(np.asarray(spectrum, np.float32).tobytes()).hexdigest()
     out = []
     for a in range(0, m, item):
         b = min(m, a + item)
@@ -353,8 +362,10 @@ STAGE = Stage(
     settings=RenderConf,
     resources={"render": ActorResources()},
     outputs=outputs,
-    reads="`grid/<G>/{cell,mean}`, `layers/<L>/moment*`, the icon cache",
-    writes="`grid/<G>/{icons,icon_objective,icon_cosine}` (by the actors, one storage object "
+    reads="`grid/<G>/{cell,mean}`, `layers/<L>/moment*`, `images/spectrum` (MACO), the icon "
+    "cache",
+    writes="`grid/<G>/{icons,icon_objective,icon_cosine,icon_alpha}` (by the actors, one storage "
+    "object "
     "per work item), the icon cache",
     ray="actor pool, two work items in flight per actor (`ActorPool`)",
 )

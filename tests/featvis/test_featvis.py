@@ -220,9 +220,16 @@ def test_saliency_alpha_is_where_the_objective_looked() -> None:
     assert torch.allclose(a[1], (seen[1] / torch.quantile(seen[1].flatten(), 0.8)).clamp(max=1))
     d = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
     r = _tiny_renderer(alpha="saliency", steps=4)
-    _icons, _, _, alpha = r.render(d, seeds=(1, 2, 3))
+    icons, _, cosine, alpha = r.render(d, seeds=(1, 2, 3))
     assert alpha is not None and alpha.shape == (3, 32, 32)
     assert ((alpha == 255).mean(axis=(1, 2)) >= 0.19).all() and (alpha < 255).any()
+    # fidelity is measured on the icon as it is drawn: through its alpha, on white
+    a = torch.from_numpy(alpha).float()[:, None] / 255
+    drawn = torch.from_numpy(icons).permute(0, 3, 1, 2).float() / 255 * a + (1 - a)
+    plain = torch.from_numpy(icons).permute(0, 3, 1, 2).float() / 255
+    want = r.cosine(drawn, torch.from_numpy(d))
+    assert np.abs(cosine - want).max() < 0.02  # the uint8 rounding of icon and alpha
+    assert np.abs(cosine - r.cosine(plain, torch.from_numpy(d))).max() > 0.02
 
 
 def _spectrum(h: int = 32, w: int = 32) -> np.ndarray:

@@ -134,6 +134,30 @@ def test_a_model_without_a_class_head_has_no_classes() -> None:
                              num_classes=512)  # a CLIP tower: its head is the projection
     assert _num_classes(clip, "timm:vit_base_patch16_clip_224") == 0
     assert _num_classes(clip, "timm:vit_base_patch16_224") == 512  # the same as a classifier
+    clip.reset_classifier(1000)  # a CLIP tower fine-tuned on ImageNet-1k: a classifier
+    assert _num_classes(clip, "timm:vit_base_patch16_clip_224") == 1000
+
+
+@pytest.mark.parametrize(("arch", "head"), [("resnet10t", "fc"), ("efficientnet_b0", "classifier"),
+                                            ("convnext_atto", "head.fc")])  # fmt: skip
+def test_timm_convnets_load_with_their_own_classifier_and_headless(tmp_path, arch, head) -> None:
+    """The classifier's size is read under the architecture's own classifier name, so a timm
+    conv net's checkpoint loads with its head, and without it as a headless model."""
+    from safetensors.torch import save_file
+
+    from atlas_core.models import load_model
+
+    torch.manual_seed(0)
+    state = timm.create_model(arch, pretrained=False, num_classes=7).state_dict()
+    assert f"{head}.weight" in state
+    full, headless = tmp_path / "full.safetensors", tmp_path / "headless.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(full))
+    save_file({k: v.contiguous() for k, v in state.items() if not k.startswith(f"{head}.")},
+              str(headless))  # fmt: skip
+    m = load_model(ModelSpec(f"timm:{arch}", str(full)))
+    assert m.num_classes == 7
+    assert torch.equal(m.module.state_dict()[f"{head}.weight"], state[f"{head}.weight"])
+    assert load_model(ModelSpec(f"timm:{arch}", str(headless))).num_classes == 0
 
 
 @pytest.mark.parametrize("mode", ["all", "mean", "cls"])

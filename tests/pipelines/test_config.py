@@ -90,6 +90,8 @@ def test_presets_carry_the_reference_parameters() -> None:
         (["cluster.extract.num_gpus=-1"], "cluster.extract.num_gpus", "-1"),
         (["cluster.render.device=tpu"], "cluster.render.device", "tpu"),
         (["compose.background=pink"], "compose.background", "pink"),
+        (["plausibility.judge=efficientnet_lite9"], "plausibility.judge", "efficientnet_lite9"),
+        (["render.param=maco", "render.alpha=channel"], "render.alpha", "channel"),
     ],
 )
 def test_bad_settings_name_the_key_and_the_value(

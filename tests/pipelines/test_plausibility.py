@@ -43,7 +43,7 @@ def test_a_level_in_tasks_against_a_pool_equals_the_library(judged) -> None:
     attrs = dict(store.exemplars(s.layer).attrs)
     for size in (4, 6):
         level = store.level(s.layer, size)
-        place, ok = places(store, s.layer, size)
+        place, ok = places(store, s.layer, size, store.exemplars(s.layer).index())
         pool = choose_pool(np.flatnonzero(ok.any(1)), 5, seed=s.seed + size)
         patches = read_patches(str(run_dir), {}, attrs, place.reshape(-1))
         feats = pooled_features(judge.module, judge.preprocess, patches, input_px=32)
