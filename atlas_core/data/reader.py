@@ -14,8 +14,8 @@ never substituted, so row ``i`` is always input ``i``.
 Reading, decoding, resizing and collating run in a producer thread ahead of the consumer's
 forward pass, ``prefetch`` batches deep (a bounded queue: memory stays about ``prefetch`` + 2
 batches whatever the shard's size: the queue, the batch being collated and the decode pool's
-window of one batch of rows ahead). One producer keeps the rows in order; an error in it is raised in
-the consumer; a consumer that stops early stops it.
+window of one batch of rows ahead). One producer keeps the rows in order; an error in it is
+raised in the consumer; a consumer that stops early stops it.
 """
 
 from __future__ import annotations
