@@ -27,6 +27,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check atlas_core pipelines tests benchmarks
+	$(VENV)/bin/ruff format --check atlas_core pipelines tests benchmarks
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

@@ -59,6 +59,7 @@ class PlanError(StoreError):
     """A write plan whose tasks would share a storage object (a race under zarr's rules)."""
 
 
-def _config_error(what: str, value: object, choices: list[object] | None, valid: str,
-                  fix: str) -> ConfigError:  # fmt: skip
+def _config_error(
+    what: str, value: object, choices: list[object] | None, valid: str, fix: str
+) -> ConfigError:
     return ConfigError(what, value, choices=choices, valid=valid, fix=fix)

@@ -84,19 +84,52 @@ CALIBRATION = {
     # this 2-core machine: `make demo` (EfficientNet-Lite0, 0.77 GFLOPs counted as torch's
     # FlopCounterMode does, two per multiply-add: 13.2 images/s and 142 icon-steps/s at 64 px
     # per slot) and `make bench-scale` (the rest)
-    "cpu": Device("cpu", 100.0, 11.7, 17.0, 2_600.0, 20_000.0, 180.0, 75.0, 2, 2,
-                  "2 CPU cores, measured here (make demo, make bench-scale)"),
+    "cpu": Device(
+        "cpu",
+        100.0,
+        11.7,
+        17.0,
+        2_600.0,
+        20_000.0,
+        180.0,
+        75.0,
+        2,
+        2,
+        "2 CPU cores, measured here (make demo, make bench-scale)",
+    ),
     # one H100 per worker node with 8 CPUs: JPEG decode and resize at ~250 ImageNet images/s
     # per CPU thread (8 threads), inference at ~60 TFLOP/s effective in bf16; rendering at the
     # project's bar
     # (100k icon-steps/s at 80 px stopped at mixed4c: ~0.8 GFLOPs a step, 80 TFLOP/s); cuML
     # UMAP 1M x 512 in ~10 s (published on a V100: 20 s)
-    "h100": Device("h100", 2_000.0, 60_000.0, 80_000.0, 100_000.0, 2_000_000.0, 400.0, 75.0,
-                   1, 8, "published figures, per GPU worker (8 CPUs, 1 H100); not measured here",
-                   120.0),
-    "a100": Device("a100", 2_000.0, 30_000.0, 40_000.0, 60_000.0, 1_200_000.0, 400.0, 75.0,
-                   1, 8, "published figures, per GPU worker (8 CPUs, 1 A100); not measured here",
-                   120.0),
+    "h100": Device(
+        "h100",
+        2_000.0,
+        60_000.0,
+        80_000.0,
+        100_000.0,
+        2_000_000.0,
+        400.0,
+        75.0,
+        1,
+        8,
+        "published figures, per GPU worker (8 CPUs, 1 H100); not measured here",
+        120.0,
+    ),
+    "a100": Device(
+        "a100",
+        2_000.0,
+        30_000.0,
+        40_000.0,
+        60_000.0,
+        1_200_000.0,
+        400.0,
+        75.0,
+        1,
+        8,
+        "published figures, per GPU worker (8 CPUs, 1 A100); not measured here",
+        120.0,
+    ),
 }
 
 
@@ -107,10 +140,13 @@ class Plan:
     objects: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stages": self.stages, "store_bytes": int(sum(self.bytes.values())),
-                "objects": int(sum(self.objects.values())),
-                "bytes_by_group": {k: int(v) for k, v in self.bytes.items()},
-                "objects_by_group": {k: int(v) for k, v in self.objects.items()}}  # fmt: skip
+        return {
+            "stages": self.stages,
+            "store_bytes": int(sum(self.bytes.values())),
+            "objects": int(sum(self.objects.values())),
+            "bytes_by_group": {k: int(v) for k, v in self.bytes.items()},
+            "objects_by_group": {k: int(v) for k, v in self.objects.items()},
+        }
 
 
 def kept_cells(samples: int, size: int, min_count: int) -> int:
@@ -145,7 +181,8 @@ def estimate(r: RunShape) -> Plan:
     acts = sum(s * c * r.act_bytes * 0.9 + 8 * c * c for c in r.channels.values())
     plan.bytes["extraction: activations and moments"] = acts + s * r.attr * 2 * 0.9
     plan.objects["extraction: activations and moments"] = len(r.channels) * (
-        (chunks + 1) * (1 + (r.attr > 0)) + 7)
+        (chunks + 1) * (1 + (r.attr > 0)) + 7
+    )
     plan.bytes["layout"] = s * 16 * 0.85
     plan.objects["layout"] = 2 * (chunks + 1)
     c = r.channels[r.layer]
@@ -156,7 +193,8 @@ def estimate(r: RunShape) -> Plan:
     plan.bytes["levels: icons"] = icons * (icon * 0.75 + 8)
     plan.objects["levels: icons"] = sum(3 * (_objects(m, r.item) + 1) for m in cells.values())
     plan.bytes["exemplars"] = ex_rows * (r.patch_px**2 * 3 * 0.12 + 30) + sources * (
-        r.thumb_px**2 * 3 * 0.1)
+        r.thumb_px**2 * 3 * 0.1
+    )
     plan.objects["exemplars"] = 2 * _objects(ex_rows, r.rows_per_task) + 8
     # the judge's float16 features of every patch, a chunk per sheet (the plausibility stage)
     plan.bytes["exemplars"] += ex_rows * r.judge_dim * 2 * 0.9
@@ -164,11 +202,16 @@ def estimate(r: RunShape) -> Plan:
     plan.bytes["icon cache"] = icons * icon * 0.7
     plan.objects["icon cache"] = _objects(icons, r.group) * 1.0
     tiles = sum(sum(4**z for z in range(lo, hi + 1)) for lo, hi in r.zooms.values())
-    plan.bytes["viewer"] = (tiles * TILE_BYTES + icons * (icon * 0.55 + 40 + 30 * r.exemplars_k)
-                            + STATIC[1])  # fmt: skip
-    plan.objects["viewer"] = (tiles + sum(_objects(m, 256) + _objects(m, 1024) + 1 for m in
-                                          cells.values()) + _objects(sources, r.rows_per_task)
-                              + STATIC[0] + 4)  # fmt: skip
+    plan.bytes["viewer"] = (
+        tiles * TILE_BYTES + icons * (icon * 0.55 + 40 + 30 * r.exemplars_k) + STATIC[1]
+    )
+    plan.objects["viewer"] = (
+        tiles
+        + sum(_objects(m, 256) + _objects(m, 1024) + 1 for m in cells.values())
+        + _objects(sources, r.rows_per_task)
+        + STATIC[0]
+        + 4
+    )
     width = {g: min(g * r.icon_px, 4096) for g in r.levels}
     plan.bytes["overviews"] = sum(w * w * 3 * 0.25 for w in width.values())
     plan.objects["overviews"] = len(r.levels) + 1
@@ -178,21 +221,30 @@ def estimate(r: RunShape) -> Plan:
         "extract": {"tasks": r.shards, "images": n, "samples": s},
         "reduce": {"rows": s, "fit_rows": min(s, 100_000), "tasks": 1 + 2 * r.shards},
         "grid": {"tasks": r.shards, "cells": cells},
-        "exemplars": {"tasks": r.shards + int(_objects(ex_rows, r.rows_per_task)), "rows": ex_rows,
-                      "sources": sources},
-        "render": {"icons": icons, "icon_steps": icons * r.steps * r.attempts,
-                   "items": sum(int(_objects(m, r.item)) for m in cells.values())},
+        "exemplars": {
+            "tasks": r.shards + int(_objects(ex_rows, r.rows_per_task)),
+            "rows": ex_rows,
+            "sources": sources,
+        },
+        "render": {
+            "icons": icons,
+            "icon_steps": icons * r.steps * r.attempts,
+            "items": sum(int(_objects(m, r.item)) for m in cells.values()),
+        },
         "plausibility": {
             "tasks": int(_objects(ex_rows, r.rows_per_task * r.sheets_per_task))
             + sum(int(_objects(m, r.cells_per_task)) for m in cells.values()),
-            "patches": ex_rows, "icons": icons},
+            "patches": ex_rows,
+            "icons": icons,
+        },
         "compose": {"tiles": tiles},
-    }  # fmt: skip
+    }
     return plan
 
 
-def hours(plan: Plan, r: RunShape, dev: Device, gflops: tuple[float, float], input_px: int,
-          workers: int) -> dict[str, float]:  # fmt: skip
+def hours(
+    plan: Plan, r: RunShape, dev: Device, gflops: tuple[float, float], input_px: int, workers: int
+) -> dict[str, float]:
     """Each stage's hours on ``workers`` nodes of ``dev``; ``gflops``: (a whole forward pass,
     the forward pass to the atlas's layer) per image at ``input_px``."""
     st, w = plan.stages, max(1, workers)
@@ -203,14 +255,25 @@ def hours(plan: Plan, r: RunShape, dev: Device, gflops: tuple[float, float], inp
     step = 3 * gflops[1] * (r.icon_px / input_px) ** 2
     render = st["render"]["icon_steps"] * step / (dev.render_gflops_s * dev.slots * w)
     cpu = dev.cpus * w
-    ex = st["exemplars"]["sources"] / (dev.exemplar_sources_s * cpu) + st["exemplars"][
-        "rows"] / (2_000.0 * cpu)
+    ex = st["exemplars"]["sources"] / (dev.exemplar_sources_s * cpu) + st["exemplars"]["rows"] / (
+        2_000.0 * cpu
+    )
     compose = st["compose"]["tiles"] / (dev.tiles_s * cpu)
     up = dev.startup_s
     pl = st["plausibility"]
-    judge = (pl["patches"] + pl["icons"]) * (r.judge_gflops or gflops[0]) * (
-        r.judge_px / r.judge_input_px) ** 2 / (dev.forward_gflops_s * dev.slots * w)
-    out = {"extract": extract + up, "reduce": fit + place + up,
-           "grid": st["extract"]["samples"] / 2e5 / w, "exemplars": ex, "render": render + up,
-           "plausibility": judge + up, "compose": compose}  # fmt: skip
+    judge = (
+        (pl["patches"] + pl["icons"])
+        * (r.judge_gflops or gflops[0])
+        * (r.judge_px / r.judge_input_px) ** 2
+        / (dev.forward_gflops_s * dev.slots * w)
+    )
+    out = {
+        "extract": extract + up,
+        "reduce": fit + place + up,
+        "grid": st["extract"]["samples"] / 2e5 / w,
+        "exemplars": ex,
+        "render": render + up,
+        "plausibility": judge + up,
+        "compose": compose,
+    }
     return {k: float(f"{v / 3600:.3g}") for k, v in out.items()}

@@ -129,8 +129,9 @@ def settings(*overrides: str) -> Any:
         return to_settings(compose("config", overrides=list(overrides)))[0]
 
 
-def synthetic_run(run_dir: Path, levels: dict[int, float], px: int, *, seed: int = 0,
-                  layer: str = "blocks.2") -> None:  # fmt: skip
+def synthetic_run(
+    run_dir: Path, levels: dict[int, float], px: int, *, seed: int = 0, layer: str = "blocks.2"
+) -> None:
     """A run store holding what compose reads, without running any stage: per level (size ->
     share of cells kept) kept cells, counts, top classes and random smooth icons (PNG and JPEG
     sizes are realistic), written one storage object per 256 icons as the render stage does."""
@@ -144,23 +145,40 @@ def synthetic_run(run_dir: Path, levels: dict[int, float], px: int, *, seed: int
     rng = np.random.default_rng(seed)
     manifest = InputManifest(np.array(["none.png"], dtype=object), np.full((1, 4), -1, np.int32))
     shape = StoreLayout(k=1, seed=seed, layers={layer: (4, 8, 8)}, topk=5, n_classes=10)
-    store = RunStore.create(str(run_dir / "atlas.zarr"), manifest, plan_shards(1, chunk_images=1),
-                            np.zeros((1, 2), np.int16), shape)  # fmt: skip
+    store = RunStore.create(
+        str(run_dir / "atlas.zarr"),
+        manifest,
+        plan_shards(1, chunk_images=1),
+        np.zeros((1, 2), np.int16),
+        shape,
+    )
     for g, kept_share in levels.items():
         flat = np.flatnonzero(rng.random(g * g) < kept_share)
         m = len(flat)
         cells = np.stack([flat % g, flat // g], 1).astype(np.int32)
         top = rng.integers(0, 10, (m, 5)).astype(np.int32)
         level = store.level(layer, g)
-        level.write_grid(GridArrays(g, cells, np.zeros((m, 4), np.float32),
-                                    rng.integers(1, 60, m).astype(np.int32), top,
-                                    np.ones((m, 5), np.int32)), {})  # fmt: skip
-        level.create(["icons", "icon_objective", "icon_cosine"],
-                     {"M": m, "px": px, "group": 16, "item": 256})
+        level.write_grid(
+            GridArrays(
+                g,
+                cells,
+                np.zeros((m, 4), np.float32),
+                rng.integers(1, 60, m).astype(np.int32),
+                top,
+                np.ones((m, 5), np.int32),
+            ),
+            {},
+        )
+        level.create(
+            ["icons", "icon_objective", "icon_cosine"], {"M": m, "px": px, "group": 16, "item": 256}
+        )
         for a in range(0, m, 256):
             b = min(m, a + 256)
             small = rng.integers(0, 256, (b - a, 8, 8, 3), dtype=np.uint8)
-            level.write("icons", a, np.stack([np.asarray(Image.fromarray(x).resize((px, px)))
-                                              for x in small]))  # fmt: skip
+            level.write(
+                "icons",
+                a,
+                np.stack([np.asarray(Image.fromarray(x).resize((px, px))) for x in small]),
+            )
             level.write("icon_cosine", a, np.zeros(b - a, np.float32))
             level.write("icon_objective", a, np.zeros(b - a, np.float32))

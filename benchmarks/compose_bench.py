@@ -61,9 +61,20 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 def peer(run_dir: Path, g: int, width: int) -> tuple[float, float, np.ndarray]:
     """(seconds, peak MB, the canvas downsampled to ``width``) of one-canvas compose."""
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", PEER, str(run_dir / "atlas.zarr"), str(g),
-                          str(run_dir / f"peer-{g}.png"), str(width)],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEER,
+            str(run_dir / "atlas.zarr"),
+            str(g),
+            str(run_dir / f"peer-{g}.png"),
+            str(width),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - t0
     small = np.asarray(Image.open(run_dir / f"peer-{g}.png.small.png").convert("RGB"))
     return seconds, float(out.stdout.split()[-1]), small
@@ -75,8 +86,13 @@ def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
     from pipelines.core.views import MAIN
     from pipelines.stages import compose
 
-    s = settings("model=tiny", f"run_dir={run_dir}", f"grid.sizes=[{','.join(map(str, sizes))}]",
-                 f"render.icon_px={px}", "compose.density=false")  # fmt: skip
+    s = settings(
+        "model=tiny",
+        f"run_dir={run_dir}",
+        f"grid.sizes=[{','.join(map(str, sizes))}]",
+        f"render.icon_px={px}",
+        "compose.density=false",
+    )
     ray_ops.init(s.cluster)
     with RayRssSampler() as rss:
         t0 = time.perf_counter()
@@ -105,17 +121,25 @@ def case(name: str, levels: dict[int, float], px: int) -> dict:
         ours_mb = max(det["worker_peak_rss_mb"], det["driver_peak_rss_mb"])
         report(f"compose {name} peak MB", ours_mb, p_mb, "MB", f"overview diff {diff:.2f}/255")
         return {
-            "levels": {str(g): levels[g] for g in sizes}, "icon_px": px,
-            "ours": {"seconds": round(seconds, 2), "tiles": det["counts"]["tiles"],
-                     "driver_peak_rss_mb": round(det["driver_peak_rss_mb"], 1),
-                     "worker_peak_rss_mb": det["worker_peak_rss_mb"],
-                     "task_peak_rss_mb": det["peak_rss_mb_tasks"], "zooms": det["zooms"]},
-            "peer": {"method": f"compose_canvas of level {big} in one process + one PNG",
-                     "seconds": round(p_seconds, 2), "peak_rss_mb": round(p_mb, 1),
-                     "canvas_px": big * px},
+            "levels": {str(g): levels[g] for g in sizes},
+            "icon_px": px,
+            "ours": {
+                "seconds": round(seconds, 2),
+                "tiles": det["counts"]["tiles"],
+                "driver_peak_rss_mb": round(det["driver_peak_rss_mb"], 1),
+                "worker_peak_rss_mb": det["worker_peak_rss_mb"],
+                "task_peak_rss_mb": det["peak_rss_mb_tasks"],
+                "zooms": det["zooms"],
+            },
+            "peer": {
+                "method": f"compose_canvas of level {big} in one process + one PNG",
+                "seconds": round(p_seconds, 2),
+                "peak_rss_mb": round(p_mb, 1),
+                "canvas_px": big * px,
+            },
             "ratio_peak_memory": round(p_mb / ours_mb, 2),
             "overview_mean_abs_diff": round(diff, 3),
-        }  # fmt: skip
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -130,9 +154,9 @@ def main() -> None:
         "demo_levels": case("demo levels 16+32", {16: 0.42, 32: 0.2}, 64),
         "big_level": case(f"{args.big}x{args.big}", {args.big: 1.0}, args.px),
         "note": "ours: the largest of the driver's and any Ray worker's peak RSS (workers "
-                "hold a Python with torch, zarr and Ray imported before any work: the "
-                "demo-level figures)",
-    }  # fmt: skip
+        "hold a Python with torch, zarr and Ray imported before any work: the "
+        "demo-level figures)",
+    }
     write("compose", result)
 
 

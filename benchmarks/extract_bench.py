@@ -30,10 +30,14 @@ BATCH = 64
 
 def _settings(run_dir: str, n: int, chunk: int, address: str | None) -> Any:
     return settings(
-        f"run_dir={run_dir}", f"layer={LAYER}", f"data.n_images={n}",
-        f"extract.batch_size={BATCH}", f"extract.chunk_images={chunk}",
-        f"cluster.address={address or 'null'}", f"cluster.num_cpus={'null' if address else 2}",
-    )  # fmt: skip
+        f"run_dir={run_dir}",
+        f"layer={LAYER}",
+        f"data.n_images={n}",
+        f"extract.batch_size={BATCH}",
+        f"extract.chunk_images={chunk}",
+        f"cluster.address={address or 'null'}",
+        f"cluster.num_cpus={'null' if address else 2}",
+    )
 
 
 def write_inputs(n: int, folder: Path) -> list[str]:
@@ -52,8 +56,9 @@ def write_inputs(n: int, folder: Path) -> list[str]:
     return paths
 
 
-def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256,
-         extra: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
+def ours(
+    folder: Path, cluster_address: str | None = None, chunk: int = 256, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The extract stage end to end on the folder: store creation, worker start-up (process,
     imports, model load), decoding, writes and commit markers. Ray's own start-up (``ray.init``)
     is done before the clock starts. Also the steady rate: the median shard's images per second
@@ -65,11 +70,16 @@ def ours(folder: Path, cluster_address: str | None = None, chunk: int = 256,
 
     n = len(list(folder.glob("*.jpg")))
     s = settings(
-        f"run_dir={tempfile.mkdtemp()}", f"layer={LAYER}", "data=folder", f"data.path={folder}",
-        f"extract.batch_size={BATCH}", f"extract.chunk_images={chunk}",
+        f"run_dir={tempfile.mkdtemp()}",
+        f"layer={LAYER}",
+        "data=folder",
+        f"data.path={folder}",
+        f"extract.batch_size={BATCH}",
+        f"extract.chunk_images={chunk}",
         f"cluster.address={cluster_address or 'null'}",
-        f"cluster.num_cpus={'null' if cluster_address else 2}", *extra,
-    )  # fmt: skip
+        f"cluster.num_cpus={'null' if cluster_address else 2}",
+        *extra,
+    )
     ray_ops.init(s.cluster)
     with Timer() as t:
         res = extract.run(StageRun("extract", s, MAIN, "bench"))
@@ -169,19 +179,35 @@ def vit(paths: list[str], root: Path, n: int = 512) -> dict[str, Any]:
             os.link(p, sub / Path(p).name)
     spec = ModelSpec("timm:vit_tiny_patch16_224", str(weights))
     bare1, _ = bare_forward(paths[:n], spec)
-    mine = ours(sub, extra=("model=timm", "model.name=timm:vit_tiny_patch16_224",
-                            f"model.weights={weights}", "layer=blocks.6"))  # fmt: skip
+    mine = ours(
+        sub,
+        extra=(
+            "model=timm",
+            "model.name=timm:vit_tiny_patch16_224",
+            f"model.weights={weights}",
+            "layer=blocks.6",
+        ),
+    )
     bare2, _ = bare_forward(paths[:n], spec)
     bare = max(bare1, bare2)
-    report(f"ViT-Tiny/16 blocks.6, {n} images", mine["images_per_second"], bare, "img/s",
-           "bare = forward only, pre-decoded")  # fmt: skip
-    return {"model": "timm:vit_tiny_patch16_224", "layer": "blocks.6", "images": n,
-            "ours_images_per_second": round(mine["images_per_second"], 2),
-            "ours_steady_images_per_second": round(mine["steady"], 2),
-            "bare_forward_images_per_second": round(bare, 2),
-            "bare_runs": [round(bare1, 2), round(bare2, 2)],
-            "fraction_of_bare": round(mine["images_per_second"] / bare, 3),
-            "fraction_of_bare_steady": round(mine["steady"] / bare, 3)}  # fmt: skip
+    report(
+        f"ViT-Tiny/16 blocks.6, {n} images",
+        mine["images_per_second"],
+        bare,
+        "img/s",
+        "bare = forward only, pre-decoded",
+    )
+    return {
+        "model": "timm:vit_tiny_patch16_224",
+        "layer": "blocks.6",
+        "images": n,
+        "ours_images_per_second": round(mine["images_per_second"], 2),
+        "ours_steady_images_per_second": round(mine["steady"], 2),
+        "bare_forward_images_per_second": round(bare, 2),
+        "bare_runs": [round(bare1, 2), round(bare2, 2)],
+        "fraction_of_bare": round(mine["images_per_second"] / bare, 3),
+        "fraction_of_bare_steady": round(mine["steady"] / bare, 3),
+    }
 
 
 def _noop(i: int) -> int:
@@ -205,13 +231,15 @@ def scheduler(n: int = 4000) -> dict[str, float]:
     with Timer() as tb:
         got_bare = ray.get([bare.remote(i) for i in range(n)])
     with Timer() as to:
-        got = ray_ops.gather([ray_ops.submit(_noop, i, num_cpus=1) for i in range(n)],
-                             desc="no-op")  # fmt: skip
+        got = ray_ops.gather([ray_ops.submit(_noop, i, num_cpus=1) for i in range(n)], desc="no-op")
     ray_ops.shutdown()
     assert got == got_bare == list(range(n))
-    return {"tasks": n, "ours_tasks_per_second": round(n / to.seconds, 1),
-            "bare_ray_tasks_per_second": round(n / tb.seconds, 1),
-            "ratio_vs_bare_ray": round(tb.seconds / to.seconds, 3)}  # fmt: skip
+    return {
+        "tasks": n,
+        "ours_tasks_per_second": round(n / to.seconds, 1),
+        "bare_ray_tasks_per_second": round(n / tb.seconds, 1),
+        "ratio_vs_bare_ray": round(tb.seconds / to.seconds, 3),
+    }
 
 
 def zarr_write_mb_s(rows: int = 65536, dim: int = 112, chunk: int = 8192) -> float:
@@ -246,16 +274,26 @@ def main() -> None:
     bare2, _ = bare_forward(paths)
     loop2 = plain_loop(paths)
     bare, loop = max(bare1, bare2), max(loop1, loop2)
-    log.info("peers: bare %.1f / %.1f img/s, loop %.1f / %.1f img/s (before / after ours)",
-             bare1, bare2, loop1, loop2)  # fmt: skip
+    log.info(
+        "peers: bare %.1f / %.1f img/s, loop %.1f / %.1f img/s (before / after ours)",
+        bare1,
+        bare2,
+        loop1,
+        loop2,
+    )
     err, rel = extraction_error(mine["store_url"], arrs)
     ips = mine["images_per_second"]
     report(f"extract {n} images", ips, loop, "img/s", f"max abs error vs fp32 forward {err:.2e}")
     report("vs bare forward", ips, bare, "img/s", "bare = forward only, pre-decoded")
     report("steady state vs bare forward", mine["steady"], bare, "img/s", "median shard x tasks")
     sched = scheduler()
-    report("task layer, no-op tasks", sched["ours_tasks_per_second"],
-           sched["bare_ray_tasks_per_second"], "tasks/s", "every result returned, in order")
+    report(
+        "task layer, no-op tasks",
+        sched["ours_tasks_per_second"],
+        sched["bare_ray_tasks_per_second"],
+        "tasks/s",
+        "every result returned, in order",
+    )
     zw = zarr_write_mb_s()
     transformer = vit(paths, root)
     write(
@@ -275,8 +313,10 @@ def main() -> None:
             "loop_images_per_second": round(loop, 2),
             "bare_forward_images_per_second": round(bare, 2),
             "ratio_vs_loop": round(ips / loop, 3),
-            "peer_runs": {"bare": [round(bare1, 2), round(bare2, 2)],
-                          "loop": [round(loop1, 2), round(loop2, 2)]},
+            "peer_runs": {
+                "bare": [round(bare1, 2), round(bare2, 2)],
+                "loop": [round(loop1, 2), round(loop2, 2)],
+            },
             "ratio_vs_bare": round(ips / bare, 3),
             "ratio_steady_vs_bare": round(mine["steady"] / bare, 3),
             "fraction_of_bare": round(ips / bare, 3),

@@ -76,11 +76,14 @@ def cells(run_dir: str, n: int, min_exemplars: int, size: int = 32) -> dict[str,
     flat = have[pick].reshape(-1)
     patches = read_patches(run_dir, {}, dict(ex.attrs), np.maximum(flat, 0))
     return {
-        "size": size, "cells": pick, "directions": grid.mean[pick].astype(np.float32),
+        "size": size,
+        "cells": pick,
+        "directions": grid.mean[pick].astype(np.float32),
         "patches": patches.reshape(len(pick), k, *patches.shape[1:]),
-        "ok": (have[pick] >= 0), "spectrum": store.images.spectrum(),
+        "ok": (have[pick] >= 0),
+        "spectrum": store.images.spectrum(),
         "whiten": whitening_matrix(store.extraction(LAYER).second_moment()),
-    }  # fmt: skip
+    }
 
 
 def ours(model: Any, c: dict[str, Any], settings: Any) -> tuple[float, np.ndarray]:
@@ -91,8 +94,9 @@ def ours(model: Any, c: dict[str, Any], settings: Any) -> tuple[float, np.ndarra
     r = IconRenderer(model, LAYER, settings, spectrum=c["spectrum"])
     seeds = [icon_seed(0, LAYER, c["size"], int(i)) for i in c["cells"]]
     with Timer() as t:
-        out = r.render_groups(c["directions"], seeds=seeds, group=r.suggest_group(),
-                              whiten=c["whiten"])  # fmt: skip
+        out = r.render_groups(
+            c["directions"], seeds=seeds, group=r.suggest_group(), whiten=c["whiten"]
+        )
     icons = out.icons
     if out.alpha is not None:  # judged as drawn on the atlas's white background
         w = out.alpha[..., None] / 255.0
@@ -106,11 +110,13 @@ def judge(icons: np.ndarray, c: dict[str, Any], judges: dict[str, Any]) -> dict[
 
     out = {}
     for name, (m, px) in judges.items():
-        pf = pooled_features(m.module, m.preprocess, c["patches"].reshape(-1, *c["patches"]
-                             .shape[2:]), input_px=px)  # fmt: skip
+        pf = pooled_features(
+            m.module, m.preprocess, c["patches"].reshape(-1, *c["patches"].shape[2:]), input_px=px
+        )
         ex = pf.reshape(*c["ok"].shape, -1)
-        out[name] = plausibility(pooled_features(m.module, m.preprocess, icons, input_px=px),
-                                 ex, c["ok"]).summary()  # fmt: skip
+        out[name] = plausibility(
+            pooled_features(m.module, m.preprocess, icons, input_px=px), ex, c["ok"]
+        ).summary()
     return out
 
 
@@ -119,8 +125,9 @@ def reference(c: dict[str, Any], judges: dict[str, Any]) -> dict[str, Any]:
 
     out = {}
     for name, (m, px) in judges.items():
-        pf = pooled_features(m.module, m.preprocess, c["patches"].reshape(-1, *c["patches"]
-                             .shape[2:]), input_px=px)  # fmt: skip
+        pf = pooled_features(
+            m.module, m.preprocess, c["patches"].reshape(-1, *c["patches"].shape[2:]), input_px=px
+        )
         out[name] = exemplar_reference(pf.reshape(*c["ok"].shape, -1), c["ok"]).summary()
     return out
 
@@ -138,8 +145,9 @@ def variants(base: Any) -> dict[str, Any]:
     }
 
 
-def before_after(c: dict[str, Any], before: np.ndarray, after: np.ndarray, path: Path,
-                 rows: int = 8) -> None:  # fmt: skip
+def before_after(
+    c: dict[str, Any], before: np.ndarray, after: np.ndarray, path: Path, rows: int = 8
+) -> None:
     """A PNG: per row (cells evenly spread over the level) two of the cell's exemplar patches,
     its icon with Lucid's objective (the demo before) and with the cosine (the demo now)."""
     from PIL import Image
@@ -162,8 +170,11 @@ def main() -> None:
     ap.add_argument("--lucent", type=int, default=16, help="cells rendered by torch-lucent")
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--steps", type=int, default=0, help="default: the demo's 96")
-    ap.add_argument("--sheet", default="docs/icons-before-after.png",
-                    help="8 cells: two exemplars, the icon before and after, per row")
+    ap.add_argument(
+        "--sheet",
+        default="docs/icons-before-after.png",
+        help="8 cells: two exemplars, the icon before and after, per row",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from atlas_core.models import ModelSpec, load_model
@@ -185,33 +196,49 @@ def main() -> None:
             continue
         per, icons = ours(model, c, st)
         fid = fidelity(model, icons, c["directions"])
-        results[name] = {"seconds_per_icon": round(per, 3),
-                         "icon_steps_per_second": round(st.steps / per, 1),
-                         "fidelity": round(float(fid.mean()), 4),
-                         "plausibility": judge(icons, c, judges), "settings": repr(st)}
+        results[name] = {
+            "seconds_per_icon": round(per, 3),
+            "icon_steps_per_second": round(st.steps / per, 1),
+            "fidelity": round(float(fid.mean()), 4),
+            "plausibility": judge(icons, c, judges),
+            "settings": repr(st),
+        }
         log.info("%s: %s", name, results[name])
         drawn[name] = icons
     if args.lucent and (not wanted or "lucent_our_transforms" in wanted):
         k = min(args.lucent, len(c["directions"]))
-        sub = {**c, "directions": c["directions"][:k], "ok": c["ok"][:k],
-               "patches": c["patches"][:k]}  # fmt: skip
-        t, icons = lucent_one_at_a_time(model, sub["directions"], c["whiten"], 64, demo.steps,
-                                        64, 64, ours_tf=True)  # fmt: skip
+        sub = {
+            **c,
+            "directions": c["directions"][:k],
+            "ok": c["ok"][:k],
+            "patches": c["patches"][:k],
+        }
+        t, icons = lucent_one_at_a_time(
+            model, sub["directions"], c["whiten"], 64, demo.steps, 64, 64, ours_tf=True
+        )
         results["lucent_our_transforms"] = {
-            "cells": k, "seconds_per_icon": round(t / k, 3),
+            "cells": k,
+            "seconds_per_icon": round(t / k, 3),
             "fidelity": round(float(fidelity(model, icons, sub["directions"]).mean()), 4),
             "plausibility": judge(icons, sub, judges),
             "note": f"the first {k} cells only (one icon a call), judged among those {k}",
             "ours_on_the_same_cells": {n: judge(i[:k], sub, judges) for n, i in drawn.items()},
-        }  # fmt: skip
+        }
         log.info("lucent: %s", results["lucent_our_transforms"])
     if args.sheet and {"lucid_fft", "lucid_fft_cosine"} <= set(drawn):
         before_after(c, drawn["lucid_fft"], drawn["lucid_fft_cosine"], Path(args.sheet))
-    write("quality", {
-        "layer": LAYER, "level": c["size"],
-        "cells": len(c["cells"]), "judge_input_px": 112, "judges": list(JUDGES), **results,
-        "untimed": "model loading, the fresh model copy per lucent call, the judges",
-    })  # fmt: skip
+    write(
+        "quality",
+        {
+            "layer": LAYER,
+            "level": c["size"],
+            "cells": len(c["cells"]),
+            "judge_input_px": 112,
+            "judges": list(JUDGES),
+            **results,
+            "untimed": "model loading, the fresh model copy per lucent call, the judges",
+        },
+    )
 
 
 if __name__ == "__main__":

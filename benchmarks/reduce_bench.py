@@ -84,10 +84,17 @@ def ours(n: int) -> dict[str, float]:
         if child.exitcode != 0:
             raise RuntimeError(f"writing the synthetic store failed ({child.exitcode})")
         s = settings(
-            f"run_dir={tmp}", "model=tiny", "layer=blocks.4", "reduce.backend=umap-learn",
-            f"reduce.n_neighbors={N_NEIGHBORS}", "reduce.min_dist=0.05", "reduce.metric=cosine",
-            f"reduce.fit_rows={FIT_ROWS}", "reduce.quality_sample=5000", "cluster.num_cpus=2",
-        )  # fmt: skip
+            f"run_dir={tmp}",
+            "model=tiny",
+            "layer=blocks.4",
+            "reduce.backend=umap-learn",
+            f"reduce.n_neighbors={N_NEIGHBORS}",
+            "reduce.min_dist=0.05",
+            "reduce.metric=cosine",
+            f"reduce.fit_rows={FIT_ROWS}",
+            "reduce.quality_sample=5000",
+            "cluster.num_cpus=2",
+        )
         ray_ops.init(s.cluster)
         with RayRssSampler() as workers, Timer() as t:
             res = run(StageRun("reduce", s, MAIN, "bench"))

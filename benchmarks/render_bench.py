@@ -62,8 +62,7 @@ def ours(model, dirs, whiten, px, steps):
     r = IconRenderer(model, LAYER, RenderSettings(icon_px=px, steps=steps, attempts=1))
     group = r.suggest_group()
     with Timer() as t:
-        icons, _, cos, _ = r.render_groups(dirs, seeds=range(len(dirs)), group=group,
-                                           whiten=whiten)
+        icons, _, cos, _ = r.render_groups(dirs, seeds=range(len(dirs)), group=group, whiten=whiten)
     return t.seconds, icons, cos, group
 
 
@@ -188,8 +187,13 @@ def main() -> None:
         fidelity(model, ic_def, dirs[:k]),
     )
     per = {"ours": t_ours / n, "one": t_one / n, "otf": t_otf / n, "default": t_def / k}
-    report("render vs the bare forward+backward limit", rate, limit, "icon-steps/s",
-           f"bare pass of the truncated network, batch {group}, {args.px} px")  # fmt: skip
+    report(
+        "render vs the bare forward+backward limit",
+        rate,
+        limit,
+        "icon-steps/s",
+        f"bare pass of the truncated network, batch {group}, {args.px} px",
+    )
     report(
         f"render {n} icons {args.px}px x {steps} steps",
         per["ours"],

@@ -6,8 +6,12 @@ import subprocess
 import sys
 
 BENCHMARKS = (
-    "extract_bench", "reduce_bench", "render_bench", "quality_bench", "compose_bench",
-)  # fmt: skip
+    "extract_bench",
+    "reduce_bench",
+    "render_bench",
+    "quality_bench",
+    "compose_bench",
+)
 
 
 def main() -> None:

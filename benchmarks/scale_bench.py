@@ -34,13 +34,21 @@ log = logging.getLogger("benchmarks.scale")
 SIZES = tuple(int(x) for x in os.environ.get("SCALE_SIZES", "10000,50000,200000").split(","))
 IMAGENET = 1_281_167
 OVERRIDES = (
-    "model=tiny", "preset=r3", "grid.sizes=[20,40,80,160,320]", "grid.min_count=1",
-    "render.steps=2", "render.icon_px=16", "render.attempts=1", "cluster.render.actors=auto",
-)  # fmt: skip
+    "model=tiny",
+    "preset=r3",
+    "grid.sizes=[20,40,80,160,320]",
+    "grid.min_count=1",
+    "render.steps=2",
+    "render.icon_px=16",
+    "render.attempts=1",
+    "cluster.render.actors=auto",
+)
 GROUPS = (
     ("extraction: images, samples", ("atlas.zarr/images", "atlas.zarr/samples")),
-    ("extraction: activations and moments", ("atlas.zarr/layers/blocks.2/acts",
-                                              "atlas.zarr/layers/blocks.2/moment")),
+    (
+        "extraction: activations and moments",
+        ("atlas.zarr/layers/blocks.2/acts", "atlas.zarr/layers/blocks.2/moment"),
+    ),
     ("layout", ("atlas.zarr/layers/blocks.2/layout",)),
     ("levels: cells", ("atlas.zarr/layers/blocks.2/grid",)),
     ("exemplars: index", ("atlas.zarr/layers/blocks.2/exemplars",)),
@@ -49,7 +57,7 @@ GROUPS = (
     ("icon cache", ("icon-cache",)),
     ("viewer", ("viewer",)),
     ("overviews", ("atlas.png", "atlas-")),
-)  # fmt: skip
+)
 
 
 def _group(rel: str) -> str:
@@ -70,16 +78,27 @@ def disk(run_dir: Path) -> dict[str, Any]:
             g = _group(str(p.relative_to(run_dir)))
             size[g] += p.stat().st_size
             files[g] += 1
-    return {"bytes": sum(size.values()), "files": sum(files.values()),
-            "bytes_by_group": dict(size), "files_by_group": dict(files)}  # fmt: skip
+    return {
+        "bytes": sum(size.values()),
+        "files": sum(files.values()),
+        "bytes_by_group": dict(size),
+        "files_by_group": dict(files),
+    }
 
 
 def one_size(n: int, root: Path) -> dict[str, Any]:
     """Run the rehearsal at ``n`` images in a fresh process; its figures."""
     run_dir = root / f"n{n}"
     out = root / f"n{n}.json"
-    cmd = [sys.executable, "-m", "benchmarks.scale_run", str(out), f"run_dir={run_dir}",
-           f"data.n_images={n}", *OVERRIDES]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.scale_run",
+        str(out),
+        f"run_dir={run_dir}",
+        f"data.n_images={n}",
+        *OVERRIDES,
+    ]
     log.info("scale: %d images: %s", n, " ".join(cmd[3:]))
     subprocess.run(cmd, check=True)
     figures = json.loads(out.read_text())
@@ -148,14 +167,30 @@ def main() -> None:
     exps = exponents(results)
     proj = projection(results, exps)
     for n, r in results.items():
-        log.info("%d images: %s s, store %.1f MB in %d files, driver %.0f MB, worker %.0f MB, "
-                 "page open %s", n, r["seconds"], r["bytes"] / 1e6, r["files"],
-                 r["peak_rss_mb_driver"], r["peak_rss_mb_worker"], r.get("viewer_open"))
+        log.info(
+            "%d images: %s s, store %.1f MB in %d files, driver %.0f MB, worker %.0f MB, "
+            "page open %s",
+            n,
+            r["seconds"],
+            r["bytes"] / 1e6,
+            r["files"],
+            r["peak_rss_mb_driver"],
+            r["peak_rss_mb_worker"],
+            r.get("viewer_open"),
+        )
     log.info("growth exponents (between the two largest sizes): %s", exps)
     log.info("projected to %d images: %s", IMAGENET, proj)
-    write("scale", {"sizes": list(SIZES), "overrides": list(OVERRIDES),
-                    "results": {str(n): r for n, r in results.items()}, "exponents": exps,
-                    "projection_imagenet": proj, "imagenet_images": IMAGENET})  # fmt: skip
+    write(
+        "scale",
+        {
+            "sizes": list(SIZES),
+            "overrides": list(OVERRIDES),
+            "results": {str(n): r for n, r in results.items()},
+            "exponents": exps,
+            "projection_imagenet": proj,
+            "imagenet_images": IMAGENET,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ def probe(run_dir: Path, hash_: str = "", zoom_to: int | None = None) -> dict[st
     url, server = serve_in_thread(str(run_dir))
     try:
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=chromium,
-                                  args=["--no-sandbox", "--disable-gpu",
-                                        "--enable-precise-memory-info"])  # fmt: skip
+            b = p.chromium.launch(
+                executable_path=chromium,
+                args=["--no-sandbox", "--disable-gpu", "--enable-precise-memory-info"],
+            )
             page = b.new_page(viewport={"width": 1200, "height": 800})
             page.goto(url + hash_)
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)

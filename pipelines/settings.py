@@ -36,8 +36,9 @@ def _default(value: Any) -> Any:
 
 def _cluster_class() -> type:
     """``cluster``: the base fields plus one resources entry per name a stage declares."""
-    entries = [(key, type(default), _default(default))
-               for key, default in REGISTRY.resources().items()]  # fmt: skip
+    entries = [
+        (key, type(default), _default(default)) for key, default in REGISTRY.resources().items()
+    ]
     cls = make_dataclass("ClusterConf", entries, bases=(ClusterBase,), frozen=True)
     cls.__module__ = __name__  # pickled by reference: pipelines.settings.ClusterConf
     return cls
@@ -62,8 +63,13 @@ def _settings_class(cluster: type) -> type:
         (group, cls, field(default_factory=cls)) for group, cls in REGISTRY.groups().items()
     ]
     entries.append(("cluster", cluster, field(default_factory=cluster)))
-    cls = make_dataclass("Settings", entries, bases=(SettingsBase,), frozen=True,
-                         namespace={"__post_init__": _post_init})  # fmt: skip
+    cls = make_dataclass(
+        "Settings",
+        entries,
+        bases=(SettingsBase,),
+        frozen=True,
+        namespace={"__post_init__": _post_init},
+    )
     cls.__module__ = __name__  # pickled by reference: pipelines.settings.Settings
     return cls
 
@@ -97,8 +103,13 @@ def schema(cls: type) -> Any:
 
 def groups() -> dict[str, type]:
     """Every settings group of the config tree, by name."""
-    return {"model": ModelConf, "data": DataConf, "classes": ClassesConf,
-            **REGISTRY.groups(), "cluster": ClusterConf}  # fmt: skip
+    return {
+        "model": ModelConf,
+        "data": DataConf,
+        "classes": ClassesConf,
+        **REGISTRY.groups(),
+        "cluster": ClusterConf,
+    }
 
 
 def register() -> None:
@@ -113,6 +124,8 @@ def register() -> None:
 
 def resources_of(s: SettingsBase) -> dict[str, Resources]:
     """``cluster.<name>`` of every stage's entries."""
-    return {f.name: getattr(s.cluster, f.name) for f in fields(s.cluster)
-            if isinstance(getattr(s.cluster, f.name), Resources)}  # fmt: skip
-
+    return {
+        f.name: getattr(s.cluster, f.name)
+        for f in fields(s.cluster)
+        if isinstance(getattr(s.cluster, f.name), Resources)
+    }

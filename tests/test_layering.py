@@ -109,12 +109,18 @@ def _package_and_members(comp: list[str]) -> bool:
 
 def test_the_plumbing_imports_no_stage_and_no_command() -> None:
     above = ("pipelines.stages", "pipelines.commands", "pipelines.settings")
-    bad = [m for m, deps in _graph().items()
-           if m.startswith("pipelines.core") and any(x.startswith(above) for x in deps)]
+    bad = [
+        m
+        for m, deps in _graph().items()
+        if m.startswith("pipelines.core") and any(x.startswith(above) for x in deps)
+    ]
     assert bad == []
     stages = [m for m in _graph() if m.startswith("pipelines.stages.")]
-    bad = [m for m in stages if any(x.startswith("pipelines.commands") or x == "pipelines.settings"
-                                    for x in _graph()[m])]
+    bad = [
+        m
+        for m in stages
+        if any(x.startswith("pipelines.commands") or x == "pipelines.settings" for x in _graph()[m])
+    ]
     assert len(stages) >= 7 and bad == []
 
 

@@ -49,8 +49,11 @@ def run_row(name: str, manifest: dict[str, Any] | None, error: str = "") -> dict
     finest = judged[max(judged, key=int)]["icons"] if judged else {}
     return {
         "run": name,
-        "status": "failed" if manifest.get("status") == "failed" else
-                  "done" if done else "incomplete",
+        "status": "failed"
+        if manifest.get("status") == "failed"
+        else "done"
+        if done
+        else "incomplete",
         "model": manifest.get("model"),
         "layer": manifest.get("layer"),
         "preset": manifest.get("preset"),
@@ -81,15 +84,19 @@ def index_html(title: str, rows: list[dict[str, Any]]) -> str:
             else f'<div class="failed">failed: {e(str(r.get("error", "")))}</div>'
         )
         cap = " / ".join(e(str(r.get(k))) for k in ("model", "layer", "preset") if r.get(k))
-        cards.append(f'<figure>{thumb}<figcaption><b>{run}</b> {cap}</figcaption></figure>')
+        cards.append(f"<figure>{thumb}<figcaption><b>{run}</b> {cap}</figcaption></figure>")
         cells = "".join(f"<td>{e(_fmt(r.get(k)))}</td>" for k, _ in COLUMNS)
         lines.append(f'<tr class="{e(str(r.get("status")), quote=True)}">{cells}</tr>')
     head = "".join(f"<th>{e(label)}</th>" for _, label in COLUMNS)
     failed = sum(1 for r in rows if r.get("status") == "failed")
     return _PAGE.format(
-        title=e(title), n=len(rows), failed=failed, cards="\n".join(cards), head=head,
+        title=e(title),
+        n=len(rows),
+        failed=failed,
+        cards="\n".join(cards),
+        head=head,
         rows="\n".join(lines),
-    )  # fmt: skip
+    )
 
 
 def _fmt(v: Any) -> str:

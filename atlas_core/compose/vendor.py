@@ -33,8 +33,10 @@ def verify(data: bytes, integrity: str = INTEGRITY) -> None:
     algo, _, want = integrity.partition("-")
     got = base64.b64encode(hashlib.new(algo, data).digest()).decode()
     if got != want:
-        raise RuntimeError(f"leaflet {LEAFLET_VERSION}: tarball hash {algo}-{got} is not the "
-                           f"pinned {integrity}; refusing to install it")  # fmt: skip
+        raise RuntimeError(
+            f"leaflet {LEAFLET_VERSION}: tarball hash {algo}-{got} is not the "
+            f"pinned {integrity}; refusing to install it"
+        )
 
 
 def install(data: bytes | None = None) -> str:

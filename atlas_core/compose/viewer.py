@@ -94,8 +94,9 @@ def put_script(payload: dict[str, Any]) -> str:
 def page_html(title: str, data_srcs: list[str], prefix: str = "") -> str:
     """The page: ``data_srcs`` are the data files of the runs it shows (one, or two side by
     side), relative to the page; ``prefix`` is where the viewer's own files are."""
-    scripts = "\n".join(f'<script src="{html.escape(src, quote=True)}"></script>'
-                        for src in data_srcs)  # fmt: skip
+    scripts = "\n".join(
+        f'<script src="{html.escape(src, quote=True)}"></script>' for src in data_srcs
+    )
     return (
         _PAGE.replace("__CSP__", CSP)
         .replace("__TITLE__", html.escape(title))

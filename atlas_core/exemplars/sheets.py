@@ -16,8 +16,9 @@ from PIL import Image
 SHEET_COLUMNS = 16  # cells per row of a sheet; a sheet holds at most SHEET_COLUMNS ** 2 cells
 
 
-def pack(images: list[np.ndarray | None], side: int, cols: int = SHEET_COLUMNS,
-         background: int = 255) -> np.ndarray:  # fmt: skip
+def pack(
+    images: list[np.ndarray | None], side: int, cols: int = SHEET_COLUMNS, background: int = 255
+) -> np.ndarray:
     """(rows * side, cols * side, 3) uint8 with image i (at most side x side, top-left aligned)
     in cell i; None leaves a cell blank."""
     rows = max(1, -(-len(images) // cols))
@@ -35,8 +36,13 @@ def jpeg(array: np.ndarray, quality: int = 85) -> bytes:
     return buf.getvalue()
 
 
-def cell(sheet: Image.Image | np.ndarray, i: int, side: int, cols: int = SHEET_COLUMNS,
-         size: tuple[int, int] | None = None) -> np.ndarray:  # fmt: skip
+def cell(
+    sheet: Image.Image | np.ndarray,
+    i: int,
+    side: int,
+    cols: int = SHEET_COLUMNS,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Cell ``i`` of a sheet as (h, w, 3) uint8 (``size``: (width, height) of what it holds,
     default the whole cell)."""
     a = np.asarray(sheet.convert("RGB") if isinstance(sheet, Image.Image) else sheet)

@@ -59,9 +59,22 @@ class ShardBuffers:
         self.status[:], self.error[:], self.hashes[:] = status, error, hashes
 
     def result(self, shard: int, start: int, stop: int, seconds: float) -> ShardResult:
-        moment = {L: (self.moment[L].cpu().numpy() if L in self.moment else np.zeros((c, c)))
-                  for L, c in self.channels.items()}  # fmt: skip
+        moment = {
+            L: (self.moment[L].cpu().numpy() if L in self.moment else np.zeros((c, c)))
+            for L, c in self.channels.items()
+        }
         return ShardResult(
-            shard, start, stop, self.status, self.error, self.hashes, self.top_c, self.top_p,
-            self.acts, moment, self.mcount, self.attr, seconds,
-        )  # fmt: skip
+            shard,
+            start,
+            stop,
+            self.status,
+            self.error,
+            self.hashes,
+            self.top_c,
+            self.top_p,
+            self.acts,
+            moment,
+            self.mcount,
+            self.attr,
+            seconds,
+        )

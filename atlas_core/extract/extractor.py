@@ -52,14 +52,17 @@ class ExtractBatch:
 
     def head(self, n: int, k: int) -> ExtractBatch:
         """The first ``n`` images (a padded batch's real ones)."""
-        counts = {name: self.moment_count[name] // max(len(m), 1) * n
-                  for name, m in self.moment.items()}  # fmt: skip
+        counts = {
+            name: self.moment_count[name] // max(len(m), 1) * n for name, m in self.moment.items()
+        }
         return ExtractBatch(
             {name: a[: n * k] for name, a in self.acts.items()},
             {name: m[:n] for name, m in self.moment.items()},
-            counts, self.top_class[:n], self.top_prob[:n],
+            counts,
+            self.top_class[:n],
+            self.top_prob[:n],
             None if self.attr is None else {name: a[: n * k] for name, a in self.attr.items()},
-        )  # fmt: skip
+        )
 
     @staticmethod
     def join(parts: list[ExtractBatch]) -> ExtractBatch:
@@ -70,10 +73,12 @@ class ExtractBatch:
             {n: cat([p.acts[n] for p in parts]) for n in first.acts},
             {n: torch.cat([p.moment[n] for p in parts]) for n in first.moment},
             {n: sum(p.moment_count[n] for p in parts) for n in first.moment_count},
-            cat([p.top_class for p in parts]), cat([p.top_prob for p in parts]),
-            None if first.attr is None else {n: cat([p.attr[n] for p in parts if p.attr])
-                                             for n in first.attr},
-        )  # fmt: skip
+            cat([p.top_class for p in parts]),
+            cat([p.top_prob for p in parts]),
+            None
+            if first.attr is None
+            else {n: cat([p.attr[n] for p in parts if p.attr]) for n in first.attr},
+        )
 
 
 class ActivationExtractor:
@@ -124,20 +129,29 @@ class ActivationExtractor:
             raise ConfigError("topk", topk, fix="attribution needs the logits: topk >= 1.")
         if attr_classes > topk:
             raise ConfigError(
-                "attr_classes", attr_classes, valid=f"[-1, topk={topk}]",
+                "attr_classes",
+                attr_classes,
+                valid=f"[-1, topk={topk}]",
                 fix="keep at least as many top classes as attribution columns.",
-            )  # fmt: skip
+            )
         self.pool = pool
         if pool not in ("position", "mean", "cls"):
             raise ValueError(f"pool must be position, mean or cls, not {pool!r}")
         if pool != "position" and attr_classes:
-            raise ConfigError("sampling", pool, fix="attribution is per position: sample "
-                              "positions (random, centre, all) or set attr_classes=0.")
+            raise ConfigError(
+                "sampling",
+                pool,
+                fix="attribution is per position: sample "
+                "positions (random, centre, all) or set attr_classes=0.",
+            )
         if pool == "cls":
             grid = TokenGrid.of(model.module)
             if grid is None or not grid.prefix:
-                raise ConfigError("sampling", "cls", fix=f"{model.spec.name} has no class token: "
-                                  "use random, centre, all or mean.")  # fmt: skip
+                raise ConfigError(
+                    "sampling",
+                    "cls",
+                    fix=f"{model.spec.name} has no class token: use random, centre, all or mean.",
+                )
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
 

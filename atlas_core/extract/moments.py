@@ -55,8 +55,9 @@ class MomentTree:
             empty = self._span(*sib)[0] >= self.n  # the sibling covers no shard
             if not empty and sib not in self.blocks:
                 break
-            left, right = (value, self.blocks.pop(sib, None)) if i % 2 == 0 else \
-                (self.blocks.pop(sib), value)  # fmt: skip
+            left, right = (
+                (value, self.blocks.pop(sib, None)) if i % 2 == 0 else (self.blocks.pop(sib), value)
+            )
             value = _combine(left, right)
             node = (level + 1, i // 2)
         self.blocks[node] = value
@@ -93,7 +94,7 @@ class MomentTree:
         j = 0
         while f"b{j}_at" in z:
             level, i = (int(v) for v in z[f"b{j}_at"])
-            sums = {k[len(f"b{j}_sum_"):]: z[k] for k in z.files if k.startswith(f"b{j}_sum_")}
+            sums = {k[len(f"b{j}_sum_") :]: z[k] for k in z.files if k.startswith(f"b{j}_sum_")}
             counts = {name: int(z[f"b{j}_count_{name}"][0]) for name in sums}
             tree.blocks[(level, i)] = (sums, counts)
             j += 1
@@ -121,5 +122,7 @@ def _combine(
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     if right is None:
         return left
-    return ({k: left[0][k] + right[0][k] for k in left[0]},
-            {k: left[1][k] + right[1][k] for k in left[1]})  # fmt: skip
+    return (
+        {k: left[0][k] + right[0][k] for k in left[0]},
+        {k: left[1][k] + right[1][k] for k in left[1]},
+    )

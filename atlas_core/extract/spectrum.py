@@ -37,8 +37,12 @@ class SpectrumSum:
         self.total: torch.Tensor | None = None
         self.count = 0
 
-    def add(self, x: torch.Tensor, rows: np.ndarray,
-            to01: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:  # fmt: skip
+    def add(
+        self,
+        x: torch.Tensor,
+        rows: np.ndarray,
+        to01: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """Images ``x`` (B, 3, H, W) of manifest rows ``rows`` (B,): those with
         row % STRIDE == 0 are added, in order; ``to01`` maps the picked images to [0, 1] (the
         model input's inverse normalization; none: already in [0, 1]), where ``x`` is."""

@@ -42,8 +42,7 @@ def optimize(
     opt_cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}[optimizer]
     opt = opt_cls(params, lr=lr)
     history: list[torch.Tensor] = []
-    gen = rng if rng is not None else Streams.from_seed(0, len(params[0]),
-                                                        device=params[0].device)  # fmt: skip
+    gen = rng if rng is not None else Streams.from_seed(0, len(params[0]), device=params[0].device)
     seen: torch.Tensor | None = None
     for step in range(steps):
         opt.zero_grad(set_to_none=True)

@@ -82,8 +82,9 @@ def resize_spectrum(magnitude: np.ndarray, h: int, w: int) -> np.ndarray:
     m = torch.tensor(np.fft.fftshift(np.asarray(magnitude, np.float32), axes=1))
     big_h = m.shape[1]
     big_w = 2 * (m.shape[2] - 1)
-    out = F.interpolate(m[None], size=(h, w // 2 + 1), mode="bilinear", antialias=True,
-                        align_corners=False)[0]  # fmt: skip
+    out = F.interpolate(
+        m[None], size=(h, w // 2 + 1), mode="bilinear", antialias=True, align_corners=False
+    )[0]
     return np.fft.ifftshift(out.numpy(), axes=1) * (h * w) / (big_h * big_w)
 
 
@@ -153,8 +154,9 @@ class Parameterization(Protocol):
     with ``image_fn()`` a batch of valid images (B, C, H, W) in [0, 1] (C = 4: RGBA). Every
     random draw of image ``i`` comes from stream ``i`` of ``rng``."""
 
-    def __call__(self, shape: Shape, rng: Streams, device: torch.device | str
-                 ) -> tuple[list[torch.Tensor], ImageFn]: ...  # fmt: skip
+    def __call__(
+        self, shape: Shape, rng: Streams, device: torch.device | str
+    ) -> tuple[list[torch.Tensor], ImageFn]: ...
 
 
 @dataclass(frozen=True)
@@ -165,10 +167,12 @@ class Fourier:
     sd: float = 0.01
     decay_power: float = 1.0
 
-    def __call__(self, shape: Shape, rng: Streams, device: torch.device | str
-                 ) -> tuple[list[torch.Tensor], ImageFn]:  # fmt: skip
-        params, raw = fft_image(shape, sd=self.sd, decay_power=self.decay_power, rng=rng,
-                                device=device)  # fmt: skip
+    def __call__(
+        self, shape: Shape, rng: Streams, device: torch.device | str
+    ) -> tuple[list[torch.Tensor], ImageFn]:
+        params, raw = fft_image(
+            shape, sd=self.sd, decay_power=self.decay_power, rng=rng, device=device
+        )
         return params, to_valid_rgb(raw)
 
 
@@ -181,8 +185,9 @@ class PhaseOnly:
     magnitude: np.ndarray = field(repr=False)
     sd: float = 1.0
 
-    def __call__(self, shape: Shape, rng: Streams, device: torch.device | str
-                 ) -> tuple[list[torch.Tensor], ImageFn]:  # fmt: skip
+    def __call__(
+        self, shape: Shape, rng: Streams, device: torch.device | str
+    ) -> tuple[list[torch.Tensor], ImageFn]:
         params, raw = maco_image(shape, self.magnitude, sd=self.sd, rng=rng, device=device)
         return params, to_valid_rgb(raw)
 
@@ -193,7 +198,8 @@ class Pixels:
 
     sd: float = 0.01
 
-    def __call__(self, shape: Shape, rng: Streams, device: torch.device | str
-                 ) -> tuple[list[torch.Tensor], ImageFn]:  # fmt: skip
+    def __call__(
+        self, shape: Shape, rng: Streams, device: torch.device | str
+    ) -> tuple[list[torch.Tensor], ImageFn]:
         params, raw = pixel_image(shape, sd=self.sd, rng=rng, device=device)
         return params, to_valid_rgb(raw, decorrelate=False)

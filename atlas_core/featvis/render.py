@@ -72,8 +72,10 @@ class RenderSettings:
 
     def __post_init__(self) -> None:
         if self.param not in PARAMS or self.alpha not in ALPHAS or self.objective not in OBJECTIVES:
-            raise ValueError(f"param must be one of {PARAMS}, alpha one of {ALPHAS} and "
-                             f"objective one of {OBJECTIVES}")
+            raise ValueError(
+                f"param must be one of {PARAMS}, alpha one of {ALPHAS} and "
+                f"objective one of {OBJECTIVES}"
+            )
         if self.param == "maco" and self.alpha == "channel":
             raise ValueError("param='maco' has no alpha channel: use alpha='saliency' or 'none'")
 
@@ -90,15 +92,17 @@ class Rendered(NamedTuple):
     @staticmethod
     def concatenate(parts: Sequence[Rendered]) -> Rendered:
         alphas = [p.alpha for p in parts]
-        return Rendered(np.concatenate([p.icons for p in parts]),
-                        np.concatenate([p.objective for p in parts]),
-                        np.concatenate([p.cosine for p in parts]),
-                        None if any(a is None for a in alphas)
-                        else np.concatenate(alphas))  # type: ignore[arg-type]  # fmt: skip
+        return Rendered(
+            np.concatenate([p.icons for p in parts]),
+            np.concatenate([p.objective for p in parts]),
+            np.concatenate([p.cosine for p in parts]),
+            None if any(a is None for a in alphas) else np.concatenate(alphas),  # type: ignore[arg-type]
+        )
 
 
-def parameterization(settings: RenderSettings, spectrum: np.ndarray | None = None
-                     ) -> Parameterization:  # fmt: skip
+def parameterization(
+    settings: RenderSettings, spectrum: np.ndarray | None = None
+) -> Parameterization:
     """The value ``settings.param`` names; ``maco`` needs the run's amplitude ``spectrum``."""
     if settings.param == "maco":
         if spectrum is None:
@@ -120,8 +124,9 @@ def _resize(x: torch.Tensor, px: int) -> torch.Tensor:
     """(B, C, H, W) -> (B, C, px, px), antialiased; unchanged when already that size."""
     if x.shape[-1] == px and x.shape[-2] == px:
         return x
-    return torch.nn.functional.interpolate(x, size=(px, px), mode="bilinear", antialias=True,
-                                           align_corners=False)  # fmt: skip
+    return torch.nn.functional.interpolate(
+        x, size=(px, px), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -212,15 +217,24 @@ class IconRenderer:
         b, n, px = len(directions), s.attempts, self.px
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
         objective = self.objective(vecs.repeat(n, 1), whiten)
-        gen = Streams([icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds],
-                      device=self.device)  # fmt: skip
+        gen = Streams(
+            [icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds], device=self.device
+        )
         channels = 4 if s.alpha == "channel" else 3
         params, image_fn = self.param((b * n, channels, px, px), gen, self.device)
         img, score, _, seen = optimize(  # final scores see the icon flattened on white
-            self.forward, objective, params, image_fn, steps=s.steps, lr=s.lr,
-            transforms=self.transforms, rng=gen, on_step=on_step, optimizer=s.optimizer,
+            self.forward,
+            objective,
+            params,
+            image_fn,
+            steps=s.steps,
+            lr=s.lr,
+            transforms=self.transforms,
+            rng=gen,
+            on_step=on_step,
+            optimizer=s.optimizer,
             saliency=s.alpha == "saliency",
-        )  # fmt: skip
+        )
         if s.alpha == "saliency" and seen is not None:  # drawn, and judged, like channel alpha
             img = torch.cat([img, saliency_alpha(seen)[:, None].to(img.dtype)], 1)
         alpha = img[:, 3] if img.shape[1] == 4 else None
@@ -232,12 +246,16 @@ class IconRenderer:
         s = self.settings
         if s.objective == "cosine":
             return direction_cosine(self.layer, vecs, fill=s.fill)
-        wt = (torch.tensor(np.array(whiten, np.float32), device=self.device)
-              if s.whiten and whiten is not None else None)  # fmt: skip
+        wt = (
+            torch.tensor(np.array(whiten, np.float32), device=self.device)
+            if s.whiten and whiten is not None
+            else None
+        )
         return direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
 
-    def _best(self, img: torch.Tensor, alpha: torch.Tensor | None, score: torch.Tensor,
-              vecs: torch.Tensor) -> Rendered:  # fmt: skip
+    def _best(
+        self, img: torch.Tensor, alpha: torch.Tensor | None, score: torch.Tensor, vecs: torch.Tensor
+    ) -> Rendered:
         """Each icon's best attempt (``score`` (N, B)), as uint8 arrays."""
         n, b = score.shape
         px = img.shape[-1]
@@ -247,24 +265,34 @@ class IconRenderer:
         keep = img[:, :3].reshape(n, b, 3, px, px)[pick, rows] if alpha is not None else flat
         a8 = None
         if alpha is not None:
-            a8 = _to_uint8(_resize(alpha.reshape(n, b, 1, px, px)[pick, rows],
-                                   self.settings.icon_px)[:, 0])  # fmt: skip
+            a8 = _to_uint8(
+                _resize(alpha.reshape(n, b, 1, px, px)[pick, rows], self.settings.icon_px)[:, 0]
+            )
         keep = _resize(keep, self.settings.icon_px)
-        return Rendered(_to_uint8(keep.permute(0, 2, 3, 1)),
-                        score[pick, rows].cpu().numpy().astype(np.float32),
-                        self.cosine(flat, vecs), a8)  # fmt: skip
+        return Rendered(
+            _to_uint8(keep.permute(0, 2, 3, 1)),
+            score[pick, rows].cpu().numpy().astype(np.float32),
+            self.cosine(flat, vecs),
+            a8,
+        )
 
     def render_groups(
-        self, directions: np.ndarray, *, seeds: Sequence[int], group: int,
+        self,
+        directions: np.ndarray,
+        *,
+        seeds: Sequence[int],
+        group: int,
         whiten: np.ndarray | None = None,
-    ) -> Rendered:  # fmt: skip
+    ) -> Rendered:
         """Icons for consecutive groups of ``group`` directions, one :meth:`render` each.
 
         This is what makes an icon depend on its cell only: the same group always holds the
         same icons in the same order, so every kernel sees the same shapes and the same bytes
         whatever the work split, the actor or the machine's load."""
-        out = [self.render(directions[a : a + group], seeds=seeds[a : a + group], whiten=whiten)
-               for a in range(0, len(directions), group)]  # fmt: skip
+        out = [
+            self.render(directions[a : a + group], seeds=seeds[a : a + group], whiten=whiten)
+            for a in range(0, len(directions), group)
+        ]
         return Rendered.concatenate(out)
 
     def suggest_group(self, *, probe: int = 8, fraction: float = 0.5, cap: int = 256) -> int:
@@ -278,11 +306,21 @@ class IconRenderer:
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
         vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
-        params, image_fn = self.param((probe, 4 if s.alpha == "channel" else 3, self.px,
-                                       self.px), Streams.from_seed(0, probe), self.device)
-        optimize(self.forward, direction_cossim(self.layer, vecs), params, image_fn, steps=1,
-                 transforms=self.transforms, optimizer=s.optimizer,
-                 saliency=s.alpha == "saliency")  # fmt: skip
+        params, image_fn = self.param(
+            (probe, 4 if s.alpha == "channel" else 3, self.px, self.px),
+            Streams.from_seed(0, probe),
+            self.device,
+        )
+        optimize(
+            self.forward,
+            direction_cossim(self.layer, vecs),
+            params,
+            image_fn,
+            steps=1,
+            transforms=self.transforms,
+            optimizer=s.optimizer,
+            saliency=s.alpha == "saliency",
+        )
         per_image = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
         free, _ = torch.cuda.mem_get_info(self.device)
         fits = int(fraction * free // (per_image * max(1, s.attempts)))

@@ -30,8 +30,7 @@ class _Table:
     def pick(self, rng: Streams) -> torch.Tensor:
         """(B,) one of the values per image, on the streams' device."""
         if rng.device not in self.on:
-            self.on[rng.device] = torch.tensor(self.values, dtype=torch.float32,
-                                               device=rng.device)  # fmt: skip
+            self.on[rng.device] = torch.tensor(self.values, dtype=torch.float32, device=rng.device)
         return self.on[rng.device][rng.choice(len(self.values))]
 
 
@@ -147,8 +146,9 @@ def compose(transforms: Sequence[Transform]) -> Transform:
 
 
 ICON_SCALES = [0.995**n for n in range(-5, 80)] + [0.998**n for n in 2 * list(range(20, 40))]
-ICON_DEGREES = [float(d) for d in
-                list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]]
+ICON_DEGREES = [
+    float(d) for d in list(range(-20, 20)) + list(range(-10, 10)) + list(range(-5, 5)) + 5 * [0]
+]
 
 
 def icon_transforms(size: int) -> list[Transform]:
@@ -195,13 +195,18 @@ def fused_icon_transform(
         bx = ox + c + cos * vx - sin * vy
         by = oy + c + sin * vx + cos * vy
         k = out / size  # output and input normalized frames differ in size
-        theta = torch.stack([
-            torch.stack([cos * k, -sin * k, (2 * bx + 1) / size - 1], 1),
-            torch.stack([sin * k, cos * k, (2 * by + 1) / size - 1], 1),
-        ], 1).to(dev, dt)  # fmt: skip
+        theta = torch.stack(
+            [
+                torch.stack([cos * k, -sin * k, (2 * bx + 1) / size - 1], 1),
+                torch.stack([sin * k, cos * k, (2 * by + 1) / size - 1], 1),
+            ],
+            1,
+        ).to(dev, dt)
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], out, out], align_corners=False)
-        y = F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros",
-                          align_corners=False) + 0.5  # fmt: skip
+        y = (
+            F.grid_sample(x - 0.5, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            + 0.5
+        )
         ph = size - out
         y = F.pad(y, (ph // 2, ph - ph // 2, ph // 2, ph - ph // 2), value=0.5)
         # channels-last: oneDNN's convolutions (and cuDNN's) run faster on it

@@ -74,12 +74,13 @@ class TokenGrid:
         h, w = input_hw[0] // self.patch[0], input_hw[1] // self.patch[1]
         if n != self.prefix + h * w:
             raise ConfigError(
-                "layer", name,
+                "layer",
+                name,
                 fix=f"layer {name} gives {n} tokens for a {input_hw[0]}x{input_hw[1]} input, "
                 f"not {self.prefix} prefix tokens + {h}x{w} patches of {self.patch[0]}x"
                 f"{self.patch[1]} px: pick a layer whose output is the token sequence (a block, "
                 "or its MLP's fc1).",
-            )  # fmt: skip
+            )
         return tokens[:, self.prefix :].transpose(1, 2).reshape(b, c, h, w)
 
     def to_tokens(self, prefix: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
@@ -108,16 +109,19 @@ class _Adapter:
 
     def check(self, output: object, name: str) -> torch.Tensor:
         """``output`` as it is when it is a feature map; tokens are for :meth:`to_map`."""
-        if isinstance(output, torch.Tensor) and (output.ndim == 4 or (
-                output.ndim == 3 and self.grid is not None and self.input_hw is not None)):
+        if isinstance(output, torch.Tensor) and (
+            output.ndim == 4
+            or (output.ndim == 3 and self.grid is not None and self.input_hw is not None)
+        ):
             return output
         shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
         raise ConfigError(
-            "layer", name,
+            "layer",
+            name,
             fix=f"layer {name} outputs {shape}, neither a feature map (B, C, H, W) nor the tokens "
             "(B, N, C) of a model that names its prefix tokens and patch size (timm's "
             "num_prefix_tokens, patch_embed.patch_size): pick another layer.",
-        )  # fmt: skip
+        )
 
     def to_map(self, output: torch.Tensor, name: str) -> torch.Tensor:
         if output.ndim == 4:
@@ -182,8 +186,9 @@ def run_until(model: nn.Module, x: torch.Tensor) -> None:
 Hook = Callable[[nn.Module, object, torch.Tensor], "torch.Tensor | None"]
 
 
-def _recorder(out: dict[str, torch.Tensor], name: str, adapter: _Adapter,
-              graph: bool = False) -> Hook:  # fmt: skip
+def _recorder(
+    out: dict[str, torch.Tensor], name: str, adapter: _Adapter, graph: bool = False
+) -> Hook:
     def hook(_m: nn.Module, _i: object, output: torch.Tensor) -> torch.Tensor | None:
         output = adapter.check(output, name)
         if not graph:
@@ -220,8 +225,11 @@ def capture_leaves(model: nn.Module, names: Sequence[str]) -> Iterator[dict[str,
     adapter = _Adapter(model)
     try:
         for name in names:
-            handles.append(resolve_layer(model, name).register_forward_hook(
-                _recorder(out, name, adapter, graph=True)))  # fmt: skip
+            handles.append(
+                resolve_layer(model, name).register_forward_hook(
+                    _recorder(out, name, adapter, graph=True)
+                )
+            )
         yield out
     finally:
         adapter.remove()

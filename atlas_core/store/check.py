@@ -81,8 +81,10 @@ def _shard_problems(
         acts = store.extraction(layer).acts(a * store.k, b * store.k)
         full = ~np.isnan(acts).any(axis=1)
         if (full != ok).any():
-            out.append(f"layer {layer}: {int((full != ok).sum())} sample rows are holes where "
-                       "the image is ok, or hold values where it is not")  # fmt: skip
+            out.append(
+                f"layer {layer}: {int((full != ok).sum())} sample rows are holes where "
+                "the image is ok, or hold values where it is not"
+            )
     if rec.get("acts_hash") != store.acts_hash(a, b):
         out.append("activations differ from what the task wrote (checksum)")
     return out

@@ -26,9 +26,11 @@ from atlas_core.store.markers import read_many
 
 
 def group_key(
-    directions: np.ndarray, seeds: Sequence[int], context: dict[str, Any],
+    directions: np.ndarray,
+    seeds: Sequence[int],
+    context: dict[str, Any],
     whiten: np.ndarray | None,
-) -> str:  # fmt: skip
+) -> str:
     """One key for a group of icons (G, C) with their seeds: sha256 over the context, the
     whitening matrix, then every direction's float32 bytes and seed in order."""
     h = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode())
@@ -70,8 +72,12 @@ class IconCache:
                 continue
             try:
                 z = np.load(io.BytesIO(blob))
-                out[key] = CachedGroup(z["icons"], z["objective"], z["cosine"],
-                                       z["alpha"] if "alpha" in z.files else None)  # fmt: skip
+                out[key] = CachedGroup(
+                    z["icons"],
+                    z["objective"],
+                    z["cosine"],
+                    z["alpha"] if "alpha" in z.files else None,
+                )
             except (OSError, ValueError, KeyError, EOFError):
                 continue
         self.hits += len(out)
@@ -83,9 +89,11 @@ class IconCache:
         blobs = {}
         for key, e in entries.items():
             buf = io.BytesIO()
-            arrays: dict[str, Any] = {"icons": e.icons,
-                                      "objective": np.asarray(e.objective, np.float32),
-                                      "cosine": np.asarray(e.cosine, np.float32)}  # fmt: skip
+            arrays: dict[str, Any] = {
+                "icons": e.icons,
+                "objective": np.asarray(e.objective, np.float32),
+                "cosine": np.asarray(e.cosine, np.float32),
+            }
             if e.alpha is not None:
                 arrays["alpha"] = e.alpha
             np.savez_compressed(buf, **arrays)

@@ -31,8 +31,7 @@ def read_many(fs: Any, paths: list[str]) -> list[bytes | Exception]:
     no glob pattern)."""
     if not paths:
         return []
-    return list(fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths),
-                              on_error="return"))  # fmt: skip
+    return list(fs.cat_ranges(paths, [None] * len(paths), [None] * len(paths), on_error="return"))
 
 
 class Markers:

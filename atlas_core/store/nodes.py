@@ -184,8 +184,7 @@ class Level(Node):
             return None
         return self.read("icon_alpha", start, stop) if self.has("icon_alpha") else None
 
-    def drawn(self, start: int = 0, stop: int | None = None, background: int = 255
-              ) -> np.ndarray:  # fmt: skip
+    def drawn(self, start: int = 0, stop: int | None = None, background: int = 255) -> np.ndarray:
         """Icons [start, stop) as drawn on ``background``: (n, px, px, 3) uint8, each over the
         background by its alpha where the render made one."""
         icons = self.read("icons", start, stop)

@@ -112,8 +112,17 @@ class StoreLayout:
         co = plan.chunk_images
         ci = co // self.inner if self.inner > 1 and co % self.inner == 0 else co
         k = self.k
-        return {"n": n, "ns": n * k, "ci": ci, "co": co, "cs": ci * k, "os": co * k,
-                "t": self.topk, "A": self.attr_width, "S": len(plan)}  # fmt: skip
+        return {
+            "n": n,
+            "ns": n * k,
+            "ci": ci,
+            "co": co,
+            "cs": ci * k,
+            "os": co * k,
+            "t": self.topk,
+            "A": self.attr_width,
+            "S": len(plan),
+        }
 
 
 class RunStore:
@@ -138,8 +147,10 @@ class RunStore:
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{url} is not a run store (format attribute {attrs.get('format')!r})")
         if attrs.get("format_version") != FORMAT_VERSION:
-            raise StoreError(f"{url} has store format version {attrs.get('format_version')}, "
-                             f"this code reads {FORMAT_VERSION}: re-extract (a new run_dir)")
+            raise StoreError(
+                f"{url} has store format version {attrs.get('format_version')}, "
+                f"this code reads {FORMAT_VERSION}: re-extract (a new run_dir)"
+            )
         # a run that shares another's extraction reads the extraction nodes from that store
         self.source: RunStore = self
         if attrs.get("extraction"):
@@ -185,8 +196,9 @@ class RunStore:
         store = cls(g, url, storage_options=storage_options)
         dims = layout.dims(n, plan)
         img = store.images
-        img.create(["uri", "crop", "status", "error", "content_hash", "top_class", "top_prob"],
-                   dims)  # fmt: skip
+        img.create(
+            ["uri", "crop", "status", "error", "content_hash", "top_class", "top_prob"], dims
+        )
         img.write("uri", 0, np.asarray(manifest.uris, dtype=object))
         img.write("crop", 0, manifest.crops)
         if manifest.labels is not None:
@@ -199,8 +211,11 @@ class RunStore:
         smp.write("pos", 0, positions)
         for name, (c, _, _) in layout.layers.items():
             ex = store.extraction(name)
-            ex.create(["acts", "moment", "moment_count", "moment_shards"], {**dims, "C": c},
-                      dtypes={"acts": layout.act_dtype})  # fmt: skip
+            ex.create(
+                ["acts", "moment", "moment_count", "moment_shards"],
+                {**dims, "C": c},
+                dtypes={"acts": layout.act_dtype},
+            )
             if layout.attr_width:
                 ex.create(["attr"], dims)
                 kind = "all" if layout.attr_classes < 0 else ATTR_TOP_COLUMNS
@@ -221,8 +236,14 @@ class RunStore:
         runs that share one extraction)."""
         parent = cls.open(parent_url, "r", storage_options)
         g = zarr.open_group(url, mode="w", **_opts(url, storage_options))
-        g.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION,
-                        "extraction": parent_url, **(attrs or {})})  # fmt: skip
+        g.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "extraction": parent_url,
+                **(attrs or {}),
+            }
+        )
         for name in parent.layers:
             g.require_group(f"layers/{name}")
         return cls(g, url, storage_options=storage_options)
@@ -261,8 +282,7 @@ class RunStore:
         return self.group_attrs(path) if self.has(path) else None
 
     def write_report(self, name: str, report: Mapping[str, Any]) -> None:
-        self.set_group_attrs(f"{self.prefix}{name}", json.loads(json.dumps(report,
-                                                                           default=_plain)))
+        self.set_group_attrs(f"{self.prefix}{name}", json.loads(json.dumps(report, default=_plain)))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -312,19 +332,30 @@ class RunStore:
 
     # ------------------------------------------------------------------ the one write path
     def create_array(
-        self, key: str, spec: ArraySpec, dims: Mapping[str, int], *,
-        shape: tuple[int, ...] | None = None, dtype: Any = None,
-    ) -> zarr.Array:  # fmt: skip
+        self,
+        key: str,
+        spec: ArraySpec,
+        dims: Mapping[str, int],
+        *,
+        shape: tuple[int, ...] | None = None,
+        dtype: Any = None,
+    ) -> zarr.Array:
         """The driver creates (or recreates, empty) one array of a node, as ``spec`` declares
         it for ``dims`` (``shape``: the data's shape, where the node's dims do not give it)."""
         full, chunks, shards = spec.resolve({**dims, **_rows(spec, shape)})
         parent, _, name = key.rpartition("/")
         group = self.group.require_group(parent) if parent else self.group
         return group.create_array(
-            name, shape=shape or full, chunks=chunks, shards=shards, dtype=dtype or spec.dtype,
-            fill_value=spec.fill, config=_CFG, overwrite=True,
+            name,
+            shape=shape or full,
+            chunks=chunks,
+            shards=shards,
+            dtype=dtype or spec.dtype,
+            fill_value=spec.fill,
+            config=_CFG,
+            overwrite=True,
             compressors="auto" if spec.compress else None,
-        )  # fmt: skip
+        )
 
     def write_region(self, key: str, start: int, data: np.ndarray) -> None:
         """Write rows [start, start + len(data)) of array ``key``: every write of the project
@@ -351,8 +382,9 @@ class RunStore:
                 raise
             except (OSError, TimeoutError) as exc:
                 if attempt == self.retries:
-                    raise StoreError(f"{self.url}/{key}: write failed {attempt + 1} times: "
-                                     f"{exc}") from exc  # fmt: skip
+                    raise StoreError(
+                        f"{self.url}/{key}: write failed {attempt + 1} times: {exc}"
+                    ) from exc
                 self.transient_errors += 1
                 time.sleep(self.backoff * 2**attempt)
 
@@ -434,8 +466,9 @@ class RunStore:
                 f"written to {self.url}: {exc}"
             ) from exc
 
-    def write_moments(self, sums: Mapping[str, np.ndarray], counts: Mapping[str, int],
-                      shards: np.ndarray) -> None:  # fmt: skip
+    def write_moments(
+        self, sums: Mapping[str, np.ndarray], counts: Mapping[str, int], shards: np.ndarray
+    ) -> None:
         """The driver's reduced second moments, one (C, C) sum per layer, and which shards
         they hold (``shards``: (S,) uint8)."""
         for name, total in sums.items():
@@ -467,8 +500,9 @@ class RunStore:
         over every per-image and per-sample array the extraction writes."""
         from zarr.core.sync import sync
 
-        nodes: list[tuple[Node, str]] = [(self.images, n) for n in
-                                         ("status", "error", "content_hash", "top_class")]
+        nodes: list[tuple[Node, str]] = [
+            (self.images, n) for n in ("status", "error", "content_hash", "top_class")
+        ]
         nodes += [(self.extraction(L), w) for L in self.layers for w in ("acts", "attr")]
         gone = []
         for node, name in nodes:
@@ -486,8 +520,10 @@ class RunStore:
     def acts_hash(self, start: int, stop: int) -> str:
         """Checksum of the stored activations of images [start, stop), every layer."""
         k = self.k
-        sums = [float(np.nansum(self.extraction(L).read("acts", start * k, stop * k),
-                                dtype=np.float64)) for L in self.layers]  # fmt: skip
+        sums = [
+            float(np.nansum(self.extraction(L).read("acts", start * k, stop * k), dtype=np.float64))
+            for L in self.layers
+        ]
         return fingerprint(sums)
 
 

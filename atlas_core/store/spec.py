@@ -25,9 +25,14 @@ class Store(Protocol):
     """What a node needs of the run store (``RunStore`` is the one implementation)."""
 
     def create_array(
-        self, key: str, spec: ArraySpec, dims: Mapping[str, int], *,
-        shape: tuple[int, ...] | None = ..., dtype: Any = ...,
-    ) -> zarr.Array: ...  # fmt: skip
+        self,
+        key: str,
+        spec: ArraySpec,
+        dims: Mapping[str, int],
+        *,
+        shape: tuple[int, ...] | None = ...,
+        dtype: Any = ...,
+    ) -> zarr.Array: ...
 
     def write_region(self, key: str, start: int, data: np.ndarray) -> None: ...
 
@@ -62,8 +67,9 @@ class ArraySpec:
     obj: str | None = None
     compress: bool = True
 
-    def resolve(self, dims: Mapping[str, int]) -> tuple[tuple[int, ...], tuple[int, ...],
-                                                         tuple[int, ...] | None]:  # fmt: skip
+    def resolve(
+        self, dims: Mapping[str, int]
+    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | None]:
         """(shape, chunks, shards or None) for the given dims."""
         try:
             shape = tuple(int(dims[d]) if isinstance(d, str) else int(d) for d in self.shape)
@@ -98,9 +104,11 @@ class Node:
         return f"{self.path}/{name}"
 
     def create(
-        self, names: Sequence[str] | None, dims: Mapping[str, int],
+        self,
+        names: Sequence[str] | None,
+        dims: Mapping[str, int],
         dtypes: Mapping[str, Any] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Create (or recreate, empty) the named arrays (None: all) for these dims; ``dtypes``
         overrides a declared dtype (the activations' float16 or float32)."""
         for name in names if names is not None else list(self.ARRAYS):

@@ -66,9 +66,10 @@ def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
         settings = OmegaConf.to_object(OmegaConf.merge(schema(Settings), resolved))
     except ValidationError as exc:  # a value of the wrong type, e.g. steps=abc
         raise ConfigError(
-            str(exc.full_key), exc.value if hasattr(exc, "value") else None,
+            str(exc.full_key),
+            exc.value if hasattr(exc, "value") else None,
             fix=str(exc.msg).splitlines()[0],
-        ) from None  # fmt: skip
+        ) from None
     return settings, resolved  # type: ignore[return-value]  # resolved is a dict of str keys
 
 
@@ -80,9 +81,11 @@ def check_keys(node: Any, schema: Any, path: str = "") -> None:
         where = f"{path}.{k}".lstrip(".")
         if k not in schema:
             raise ConfigError(
-                where, v, choices=sorted(schema),
+                where,
+                v,
+                choices=sorted(schema),
                 fix=f"{where} is not a setting; remove it or use one of the keys listed.",
-            )  # fmt: skip
+            )
         if schema[k] is not None and not str(k).endswith(("options", "extras")):
             check_keys(v, schema[k], where)
 

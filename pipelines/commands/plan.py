@@ -41,8 +41,9 @@ def _settings(overrides: list[str], data_here: bool = True) -> Any:
     from pipelines.commands.main import CONF_DIR, to_settings
     from pipelines.core.schema import data_not_here
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"), (
-        nullcontext() if data_here else data_not_here()
+    with (
+        initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"),
+        nullcontext() if data_here else data_not_here(),
     ):
         return to_settings(compose("config", overrides=overrides))[0]
 
@@ -65,8 +66,9 @@ def gflops(model: Any, layer: str | None) -> tuple[float, float]:
     return out[0], out[-1]
 
 
-def shape_of(s: Any, device: str, images: int | None = None
-             ) -> tuple[RunShape, tuple[float, float], int]:  # fmt: skip
+def shape_of(
+    s: Any, device: str, images: int | None = None
+) -> tuple[RunShape, tuple[float, float], int]:
     """(the run's shape, its model's GFLOPs, the model's input px). ``images``: plan that many
     distinct files (up to ``data.limit``) instead of listing the data."""
     from pipelines.stages.extract import build_manifest
@@ -86,17 +88,32 @@ def shape_of(s: Any, device: str, images: int | None = None
     sizes = s.grid.sizes
     lv = zoom_ranges(sizes, r.icon_px, s.compose.tile_px)
     shape = RunShape(
-        n_images=n, k=e.samples_per_image, channels={k: v[0] for k, v in shapes.items()},
-        layer=s.layer, act_bytes=2 if e.act_dtype == "float16" else 4,
-        attr=model.num_classes if e.attr_classes < 0 else e.attr_classes, topk=e.kept_classes,
-        chunk_images=co, shards=-(-n // (co * e.chunks_per_shard)), levels=sizes,
-        min_count=s.grid.min_count, icon_px=r.icon_px, steps=r.steps, attempts=r.attempts,
-        group=group, item=max(group, 64 if r.batch_size == "auto" else int(r.batch_size)),
-        exemplars_k=x.k, patch_px=x.patch_px, thumb_px=x.thumb_px,
-        rows_per_task=x.rows_per_task, tile_px=s.compose.tile_px,
-        zooms={v.size: (v.zmin, v.zmax) for v in lv}, distinct_sources=distinct,
-        uri_bytes=uri_bytes, **_judge(s, model),
-    )  # fmt: skip
+        n_images=n,
+        k=e.samples_per_image,
+        channels={k: v[0] for k, v in shapes.items()},
+        layer=s.layer,
+        act_bytes=2 if e.act_dtype == "float16" else 4,
+        attr=model.num_classes if e.attr_classes < 0 else e.attr_classes,
+        topk=e.kept_classes,
+        chunk_images=co,
+        shards=-(-n // (co * e.chunks_per_shard)),
+        levels=sizes,
+        min_count=s.grid.min_count,
+        icon_px=r.icon_px,
+        steps=r.steps,
+        attempts=r.attempts,
+        group=group,
+        item=max(group, 64 if r.batch_size == "auto" else int(r.batch_size)),
+        exemplars_k=x.k,
+        patch_px=x.patch_px,
+        thumb_px=x.thumb_px,
+        rows_per_task=x.rows_per_task,
+        tile_px=s.compose.tile_px,
+        zooms={v.size: (v.zmin, v.zmax) for v in lv},
+        distinct_sources=distinct,
+        uri_bytes=uri_bytes,
+        **_judge(s, model),
+    )
     return shape, gflops(model, s.layer), model.preprocess.size
 
 
@@ -105,25 +122,40 @@ def _judge(s: Any, model: Any) -> dict[str, Any]:
     atlas's own model unless ``plausibility.judge`` names another; architecture only)."""
     p = s.plausibility
     judge = model if not p.judge else load_model(ModelSpec(p.judge, ARCHITECTURE_ONLY), "cpu")
-    return {"judge_dim": feature_dim(judge.module, judge.preprocess, p.input_px),
-            "judge_px": p.input_px, "judge_input_px": judge.preprocess.size,
-            "judge_gflops": gflops(judge, None)[0] if p.judge else 0.0,
-            "cells_per_task": p.cells_per_task, "sheets_per_task": p.sheets_per_task}
+    return {
+        "judge_dim": feature_dim(judge.module, judge.preprocess, p.input_px),
+        "judge_px": p.input_px,
+        "judge_input_px": judge.preprocess.size,
+        "judge_gflops": gflops(judge, None)[0] if p.judge else 0.0,
+        "cells_per_task": p.cells_per_task,
+        "sheets_per_task": p.sheets_per_task,
+    }
 
 
-def plan(overrides: list[str], device: str = "cpu", workers: int = 1,
-         images: int | None = None) -> dict[str, Any]:  # fmt: skip
+def plan(
+    overrides: list[str], device: str = "cpu", workers: int = 1, images: int | None = None
+) -> dict[str, Any]:
     s = _settings(overrides, data_here=images is None)
     if device not in CALIBRATION:
-        raise SystemExit(f"atlas plan: --device {device} is not calibrated; choose one of "
-                         f"{', '.join(CALIBRATION)}")  # fmt: skip
+        raise SystemExit(
+            f"atlas plan: --device {device} is not calibrated; choose one of "
+            f"{', '.join(CALIBRATION)}"
+        )
     shape, flops, input_px = shape_of(s, device, images)
     p = estimate(shape)
     h = hours(p, shape, CALIBRATION[device], flops, input_px, workers)
-    return {**p.as_dict(), "hours": h, "hours_total": float(f"{sum(h.values()):.3g}"),
-            "device": device, "workers": workers, "calibration": CALIBRATION[device].note,
-            "gflops": {"forward": round(flops[0], 3), "to_layer": round(flops[1], 3)},
-            "run_dir": s.run_dir, "model": s.model.name, "layer": s.layer}  # fmt: skip
+    return {
+        **p.as_dict(),
+        "hours": h,
+        "hours_total": float(f"{sum(h.values()):.3g}"),
+        "device": device,
+        "workers": workers,
+        "calibration": CALIBRATION[device].note,
+        "gflops": {"forward": round(flops[0], 3), "to_layer": round(flops[1], 3)},
+        "run_dir": s.run_dir,
+        "model": s.model.name,
+        "layer": s.layer,
+    }
 
 
 def _human(n: float) -> str:
@@ -139,20 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--device", default="cpu", help=f"one of {', '.join(CALIBRATION)}")
     ap.add_argument("--workers", type=int, default=1, help="worker nodes of that device")
-    ap.add_argument("--images", type=int, default=None,
-                    help="plan this many distinct image files instead of listing the data")
+    ap.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="plan this many distinct image files instead of listing the data",
+    )
     args, overrides = ap.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     out = plan(overrides, args.device, args.workers, args.images)
     if args.json:
         print(json.dumps(out, indent=2, sort_keys=True))
         return 0
-    print(f"plan of {out['model']} {out['layer']} -> {out['run_dir']} on {args.workers} x "
-          f"{args.device} ({out['calibration']})")
+    print(
+        f"plan of {out['model']} {out['layer']} -> {out['run_dir']} on {args.workers} x "
+        f"{args.device} ({out['calibration']})"
+    )
     width = max(len(name) for name in [*out["stages"], "total"])
     for name, st in out["stages"].items():
-        print(f"  {name:<{width}} {out['hours'].get(name, 0):>9.3g} h  "
-              + ", ".join(f"{k} {v}" for k, v in st.items()))
+        print(
+            f"  {name:<{width}} {out['hours'].get(name, 0):>9.3g} h  "
+            + ", ".join(f"{k} {v}" for k, v in st.items())
+        )
     print(f"  {'total':<{width}} {out['hours_total']:>9.3g} h")
     print(f"  run directory: {_human(out['store_bytes'])} in {out['objects']} storage objects")
     for group, b in out["bytes_by_group"].items():

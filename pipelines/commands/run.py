@@ -39,8 +39,18 @@ from pipelines.settings import REGISTRY, Settings
 from pipelines.stages._viewer import write_links
 
 log = logging.getLogger(__name__)
-_PACKAGES = ("torch", "torchvision", "timm", "zarr", "ray", "umap-learn", "numpy", "hydra-core",
-             "scikit-learn", "pillow")  # fmt: skip
+_PACKAGES = (
+    "torch",
+    "torchvision",
+    "timm",
+    "zarr",
+    "ray",
+    "umap-learn",
+    "numpy",
+    "hydra-core",
+    "scikit-learn",
+    "pillow",
+)
 Fingerprints = dict[tuple[str, str], str]  # (view slug, stage) -> fingerprint
 
 
@@ -74,12 +84,17 @@ def _needs_no_logits(s: Settings) -> None:
     settings that need class logits stop the run before any work."""
     why = f"{s.model.name} has no class head (its outputs are features, not class logits)"
     if s.extract.attr_classes:
-        raise ConfigError("extract.attr_classes", s.extract.attr_classes,
-                          fix=f"{why}: attribution needs logits; set extract.attr_classes=0.")
+        raise ConfigError(
+            "extract.attr_classes",
+            s.extract.attr_classes,
+            fix=f"{why}: attribution needs logits; set extract.attr_classes=0.",
+        )
     if s.classes.atlases or s.classes.pairs:
-        raise ConfigError("classes", {"atlases": list(s.classes.atlases),
-                                      "pairs": [list(p) for p in s.classes.pairs]},
-                          fix=f"{why}: class views need logits; leave classes empty.")  # fmt: skip
+        raise ConfigError(
+            "classes",
+            {"atlases": list(s.classes.atlases), "pairs": [list(p) for p in s.classes.pairs]},
+            fix=f"{why}: class views need logits; leave classes empty.",
+        )
     if "patches" in s.stages:
         raise ConfigError("stages", list(s.stages), fix=f"{why}: drop the patches stage.")
 
@@ -90,10 +105,11 @@ def views_of(s: Settings) -> list[View]:
     views = plan_views(s, model.class_index, model.class_name)
     if any(not v.is_main for v in views) and not s.extract.attr_classes:
         raise ConfigError(
-            "extract.attr_classes", 0,
+            "extract.attr_classes",
+            0,
             fix="class views need attribution: extract.attr_classes=5 (the images' top 5 "
             "classes) or -1 (every class).",
-        )  # fmt: skip
+        )
     return views
 
 
@@ -159,8 +175,9 @@ def _stages_in(view: View | None) -> list[Stage]:
     return [st for st in REGISTRY if st.applies_to(view)]
 
 
-def _run_stages(s: Settings, ex: Settings, view: View | None, fps: Fingerprints,
-                markers: Markers) -> dict[str, Any]:  # fmt: skip
+def _run_stages(
+    s: Settings, ex: Settings, view: View | None, fps: Fingerprints, markers: Markers
+) -> dict[str, Any]:
     """Run (or skip) the stages of one view; returns their records by stage."""
     v = view or MAIN
     report: dict[str, Any] = {}
@@ -183,9 +200,13 @@ def _run_stages(s: Settings, ex: Settings, view: View | None, fps: Fingerprints,
             result = st.run(StageRun(st.name, ex if st.scope == "run" else s, v, fp))
         finally:
             ray_ops.release()  # the autoscaler may let the stage's nodes go
-        record = {"status": result.status, "seconds": round(time.perf_counter() - t, 2),
-                  "counts": result.counts, "details": result.details,
-                  "fingerprint": fp}  # fmt: skip
+        record = {
+            "status": result.status,
+            "seconds": round(time.perf_counter() - t, 2),
+            "counts": result.counts,
+            "details": result.details,
+            "fingerprint": fp,
+        }
         markers.write(name, record)
         report[st.name] = record
         log.info("%s: done in %.1f s %s", where, record["seconds"], result.counts)
@@ -208,20 +229,23 @@ def preflight(s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for (cpus, gpus), keys in sorted(shapes.items()):
         ray_ops.require(f"cluster.{keys[0]}", cpus, gpus)
-        (report,) = ray_ops.gather([ray_ops.submit(hardware, num_cpus=cpus, num_gpus=gpus)],
-                                   desc=f"preflight {cpus:g} CPU / {gpus:g} GPU")  # fmt: skip
+        (report,) = ray_ops.gather(
+            [ray_ops.submit(hardware, num_cpus=cpus, num_gpus=gpus)],
+            desc=f"preflight {cpus:g} CPU / {gpus:g} GPU",
+        )
         out[f"{cpus:g} CPU / {gpus:g} GPU"] = {**report, "for": keys}
         loud = [k for k in keys if getattr(s.cluster, k).device != "cpu"]
         if gpus and not report["cuda"] and loud:
             raise ConfigError(
-                f"cluster.{loud[0]}", {"num_gpus": gpus},
+                f"cluster.{loud[0]}",
+                {"num_gpus": gpus},
                 fix=f"a task given a GPU landed on node {report['node']} (host "
                 f"{report['host']}), where CUDA does not work: "
                 f"{report['cuda_error'] or 'no device visible'}; NVIDIA driver "
                 f"{report['driver'] or 'not found'}, torch {report['torch']} for CUDA "
                 f"{report['torch_cuda']}. Fix the node image or driver, or set "
                 f"cluster.{loud[0]}.device=cpu knowingly.",
-            )  # fmt: skip
+            )
     ray_ops.release()
     return out
 
@@ -229,11 +253,19 @@ def preflight(s: Settings) -> dict[str, Any]:
 def _not_requested(s: Settings, st: Stage, view: View) -> None:
     """A stage left out of ``stages=[...]`` that has not run is fine unless a requested stage
     of this view needs it."""
-    needed = [r for r in s.stages if st.name in REGISTRY.upstream(r)
-              and (REGISTRY[r].scope == "run" or REGISTRY[r].applies_to(view))]  # fmt: skip
+    needed = [
+        r
+        for r in s.stages
+        if st.name in REGISTRY.upstream(r)
+        and (REGISTRY[r].scope == "run" or REGISTRY[r].applies_to(view))
+    ]
     if needed:
-        raise ConfigError("stages", list(s.stages), fix=f"stage {st.name} has not run with "
-                          f"these settings yet; add it: stages=[{st.name},...].")  # fmt: skip
+        raise ConfigError(
+            "stages",
+            list(s.stages),
+            fix=f"stage {st.name} has not run with "
+            f"these settings yet; add it: stages=[{st.name},...].",
+        )
 
 
 def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -248,11 +280,18 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
         parts = _stages(s, markers)
     except Exception as exc:
         ray_ops.count("atlas_runs", 1, {"status": "failed"})
-        done = {st.name: {**rec, "status": "done"} for st in REGISTRY
-                if (rec := markers.read(f"stage-{st.name}")) is not None}  # fmt: skip
+        done = {
+            st.name: {**rec, "status": "done"}
+            for st in REGISTRY
+            if (rec := markers.read(f"stage-{st.name}")) is not None
+        }
         try:
-            _write_manifest(s, resolved_config, t0, {"status": "failed", "stages": done,
-                                                     "error": f"{type(exc).__name__}: {exc}"})
+            _write_manifest(
+                s,
+                resolved_config,
+                t0,
+                {"status": "failed", "stages": done, "error": f"{type(exc).__name__}: {exc}"},
+            )
         except OSError:  # a run_dir that cannot be written: the error says so
             pass
         raise
@@ -274,21 +313,41 @@ def _stages(s: Settings, markers: Markers) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=s.classes.parallel) as pool:  # views share the cluster
         done = list(pool.map(lambda v: _run_stages(s, ex, v, fps, markers), others))
     write_links(s, views, markers)
-    return {"hardware": nodes, "stages": stages,
-            "views": {v.slug: {"title": v.title, "kind": v.kind, "classes": list(v.classes),
-                               "names": list(v.names), "stages": rec}
-                      for v, rec in zip(others, done, strict=True)}}  # fmt: skip
+    return {
+        "hardware": nodes,
+        "stages": stages,
+        "views": {
+            v.slug: {
+                "title": v.title,
+                "kind": v.kind,
+                "classes": list(v.classes),
+                "names": list(v.names),
+                "stages": rec,
+            }
+            for v, rec in zip(others, done, strict=True)
+        },
+    }
 
 
-def _write_manifest(s: Settings, resolved: dict[str, Any] | None, t0: float,
-                    parts: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _write_manifest(
+    s: Settings, resolved: dict[str, Any] | None, t0: float, parts: dict[str, Any]
+) -> dict[str, Any]:
     manifest = {
-        "format": "activation-atlas-manifest", "format_version": 2, "run_dir": s.run_dir,
-        "model": s.model.name, "layer": s.layer, "preset": s.preset_name,
-        "seeds": {"seed": s.seed, "umap": s.reduce.seed}, "config": redact(resolved or {}),
-        "versions": _versions(), "git_revision": _git_rev(), **parts,
-        "seconds_total": round(time.perf_counter() - t0, 2), "time": time.time(), "date": s.date,
-    }  # fmt: skip
+        "format": "activation-atlas-manifest",
+        "format_version": 2,
+        "run_dir": s.run_dir,
+        "model": s.model.name,
+        "layer": s.layer,
+        "preset": s.preset_name,
+        "seeds": {"seed": s.seed, "umap": s.reduce.seed},
+        "config": redact(resolved or {}),
+        "versions": _versions(),
+        "git_revision": _git_rev(),
+        **parts,
+        "seconds_total": round(time.perf_counter() - t0, 2),
+        "time": time.time(),
+        "date": s.date,
+    }
     with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
         json.dump(manifest, f, indent=2, sort_keys=True, default=str)
     return manifest
@@ -307,8 +366,14 @@ def _versions() -> dict[str, str]:
 def _git_rev() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=5, check=False)  # fmt: skip
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return rev.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None

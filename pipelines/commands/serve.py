@@ -26,8 +26,10 @@ def make_server(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> http
     """An HTTP server over ``run_dir`` (not started); port 0 picks a free one."""
     viewer = os.path.join(run_dir, "viewer", "index.html")
     if not os.path.isfile(viewer):
-        raise SystemExit(f"atlas serve: {viewer} does not exist: build the run first "
-                         f"(atlas run_dir={run_dir}), or point at a run directory.")  # fmt: skip
+        raise SystemExit(
+            f"atlas serve: {viewer} does not exist: build the run first "
+            f"(atlas run_dir={run_dir}), or point at a run directory."
+        )
     handler = functools.partial(_Handler, directory=os.path.abspath(run_dir))
     return http.server.ThreadingHTTPServer((host, port), handler)
 
@@ -47,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     server = make_server(args.run_dir, args.host, args.port)
-    log.info("atlas serve: http://%s:%s/viewer/index.html (Ctrl-C stops)", args.host,
-             server.server_port)  # fmt: skip
+    log.info(
+        "atlas serve: http://%s:%s/viewer/index.html (Ctrl-C stops)", args.host, server.server_port
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

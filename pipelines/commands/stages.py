@@ -32,8 +32,10 @@ def _row(st: Stage) -> str:
 
 def table() -> str:
     """The registry as a Markdown table, between its markers."""
-    head = ("| stage | needs | settings | resources | runs | reads | writes | Ray primitive |\n"
-            "|---|---|---|---|---|---|---|---|")  # fmt: skip
+    head = (
+        "| stage | needs | settings | resources | runs | reads | writes | Ray primitive |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     return "\n".join([BEGIN, head, *(_row(st) for st in REGISTRY), END])
 
 

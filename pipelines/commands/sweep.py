@@ -77,8 +77,12 @@ def scheduled(s: Settings, run_root: str, date: str | None) -> Settings:
         raise ConfigError("date", day, valid="YYYY-MM-DD", fix="give the run's date as 2026-01-31.")
     root = run_root.rstrip("/")
     render = s.render if s.render.cache_dir else replace(s.render, cache_dir=f"{root}/icon-cache")
-    return s.with_(run_dir=f"{root}/{day}", date=day,
-                   extractions=s.extractions or f"{root}/extractions", render=render)
+    return s.with_(
+        run_dir=f"{root}/{day}",
+        date=day,
+        extractions=s.extractions or f"{root}/extractions",
+        render=render,
+    )
 
 
 def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
@@ -90,14 +94,22 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
         return s, per_layer(s, resolved)
     if s.run_root:
         s = scheduled(s, s.run_root, s.date)
-        resolved = {**resolved, "run_dir": s.run_dir, "date": s.date,
-                    "extractions": s.extractions, "render": {**resolved.get("render", {}),
-                                                             "cache_dir": s.render.cache_dir}}
+        resolved = {
+            **resolved,
+            "run_dir": s.run_dir,
+            "date": s.date,
+            "extractions": s.extractions,
+            "render": {**resolved.get("render", {}), "cache_dir": s.render.cache_dir},
+        }
     try:
         manifest = run(s, resolved)
     except Exception as exc:  # recorded where the run would have been, and in the index
-        record_failure(s.run_dir, f"{type(exc).__name__}: {exc}",
-                       {"traceback": traceback.format_exc(limit=8)}, s.storage_options)
+        record_failure(
+            s.run_dir,
+            f"{type(exc).__name__}: {exc}",
+            {"traceback": traceback.format_exc(limit=8)},
+            s.storage_options,
+        )
         if s.run_root:
             write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
         raise
@@ -116,8 +128,11 @@ def expire(run_root: str, keep: int | None, opts: dict[str, Any]) -> list[str]:
         return []
     fs, base = fsspec.core.url_to_fs(run_root, **opts)
     base = base.rstrip("/")
-    dated = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)
-                   if _DATE.match(p.rstrip("/").rsplit("/", 1)[-1]))  # fmt: skip
+    dated = sorted(
+        p.rstrip("/").rsplit("/", 1)[-1]
+        for p in fs.ls(base, detail=False)
+        if _DATE.match(p.rstrip("/").rsplit("/", 1)[-1])
+    )
     gone = []
     for name in dated[: max(0, len(dated) - keep)]:
         if not fs.exists(f"{base}/{name}/manifest.json"):
@@ -138,20 +153,27 @@ def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
     wanted = tuple(sorted(set(s.extract.layers) | set(s.layers)))
     failed: list[str] = []
     for layer in s.layers:
-        one = s.with_(layer=layer, layers=(), run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
-                      extractions=f"{s.run_dir.rstrip('/')}/extractions",
-                      extract=replace(s.extract, layers=wanted))  # fmt: skip
+        one = s.with_(
+            layer=layer,
+            layers=(),
+            run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
+            extractions=f"{s.run_dir.rstrip('/')}/extractions",
+            extract=replace(s.extract, layers=wanted),
+        )
         try:
             run(one, {**resolved, "layer": layer, "layers": [], "run_dir": one.run_dir})
         except Exception as exc:  # the other layers go on
             failed.append(layer)
             log.error("layer %s failed: %s", layer, exc)
-            record_failure(one.run_dir, f"{type(exc).__name__}: {exc}", {"layer": layer},
-                           s.storage_options)  # fmt: skip
+            record_failure(
+                one.run_dir, f"{type(exc).__name__}: {exc}", {"layer": layer}, s.storage_options
+            )
     index = write_index(s.run_dir, f"layers of {s.model.name}", s.storage_options)
     if failed:
-        raise AtlasError(f"layers {failed} failed (the others finished): see "
-                         f"{s.run_dir}/<layer>/failed.json and {s.run_dir}/index.html")
+        raise AtlasError(
+            f"layers {failed} failed (the others finished): see "
+            f"{s.run_dir}/<layer>/failed.json and {s.run_dir}/index.html"
+        )
     return index
 
 
@@ -167,8 +189,13 @@ class SweepSummary(Callback):
         except (FileNotFoundError, json.JSONDecodeError):
             return
         failed = [r["run"] for r in index.get("runs", []) if r.get("status") == "failed"]
-        log.info("sweep %s: %d jobs, %d failed%s", sweep_dir, len(index.get("runs", [])),
-                 len(failed), f" ({', '.join(failed)})" if failed else "")  # fmt: skip
+        log.info(
+            "sweep %s: %d jobs, %d failed%s",
+            sweep_dir,
+            len(index.get("runs", [])),
+            len(failed),
+            f" ({', '.join(failed)})" if failed else "",
+        )
         log.info("sweep index: %s/index.html", sweep_dir)
         if failed:
             raise SystemExit(1)

@@ -34,8 +34,9 @@ def verify(run_dir: str, storage_options: dict[str, Any] | None = None) -> list[
     return check(run_dir, storage_options)[0]
 
 
-def check(run_dir: str, storage_options: dict[str, Any] | None = None
-          ) -> tuple[list[Problem], dict[str, int]]:  # fmt: skip
+def check(
+    run_dir: str, storage_options: dict[str, Any] | None = None
+) -> tuple[list[Problem], dict[str, int]]:
     """(every problem found, the rows by status: expected, ok, failed, lost)."""
     opts = storage_options or {}
     try:
@@ -98,8 +99,13 @@ def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem
                 out.append(Problem(where, f"marked done but stage {needed[0]} is not"))
             fp = fps[("" if st.scope == "run" else v.slug, st.name)]
             if rec.get("fingerprint") != fp:
-                out.append(Problem(where, f"marker fingerprint {rec.get('fingerprint')} is not "
-                                          f"{fp}, the one this run's config gives"))  # fmt: skip
+                out.append(
+                    Problem(
+                        where,
+                        f"marker fingerprint {rec.get('fingerprint')} is not "
+                        f"{fp}, the one this run's config gives",
+                    )
+                )
             if st.outputs is not None:
                 lost = st.outputs(StageRun(st.name, s, v, fp), store.in_view(v.store_prefix))
                 out += [Problem(where, f"output missing: {m}") for m in lost]

@@ -28,13 +28,15 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         hw = hardware()
         raise ConfigError(
-            "device", name, choices=("auto", "cpu"),
+            "device",
+            name,
+            choices=("auto", "cpu"),
             fix=f"this task asked for a GPU and node {hw['node'] or hw['host']} (host "
             f"{hw['host']}) has no usable CUDA: {hw['cuda_error'] or 'no device visible'}; "
             f"NVIDIA driver {hw['driver'] or 'not found'}, torch {hw['torch']} built for CUDA "
             f"{hw['torch_cuda']}. Fix the node's driver or image, or set "
             "cluster.<stage>.device=cpu knowingly.",
-        )  # fmt: skip
+        )
     return name
 
 
@@ -53,12 +55,17 @@ def hardware() -> dict[str, Any]:
         error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     ok = torch.cuda.is_available()
     return {
-        "node": where_am_i()["node"], "host": socket.gethostname(), "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda, "cuda": ok, "cuda_error": "" if ok else error,
-        "device": torch.cuda.get_device_name(0) if ok else "cpu", "driver": _driver(),
+        "node": where_am_i()["node"],
+        "host": socket.gethostname(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda": ok,
+        "cuda_error": "" if ok else error,
+        "device": torch.cuda.get_device_name(0) if ok else "cpu",
+        "driver": _driver(),
         "cuml": importlib.util.find_spec("cuml") is not None,
         "nvjpeg": ok and hasattr(__import__("torchvision.io").io, "decode_jpeg"),
-    }  # fmt: skip
+    }
 
 
 def _driver() -> str:
@@ -71,8 +78,13 @@ def _driver() -> str:
     except (OSError, IndexError):
         pass
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10, check=False)  # fmt: skip
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
         return out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
     except (OSError, subprocess.SubprocessError):
         return ""

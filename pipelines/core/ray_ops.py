@@ -117,8 +117,15 @@ def require(what: str, num_cpus: float = 0, num_gpus: float = 0, count: int = 1)
     would wait for it forever)."""
     deadline = time.monotonic() + _WAIT["seconds"]
     if not _fitting(num_cpus, num_gpus) and _WAIT["seconds"] > 0:
-        log.info("%s: no node has %g CPU / %g GPU yet: asking the autoscaler for %d and waiting "
-                 "up to %.0f s", what, num_cpus, num_gpus, count, _WAIT["seconds"])  # fmt: skip
+        log.info(
+            "%s: no node has %g CPU / %g GPU yet: asking the autoscaler for %d and waiting "
+            "up to %.0f s",
+            what,
+            num_cpus,
+            num_gpus,
+            count,
+            _WAIT["seconds"],
+        )
         ask(num_cpus, num_gpus, count)
         while not _fitting(num_cpus, num_gpus) and time.monotonic() < deadline:
             time.sleep(1.0)
@@ -127,11 +134,12 @@ def require(what: str, num_cpus: float = 0, num_gpus: float = 0, count: int = 1)
         have = [f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes]
         waited = f" within cluster.wait_s={_WAIT['seconds']:g} s" if _WAIT["seconds"] else ""
         raise ConfigError(
-            what, {"num_cpus": num_cpus, "num_gpus": num_gpus},
+            what,
+            {"num_cpus": num_cpus, "num_gpus": num_gpus},
             fix=f"no node of this cluster has that much{waited} (nodes: "
             f"{', '.join(have) or 'none'}); lower {what}.num_cpus / {what}.num_gpus, add nodes "
             "that have it, or let the autoscaler grow a group that has it (cluster.wait_s).",
-        )  # fmt: skip
+        )
 
 
 def grow(num_cpus: float, num_gpus: float, count: int) -> int:
@@ -148,8 +156,13 @@ def grow(num_cpus: float, num_gpus: float, count: int) -> int:
         now = capacity(num_cpus, num_gpus)
         if now > have:  # still growing: wait for more
             have, settle = now, time.monotonic() + _WAIT["settle"]
-    log.info("the cluster holds %d of the %d asked (%g CPU / %g GPU each)", have, count,
-             num_cpus, num_gpus)  # fmt: skip
+    log.info(
+        "the cluster holds %d of the %d asked (%g CPU / %g GPU each)",
+        have,
+        count,
+        num_cpus,
+        num_gpus,
+    )
     return have
 
 
@@ -288,8 +301,15 @@ class Progress:
         self.last = now
         rate = self.done / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-        log.info("%s: %d/%d %ss, %.2f/s, ETA %.0f s", self.desc, self.done, self.total,
-                 self.unit, rate, eta)  # fmt: skip
+        log.info(
+            "%s: %d/%d %ss, %.2f/s, ETA %.0f s",
+            self.desc,
+            self.done,
+            self.total,
+            self.unit,
+            rate,
+            eta,
+        )
 
 
 _METRICS: dict[tuple[str, str], Any] = {}

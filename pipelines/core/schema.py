@@ -42,6 +42,8 @@ def data_not_here() -> Iterator[None]:
         yield
     finally:
         _UNREACHABLE_DATA.reset(token)
+
+
 S = TypeVar("S", bound="SettingsBase")
 
 
@@ -186,11 +188,22 @@ class ClassesConf(Group):
                 raise ConfigError("classes.pairs", list(p), fix="each pair is [a, b], two classes.")
         choice("classes.method", self.method, ("umap", "tsne"))
         choice("classes.metric", self.metric, METRICS)
-        self._ranges({"top_n": (0, None), "n_neighbors": (2, 1000), "min_dist": (0.0, 1.0),
-                      "grid": (1, 256), "min_count": (1, None), "parallel": (1, 64)})  # fmt: skip
+        self._ranges(
+            {
+                "top_n": (0, None),
+                "n_neighbors": (2, 1000),
+                "min_dist": (0.0, 1.0),
+                "grid": (1, 256),
+                "min_count": (1, None),
+                "parallel": (1, 64),
+            }
+        )
         if self.only and not (self.atlases or self.pairs):
-            raise ConfigError("classes.only", True, fix="name classes.atlases or classes.pairs "
-                              "to build, or leave classes.only=false.")  # fmt: skip
+            raise ConfigError(
+                "classes.only",
+                True,
+                fix="name classes.atlases or classes.pairs to build, or leave classes.only=false.",
+            )
 
 
 @dataclass(frozen=True)

@@ -79,8 +79,12 @@ class View:
 
     def identity(self) -> dict[str, Any]:
         """What every per-view fingerprint covers besides the settings."""
-        return {"view": self.slug, "kind": self.kind, "classes": list(self.classes),
-                "names": list(self.names)}  # fmt: skip
+        return {
+            "view": self.slug,
+            "kind": self.kind,
+            "classes": list(self.classes),
+            "names": list(self.names),
+        }
 
 
 MAIN = View(title="")
@@ -98,8 +102,9 @@ def _class_view(s: SettingsBase, kind: str, cs: tuple[int, ...], names: tuple[st
         slug = f"compare-{cs[0]}-{cs[1]}-{_slug(names[0])}-vs-{_slug(names[1])}"[:80]
         title = f"{names[0]} vs {names[1]}"
     layout = ViewLayout(kind, cs, c.top_n, c.method, c.n_neighbors, c.min_dist, c.metric)
-    grid = replace(s.grid, sizes=(c.grid,), min_count=c.min_count,
-                   heatmap=tuple(str(x) for x in cs))  # fmt: skip
+    grid = replace(
+        s.grid, sizes=(c.grid,), min_count=c.min_count, heatmap=tuple(str(x) for x in cs)
+    )
     return View(slug, kind, cs, names, title, (("reduce", layout), ("grid", grid)))
 
 

@@ -63,8 +63,9 @@ def fit_task(acts: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     return embed_small(acts, **params)
 
 
-def layout(ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, Any]], None]
-           ) -> StageResult:  # fmt: skip
+def layout(
+    ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, Any]], None]
+) -> StageResult:
     """The reduce stage in a class view: its rows, laid out whole in one Ray task."""
     r, s = ctx.view.layout, ctx.s
     if r is None:
@@ -74,14 +75,20 @@ def layout(ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, 
     rows, x = view_rows(r.rows, r.classes, classes, values, r.top_n)
     if len(rows) < 2:
         raise ConfigError(
-            "classes", ctx.view.title,
+            "classes",
+            ctx.view.title,
             fix="fewer than 2 samples are attributed to that class: pick a class the images "
             "show, or raise classes.top_n.",
-        )  # fmt: skip
+        )
     acts = store.extraction(s.layer).take("acts", rows)
-    params = {"method": r.method, "n_components": 1 if x is not None else 2,
-              "n_neighbors": r.n_neighbors, "min_dist": r.min_dist, "metric": r.metric,
-              "seed": s.seed}  # fmt: skip
+    params = {
+        "method": r.method,
+        "n_components": 1 if x is not None else 2,
+        "n_neighbors": r.n_neighbors,
+        "min_dist": r.min_dist,
+        "metric": r.metric,
+        "seed": s.seed,
+    }
     ray_ops.init(s.cluster)
     res = ctx.resources("reduce_fit")
     handle = ray_ops.submit(fit_task, acts, params, num_cpus=res.num_cpus, num_gpus=res.num_gpus)
@@ -94,11 +101,22 @@ def layout(ctx: StageRun, write: Callable[[RunStore, str, np.ndarray, dict[str, 
         norm[rows, 0] = (x + 1.0) / 2.0
         norm[rows, 1] = _unit(emb[:, 0])
         bounds = np.array([[0.0, 0.0], [1.0, 1.0]])
-    write(store, s.layer, norm, {"backend": r.method, "view": ctx.view.slug,
-                                 "fingerprint": ctx.fp, "bounds": bounds.tolist()})  # fmt: skip
+    write(
+        store,
+        s.layer,
+        norm,
+        {
+            "backend": r.method,
+            "view": ctx.view.slug,
+            "fingerprint": ctx.fp,
+            "bounds": bounds.tolist(),
+        },
+    )
     log.info("reduce: view %s: %d samples laid out by %s", ctx.view.slug, len(rows), r.method)
-    return StageResult(counts={"rows": len(rows)},
-                       details={"view": ctx.view.slug, "method": r.method, "backend": r.method})
+    return StageResult(
+        counts={"rows": len(rows)},
+        details={"view": ctx.view.slug, "method": r.method, "backend": r.method},
+    )
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

@@ -47,8 +47,9 @@ CARD_CHUNK = 1024  # cells per card data file
 
 def b64(a: np.ndarray, dtype: str) -> str:
     """A little-endian typed array, base64 (read in the page as ``new <Type>Array(bytes)``)."""
-    return base64.b64encode(np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<"))
-                            .tobytes()).decode("ascii")  # fmt: skip
+    return base64.b64encode(
+        np.ascontiguousarray(a, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    ).decode("ascii")
 
 
 def _put(payload: dict[str, Any]) -> bytes:
@@ -73,24 +74,38 @@ class _Classes:
         self.index: dict[int, int] = {}
 
     def __call__(self, c: np.ndarray) -> np.ndarray:
-        flat = [self.index.setdefault(int(x), len(self.index)) if x >= 0 else -1
-                for x in np.asarray(c).ravel()]  # fmt: skip
+        flat = [
+            self.index.setdefault(int(x), len(self.index)) if x >= 0 else -1
+            for x in np.asarray(c).ravel()
+        ]
         return np.array(flat, np.int32).reshape(np.shape(c))
 
 
-def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
-                 ex: dict[str, np.ndarray] | None, name: Any
-                 ) -> tuple[dict[str, Any], dict[str, bytes]]:  # fmt: skip
+def _level_files(
+    ctx: StageRun,
+    store: RunStore,
+    lv: Level,
+    classes: _Classes,
+    ex: dict[str, np.ndarray] | None,
+    name: Any,
+) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(the level's entry in atlas.js, its data files by name)."""
     level = store.level(ctx.s.layer, lv.size)
     cell, count = level.cells()
     kind, top_c, top_v = _cell_top(level)
     top = classes(top_c)
-    files = {f"level-{lv.size}.js": _put({
-        "ix": b64(cell[:, 0], "u2"), "iy": b64(cell[:, 1], "u2"), "count": b64(count, "u4"),
-        "label": b64(top[:, 0] if top.shape[1] else np.full(len(cell), -1), "i2"),
-        "top": b64(top, "i2"), "t": int(top.shape[1]),
-    })}  # fmt: skip
+    files = {
+        f"level-{lv.size}.js": _put(
+            {
+                "ix": b64(cell[:, 0], "u2"),
+                "iy": b64(cell[:, 1], "u2"),
+                "count": b64(count, "u4"),
+                "label": b64(top[:, 0] if top.shape[1] else np.full(len(cell), -1), "i2"),
+                "top": b64(top, "i2"),
+                "t": int(top.shape[1]),
+            }
+        )
+    }
     exr, slot, box = _exemplars(level, ex)
     m = len(cell)
     fid = level.optional("icon_cosine")
@@ -100,12 +115,17 @@ def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
     rank = np.zeros(m, np.int32) if rank is None else rank
     for n, a in enumerate(range(0, m, CARD_CHUNK)):
         b = min(m, a + CARD_CHUNK)
-        files[f"cards-{lv.size}-{n}.js"] = _put({
-            "topv": b64(top_v[a:b], "f4"), "ex": b64(exr[a:b], "i4"),
-            "slot": b64(slot[a:b], "i4"), "box": b64(box[a:b], "f4"),
-            "fid": b64(fid[a:b], "f4"), "margin": b64(margin[a:b], "f4"),
-            "rank": b64(rank[a:b], "i4"),
-        })  # fmt: skip
+        files[f"cards-{lv.size}-{n}.js"] = _put(
+            {
+                "topv": b64(top_v[a:b], "f4"),
+                "ex": b64(exr[a:b], "i4"),
+                "slot": b64(slot[a:b], "i4"),
+                "box": b64(box[a:b], "f4"),
+                "fid": b64(fid[a:b], "f4"),
+                "margin": b64(margin[a:b], "f4"),
+                "rank": b64(rank[a:b], "i4"),
+            }
+        )
     heat, heat_class = level.optional("heat"), level.optional("heat_class")
     heats = None
     if heat is not None and heat_class is not None and len(heat_class):
@@ -114,31 +134,44 @@ def _level_files(ctx: StageRun, store: RunStore, lv: Level, classes: _Classes,
             files[f"heat-{lv.size}-{j}.js"] = _put({"values": b64(heat[:, j], "f4")})
     labels = {int(c) for c in top_c[:, 0] if c >= 0} if top.shape[1] else set()
     widest = max((name(c) for c in labels), key=len, default="")
-    entry = {"size": lv.size, "zmin": lv.zmin, "zmax": lv.zmax, "cells": len(cell),
-             "heat": heats, "kind": kind, "widest": widest,
-             "plausibility": level.attrs.get("plausibility")}  # fmt: skip
+    entry = {
+        "size": lv.size,
+        "zmin": lv.zmin,
+        "zmax": lv.zmax,
+        "cells": len(cell),
+        "heat": heats,
+        "kind": kind,
+        "widest": widest,
+        "plausibility": level.attrs.get("plausibility"),
+    }
     return entry, files
 
 
-def _exemplars(level: LevelNode, ex: dict[str, np.ndarray] | None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def _exemplars(
+    level: LevelNode, ex: dict[str, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per (cell, j): the exemplar's place in the sheets (-1: none, or not re-read), its
     source's thumbnail slot, and the patch's box in the source (fractions)."""
     rows = level.optional("exemplar_row")
     if ex is None or rows is None or not len(ex["row"]):
         m, k = (len(level.read("count")), 1) if rows is None else rows.shape
-        return np.full((m, k), -1, np.int32), np.full((m, k), -1, np.int32), \
-            np.zeros((m, k, 4), np.float32)  # fmt: skip
+        return (
+            np.full((m, k), -1, np.int32),
+            np.full((m, k), -1, np.int32),
+            np.zeros((m, k, 4), np.float32),
+        )
     order = np.argsort(ex["row"], kind="stable")
     at = np.searchsorted(ex["row"], np.maximum(rows, 0), sorter=order)
     idx = order[np.minimum(at, len(order) - 1)]
     good = (rows >= 0) & (ex["row"][idx] == rows) & (ex["ok"][idx] == 1)
-    return (np.where(good, idx, -1).astype(np.int32), np.where(good, ex["slot"][idx], -1)
-            .astype(np.int32), np.where(good[..., None], ex["box"][idx], 0).astype(np.float32))
+    return (
+        np.where(good, idx, -1).astype(np.int32),
+        np.where(good, ex["slot"][idx], -1).astype(np.int32),
+        np.where(good[..., None], ex["box"][idx], 0).astype(np.float32),
+    )
 
 
-def _source_files(store: RunStore, ex: dict[str, np.ndarray] | None, per: int
-                  ) -> dict[str, bytes]:  # fmt: skip
+def _source_files(store: RunStore, ex: dict[str, np.ndarray] | None, per: int) -> dict[str, bytes]:
     """Names and sizes of the source thumbnails, one file per sheet of slots."""
     if ex is None:
         return {}
@@ -146,10 +179,13 @@ def _source_files(store: RunStore, ex: dict[str, np.ndarray] | None, per: int
     out = {}
     for n, a in enumerate(range(0, len(ex["source"]), per)):
         src, wh = ex["source"][a : a + per], ex["thumb_size"][a : a + per]
-        out[f"sources-{n}.js"] = _put({
-            "names": [source_name(str(uris[u])) if u >= 0 else "" for u in src],
-            "w": wh[:, 0].tolist(), "h": wh[:, 1].tolist(),
-        })  # fmt: skip
+        out[f"sources-{n}.js"] = _put(
+            {
+                "names": [source_name(str(uris[u])) if u >= 0 else "" for u in src],
+                "w": wh[:, 0].tolist(),
+                "h": wh[:, 1].tolist(),
+            }
+        )
     return out
 
 
@@ -174,18 +210,30 @@ def run_data(
     run = {
         "title": ctx.view.title or f"{s.model.name} {s.layer}",
         "meta": f"model {s.model.name}, layer {s.layer}, levels "
-                + ", ".join(f"{lv.size}x{lv.size}" for lv in levels) + f", {store.n_images} images",
+        + ", ".join(f"{lv.size}x{lv.size}" for lv in levels)
+        + f", {store.n_images} images",
         "label_kind": entries[0]["kind"] if entries else "predictions",
         "classes": [model.class_name(c) for c in sorted(classes.index, key=classes.index.get)],  # type: ignore[arg-type]
-        "levels": entries, "icon_px": s.render.icon_px, "tile_px": c.tile_px,
-        "tile_ext": TILE_FORMATS[c.tile_format], "background": BACKGROUNDS[c.background],
-        "sheet_columns": c.sheet_columns, "k": s.exemplars.k, "card_chunk": CARD_CHUNK,
-        "exemplars": None if ex is None else {
-            "dir": f"../{sheets['sheets']}/", "per": per, "cols": int(sheets["sheet_columns"]),
-            "patch_px": int(sheets["patch_px"]), "thumb_px": int(sheets["thumb_px"])},
+        "levels": entries,
+        "icon_px": s.render.icon_px,
+        "tile_px": c.tile_px,
+        "tile_ext": TILE_FORMATS[c.tile_format],
+        "background": BACKGROUNDS[c.background],
+        "sheet_columns": c.sheet_columns,
+        "k": s.exemplars.k,
+        "card_chunk": CARD_CHUNK,
+        "exemplars": None
+        if ex is None
+        else {
+            "dir": f"../{sheets['sheets']}/",
+            "per": per,
+            "cols": int(sheets["sheet_columns"]),
+            "patch_px": int(sheets["patch_px"]),
+            "thumb_px": int(sheets["thumb_px"]),
+        },
         "overview": f"../atlas-{levels[0].size}.png",
         "axis": list(ctx.view.names) if ctx.view.kind == "compare" else None,
-    }  # fmt: skip
+    }
     return run, files
 
 
@@ -201,8 +249,10 @@ def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
         if "://" in a.run_dir and not a.run_dir.startswith("file://"):
             continue
         if not os.path.isfile(data):
-            log.warning("compose: %s has no viewer yet; run its compose stage to compare them "
-                        "side by side", a.run_dir)  # fmt: skip
+            log.warning(
+                "compose: %s has no viewer yet; run its compose stage to compare them side by side",
+                a.run_dir,
+            )
             continue
         out.append((os.path.basename(os.path.normpath(a.run_dir)), os.path.relpath(data, here)))
     return out
@@ -213,8 +263,10 @@ def write_viewer(ctx: StageRun, store: RunStore, levels: list[Level]) -> list[st
     out, so = f"{ctx.run_dir}/viewer", ctx.storage_options
     run, files = run_data(ctx, store, levels)
     aligned = _aligned(ctx)
-    run["links"] = [{"href": f"compare-{i}.html", "text": f"side by side with {name}"}
-                    for i, (name, _) in enumerate(aligned)]  # fmt: skip
+    run["links"] = [
+        {"href": f"compare-{i}.html", "text": f"side by side with {name}"}
+        for i, (name, _) in enumerate(aligned)
+    ]
     for rel, data in static_files().items():
         write_file(f"{out}/{rel}", data, so)
     for name, data in files.items():
@@ -241,16 +293,21 @@ def links_of(views: list[View], done: dict[str, dict[str, Any]]) -> list[dict[st
             out.append({"href": f"../views/{v.slug}/viewer/index.html", "text": v.title})
         if f"{v.marker_prefix}stage-patches" in done:
             a, b = v.names
-            out.append({"href": f"../views/{v.slug}/patches/index.html",
-                        "text": f"patches: {b} pasted into {a}"})  # fmt: skip
+            out.append(
+                {
+                    "href": f"../views/{v.slug}/patches/index.html",
+                    "text": f"patches: {b} pasted into {a}",
+                }
+            )
     return out
 
 
 def write_links(s: SettingsBase, views: list[View], markers: Markers) -> None:
     """``viewer/data/links.js`` of every view that has a viewer: the main page links the
     finished class views and reports, a class view's page links back to the main one."""
-    done = {n: r for n, r in markers.read_all("").items()
-            if n.rsplit("/", 1)[-1].startswith("stage-")}  # fmt: skip
+    done = {
+        n: r for n, r in markers.read_all("").items() if n.rsplit("/", 1)[-1].startswith("stage-")
+    }
     main = links_of(views, done)
     back = [{"href": "../../../viewer/index.html", "text": "the atlas of every activation"}]
     for v in views:

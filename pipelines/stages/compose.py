@@ -100,17 +100,22 @@ def draw_task(job: Draw) -> dict[str, Any]:
     boxes, ids = boxes[a:b], np.arange(a, b)
     cache: dict[tuple[int, int, int], Image.Image] = {}
     if job.z is None:
-        strip = draw_region(boxes, icons, (0, px0, job.width, px1), background=job.background,
-                            cache=cache, ids=ids)  # fmt: skip
+        strip = draw_region(
+            boxes, icons, (0, px0, job.width, px1), background=job.background, cache=cache, ids=ids
+        )
         return {"strip": strip, "rss_mb": peak_rss_mb()}
     n = 0
     for ty in range(job.r0, job.r1):
         for tx in range(job.width // job.tile):
             region = (tx * job.tile, ty * job.tile, (tx + 1) * job.tile, (ty + 1) * job.tile)
-            tile = draw_region(boxes, icons, region, background=job.background, cache=cache,
-                               ids=ids)  # fmt: skip
-            write_file(f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
-                       _encode(tile, job.fmt), job.storage_options)  # fmt: skip
+            tile = draw_region(
+                boxes, icons, region, background=job.background, cache=cache, ids=ids
+            )
+            write_file(
+                f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
+                _encode(tile, job.fmt),
+                job.storage_options,
+            )
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
 
@@ -136,8 +141,11 @@ def sheets_task(job: Sheets) -> dict[str, Any]:
     level = store.in_view(job.prefix).level(job.layer, job.size)
     icons = level.drawn(job.start, job.stop, job.background)
     page = job.start // (job.columns * job.columns)
-    write_file(f"{job.out}/levels/{job.size}/icons-{page}.png",
-               _encode(sheet(icons, job.columns, job.background), "png"), job.storage_options)
+    write_file(
+        f"{job.out}/levels/{job.size}/icons-{page}.png",
+        _encode(sheet(icons, job.columns, job.background), "png"),
+        job.storage_options,
+    )
     return {"rss_mb": peak_rss_mb()}
 
 
@@ -168,8 +176,11 @@ def shrink_task(job: Shrink) -> dict[str, Any]:
                     with fs.open(f"{root}/{job.z + 1}/{2 * tx + dx}/{2 * ty + dy}.{ext}") as f:
                         quad.paste(Image.open(f).convert("RGB"), (dx * t, dy * t))
             small = quad.resize((t, t), Image.Resampling.BOX)
-            write_file(f"{job.out}/{job.z}/{tx}/{ty}.{ext}", _encode(np.asarray(small), job.fmt),
-                       job.storage_options)  # fmt: skip
+            write_file(
+                f"{job.out}/{job.z}/{tx}/{ty}.{ext}",
+                _encode(np.asarray(small), job.fmt),
+                job.storage_options,
+            )
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
 
@@ -178,9 +189,21 @@ def _shrink_jobs(ctx: StageRun, levels: list[Level], z: int) -> list[Shrink]:
     """Every level's tiles of zoom ``z`` still to make from zoom z + 1, in bands of rows."""
     c, out = ctx.conf(ComposeConf), f"{ctx.run_dir}/viewer/tiles"
     n, rows = 2**z, max(1, 64 // 2**z)
-    return [Shrink(ctx.storage_options, lv.size, z, r0, min(n, r0 + rows), f"{out}/{lv.size}",
-                   c.tile_px, c.tile_format)
-            for lv in levels if lv.zmin <= z < lv.zmax for r0 in range(0, n, rows)]  # fmt: skip
+    return [
+        Shrink(
+            ctx.storage_options,
+            lv.size,
+            z,
+            r0,
+            min(n, r0 + rows),
+            f"{out}/{lv.size}",
+            c.tile_px,
+            c.tile_format,
+        )
+        for lv in levels
+        if lv.zmin <= z < lv.zmax
+        for r0 in range(0, n, rows)
+    ]
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
@@ -204,14 +227,39 @@ def _draw_jobs(ctx: StageRun, levels: list[Level]) -> tuple[list[Draw], list[Dra
         per_row = lv.size * (math.ceil(lv.size / n) + 1)  # icons one row of tiles meets
         rows = max(1, min(n, ICONS_PER_TASK // max(per_row, 1), max(1, 256 // n)))
         for r0 in range(0, n, rows):
-            tiles.append(Draw(*common, lv.size, c.tile_px * n, r0, min(n, r0 + rows), z,
-                              f"{ctx.run_dir}/viewer/tiles/{lv.size}", c.tile_px,
-                              c.tile_format, BACKGROUNDS[c.background], c.density))  # fmt: skip
+            tiles.append(
+                Draw(
+                    *common,
+                    lv.size,
+                    c.tile_px * n,
+                    r0,
+                    min(n, r0 + rows),
+                    z,
+                    f"{ctx.run_dir}/viewer/tiles/{lv.size}",
+                    c.tile_px,
+                    c.tile_format,
+                    BACKGROUNDS[c.background],
+                    c.density,
+                )
+            )
         width = min(lv.size * px, c.overview_px)
         band = max(1, ICONS_PER_TASK * width // (lv.size * lv.size))
         for y0 in range(0, width, band):
-            strips.append(Draw(*common, lv.size, width, y0, min(width, y0 + band), None, "",
-                               c.tile_px, "png", BACKGROUNDS[c.background], c.density))  # fmt: skip
+            strips.append(
+                Draw(
+                    *common,
+                    lv.size,
+                    width,
+                    y0,
+                    min(width, y0 + band),
+                    None,
+                    "",
+                    c.tile_px,
+                    "png",
+                    BACKGROUNDS[c.background],
+                    c.density,
+                )
+            )
     return tiles, strips
 
 
@@ -225,8 +273,10 @@ def _sheet_jobs(ctx: StageRun, store: RunStore) -> list[Sheets]:
     jobs = []
     for g in ctx.conf(GridConf).sizes:
         m = len(store.level(ctx.s.layer, g).read("count"))
-        jobs += [Sheets(*common, g, a, min(m, a + per), out, c.sheet_columns, bg)
-                 for a in range(0, m, per)]  # fmt: skip
+        jobs += [
+            Sheets(*common, g, a, min(m, a + per), out, c.sheet_columns, bg)
+            for a in range(0, m, per)
+        ]
     return jobs
 
 
@@ -254,21 +304,34 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.require("cluster.compose", res.num_cpus, res.num_gpus)
     jobs: list[Draw | Sheets] = [*tiles, *strips, *sheets]
     out: list[Any] = ray_ops.map_tasks(
-        _any_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-        desc="compose", labels=[_label(j) for j in jobs],
-    )  # fmt: skip
+        _any_task,
+        jobs,
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        desc="compose",
+        labels=[_label(j) for j in jobs],
+    )
     for z in range(max(lv.zmax for lv in levels) - 1, -1, -1):  # each zoom from the one above
         shrink = _shrink_jobs(ctx, levels, z)
         if shrink:
-            out += ray_ops.map_tasks(shrink_task, shrink, num_cpus=res.num_cpus,
-                                     num_gpus=res.num_gpus, desc=f"compose zoom {z}",
-                                     labels=[f"zoom {z} of {j.size} rows {j.r0}..{j.r1}"
-                                             for j in shrink])  # fmt: skip
+            out += ray_ops.map_tasks(
+                shrink_task,
+                shrink,
+                num_cpus=res.num_cpus,
+                num_gpus=res.num_gpus,
+                desc=f"compose zoom {z}",
+                labels=[f"zoom {z} of {j.size} rows {j.r0}..{j.r1}" for j in shrink],
+            )
     files = _overviews(ctx, strips, out[len(tiles) : len(tiles) + len(strips)])
     files += viewer.write_viewer(ctx, store, levels)
     n_tiles = sum(r.get("tiles", 0) for r in out)
-    log.info("compose: %d tiles over %d levels, %s under %s", n_tiles, len(levels),
-             ", ".join(files), ctx.run_dir)  # fmt: skip
+    log.info(
+        "compose: %d tiles over %d levels, %s under %s",
+        n_tiles,
+        len(levels),
+        ", ".join(files),
+        ctx.run_dir,
+    )
     return StageResult(
         counts={"tiles": n_tiles, "levels": len(levels), "tasks": len(out)},
         details={
@@ -294,8 +357,11 @@ def _label(job: Draw | Sheets) -> str:
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
     """The overviews and the viewer's page, in the view's folder."""
     fs, root = fsspec.core.url_to_fs(ctx.run_dir, **ctx.storage_options)
-    files = ["atlas.png", "viewer/index.html",
-             *(f"atlas-{g}.png" for g in ctx.conf(GridConf).sizes)]  # fmt: skip
+    files = [
+        "atlas.png",
+        "viewer/index.html",
+        *(f"atlas-{g}.png" for g in ctx.conf(GridConf).sizes),
+    ]
     return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
 
 

@@ -68,14 +68,20 @@ class ExemplarsConf(Group):
 
     def __post_init__(self) -> None:
         choice("exemplars.field", self.field, ("theoretical", "effective"))
-        self._ranges({
-            "k": (1, 64), "patch_px": (8, 512), "thumb_px": (32, 1024),
-            "field_mass": (0.05, 1.0), "rows_per_task": (1, 4096),
-        })  # fmt: skip
+        self._ranges(
+            {
+                "k": (1, 64),
+                "patch_px": (8, 512),
+                "thumb_px": (32, 1024),
+                "field_mass": (0.05, 1.0),
+                "rows_per_task": (1, 4096),
+            }
+        )
 
 
-def score_task(job: GridJob, k: int, means: dict[int, tuple[np.ndarray, np.ndarray]]
-               ) -> list[Parts]:  # fmt: skip
+def score_task(
+    job: GridJob, k: int, means: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> list[Parts]:
     """Task body: per level, the top-k rows of [start, stop) of each kept cell."""
     _, xy, acts = job.open()
     rows = np.arange(job.start, job.stop)
@@ -134,8 +140,9 @@ def patch_task(job: PatchJob) -> dict[str, Any]:
         patches[i] = take_patch(im, full, job.patch_px)
         box[i] = np.array(full) / np.array([im.width, im.height, im.width, im.height])
         ok[i] = 1
-    write_file(f"{job.out}/patches-{job.sheet}.jpg", jpeg(pack(patches, job.patch_px)),
-               job.storage_options)  # fmt: skip
+    write_file(
+        f"{job.out}/patches-{job.sheet}.jpg", jpeg(pack(patches, job.patch_px)), job.storage_options
+    )
     thumbs: list[np.ndarray | None] = []
     sizes = []
     for slot, uri in job.thumbs:
@@ -144,12 +151,19 @@ def patch_task(job: PatchJob) -> dict[str, Any]:
         if im is not None:
             sizes.append((slot, int(thumbs[-1].shape[1]), int(thumbs[-1].shape[0])))  # type: ignore[union-attr]
     if job.thumbs:
-        write_file(f"{job.out}/sources-{job.sheet}.jpg", jpeg(pack(thumbs, job.thumb_px), 80),
-                   job.storage_options)  # fmt: skip
+        write_file(
+            f"{job.out}/sources-{job.sheet}.jpg",
+            jpeg(pack(thumbs, job.thumb_px), 80),
+            job.storage_options,
+        )
     ray_ops.count("atlas_exemplar_patches", int(ok.sum()), {"status": "ok"})
     ray_ops.count("atlas_exemplar_patches", int(n - ok.sum()), {"status": "failed"})
-    return {"box": box, "ok": ok, "thumbs": sizes,
-            "images": len({job.uris[int(u)] for u in job.images})}  # fmt: skip
+    return {
+        "box": box,
+        "ok": ok,
+        "thumbs": sizes,
+        "images": len({job.uris[int(u)] for u in job.images}),
+    }
 
 
 def _source_box(
@@ -177,8 +191,10 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
     jobs = grid_jobs(ctx, store, sizes)
     res = ctx.resources()
     shared = ray_ops.put(means)
-    handles = [ray_ops.submit(score_task, j, k, shared, num_cpus=res.num_cpus,
-                              num_gpus=res.num_gpus) for j in jobs]  # fmt: skip
+    handles = [
+        ray_ops.submit(score_task, j, k, shared, num_cpus=res.num_cpus, num_gpus=res.num_gpus)
+        for j in jobs
+    ]
     best: dict[int, Parts] = {}
     waiting: list[list[Parts]] = []
     pending = [0]  # entries waiting
@@ -200,8 +216,13 @@ def _score(ctx: StageRun, store: RunStore) -> dict[int, tuple[np.ndarray, np.nda
         if len(waiting) >= 64 and pending[0] >= sum(len(b[0]) for b in best.values()):
             fold()
 
-    ray_ops.gather(handles, desc="exemplar scores", labels=[f"rows {j.start}..{j.stop}"
-                   for j in jobs], on_result=merge, keep=False)  # fmt: skip
+    ray_ops.gather(
+        handles,
+        desc="exemplar scores",
+        labels=[f"rows {j.start}..{j.stop}" for j in jobs],
+        on_result=merge,
+        keep=False,
+    )
     if waiting:
         fold()
     return {g: merge_top_k([best[g]] if g in best else [], len(means[g][0]), k) for g in sizes}
@@ -236,8 +257,9 @@ def _slots(uri_of: list[str], rc: int) -> tuple[np.ndarray, list[str]]:
     return slot, slot_uri
 
 
-def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, slot_uri: list[str],
-                side: float) -> list[PatchJob]:  # fmt: skip
+def _patch_jobs(
+    ctx: StageRun, store: RunStore, rows: np.ndarray, slot_uri: list[str], side: float
+) -> list[PatchJob]:
     """One job per ``rows_per_task`` exemplars of the sheet order; job j owns the thumbnail
     slots [j * rc, (j + 1) * rc) and writes sheets j."""
     s, e = ctx.s, ctx.conf(ExemplarsConf)
@@ -253,13 +275,32 @@ def _patch_jobs(ctx: StageRun, store: RunStore, rows: np.ndarray, slot_uri: list
         b = min(a + rc, len(rows))
         uniq = [int(u) for u in np.unique(images[a:b])]
         own = tuple((a + i, u) for i, u in enumerate(slot_uri[a : a + rc]) if u)
-        jobs.append(PatchJob(
-            a, rows[a:b], pos[a:b], images[a:b], {u: str(uris[u]) for u in uniq},
-            {u: (int(crops[u][0]), int(crops[u][1]), int(crops[u][2]), int(crops[u][3]))
-             for u in uniq},
-            own, a, out, j, ctx.storage_options, grid_hw, side, pre, s.data.decode,
-            store.attrs.get("root"), e.patch_px, e.thumb_px, test_fault(),
-        ))  # fmt: skip
+        jobs.append(
+            PatchJob(
+                a,
+                rows[a:b],
+                pos[a:b],
+                images[a:b],
+                {u: str(uris[u]) for u in uniq},
+                {
+                    u: (int(crops[u][0]), int(crops[u][1]), int(crops[u][2]), int(crops[u][3]))
+                    for u in uniq
+                },
+                own,
+                a,
+                out,
+                j,
+                ctx.storage_options,
+                grid_hw,
+                side,
+                pre,
+                s.data.decode,
+                store.attrs.get("root"),
+                e.patch_px,
+                e.thumb_px,
+                test_fault(),
+            )
+        )
     return jobs
 
 
@@ -287,36 +328,60 @@ def run(ctx: StageRun) -> StageResult:
     side = rf.side(e.field)
     ok, read, seconds, sources = _patches(ctx, store, rows, side)
     node = store.exemplars(s.layer)
-    node.set_attrs({"fingerprint": ctx.fp, "field": e.field, "field_px": side,
-                    "theoretical_px": rf.theoretical, "effective_px": rf.effective,
-                    "grid": list(rf.grid), "input_px": rf.input_px,
-                    # a transformer's token covers one patch; its measured field is wider
-                    "token_patch_px": grid.patch[0] if (grid := TokenGrid.of(model.module))
-                    else None,
-                    "sheets": f"exemplars/{s.layer}", "per_sheet": e.rows_per_task,
-                    "sheet_columns": SHEET_COLUMNS, "patch_px": e.patch_px,
-                    "thumb_px": e.thumb_px})  # fmt: skip
+    node.set_attrs(
+        {
+            "fingerprint": ctx.fp,
+            "field": e.field,
+            "field_px": side,
+            "theoretical_px": rf.theoretical,
+            "effective_px": rf.effective,
+            "grid": list(rf.grid),
+            "input_px": rf.input_px,
+            # a transformer's token covers one patch; its measured field is wider
+            "token_patch_px": grid.patch[0] if (grid := TokenGrid.of(model.module)) else None,
+            "sheets": f"exemplars/{s.layer}",
+            "per_sheet": e.rows_per_task,
+            "sheet_columns": SHEET_COLUMNS,
+            "patch_px": e.patch_px,
+            "thumb_px": e.thumb_px,
+        }
+    )
     n_ok = int(ok.sum())
     log.info(
         "exemplars: %d patches (%d failed) from %d images in %.1f s (%.1f images/s); field %d px",
-        n_ok, len(rows) - n_ok, sources, seconds, read / max(seconds, 1e-9), side,
-    )  # fmt: skip
+        n_ok,
+        len(rows) - n_ok,
+        sources,
+        seconds,
+        read / max(seconds, 1e-9),
+        side,
+    )
     return StageResult(
         counts={
-            "exemplar_rows": len(rows), "patches_ok": n_ok, "patches_failed": len(rows) - n_ok,
+            "exemplar_rows": len(rows),
+            "patches_ok": n_ok,
+            "patches_failed": len(rows) - n_ok,
             "source_images": sources,
-            "cells_with_exemplars": {str(g): int((r[:, 0] >= 0).sum()) for g, (r, _) in
-                                     chosen.items()},
+            "cells_with_exemplars": {
+                str(g): int((r[:, 0] >= 0).sum()) for g, (r, _) in chosen.items()
+            },
         },
-        details={"field_px": side, "receptive_field": {"theoretical": rf.theoretical,
-                 "effective": rf.effective, "grid": list(rf.grid)},
-                 "patch_seconds": round(seconds, 3),
-                 "images_per_s": round(read / max(seconds, 1e-9), 2)},
-    )  # fmt: skip
+        details={
+            "field_px": side,
+            "receptive_field": {
+                "theoretical": rf.theoretical,
+                "effective": rf.effective,
+                "grid": list(rf.grid),
+            },
+            "patch_seconds": round(seconds, 3),
+            "images_per_s": round(read / max(seconds, 1e-9), 2),
+        },
+    )
 
 
-def _patches(ctx: StageRun, store: RunStore, rows: np.ndarray, side: float
-             ) -> tuple[np.ndarray, int, float, int]:  # fmt: skip
+def _patches(
+    ctx: StageRun, store: RunStore, rows: np.ndarray, side: float
+) -> tuple[np.ndarray, int, float, int]:
     """Patch tasks over the exemplars in sheet order; the driver then writes the index arrays,
     ``ok`` last. Returns (ok per exemplar, source images read, seconds, source images)."""
     e, res = ctx.conf(ExemplarsConf), ctx.resources()
@@ -340,14 +405,25 @@ def _patches(ctx: StageRun, store: RunStore, rows: np.ndarray, side: float
         read[0] += out["images"]
 
     ray_ops.map_tasks(
-        patch_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="exemplar patches",
+        patch_task,
+        jobs,
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        desc="exemplar patches",
         labels=[f"exemplars {j.start}..{j.start + len(j.rows)}" for j in jobs],
-        on_result=collect, keep=False,
-    )  # fmt: skip
+        on_result=collect,
+        keep=False,
+    )
     seconds = time.perf_counter() - t0
     node = store.exemplars(ctx.s.layer)
-    for name, values in (("row", rows), ("slot", slot), ("source", source), ("box", box),
-                         ("thumb_size", wh), ("ok", ok)):  # ok last: the stage's rows are done
+    for name, values in (
+        ("row", rows),
+        ("slot", slot),
+        ("source", source),
+        ("box", box),
+        ("thumb_size", wh),
+        ("ok", ok),
+    ):  # ok last: the stage's rows are done
         node.put(name, values)
     return ok, read[0], seconds, int(sum(1 for u in slot_uri if u))
 

@@ -93,19 +93,28 @@ class ExtractConf(Group):
         self._tuples()
         choice("extract.sampling", self.sampling, SAMPLING)
         if self.sampling in ("mean", "cls") and self.samples_per_image != 1:
-            raise ConfigError("extract.samples_per_image", self.samples_per_image,
-                              fix=f"sampling={self.sampling} gives one vector per image: set "
-                              "extract.samples_per_image=1.")  # fmt: skip
+            raise ConfigError(
+                "extract.samples_per_image",
+                self.samples_per_image,
+                fix=f"sampling={self.sampling} gives one vector per image: set "
+                "extract.samples_per_image=1.",
+            )
         choice("extract.act_dtype", self.act_dtype, ("float16", "float32"))
         choice("extract.amp", self.amp, ("bf16", "fp16", "off"))
         choice("extract.jpeg_decoder", self.jpeg_decoder, ("auto", "torchvision", "pil"))
         if self.batch_size != "auto":
             in_range("extract.batch_size", self.batch_size, 1, None)
-        self._ranges({
-            "samples_per_image": (1, 4096), "edge": (0, None),
-            "chunk_images": (1, None), "chunks_per_shard": (1, None),
-            "zarr_shard_chunks": (1, None), "topk": (0, 1000), "attr_classes": (-1, 1000),
-        })  # fmt: skip
+        self._ranges(
+            {
+                "samples_per_image": (1, 4096),
+                "edge": (0, None),
+                "chunk_images": (1, None),
+                "chunks_per_shard": (1, None),
+                "zarr_shard_chunks": (1, None),
+                "topk": (0, 1000),
+                "attr_classes": (-1, 1000),
+            }
+        )
 
     @property
     def kept_classes(self) -> int:
@@ -172,10 +181,12 @@ def run(ctx: StageRun) -> StageResult:
         result = StageResult(counts=prior["counts"], details=prior["details"])
     else:
         result = _extract(replace(ctx, s=shared))
-        markers.write("stage-extract", {"fingerprint": fp, "counts": result.counts,
-                                        "details": result.details})  # fmt: skip
-    RunStore.create_child(s.store_url, shared.store_url, s.storage_options,
-                          attrs={"extract_fingerprint": fp})  # fmt: skip
+        markers.write(
+            "stage-extract", {"fingerprint": fp, "counts": result.counts, "details": result.details}
+        )
+    RunStore.create_child(
+        s.store_url, shared.store_url, s.storage_options, attrs={"extract_fingerprint": fp}
+    )
     result.details = {**result.details, "extraction": shared.run_dir}
     return result
 
@@ -190,8 +201,11 @@ def _extract(ctx: StageRun) -> StageResult:
     plan = store.shards
     moments = _Moments(markers, len(plan))
     records = markers.read_all("extract")
-    todo = [i for i, (a, b) in enumerate(plan)
-            if not (_valid(records.get(f"extract/shard-{i:06d}"), fp, a, b) and moments.has(i))]
+    todo = [
+        i
+        for i, (a, b) in enumerate(plan)
+        if not (_valid(records.get(f"extract/shard-{i:06d}"), fp, a, b) and moments.has(i))
+    ]
     jobs = [_job(ctx, i, *plan[i]) for i in todo]
     log.info("extract: %d shards to run, %d already committed", len(jobs), len(plan) - len(jobs))
     res = ctx.resources()
@@ -204,10 +218,15 @@ def _extract(ctx: StageRun) -> StageResult:
 
     try:
         ray_ops.map_tasks(
-            extract_shard, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="extract",
+            extract_shard,
+            jobs,
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+            desc="extract",
             labels=[f"shard {j.shard} (images {j.start}..{j.stop})" for j in jobs],
-            on_result=fold, keep=False,
-        )  # fmt: skip
+            on_result=fold,
+            keep=False,
+        )
     finally:  # the shards that finished are kept, whatever failed
         moments.checkpoint()
     total_sums, total_counts = moments.tree.total()
@@ -216,8 +235,9 @@ def _extract(ctx: StageRun) -> StageResult:
     store.write_moments(sums, counts, moments.tree.covered())
     if amp is not None:
         store.images.put("spectrum", (amp / max(n_amp, 1)).astype(np.float32))
-    dup, first = duplicate_rows(store.images.read("content_hash"), store.images.crops(),
-                                store.status() == Status.OK)  # fmt: skip
+    dup, first = duplicate_rows(
+        store.images.read("content_hash"), store.images.crops(), store.status() == Status.OK
+    )
     store.mark_duplicates(dup, first)
     _restate_markers(store, markers, dup)
     result = _summarize(store, len(plan), ran)
@@ -277,10 +297,15 @@ def _warm_workers(ctx: StageRun) -> list[Any]:
     ray_ops.require("cluster.extract", res.num_cpus, res.num_gpus, count=64)
     slots = ray_ops.capacity(res.num_cpus, res.num_gpus)
     return [
-        ray_ops.submit(warm_worker, ctx.s.model.spec, ctx.device(), num_cpus=res.num_cpus,
-                       num_gpus=res.num_gpus)
+        ray_ops.submit(
+            warm_worker,
+            ctx.s.model.spec,
+            ctx.device(),
+            num_cpus=res.num_cpus,
+            num_gpus=res.num_gpus,
+        )
         for _ in range(slots)
-    ]  # fmt: skip
+    ]
 
 
 def kept_classes(s: Any) -> int:
@@ -293,11 +318,25 @@ def kept_classes(s: Any) -> int:
 def _job(ctx: StageRun, shard: int, start: int, stop: int) -> ExtractJob:
     s, e = ctx.s, ctx.conf(ExtractConf)
     return ExtractJob(
-        s.run_dir, s.store_url, s.storage_options, shard, start, stop, ctx.fp, s.model.spec,
-        s.extracted_layers, e.batch_size, kept_classes(s), e.attr_classes, s.data.decode,
-        e.jpeg_decoder, e.amp, ctx.device(), test_fault(),
+        s.run_dir,
+        s.store_url,
+        s.storage_options,
+        shard,
+        start,
+        stop,
+        ctx.fp,
+        s.model.spec,
+        s.extracted_layers,
+        e.batch_size,
+        kept_classes(s),
+        e.attr_classes,
+        s.data.decode,
+        e.jpeg_decoder,
+        e.amp,
+        ctx.device(),
+        test_fault(),
         e.sampling if e.sampling in ("mean", "cls") else "position",
-    )  # fmt: skip
+    )
 
 
 def _open_or_create(ctx: StageRun, markers: Markers) -> RunStore:
@@ -316,22 +355,37 @@ def _open_or_create(ctx: StageRun, markers: Markers) -> RunStore:
     coarse = min(shapes.values(), key=lambda v: v[1] * v[2])
     e = ctx.conf(ExtractConf)
     if e.sampling == "all" and e.samples_per_image != coarse[1] * coarse[2]:
-        raise ConfigError("extract.samples_per_image", e.samples_per_image,
-                          fix=f"sampling=all takes every position of the {coarse[1]}x{coarse[2]} "
-                          f"grid: set extract.samples_per_image={coarse[1] * coarse[2]}.")
+        raise ConfigError(
+            "extract.samples_per_image",
+            e.samples_per_image,
+            fix=f"sampling=all takes every position of the {coarse[1]}x{coarse[2]} "
+            f"grid: set extract.samples_per_image={coarse[1] * coarse[2]}.",
+        )
     positions = sample_positions(
-        np.arange(len(manifest)), e.samples_per_image, (coarse[1], coarse[2]),
-        seed=s.seed, edge=e.edge, mode=e.sampling,
-    )  # fmt: skip
+        np.arange(len(manifest)),
+        e.samples_per_image,
+        (coarse[1], coarse[2]),
+        seed=s.seed,
+        edge=e.edge,
+        mode=e.sampling,
+    )
     # the storage object a task owns: one chunk, or one zarr shard of zarr_shard_chunks chunks
-    plan = plan_shards(len(manifest), chunk_images=e.chunk_images * e.zarr_shard_chunks,
-                       chunks_per_shard=e.chunks_per_shard)  # fmt: skip
+    plan = plan_shards(
+        len(manifest),
+        chunk_images=e.chunk_images * e.zarr_shard_chunks,
+        chunks_per_shard=e.chunks_per_shard,
+    )
     log.info("extract: %d images, %d shards, layers %s", len(manifest), len(plan), shapes)
     layout = StoreLayout(
-        k=e.samples_per_image, seed=s.seed, layers=shapes, topk=kept_classes(s),
-        act_dtype=e.act_dtype, attr_classes=e.attr_classes, n_classes=model.num_classes,
+        k=e.samples_per_image,
+        seed=s.seed,
+        layers=shapes,
+        topk=kept_classes(s),
+        act_dtype=e.act_dtype,
+        attr_classes=e.attr_classes,
+        n_classes=model.num_classes,
         inner=e.zarr_shard_chunks,
-    )  # fmt: skip
+    )
     attrs = {"extract_fingerprint": fp, "model": s.model.name, "decode_policy": DECODE_POLICY}
     return RunStore.create(
         s.store_url, manifest, plan, positions, layout, s.storage_options, attrs=attrs
@@ -356,18 +410,34 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
     store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
     model = cached_model(job.model, device)
     extractor = ActivationExtractor(
-        model, job.layers, {L: store.layers[L][1:] for L in job.layers}, topk=job.topk,
-        device=device, attr_classes=job.attr_classes, amp_dtype=AMP[job.amp], pool=job.pool,
-    )  # fmt: skip
+        model,
+        job.layers,
+        {L: store.layers[L][1:] for L in job.layers},
+        topk=job.topk,
+        device=device,
+        attr_classes=job.attr_classes,
+        amp_dtype=AMP[job.amp],
+        pool=job.pool,
+    )
     img = store.images
     reader = ImageReader(
-        img.uris(job.start, job.stop), img.crops(job.start, job.stop), model.preprocess,
-        root=store.attrs.get("root"), policy=job.decode, device=device, decoder=job.jpeg_decoder,
+        img.uris(job.start, job.stop),
+        img.crops(job.start, job.stop),
+        model.preprocess,
+        root=store.attrs.get("root"),
+        policy=job.decode,
+        device=device,
+        decoder=job.jpeg_decoder,
         batch_size=2 * extractor.micro if job.batch_size == "auto" else int(job.batch_size),
-    )  # fmt: skip
+    )
     k, pos = store.k, store.positions(job.start, job.stop)
-    buf = ShardBuffers(job.stop - job.start, k, {L: store.layers[L][0] for L in job.layers},
-                       job.topk, extractor.attr_width)  # fmt: skip
+    buf = ShardBuffers(
+        job.stop - job.start,
+        k,
+        {L: store.layers[L][0] for L in job.layers},
+        job.topk,
+        extractor.attr_width,
+    )
     startup = time.perf_counter() - t0
     spectrum = SpectrumSum()
     for idx, x in reader.batches():
@@ -387,16 +457,21 @@ def extract_shard(job: ExtractJob) -> tuple[dict[str, Any], dict[str, np.ndarray
     inject_fault(job.fault, "after_write", job.shard)
     counts = Counter(Status(int(v)).name.lower() for v in reader.status)
     ray_ops.count("atlas_images", counts.get("ok", 0), {"status": "ok"})
-    ray_ops.count("atlas_images", sum(n for s, n in counts.items() if s != "ok"),
-                  {"status": "failed"})  # fmt: skip
+    ray_ops.count(
+        "atlas_images", sum(n for s, n in counts.items() if s != "ok"), {"status": "failed"}
+    )
     record = {
-        "shard": job.shard, "rows": [job.start, job.stop], "fingerprint": job.fingerprint,
-        "status_counts": dict(counts), "samples_ok": int(counts.get("ok", 0)) * k,
-        "seconds": round(seconds, 3), "startup_seconds": round(startup, 3),
+        "shard": job.shard,
+        "rows": [job.start, job.stop],
+        "fingerprint": job.fingerprint,
+        "status_counts": dict(counts),
+        "samples_ok": int(counts.get("ok", 0)) * k,
+        "seconds": round(seconds, 3),
+        "startup_seconds": round(startup, 3),
         "images_per_second": round((job.stop - job.start) / max(seconds, 1e-9), 1),
         "acts_hash": _acts_hash(buf.acts, store),
         "where": {**ray_ops.where_am_i(), "device": device, "reader": reader.strategy},
-    }  # fmt: skip
+    }
     markers.write(f"extract/shard-{job.shard:06d}", record)
     return record, sums, counts_m
 

@@ -87,8 +87,10 @@ def sums_task(job: GridJob) -> list[SparseSums]:
 
 def grid_jobs(ctx: StageRun, store: RunStore, sizes: tuple[int, ...]) -> list[GridJob]:
     """One job per extraction shard's sample rows."""
-    return [GridJob(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer,
-                    sizes, a, b) for a, b in store.sample_ranges()]  # fmt: skip
+    return [
+        GridJob(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer, sizes, a, b)
+        for a, b in store.sample_ranges()
+    ]
 
 
 def run(ctx: StageRun) -> StageResult:
@@ -107,9 +109,15 @@ def run(ctx: StageRun) -> StageResult:
     res = ctx.resources()
     ray_ops.require("cluster.grid", res.num_cpus, res.num_gpus)
     ray_ops.map_tasks(
-        sums_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="grid sums",
-        on_result=add, labels=[f"rows {j.start}..{j.stop}" for j in jobs], keep=False,
-    )  # fmt: skip
+        sums_task,
+        jobs,
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        desc="grid sums",
+        on_result=add,
+        labels=[f"rows {j.start}..{j.stop}" for j in jobs],
+        keep=False,
+    )
     top = store.images.top_class()
     image = store.image_of_sample()
     sample_label = top[image, 0] if top.shape[1] else None
@@ -125,16 +133,23 @@ def run(ctx: StageRun) -> StageResult:
             tn = np.zeros((len(kept), grid.top), np.int32)
         xy = np.stack([kept % size, kept // size], axis=1).astype(np.int32)
         level = store.level(s.layer, size)
-        level.write_grid(GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
-                         {"min_count": grid.min_count, "fingerprint": fp})  # fmt: skip
+        level.write_grid(
+            GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
+            {"min_count": grid.min_count, "fingerprint": fp},
+        )
         if attr is not None:
             ac, av = attribution_per_cell(cells, kept, *attr, top=grid.top)
             level.put_cells("attr_top_class", ac)
             level.put_cells("attr_top_value", av)
             labels.append(ac[:, 0])
         kept_per_size[str(size)] = len(kept)
-        log.info("grid %d: %d of %d cells kept (count >= %d)", size, len(kept), size * size,
-                 grid.min_count)  # fmt: skip
+        log.info(
+            "grid %d: %d of %d cells kept (count >= %d)",
+            size,
+            len(kept),
+            size * size,
+            grid.min_count,
+        )
     heat = _write_heat(ctx, store, layout, attr, labels) if attr is not None else []
     return StageResult(
         counts={"cells_kept": kept_per_size, "heat_classes": len(heat)},
@@ -184,9 +199,12 @@ def heat_classes(ctx: StageRun, labels: list[np.ndarray]) -> np.ndarray:
 
 
 def _write_heat(
-    ctx: StageRun, store: RunStore, layout: np.ndarray,
-    attr: tuple[np.ndarray, np.ndarray, int], labels: list[np.ndarray],
-) -> list[int]:  # fmt: skip
+    ctx: StageRun,
+    store: RunStore,
+    layout: np.ndarray,
+    attr: tuple[np.ndarray, np.ndarray, int],
+    labels: list[np.ndarray],
+) -> list[int]:
     """Per level: ``heat`` (M, H), each kept cell's mean attribution to each heatmap class, and
     ``heat_class`` (H,)."""
     heat = heat_classes(ctx, labels)
@@ -215,6 +233,5 @@ STAGE = Stage(
     reads="`layers/<L>/layout`, `layers/<L>/acts`, `images/top_class`, `layers/<L>/attr`",
     writes="`[views/<v>/]layers/<L>/grid/<G>/{cell,count,mean,top_class,top_count,"
     "attr_top_*,heat,heat_class}`",
-    ray="one task per shard returning sparse per-cell sums, added as they arrive "
-    "(`map_tasks`)",
+    ray="one task per shard returning sparse per-cell sums, added as they arrive (`map_tasks`)",
 )

@@ -62,8 +62,15 @@ class PatchesConf(Group):
             choice("patches.corners", c, ("tl", "tr", "bl", "br", "centre"))
         for v in self.sizes:
             in_range("patches.sizes", v, 4, 4096)
-        self._ranges({"icons": (1, 64), "margin": (0, 1000), "max_images": (1, None),
-                      "examples": (0, 64), "batch_size": (1, 4096)})  # fmt: skip
+        self._ranges(
+            {
+                "icons": (1, 64),
+                "margin": (0, 1000),
+                "max_images": (1, None),
+                "examples": (0, 64),
+                "batch_size": (1, 4096),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +159,9 @@ def _examples(model: Any, job: FlipJob, base: np.ndarray, names: list[str]) -> l
     return out
 
 
-def class_images(p: PatchesConf, store: RunStore, a: int
-                 ) -> tuple[list[str], list[Any], str | None]:  # fmt: skip
+def class_images(
+    p: PatchesConf, store: RunStore, a: int
+) -> tuple[list[str], list[Any], str | None]:
     """(uris, crops, root) of up to ``patches.max_images`` images to paste into: the run's own
     images predicted as a, or every image of ``patches.images`` (checked in the task)."""
     n = p.max_images
@@ -170,15 +178,16 @@ def class_images(p: PatchesConf, store: RunStore, a: int
     )
 
 
-def strongest_icons(ctx: StageRun, store: RunStore, b: int, n: int
-                    ) -> tuple[np.ndarray, list[Any]]:  # fmt: skip
+def strongest_icons(ctx: StageRun, store: RunStore, b: int, n: int) -> tuple[np.ndarray, list[Any]]:
     """The n rendered icons of the comparison view with the largest mean attribution to b."""
     g = ctx.conf(GridConf).sizes[0]
     level = store.level(ctx.s.layer, g)
     heat, heat_class = level.optional("heat"), level.optional("heat_class")
     if heat is None or heat_class is None or b not in list(heat_class):
-        raise StoreError(f"{level.path} holds no heat for class {b}: run the view's grid "
-                         "stage again (it needs attribution, extract.attr_classes)")  # fmt: skip
+        raise StoreError(
+            f"{level.path} holds no heat for class {b}: run the view's grid "
+            "stage again (it needs attribution, extract.attr_classes)"
+        )
     col = heat[:, list(heat_class).index(b)]
     icons, objective, _ = level.icons()
     cells = level.read("cell")
@@ -199,11 +208,24 @@ def _jobs(ctx: StageRun, store: RunStore, a: int, b: int, icons: np.ndarray) -> 
     uris, crops, root = class_images(p, store, a)
     bs, seeds = p.batch_size, _noise_seeds(ctx, a, b)
     return [
-        FlipJob(ctx.s.model.spec, ctx.device(), tuple(uris[i : i + bs]),
-                tuple(crops[i : i + bs]), root, ctx.s.data.decode, a, b, icons, p.sizes,
-                p.corners, p.margin, seeds, p.examples if i == 0 else 0)
+        FlipJob(
+            ctx.s.model.spec,
+            ctx.device(),
+            tuple(uris[i : i + bs]),
+            tuple(crops[i : i + bs]),
+            root,
+            ctx.s.data.decode,
+            a,
+            b,
+            icons,
+            p.sizes,
+            p.corners,
+            p.margin,
+            seeds,
+            p.examples if i == 0 else 0,
+        )
         for i in range(0, len(uris), bs)
-    ]  # fmt: skip
+    ]
 
 
 def summarize(
@@ -248,16 +270,29 @@ def _report(ctx: StageRun, store: RunStore) -> tuple[dict[str, Any], np.ndarray,
     icons, meta = strongest_icons(ctx, store, b, p.icons)
     jobs = _jobs(ctx, store, a, b, icons)
     res = ctx.resources()
-    out = ray_ops.map_tasks(flip_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                            desc=f"patches {ctx.view.slug}",
-                            labels=[f"images {i}" for i in range(len(jobs))])  # fmt: skip
-    counts = sum((o["counts"] for o in out),
-                 np.zeros((len(icons) + 1, len(p.sizes), len(p.corners)), np.int64))  # fmt: skip
+    out = ray_ops.map_tasks(
+        flip_task,
+        jobs,
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        desc=f"patches {ctx.view.slug}",
+        labels=[f"images {i}" for i in range(len(jobs))],
+    )
+    counts = sum(
+        (o["counts"] for o in out),
+        np.zeros((len(icons) + 1, len(p.sizes), len(p.corners)), np.int64),
+    )
     report = summarize(counts, sum(o["images"] for o in out), p.sizes, p.corners)
     model = cached_model(ctx.s.model.spec, "cpu")
-    report |= {"a": a, "b": b, "a_name": model.class_name(a), "b_name": model.class_name(b),
-               "view": ctx.view.slug, "unreadable": sum(o["unreadable"] for o in out),
-               "patches": meta}  # fmt: skip
+    report |= {
+        "a": a,
+        "b": b,
+        "a_name": model.class_name(a),
+        "b_name": model.class_name(b),
+        "view": ctx.view.slug,
+        "unreadable": sum(o["unreadable"] for o in out),
+        "patches": meta,
+    }
     return report, icons, [x for o in out for x in o["examples"]]
 
 
@@ -289,8 +324,7 @@ def _write_page(
             }
         )
     write_file(f"{out}/report.css", CSS.encode(), so)
-    write_file(f"{out}/index.html", report_html({**report, "examples": shown}).encode("utf-8"),
-               so)  # fmt: skip
+    write_file(f"{out}/index.html", report_html({**report, "examples": shown}).encode("utf-8"), so)
 
 
 def run(ctx: StageRun) -> StageResult:
@@ -298,10 +332,16 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.init(ctx.s.cluster)
     report, icons, examples = _report(ctx, store)
     best = report["best"]
-    log.info("patches %s -> %s: %d images, flip rate %.3f (control %.3f), best %.3f "
-             "(control %.3f)", report["a_name"], report["b_name"], report["images"],
-             report["flip_rate"], report["control_rate"], best.get("flip_rate", 0),
-             best.get("control_rate", 0))  # fmt: skip
+    log.info(
+        "patches %s -> %s: %d images, flip rate %.3f (control %.3f), best %.3f (control %.3f)",
+        report["a_name"],
+        report["b_name"],
+        report["images"],
+        report["flip_rate"],
+        report["control_rate"],
+        best.get("flip_rate", 0),
+        best.get("control_rate", 0),
+    )
     _write_page(ctx, report, icons, examples, cached_model(ctx.s.model.spec, "cpu"))
     store.write_report("patches", report)
     return StageResult(counts={"images": report["images"]}, details={"report": report})

@@ -63,8 +63,15 @@ class PlausibilityConf(Group):
     sheets_per_task: int = field(default=4, metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
-        self._ranges({"input_px": (16, 1024), "pool": (2, None), "batch": (1, 4096),
-                      "cells_per_task": (1, None), "sheets_per_task": (1, None)})  # fmt: skip
+        self._ranges(
+            {
+                "input_px": (16, 1024),
+                "pool": (2, None),
+                "batch": (1, 4096),
+                "cells_per_task": (1, None),
+                "sheets_per_task": (1, None),
+            }
+        )
         if self.judge:  # a misspelled judge stops the run before any work
             with setting("plausibility", {"name": "judge"}):
                 check_model_name(self.judge)
@@ -89,8 +96,14 @@ class Judge:
         per worker process."""
         device = resolve_device(self.device)
         judge = cached_model(self.spec, device)
-        return pooled_features(judge.module, judge.preprocess, images, input_px=self.input_px,
-                               batch=self.batch, device=device)  # fmt: skip
+        return pooled_features(
+            judge.module,
+            judge.preprocess,
+            images,
+            input_px=self.input_px,
+            batch=self.batch,
+            device=device,
+        )
 
     def store(self) -> RunStore:
         store = RunStore.open(self.store_url, mode="r+", storage_options=self.storage_options)
@@ -119,8 +132,9 @@ class CellJob:
     ok: np.ndarray
 
 
-def places(store: RunStore, layer: str, size: int, index: dict[str, np.ndarray] | None
-           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def places(
+    store: RunStore, layer: str, size: int, index: dict[str, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Each exemplar of each cell of level ``size``: its place in the exemplar ``index`` (M, k)
     and whether its patch exists (M, k)."""
     rows = store.level(layer, size).read("exemplar_row")
@@ -133,8 +147,9 @@ def places(store: RunStore, layer: str, size: int, index: dict[str, np.ndarray] 
     return place, ok
 
 
-def read_patches(root: str, opts: dict[str, Any], attrs: dict[str, Any], idx: np.ndarray
-                 ) -> np.ndarray:  # fmt: skip
+def read_patches(
+    root: str, opts: dict[str, Any], attrs: dict[str, Any], idx: np.ndarray
+) -> np.ndarray:
     """Patches ``idx`` (places in the exemplar index) from the exemplars stage's sheets:
     (n, p, p, 3) uint8; each sheet is read once."""
     per, cols, px = int(attrs["per_sheet"]), int(attrs["sheet_columns"]), int(attrs["patch_px"])
@@ -160,8 +175,9 @@ def sheet_task(job: SheetJob) -> int:
     return len(idx)
 
 
-def cell_task(job: CellJob, shared: tuple[np.ndarray, np.ndarray]
-              ) -> tuple[Plausibility, Plausibility]:  # fmt: skip
+def cell_task(
+    job: CellJob, shared: tuple[np.ndarray, np.ndarray]
+) -> tuple[Plausibility, Plausibility]:
     """Task body: the icons of cells [start, stop) against their exemplars' features and the
     pool (its cells and their prototypes), and a real exemplar in each icon's place."""
     pool, pool_protos = shared
@@ -173,8 +189,10 @@ def cell_task(job: CellJob, shared: tuple[np.ndarray, np.ndarray]
     ids = np.arange(job.start, job.stop)
     rendered = ~np.isnan(level.read("icon_objective", job.start, job.stop))
     icons = j.features(level.drawn(job.start, job.stop))  # as seen on white
-    return (plausibility(icons, ex, job.ok & rendered[:, None], pool, pool_protos, ids),
-            exemplar_reference(ex, job.ok, pool, pool_protos, ids))
+    return (
+        plausibility(icons, ex, job.ok & rendered[:, None], pool, pool_protos, ids),
+        exemplar_reference(ex, job.ok, pool, pool_protos, ids),
+    )
 
 
 def _judge_spec(ctx: StageRun) -> ModelSpec:
@@ -182,8 +200,9 @@ def _judge_spec(ctx: StageRun) -> ModelSpec:
     return ModelSpec(conf.judge, conf.judge_weights) if conf.judge else ctx.s.model.spec
 
 
-def _features(ctx: StageRun, store: RunStore, judge: Judge,
-              index: dict[str, np.ndarray] | None) -> None:  # fmt: skip
+def _features(
+    ctx: StageRun, store: RunStore, judge: Judge, index: dict[str, np.ndarray] | None
+) -> None:
     """Every exemplar patch through the judge once: tasks of whole sheets write ``judge``."""
     node, res = store.exemplars(ctx.s.layer), ctx.resources()
     rows, per = (len(index["row"]) if index else 0), int(node.attrs.get("per_sheet", 1))
@@ -194,12 +213,14 @@ def _features(ctx: StageRun, store: RunStore, judge: Judge,
     node.create(["judge"], {"R": rows, "D": dim, "sheet": per})
     step = per * max(1, ctx.conf(PlausibilityConf).sheets_per_task)
     jobs = [SheetJob(judge, a, min(rows, a + step)) for a in range(0, rows, step)]
-    ray_ops.map_tasks(sheet_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                      desc="plausibility patches")  # fmt: skip
+    ray_ops.map_tasks(
+        sheet_task, jobs, num_cpus=res.num_cpus, num_gpus=res.num_gpus, desc="plausibility patches"
+    )
 
 
-def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int,
-           index: dict[str, np.ndarray] | None) -> dict[str, Any] | None:  # fmt: skip
+def _level(
+    ctx: StageRun, store: RunStore, judge: Judge, size: int, index: dict[str, np.ndarray] | None
+) -> dict[str, Any] | None:
     """Judge one level's icons in tasks of ``cells_per_task`` cells, against its pool (every
     cell with exemplars up to ``plausibility.pool``, else a seeded sample, whose prototypes
     the driver makes from the stored features); writes the per-cell arrays, returns the
@@ -217,23 +238,41 @@ def _level(ctx: StageRun, store: RunStore, judge: Judge, size: int,
     feats = store.exemplars(s.layer).take("judge", place[pool].reshape(-1))
     pool_protos = prototypes(np.nan_to_num(feats.reshape(*place[pool].shape, -1)), ok[pool])[0]
     m, step = len(place), conf.cells_per_task
-    jobs = [CellJob(judge, size, a, min(m, a + step), place[a : a + step], ok[a : a + step])
-            for a in range(0, m, step)]  # fmt: skip
-    parts = ray_ops.map_tasks(cell_task, jobs, shared=(pool, pool_protos), num_cpus=res.num_cpus,
-                              num_gpus=res.num_gpus, desc=f"plausibility {size}")  # fmt: skip
+    jobs = [
+        CellJob(judge, size, a, min(m, a + step), place[a : a + step], ok[a : a + step])
+        for a in range(0, m, step)
+    ]
+    parts = ray_ops.map_tasks(
+        cell_task,
+        jobs,
+        shared=(pool, pool_protos),
+        num_cpus=res.num_cpus,
+        num_gpus=res.num_gpus,
+        desc=f"plausibility {size}",
+    )
     ours = Plausibility.concatenate([p[0] for p in parts])
     ref = Plausibility.concatenate([p[1] for p in parts])
     level.put_cells("icon_margin", ours.margin)
     level.put_cells("icon_rank", ours.rank)
     i, e = ours.summary(), ref.summary()
-    summary: dict[str, Any] = {"judge": conf.judge or s.model.name, "pool": len(pool),
-                               "icons": i, "exemplar": e}  # fmt: skip
+    summary: dict[str, Any] = {
+        "judge": conf.judge or s.model.name,
+        "pool": len(pool),
+        "icons": i,
+        "exemplar": e,
+    }
     level.set_attrs({"plausibility": summary})
-    log.info("plausibility %d (judge %s): icons margin %.3f, top-5 %.1f%% (chance %.1f%%); "
-             "an exemplar in the icon's place: margin %.3f, top-5 %.1f%%", size,
-             summary["judge"], i.get("margin_mean", float("nan")), 100 * i.get("top5", 0),
-             100 * i.get("chance_top5", 0), e.get("margin_mean", float("nan")),
-             100 * e.get("top5", 0))  # fmt: skip
+    log.info(
+        "plausibility %d (judge %s): icons margin %.3f, top-5 %.1f%% (chance %.1f%%); "
+        "an exemplar in the icon's place: margin %.3f, top-5 %.1f%%",
+        size,
+        summary["judge"],
+        i.get("margin_mean", float("nan")),
+        100 * i.get("top5", 0),
+        100 * i.get("chance_top5", 0),
+        e.get("margin_mean", float("nan")),
+        100 * e.get("top5", 0),
+    )
     return summary
 
 
@@ -243,15 +282,28 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.init(s.cluster)
     res = ctx.resources()
     ray_ops.require("cluster.plausibility", res.num_cpus, res.num_gpus)
-    judge = Judge(s.store_url, store.prefix, ctx.run_dir, s.storage_options, s.layer,
-                  _judge_spec(ctx), conf.input_px, conf.batch, ctx.device())  # fmt: skip
+    judge = Judge(
+        s.store_url,
+        store.prefix,
+        ctx.run_dir,
+        s.storage_options,
+        s.layer,
+        _judge_spec(ctx),
+        conf.input_px,
+        conf.batch,
+        ctx.device(),
+    )
     index = store.exemplars(s.layer).index()
     _features(ctx, store, judge, index)
-    counts = {str(g): out for g in ctx.conf(GridConf).sizes
-              if (out := _level(ctx, store, judge, g, index)) is not None}  # fmt: skip
-    return StageResult(counts={"levels": counts},
-                       details={"judge": conf.judge or s.model.name, "input_px": conf.input_px,
-                                "pool": conf.pool})  # fmt: skip
+    counts = {
+        str(g): out
+        for g in ctx.conf(GridConf).sizes
+        if (out := _level(ctx, store, judge, g, index)) is not None
+    }
+    return StageResult(
+        counts={"levels": counts},
+        details={"judge": conf.judge or s.model.name, "input_px": conf.input_px, "pool": conf.pool},
+    )
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:

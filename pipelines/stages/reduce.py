@@ -88,24 +88,33 @@ class ReduceConf(Group):
         choice("reduce.metric", self.metric, METRICS)
         choice("reduce.init", self.init, INITS)
         choice("reduce.knn", self.knn, KNN_MODES)
-        self._ranges({
-            "n_neighbors": (2, 10_000), "min_dist": (0.0, 1.0), "n_epochs": (1, None),
-            "fit_rows": (2, None), "pca_dim": (1, None), "place_neighbors": (1, 1000),
-            "quality_sample": (10, None),
-        })  # fmt: skip
+        self._ranges(
+            {
+                "n_neighbors": (2, 10_000),
+                "min_dist": (0.0, 1.0),
+                "n_epochs": (1, None),
+                "fit_rows": (2, None),
+                "pca_dim": (1, None),
+                "place_neighbors": (1, 1000),
+                "quality_sample": (10, None),
+            }
+        )
         unknown = set(self.extras) - {"umap-learn", "cuml"}
         if unknown:
             raise ConfigError(
-                "reduce.extras", sorted(unknown), choices=("umap-learn", "cuml"),
+                "reduce.extras",
+                sorted(unknown),
+                choices=("umap-learn", "cuml"),
                 fix="key the extras by backend: {umap-learn: {...}, cuml: {...}}.",
-            )  # fmt: skip
+            )
         for item in self.align_with:
             if "???" in (item.run_dir, item.layer):
                 raise ConfigError(
-                    "reduce.align_with", item,
+                    "reduce.align_with",
+                    item,
                     fix="each entry is {run_dir: <another run on the same images>, "
                     "layer: <its layer>}.",
-                )  # fmt: skip
+                )
 
     @property
     def umap(self) -> UmapParams:
@@ -140,8 +149,10 @@ def _open(url: str, opts: tuple[tuple[str, Any], ...]) -> RunStore:
 
 def features(sources: tuple[Source, ...], rows: np.ndarray) -> np.ndarray:
     """The rows UMAP sees: one layer's activations, or the joint features of several blocks."""
-    blocks = [_open(s.store_url, s.storage_options).extraction(s.layer).take("acts", rows)
-              for s in sources]  # fmt: skip
+    blocks = [
+        _open(s.store_url, s.storage_options).extraction(s.layer).take("acts", rows)
+        for s in sources
+    ]
     return blocks[0] if len(blocks) == 1 else joint_features(blocks)
 
 
@@ -252,9 +263,12 @@ def _fit_and_place(
     where the fit ran."""
     s, r, res = ctx.s, ctx.conf(ReduceConf), ctx.s.cluster
     landmarks = Landmarks.build(
-        features(sources, fit_rows), r.metric, pca_dim=r.pca_dim, seed=r.seed,
+        features(sources, fit_rows),
+        r.metric,
+        pca_dim=r.pca_dim,
+        seed=r.seed,
         n_place=r.place_neighbors,
-    )  # fmt: skip
+    )
     clock.lap("landmarks")
     out_layer = (s.joint_layers or (s.layer,))[0]
     node = store.layout_node(out_layer)
@@ -276,22 +290,38 @@ def _fit_and_place(
     ray_ops.require(what or "cluster.reduce_fit", res.reduce_fit.num_cpus, fit_gpus)
     ray_ops.require("cluster.reduce_search", sr.num_cpus, sr.num_gpus)
     emb = ray_ops.submit(
-        fit_task, lm, r.umap, _backend(ctx), r.knn, ctx.device("reduce_fit"), fault,
-        num_cpus=res.reduce_fit.num_cpus, num_gpus=fit_gpus,
-    )  # fmt: skip
+        fit_task,
+        lm,
+        r.umap,
+        _backend(ctx),
+        r.knn,
+        ctx.device("reduce_fit"),
+        fault,
+        num_cpus=res.reduce_fit.num_cpus,
+        num_gpus=fit_gpus,
+    )
     found = [
-        ray_ops.submit(search_task, j, lm, usable, ctx.device("reduce_search"),
-                       num_cpus=sr.num_cpus, num_gpus=sr.num_gpus)
+        ray_ops.submit(
+            search_task,
+            j,
+            lm,
+            usable,
+            ctx.device("reduce_search"),
+            num_cpus=sr.num_cpus,
+            num_gpus=sr.num_gpus,
+        )
         for j in jobs
-    ]  # fmt: skip
+    ]
     placed = [
         ray_ops.submit(place_task, j, f, emb, rows_ref, num_cpus=min(1.0, sr.num_cpus))
         for j, f in zip(jobs, found, strict=True)
     ]
     (_, where), *_ = ray_ops.gather(
-        [emb, *placed], desc="reduce", unit="task",
+        [emb, *placed],
+        desc="reduce",
+        unit="task",
         labels=["fit", *(f"rows {j.start}..{j.stop}" for j in jobs)],
-    )  # fmt: skip
+    )
     clock.lap("fit+place")
     return node.read("layout_raw"), where
 
@@ -333,22 +363,36 @@ def run(ctx: StageRun) -> StageResult:
     q_rng = np.random.default_rng(s.seed + 1)
     quality_rows = np.sort(q_rng.choice(ok, min(len(ok), r.quality_sample), replace=False))
     quality = layout_quality(
-        features(sources, quality_rows), norm[quality_rows], metric=r.metric,
-        sample=r.quality_sample, seed=s.seed,
-    )  # fmt: skip
+        features(sources, quality_rows),
+        norm[quality_rows],
+        metric=r.metric,
+        sample=r.quality_sample,
+        seed=s.seed,
+    )
     clock.lap("quality")
     joint = [f"{x.store_url}:{x.layer}" if r.align_with else x.layer for x in sources]
-    attrs = {"backend": where["backend"], "bounds": bounds.tolist(), "fingerprint": fp,
-             "joint_layers": joint, **quality}  # fmt: skip
+    attrs = {
+        "backend": where["backend"],
+        "bounds": bounds.tolist(),
+        "fingerprint": fp,
+        "joint_layers": joint,
+        **quality,
+    }
     for name in s.joint_layers or (s.layer,):
         write_layout(store, name, norm, attrs)
     log.info("reduce: %d rows (fit on %d with %s): %s", len(ok), len(fit_rows), where, quality)
     details = {
-        "backend": where["backend"], "where": where, "sampled_fit": sampled,
-        "joint_layers": joint, "align_with": [[a.run_dir, a.layer] for a in r.align_with],
-        "pca_dim": r.pca_dim, "knn": r.knn, "peak_rss_mb_driver": peak_rss_mb(), **quality,
+        "backend": where["backend"],
+        "where": where,
+        "sampled_fit": sampled,
+        "joint_layers": joint,
+        "align_with": [[a.run_dir, a.layer] for a in r.align_with],
+        "pca_dim": r.pca_dim,
+        "knn": r.knn,
+        "peak_rss_mb_driver": peak_rss_mb(),
+        **quality,
         "phase_seconds": clock.laps,
-    }  # fmt: skip
+    }
     counts = {"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)}
     return StageResult(counts=counts, details=details)
 
@@ -371,9 +415,10 @@ def aligned_extractions(ctx: StageRun) -> list[list[str]]:
         marker = Markers(a.run_dir, ctx.storage_options).read("stage-extract")
         if marker is None:
             raise ConfigError(
-                "reduce.align_with", a.run_dir,
+                "reduce.align_with",
+                a.run_dir,
                 fix="that run has no finished extraction: run it with stages=[extract] first.",
-            )  # fmt: skip
+            )
         out.append([a.run_dir, a.layer, str(marker.get("fingerprint"))])
     return out
 
@@ -383,9 +428,11 @@ def check(s: SettingsBase) -> None:
     missing = [x for x in s.reduce.joint_layers if x not in s.extracted_layers]
     if missing:
         raise ConfigError(
-            "reduce.joint_layers", missing, choices=s.extracted_layers,
+            "reduce.joint_layers",
+            missing,
+            choices=s.extracted_layers,
             fix="joint layers must be extracted: add them to extract.layers.",
-        )  # fmt: skip
+        )
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:

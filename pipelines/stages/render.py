@@ -88,20 +88,32 @@ class RenderConf(Group):
 
     def __post_init__(self) -> None:
         if str(self.alpha) in ("True", "False", "true", "false"):  # the old boolean setting
-            object.__setattr__(self, "alpha", "channel" if str(self.alpha).lower() == "true"
-                               else "none")  # fmt: skip
+            object.__setattr__(
+                self, "alpha", "channel" if str(self.alpha).lower() == "true" else "none"
+            )
         choice("render.param", self.param, PARAMS)
         choice("render.alpha", self.alpha, ALPHAS)
         choice("render.optimizer", self.optimizer, ("adam", "nadam"))
         choice("render.objective", self.objective, OBJECTIVES)
         if self.param == "maco" and self.alpha == "channel":
-            raise ConfigError("render.alpha", self.alpha, fix="MACO's parameterization has no "
-                              "alpha channel: set render.alpha=saliency (MACO's own) or none, "
-                              "or render.param=fft.")  # fmt: skip
+            raise ConfigError(
+                "render.alpha",
+                self.alpha,
+                fix="MACO's parameterization has no "
+                "alpha channel: set render.alpha=saliency (MACO's own) or none, "
+                "or render.param=fft.",
+            )
         in_range("render.fill", self.fill, 0.0, 1.0)
         in_range("render.noise", self.noise, 0.0, 1.0)
-        self._ranges({"icon_px": (8, 1024), "steps": (1, None), "attempts": (1, 64),
-                      "lr": (1e-6, 10.0), "cos_power": (0.0, 16.0)})  # fmt: skip
+        self._ranges(
+            {
+                "icon_px": (8, 1024),
+                "steps": (1, None),
+                "attempts": (1, 64),
+                "lr": (1e-6, 10.0),
+                "cos_power": (0.0, 16.0),
+            }
+        )
         for key in ("batch_size", "group"):
             if getattr(self, key) != "auto":
                 in_range(f"render.{key}", getattr(self, key), 1, 65536)
@@ -109,11 +121,20 @@ class RenderConf(Group):
     @property
     def icon(self) -> RenderSettings:
         return RenderSettings(
-            icon_px=self.icon_px, steps=self.steps, attempts=self.attempts, lr=self.lr,
-            cos_power=self.cos_power, whiten=self.whiten, param=self.param, amp=self.amp,
-            alpha=self.alpha, optimizer=self.optimizer, noise=self.noise, objective=self.objective,
+            icon_px=self.icon_px,
+            steps=self.steps,
+            attempts=self.attempts,
+            lr=self.lr,
+            cos_power=self.cos_power,
+            whiten=self.whiten,
+            param=self.param,
+            amp=self.amp,
+            alpha=self.alpha,
+            optimizer=self.optimizer,
+            noise=self.noise,
+            objective=self.objective,
             fill=self.fill if self.objective == "cosine" else 0.0,
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -145,15 +166,25 @@ class RenderWorker:
     kills the actor at the end of its second item, before it returns, once)."""
 
     def __init__(
-        self, model: ModelSpec, settings: RenderSettings, device: str,
-        whiten: np.ndarray | None, target: Target, fault: str = "",
+        self,
+        model: ModelSpec,
+        settings: RenderSettings,
+        device: str,
+        whiten: np.ndarray | None,
+        target: Target,
+        fault: str = "",
         spectrum: np.ndarray | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.device = resolve_device(device)
         if self.device == "cpu":  # one thread: a thread count never changes a reduction
             torch.set_num_threads(1)
-        self.renderer = IconRenderer(cached_model(model, self.device), target.layer, settings,
-                                     device=self.device, spectrum=spectrum)  # fmt: skip
+        self.renderer = IconRenderer(
+            cached_model(model, self.device),
+            target.layer,
+            settings,
+            device=self.device,
+            spectrum=spectrum,
+        )
         self.whiten = whiten
         self.target = target
         self.cache = IconCache(target.cache, target.storage_options) if target.cache else None
@@ -170,8 +201,9 @@ class RenderWorker:
                 c = found[key]
                 parts.append(Rendered(c.icons, c.objective, c.cosine, c.alpha))
                 continue
-            out = self.renderer.render(item.directions[a : a + group],
-                                       seeds=item.seeds[a : a + group], whiten=self.whiten)
+            out = self.renderer.render(
+                item.directions[a : a + group], seeds=item.seeds[a : a + group], whiten=self.whiten
+            )
             parts.append(out)
             if key:
                 new[key] = CachedGroup(*out)
@@ -185,17 +217,21 @@ class RenderWorker:
         level.write("icon_objective", item.start, done.objective)  # last: the item is done
         if self.cache is not None and new:
             self.cache.put_many(new)
-        ray_ops.count("atlas_icons", n, {"source": "rendered" if new or not self.cache
-                                         else "cache"})  # fmt: skip
+        ray_ops.count(
+            "atlas_icons", n, {"source": "rendered" if new or not self.cache else "cache"}
+        )
         self.items += 1
         kind, _, flag = self.fault.partition(":render:")
         if kind == "sigkill_once" and self.items == 2 and not os.path.exists(flag):
             open(flag, "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         rendered = sum(len(g.icons) for g in new.values()) if self.cache else n
-        return {"icons": n, "icons_rendered": rendered,
-                "groups_rendered": len(new) if self.cache else len(parts),
-                "groups_cached": len(parts) - (len(new) if self.cache else len(parts))}  # fmt: skip
+        return {
+            "icons": n,
+            "icons_rendered": rendered,
+            "groups_rendered": len(new) if self.cache else len(parts),
+            "groups_cached": len(parts) - (len(new) if self.cache else len(parts)),
+        }
 
     def suggest_group(self) -> int:
         return self.renderer.suggest_group()
@@ -207,8 +243,11 @@ class RenderWorker:
 def run(ctx: StageRun) -> StageResult:
     s, r = ctx.s, ctx.conf(RenderConf)
     store = ctx.open_store("r+")
-    whiten = (whitening_matrix(store.extraction(s.layer).second_moment())
-              if r.whiten and r.objective == "lucid" else None)  # fmt: skip
+    whiten = (
+        whitening_matrix(store.extraction(s.layer).second_moment())
+        if r.whiten and r.objective == "lucid"
+        else None
+    )
     sizes = ctx.conf(GridConf).sizes
     if not any(_unfinished(store, s.layer, g, ctx.fp) for g in sizes):
         return _summarize(ctx, store, 0, 0, {}, {})
@@ -216,31 +255,56 @@ def run(ctx: StageRun) -> StageResult:
     res: Any = ctx.resources()  # an ActorResources
     ray_ops.require("cluster.render", res.num_cpus, res.num_gpus)
     cache = r.cache_dir or f"{s.run_dir.rstrip('/')}/icon-cache"
-    target = Target(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, s.layer,
-                    cache if r.cache else None)  # fmt: skip
+    target = Target(
+        ctx.store_url,
+        ctx.storage_options,
+        ctx.view.store_prefix,
+        s.layer,
+        cache if r.cache else None,
+    )
     spectrum = store.images.spectrum() if r.param == "maco" else None
     if r.param == "maco" and spectrum is None:
-        raise ConfigError("render.param", "maco", fix="this run's extraction has no amplitude "
-                          "spectrum (it predates it): re-extract, or use render.param=fft.")
+        raise ConfigError(
+            "render.param",
+            "maco",
+            fix="this run's extraction has no amplitude "
+            "spectrum (it predates it): re-extract, or use render.param=fft.",
+        )
     args = (s.model.spec, r.icon, ctx.device(), whiten, target, test_fault(), spectrum)
-    pool = ray_ops.ActorPool(RenderWorker, args, size=1, num_cpus=res.num_cpus,
-                             num_gpus=res.num_gpus)  # fmt: skip
+    pool = ray_ops.ActorPool(
+        RenderWorker, args, size=1, num_cpus=res.num_cpus, num_gpus=res.num_gpus
+    )
     try:
         where = pool.call(0, "where")
         group = _group(ctx, store, pool)
         todo = sum(len(store.level(s.layer, g).read("count")) for g in sizes)
-        now = int(res.actors) if res.actors != "auto" else ray_ops.capacity(res.num_cpus,
-                                                                             res.num_gpus)
+        now = (
+            int(res.actors)
+            if res.actors != "auto"
+            else ray_ops.capacity(res.num_cpus, res.num_gpus)
+        )
         item = _item_size(r, group, todo, max(1, now))
-        items = [it for g in sizes
-                 for it in _plan_level(ctx, store, g, group, item, whiten, spectrum)]
+        items = [
+            it for g in sizes for it in _plan_level(ctx, store, g, group, item, whiten, spectrum)
+        ]
         actors = _actors(res, len(items))
         pool.grow(actors)
-        log.info("render: %d icons in %d items, groups of %d, %d actors (%d px, %d steps, "
-                 "best of %d)", sum(len(i.seeds) for i in items), len(items), group, actors,
-                 r.icon_px, r.steps, r.attempts)  # fmt: skip
-        done: dict[str, int] = {"icons": 0, "icons_rendered": 0, "groups_rendered": 0,
-                                "groups_cached": 0}  # fmt: skip
+        log.info(
+            "render: %d icons in %d items, groups of %d, %d actors (%d px, %d steps, best of %d)",
+            sum(len(i.seeds) for i in items),
+            len(items),
+            group,
+            actors,
+            r.icon_px,
+            r.steps,
+            r.attempts,
+        )
+        done: dict[str, int] = {
+            "icons": 0,
+            "icons_rendered": 0,
+            "groups_rendered": 0,
+            "groups_cached": 0,
+        }
 
         def count(_: RenderItem, out: dict[str, Any]) -> None:
             for k in done:
@@ -249,8 +313,9 @@ def run(ctx: StageRun) -> StageResult:
         restarts = pool.map("render", items, desc="render", on_result=count, extra=(group,))
     finally:
         pool.close()
-    return _summarize(ctx, store, restarts, group, done,
-                      {**where, "actors": actors, "group": group})  # fmt: skip
+    return _summarize(
+        ctx, store, restarts, group, done, {**where, "actors": actors, "group": group}
+    )
 
 
 def _unfinished(store: RunStore, layer: str, size: int, fp: str) -> bool:
@@ -281,20 +346,25 @@ def _item_size(r: RenderConf, group: int, icons: int, actors: int) -> int:
 
 
 def _plan_level(
-    ctx: StageRun, store: RunStore, size: int, group: int, item: int, whiten: np.ndarray | None,
+    ctx: StageRun,
+    store: RunStore,
+    size: int,
+    group: int,
+    item: int,
+    whiten: np.ndarray | None,
     spectrum: np.ndarray | None,
-) -> list[RenderItem]:  # fmt: skip
+) -> list[RenderItem]:
     """The level's work items still to render (its icon arrays created when new)."""
     s, r, fp = ctx.s, ctx.conf(RenderConf), ctx.fp
     level = store.level(s.layer, size)
     grid = level.grid()
     m = len(grid.cell)
     if not level.has("icons") or level.array("icons").attrs.get("fingerprint") != fp:
-        names = ["icons", "icon_objective", "icon_cosine"] + (["icon_alpha"]
-                                                               if r.alpha != "none" else [])
+        names = ["icons", "icon_objective", "icon_cosine"] + (
+            ["icon_alpha"] if r.alpha != "none" else []
+        )
         level.create(names, {"M": m, "px": r.icon_px, "group": group, "item": item})
-        level.array("icons").attrs.update({"fingerprint": fp, "group": group,
-                                           "alpha": r.alpha})  # fmt: skip
+        level.array("icons").attrs.update({"fingerprint": fp, "group": group, "alpha": r.alpha})
     item = level.icon_layout()[1]
     objective = level.read("icon_objective")
     seeds = [icon_seed(s.seed, s.layer, size, *grid.cell[i]) for i in range(m)]
@@ -306,9 +376,16 @@ def _plan_level(
         b = min(m, a + item)
         if not np.isnan(objective[a:b]).any():
             continue
-        keys = tuple(group_key(grid.mean[g : min(b, g + group)], seeds[g : min(b, g + group)],
-                               context, whiten)
-                     for g in range(a, b, group)) if r.cache else ()  # fmt: skip
+        keys = (
+            tuple(
+                group_key(
+                    grid.mean[g : min(b, g + group)], seeds[g : min(b, g + group)], context, whiten
+                )
+                for g in range(a, b, group)
+            )
+            if r.cache
+            else ()
+        )
         out.append(RenderItem(size, a, grid.mean[a:b], tuple(seeds[a:b]), keys))
     return out
 
@@ -322,9 +399,13 @@ def _actors(res: Any, items: int) -> int:
 
 
 def _summarize(
-    ctx: StageRun, store: RunStore, restarts: int, group: int, done: dict[str, int],
+    ctx: StageRun,
+    store: RunStore,
+    restarts: int,
+    group: int,
+    done: dict[str, int],
     where: dict[str, Any],
-) -> StageResult:  # fmt: skip
+) -> StageResult:
     cos, total = [], 0
     for size in ctx.conf(GridConf).sizes:
         level = store.level(ctx.s.layer, size)
@@ -336,10 +417,13 @@ def _summarize(
     if len(allc):
         details["fidelity_cosine_mean"] = round(float(allc.mean()), 4)
         details["fidelity_cosine_std"] = round(float(allc.std()), 4)
-    counts = {"icons": total, "icons_rendered_now": done.get("icons_rendered", 0),
-              "groups_rendered": done.get("groups_rendered", 0),
-              "groups_from_cache": done.get("groups_cached", 0),
-              "actor_restarts": restarts}  # fmt: skip
+    counts = {
+        "icons": total,
+        "icons_rendered_now": done.get("icons_rendered", 0),
+        "groups_rendered": done.get("groups_rendered", 0),
+        "groups_from_cache": done.get("groups_cached", 0),
+        "actor_restarts": restarts,
+    }
     return StageResult(counts=counts, details=details)
 
 
@@ -362,8 +446,7 @@ STAGE = Stage(
     settings=RenderConf,
     resources={"render": ActorResources()},
     outputs=outputs,
-    reads="`grid/<G>/{cell,mean}`, `layers/<L>/moment*`, `images/spectrum` (MACO), the icon "
-    "cache",
+    reads="`grid/<G>/{cell,mean}`, `layers/<L>/moment*`, `images/spectrum` (MACO), the icon cache",
     writes="`grid/<G>/{icons,icon_objective,icon_cosine,icon_alpha}` (by the actors, one storage "
     "object "
     "per work item), the icon cache",

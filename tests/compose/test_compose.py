@@ -46,11 +46,19 @@ def test_tiles_at_native_size_stitch_to_the_reference_canvas(tile: int) -> None:
     width = size * px
     boxes = icon_boxes(cells, density_scale(count, enabled=False), size, width)
     n = width // tile
-    stitched = np.concatenate([
-        np.concatenate([draw_region(boxes, icons, (x * tile, y * tile, (x + 1) * tile,
-                                                   (y + 1) * tile)) for x in range(n)], axis=1)
-        for y in range(n)
-    ], axis=0)  # fmt: skip
+    stitched = np.concatenate(
+        [
+            np.concatenate(
+                [
+                    draw_region(boxes, icons, (x * tile, y * tile, (x + 1) * tile, (y + 1) * tile))
+                    for x in range(n)
+                ],
+                axis=1,
+            )
+            for y in range(n)
+        ],
+        axis=0,
+    )
     np.testing.assert_array_equal(stitched, ref)
 
 
@@ -61,8 +69,10 @@ def test_strips_at_any_scale_equal_one_region_and_share_a_resize_cache() -> None
     whole = draw_region(boxes, icons, (0, 0, width, width))
     cache: dict = {}
     ids = np.arange(len(cells))
-    strips = [draw_region(boxes, icons, (0, y, width, min(width, y + 9)), cache=cache, ids=ids)
-              for y in range(0, width, 9)]  # fmt: skip
+    strips = [
+        draw_region(boxes, icons, (0, y, width, min(width, y + 9)), cache=cache, ids=ids)
+        for y in range(0, width, 9)
+    ]
     np.testing.assert_array_equal(np.concatenate(strips, axis=0), whole)
     assert 0 < len(cache) <= len(cells)
 

@@ -49,8 +49,13 @@ def runs(tmp_path_factory, local_ray):
     Image.fromarray(np.full((80, 80, 3), 90, np.uint8)).save(base / "imgs" / EVIL_FILE)
     weights = base / "b.safetensors"
     save_file(TinyNet(seed=1).state_dict(), str(weights))
-    common = ("data=folder", f"data.path={base / 'imgs'}", "grid.sizes=[4,8]",
-              "extract.samples_per_image=2", "exemplars.k=4")  # fmt: skip
+    common = (
+        "data=folder",
+        f"data.path={base / 'imgs'}",
+        "grid.sizes=[4,8]",
+        "extract.samples_per_image=2",
+        "exemplars.k=4",
+    )
     extra = {"a": (), "b": (f"model.weights={weights}",)}
     for name in ("a", "b"):
         s, _ = debug_settings(*common, *extra[name], f"run_dir={base / name}", "stages=[extract]")

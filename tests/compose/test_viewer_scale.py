@@ -19,8 +19,10 @@ from tests.conftest import debug_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api")
-pytestmark = [pytest.mark.ray,
-              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed"),
+]
 log = logging.getLogger(__name__)
 LAYER = "blocks.2"
 
@@ -48,26 +50,34 @@ def test_a_320_level_opens_light_and_draws_only_the_viewport(big) -> None:
     url, server = serve_in_thread(str(big))
     try:
         with playwright.sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=[
-                "--no-sandbox", "--disable-gpu", "--enable-precise-memory-info"])
+            b = p.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--enable-precise-memory-info"],
+            )
             page = b.new_page(viewport={"width": 1200, "height": 800})
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else 0)
             page.goto(url + "#z=0")
             page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            opened = {**page.evaluate(OPEN_JS), "seconds": page.evaluate("performance.now()")
-                      / 1000}  # fmt: skip
+            opened = {
+                **page.evaluate(OPEN_JS),
+                "seconds": page.evaluate("performance.now()") / 1000,
+            }
             assert opened["bytes"] < 3_000_000 and opened["heap_mb"] < 60, opened
             assert opened["seconds"] < 20, opened  # interactive in seconds (3 s on a desktop)
             fetched = page.evaluate("performance.getEntriesByType('resource').map(r => r.name)")
             assert not any("level-320" in f for f in fetched)  # the deep level is not loaded yet
             # the 320 level, zoomed in on its centre; search the commonest top class
             page.evaluate("window.ATLAS_MAP.setView(window.ATLAS_MAP.getCenter(), 5)")
-            page.wait_for_function("() => document.getElementById('level').textContent"
-                                   ".includes('320')", timeout=60_000)
+            page.wait_for_function(
+                "() => document.getElementById('level').textContent.includes('320')", timeout=60_000
+            )
             page.fill("#search", "class 3")
-            page.wait_for_function("() => document.getElementById('found').textContent !== ''"
-                                   " && document.body.dataset.busy === '0'", timeout=60_000)
+            page.wait_for_function(
+                "() => document.getElementById('found').textContent !== ''"
+                " && document.body.dataset.busy === '0'",
+                timeout=60_000,
+            )
             want = int((top == 3).any(axis=1).sum())
             assert page.inner_text("#found").startswith(f"{want} cells at 320")
             drawn = page.evaluate("window.ATLAS_VIEW.panes[0].hits")
@@ -80,11 +90,15 @@ def test_a_320_level_opens_light_and_draws_only_the_viewport(big) -> None:
                 assert bounds[2] - 1 / 320 <= iy / 320 <= bounds[3]
             ix, iy = min(drawn, key=lambda c: (c[0] - 160) ** 2 + (c[1] - 160) ** 2)  # in view
             box = page.query_selector(".map").bounding_box()
-            pt = page.evaluate(f"window.ATLAS_MAP.latLngToContainerPoint("
-                               f"[({iy} + 0.5) / 320 * 256 - 256, ({ix} + 0.5) / 320 * 256])")
+            pt = page.evaluate(
+                f"window.ATLAS_MAP.latLngToContainerPoint("
+                f"[({iy} + 0.5) / 320 * 256 - 256, ({ix} + 0.5) / 320 * 256])"
+            )
             page.mouse.move(box["x"] + pt["x"], box["y"] + pt["y"])
-            page.wait_for_function("() => document.body.dataset.busy === '0' && !document"
-                                   ".getElementById('card').textContent.includes('loading')")
+            page.wait_for_function(
+                "() => document.body.dataset.busy === '0' && !document"
+                ".getElementById('card').textContent.includes('loading')"
+            )
             card = page.inner_text("#card")
             after = page.evaluate(OPEN_JS)
             b.close()
@@ -94,8 +108,17 @@ def test_a_320_level_opens_light_and_draws_only_the_viewport(big) -> None:
     assert f"Cell ({ix}, {iy}) of 320 \u00d7 320" in card
     assert f"{int(g['count'][i])} activations" in card
     assert after["heap_mb"] < 150 and errors == [], (after, errors)
-    log.info("viewer with a 320 level (%d cells): opens fetching %.0f kB in %d requests, ready "
-             "in %.2f s, heap %.1f MB; at the 320 level: %d of %d matches drawn (the viewport), "
-             "%.0f kB fetched in all, heap %.1f MB", len(cells), opened["bytes"] / 1e3,
-             opened["requests"], opened["seconds"], opened["heap_mb"], len(drawn), want,
-             after["bytes"] / 1e3, after["heap_mb"])  # fmt: skip
+    log.info(
+        "viewer with a 320 level (%d cells): opens fetching %.0f kB in %d requests, ready "
+        "in %.2f s, heap %.1f MB; at the 320 level: %d of %d matches drawn (the viewport), "
+        "%.0f kB fetched in all, heap %.1f MB",
+        len(cells),
+        opened["bytes"] / 1e3,
+        opened["requests"],
+        opened["seconds"],
+        opened["heap_mb"],
+        len(drawn),
+        want,
+        after["bytes"] / 1e3,
+        after["heap_mb"],
+    )

@@ -20,8 +20,9 @@ PRE = Preprocess(size=32, crop_pct=1.0)
 
 def _reader(paths: list[Path], decoder: str, **kw) -> ImageReader:
     uris = np.array([str(p) for p in paths], dtype=object)
-    return ImageReader(uris, np.full((len(paths), 4), -1, np.int32), PRE, decoder=decoder,
-                       batch_size=4, **kw)  # fmt: skip
+    return ImageReader(
+        uris, np.full((len(paths), 4), -1, np.int32), PRE, decoder=decoder, batch_size=4, **kw
+    )
 
 
 @pytest.mark.parametrize("decoder", ["pil", "torchvision"])

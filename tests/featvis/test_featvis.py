@@ -57,8 +57,17 @@ def test_the_cosine_objective_is_the_cosine_at_the_centre() -> None:
     a = t[:, :, 2, 2]
     centre = (a * v).sum(-1) / (a.norm(dim=-1) * v.norm(dim=-1))
     assert torch.allclose(got, centre, atol=1e-6)
-    every = torch.stack([torch.stack([(t[:, :, y, x] * v).sum(-1) / (t[:, :, y, x].norm(dim=-1)
-                                      * v.norm(dim=-1)) for x in range(4)]) for y in range(4)])
+    every = torch.stack(
+        [
+            torch.stack(
+                [
+                    (t[:, :, y, x] * v).sum(-1) / (t[:, :, y, x].norm(dim=-1) * v.norm(dim=-1))
+                    for x in range(4)
+                ]
+            )
+            for y in range(4)
+        ]
+    )
     filled = direction_cosine("l", v, fill=0.25)({"l": t})
     assert torch.allclose(filled, 0.75 * centre + 0.25 * every.mean((0, 1)), atol=1e-6)
     r = _tiny_renderer(objective="cosine", steps=3)
@@ -88,11 +97,14 @@ def test_fft_image_and_transforms_keep_shapes_in_range() -> None:
     assert params[0].grad is not None and params[0].grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("scales,degrees,window", [
-    ([1.0], [0.0], slice(0, 64)),  # integer crops only: the whole image
-    ([1.15, 1.25], [-5.0, 5.0], slice(0, 64)),  # zoomed in: the window stays in the crop
-    (None, None, slice(24, 40)),  # the real tables: where the window is inside the crop
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "scales,degrees,window",
+    [
+        ([1.0], [0.0], slice(0, 64)),  # integer crops only: the whole image
+        ([1.15, 1.25], [-5.0, 5.0], slice(0, 64)),  # zoomed in: the window stays in the crop
+        (None, None, slice(24, 40)),  # the real tables: where the window is inside the crop
+    ],
+)
 def test_the_fused_icon_transform_is_the_chain(scales, degrees, window) -> None:
     """One resampling gives the chain's image (pad, five jitters, scale and rotate, a jitter,
     the crop back) from the same per-image draws, wherever the chain's window stays inside its
@@ -101,9 +113,13 @@ def test_the_fused_icon_transform_is_the_chain(scales, degrees, window) -> None:
 
     x = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     kw = {} if scales is None else {"scales": scales, "degrees": degrees}
-    chain = [T.pad(16), *[T.jitter(d) for d in (4, 4, 8, 8, 8)],
-             T.scale_rotate(scales or T.ICON_SCALES, degrees or T.ICON_DEGREES), T.jitter(2),
-             T.crop_or_pad_to(64)]  # fmt: skip
+    chain = [
+        T.pad(16),
+        *[T.jitter(d) for d in (4, 4, 8, 8, 8)],
+        T.scale_rotate(scales or T.ICON_SCALES, degrees or T.ICON_DEGREES),
+        T.jitter(2),
+        T.crop_or_pad_to(64),
+    ]
     want = compose(chain)(x, Streams.from_seed(3, 8))
     got = T.fused_icon_transform(64, **kw)(x, Streams.from_seed(3, 8))
     assert got.shape == want.shape == (8, 3, 64, 64)
@@ -265,8 +281,9 @@ def test_phase_only_raises_the_objective_like_lucids() -> None:
     params, image_fn = r.param((4, 3, 32, 32), streams, "cpu")
     with torch.no_grad():
         before = obj(r.forward(image_fn()))
-    _, after, hist, _ = optimize(r.forward, obj, params, image_fn, steps=40, lr=0.5,
-                                 rng=streams, optimizer="nadam")  # fmt: skip
+    _, after, hist, _ = optimize(
+        r.forward, obj, params, image_fn, steps=40, lr=0.5, rng=streams, optimizer="nadam"
+    )
     assert (after > before + 0.01).all() and hist[-1] > hist[0]
 
 
@@ -285,8 +302,12 @@ def test_a_group_renders_to_the_same_bytes_in_any_work_split(param: str) -> None
     forward = r.forward
 
     def recording(images: torch.Tensor):
-        seen.append((tuple(images.shape),
-                     hashlib.sha256(images.detach().contiguous().numpy().tobytes()).hexdigest()))
+        seen.append(
+            (
+                tuple(images.shape),
+                hashlib.sha256(images.detach().contiguous().numpy().tobytes()).hexdigest(),
+            )
+        )
         return forward(images)
 
     r.forward = recording  # type: ignore[method-assign]

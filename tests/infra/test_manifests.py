@@ -21,19 +21,64 @@ K8S = ROOT / "infra" / "k8s"
 KUBERNETES = "1.32.0"
 # KubeRay v1 (ray.io/v1) fields, from the project's Go API types (raycluster_types.go,
 # rayjob_types.go): allowed keys per object, required keys, enums.
-CLUSTER_SPEC = {"headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
-                "autoscalerOptions", "headServiceAnnotations", "suspend", "managedBy",
-                "gcsFaultToleranceOptions"}  # fmt: skip
+CLUSTER_SPEC = {
+    "headGroupSpec",
+    "workerGroupSpecs",
+    "rayVersion",
+    "enableInTreeAutoscaling",
+    "autoscalerOptions",
+    "headServiceAnnotations",
+    "suspend",
+    "managedBy",
+    "gcsFaultToleranceOptions",
+}
 HEAD = {"serviceType", "headService", "enableIngress", "rayStartParams", "template"}
-WORKER = {"groupName", "replicas", "minReplicas", "maxReplicas", "numOfHosts", "rayStartParams",
-          "template", "scaleStrategy", "idleTimeoutSeconds", "suspend"}  # fmt: skip
-AUTOSCALER = {"resources", "image", "imagePullPolicy", "env", "envFrom", "volumeMounts",
-              "securityContext", "idleTimeoutSeconds", "upscalingMode", "version"}  # fmt: skip
-JOB_SPEC = {"activeDeadlineSeconds", "backoffLimit", "rayClusterSpec", "submitterPodTemplate",
-            "metadata", "clusterSelector", "submitterConfig", "managedBy", "deletionStrategy",
-            "entrypoint", "runtimeEnvYAML", "jobId", "submissionMode", "entrypointResources",
-            "entrypointNumCpus", "entrypointNumGpus", "ttlSecondsAfterFinished",
-            "shutdownAfterJobFinishes", "suspend", "schedule"}  # fmt: skip
+WORKER = {
+    "groupName",
+    "replicas",
+    "minReplicas",
+    "maxReplicas",
+    "numOfHosts",
+    "rayStartParams",
+    "template",
+    "scaleStrategy",
+    "idleTimeoutSeconds",
+    "suspend",
+}
+AUTOSCALER = {
+    "resources",
+    "image",
+    "imagePullPolicy",
+    "env",
+    "envFrom",
+    "volumeMounts",
+    "securityContext",
+    "idleTimeoutSeconds",
+    "upscalingMode",
+    "version",
+}
+JOB_SPEC = {
+    "activeDeadlineSeconds",
+    "backoffLimit",
+    "rayClusterSpec",
+    "submitterPodTemplate",
+    "metadata",
+    "clusterSelector",
+    "submitterConfig",
+    "managedBy",
+    "deletionStrategy",
+    "entrypoint",
+    "runtimeEnvYAML",
+    "jobId",
+    "submissionMode",
+    "entrypointResources",
+    "entrypointNumCpus",
+    "entrypointNumGpus",
+    "ttlSecondsAfterFinished",
+    "shutdownAfterJobFinishes",
+    "suspend",
+    "schedule",
+}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
 UPSCALING = {"Default", "Aggressive", "Conservative"}
 
@@ -45,8 +90,9 @@ def _objects(applied_only: bool = False) -> list[tuple[str, dict[str, Any]]]:
     """Every object of infra/k8s (``kubectl apply -f infra/k8s/`` applies the folder's own
     files) and, unless ``applied_only``, of its templates (the schedule's date filled in)."""
     out = []
-    paths = sorted(K8S.glob("*.yaml")) + ([] if applied_only else
-                                          sorted((K8S / "templates").glob("*.yaml")))  # fmt: skip
+    paths = sorted(K8S.glob("*.yaml")) + (
+        [] if applied_only else sorted((K8S / "templates").glob("*.yaml"))
+    )
     for path in paths:
         text = path.read_text()
         text = text.replace("__DATE__", DATE) if path.parent.name == "templates" else text
@@ -110,10 +156,25 @@ def test_every_object_validates_offline() -> None:
             kv.validate(doc, KUBERNETES, strict=True)
             counted["core"] += 1
     kinds = sorted({d["kind"] for _, d in objs})
-    log.info("manifests: %d objects validated (%s), %d pod templates; kinds %s",
-             len(objs), counted, counted["pod_templates"], kinds)  # fmt: skip
-    for want in ("RayCluster", "RayJob", "CronJob", "ServiceAccount", "Role", "RoleBinding",
-                 "Secret", "ConfigMap", "PersistentVolume", "PersistentVolumeClaim"):  # fmt: skip
+    log.info(
+        "manifests: %d objects validated (%s), %d pod templates; kinds %s",
+        len(objs),
+        counted,
+        counted["pod_templates"],
+        kinds,
+    )
+    for want in (
+        "RayCluster",
+        "RayJob",
+        "CronJob",
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "ConfigMap",
+        "PersistentVolume",
+        "PersistentVolumeClaim",
+    ):
         assert want in kinds, want
 
 
@@ -131,8 +192,11 @@ def _walk(node: Any, key: str) -> list[Any]:
 
 
 def _pod_specs(node: Any) -> list[dict[str, Any]]:
-    return [t["spec"] for t in _walk(node, "template") if isinstance(t, dict) and "spec" in t
-            and "containers" in t["spec"]]  # fmt: skip
+    return [
+        t["spec"]
+        for t in _walk(node, "template")
+        if isinstance(t, dict) and "spec" in t and "containers" in t["spec"]
+    ]
 
 
 def test_every_reference_is_defined_in_the_same_files() -> None:
@@ -253,10 +317,13 @@ def test_the_cluster_is_sized_and_placed_for_the_run() -> None:
     pvc, pv = objs["PersistentVolumeClaim"]["spec"], objs["PersistentVolume"]["spec"]
     assert pvc["volumeName"] == objs["PersistentVolume"]["metadata"]["name"]
     assert pvc["storageClassName"] == pv["storageClassName"] == "" and "nfs" in pv
-    log.info("manifests: %d containers with requests = limits, the token in every one that "
-             "talks to the head; head num-cpus 0, /dev/shm sized, idle timeout %d s, GPU "
-             "nodeSelector, the claim bound to an NFS volume", checked,
-             rc["autoscalerOptions"]["idleTimeoutSeconds"])  # fmt: skip
+    log.info(
+        "manifests: %d containers with requests = limits, the token in every one that "
+        "talks to the head; head num-cpus 0, /dev/shm sized, idle timeout %d s, GPU "
+        "nodeSelector, the claim bound to an NFS volume",
+        checked,
+        rc["autoscalerOptions"]["idleTimeoutSeconds"],
+    )
 
 
 def test_the_checks_reject_broken_objects() -> None:

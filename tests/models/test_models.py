@@ -111,8 +111,14 @@ def test_the_second_network_knows_them_too() -> None:
     from PIL import Image
 
     m = load_model(ModelSpec(name="efficientnet_lite2"))
-    x = m.preprocess.batch(np.stack([m.preprocess.to_array(Image.fromarray(
-        getattr(skimage.data, n)())) for n in ("chelsea", "coffee")]))  # fmt: skip
+    x = m.preprocess.batch(
+        np.stack(
+            [
+                m.preprocess.to_array(Image.fromarray(getattr(skimage.data, n)()))
+                for n in ("chelsea", "coffee")
+            ]
+        )
+    )
     with torch.no_grad():
         assert m.module(x).argmax(-1).tolist() == [285, 967]
     assert tuple(x.shape) == (2, 3, 260, 260) and m.num_classes == 1000

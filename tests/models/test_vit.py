@@ -21,11 +21,14 @@ from atlas_core.models.registry import LoadedModel, ModelSpec, _num_classes
 # (timm architecture, overrides, prefix tokens, patch grid side at the input size)
 MODELS = {
     "vit": ("vit_tiny_patch16_224", {"img_size": 64, "num_classes": 10}, 1, 4),
-    "deit_distilled": ("deit_tiny_distilled_patch16_224", {"img_size": 64, "num_classes": 10}, 2,
-                       4),
-    "dinov2_registers": ("vit_small_patch14_reg4_dinov2", {"img_size": 56, "num_classes": 0}, 5,
-                         4),
-}  # fmt: skip
+    "deit_distilled": (
+        "deit_tiny_distilled_patch16_224",
+        {"img_size": 64, "num_classes": 10},
+        2,
+        4,
+    ),
+    "dinov2_registers": ("vit_small_patch14_reg4_dinov2", {"img_size": 56, "num_classes": 0}, 5, 4),
+}
 
 
 def _model(kind: str) -> LoadedModel:
@@ -33,8 +36,9 @@ def _model(kind: str) -> LoadedModel:
     torch.manual_seed(0)
     module = timm.create_model(arch, pretrained=False, depth=2, **kw).eval()
     size = int(kw["img_size"])
-    return LoadedModel(ModelSpec(f"timm:{arch}"), module, Preprocess(size=size, crop_pct=1.0),
-                       _num_classes(module))  # fmt: skip
+    return LoadedModel(
+        ModelSpec(f"timm:{arch}"), module, Preprocess(size=size, crop_pct=1.0), _num_classes(module)
+    )
 
 
 def _tokens(module: torch.nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -87,8 +91,7 @@ def test_attribution_through_tokens_matches_finite_differences() -> None:
     m.module.double()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     pos = sample_positions(np.arange(2), 2, (4, 4), seed=0, edge=0)
-    out = ActivationExtractor(m, ["blocks.0"], {"blocks.0": (4, 4)}, topk=3, attr_classes=3)(
-        x, pos)  # fmt: skip
+    out = ActivationExtractor(m, ["blocks.0"], {"blocks.0": (4, 4)}, topk=3, attr_classes=3)(x, pos)
     assert out.attr is not None
 
     def logit(b: int, y: int, xx: int, t: float, c: int) -> float:
@@ -130,16 +133,19 @@ def test_the_receptive_field_of_a_token_is_measured_by_the_gradient() -> None:
 def test_a_model_without_a_class_head_has_no_classes() -> None:
     assert _model("dinov2_registers").num_classes == 0
     assert _model("vit").num_classes == 10
-    clip = timm.create_model("vit_base_patch16_clip_224", pretrained=False, depth=1,
-                             num_classes=512)  # a CLIP tower: its head is the projection
+    clip = timm.create_model(
+        "vit_base_patch16_clip_224", pretrained=False, depth=1, num_classes=512
+    )  # a CLIP tower: its head is the projection
     assert _num_classes(clip, "timm:vit_base_patch16_clip_224") == 0
     assert _num_classes(clip, "timm:vit_base_patch16_224") == 512  # the same as a classifier
     clip.reset_classifier(1000)  # a CLIP tower fine-tuned on ImageNet-1k: a classifier
     assert _num_classes(clip, "timm:vit_base_patch16_clip_224") == 1000
 
 
-@pytest.mark.parametrize(("arch", "head"), [("resnet10t", "fc"), ("efficientnet_b0", "classifier"),
-                                            ("convnext_atto", "head.fc")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("arch", "head"),
+    [("resnet10t", "fc"), ("efficientnet_b0", "classifier"), ("convnext_atto", "head.fc")],
+)
 def test_timm_convnets_load_with_their_own_classifier_and_headless(tmp_path, arch, head) -> None:
     """The classifier's size is read under the architecture's own classifier name, so a timm
     conv net's checkpoint loads with its head, and without it as a headless model."""
@@ -152,8 +158,9 @@ def test_timm_convnets_load_with_their_own_classifier_and_headless(tmp_path, arc
     assert f"{head}.weight" in state
     full, headless = tmp_path / "full.safetensors", tmp_path / "headless.safetensors"
     save_file({k: v.contiguous() for k, v in state.items()}, str(full))
-    save_file({k: v.contiguous() for k, v in state.items() if not k.startswith(f"{head}.")},
-              str(headless))  # fmt: skip
+    save_file(
+        {k: v.contiguous() for k, v in state.items() if not k.startswith(f"{head}.")}, str(headless)
+    )
     m = load_model(ModelSpec(f"timm:{arch}", str(full)))
     assert m.num_classes == 7
     assert torch.equal(m.module.state_dict()[f"{head}.weight"], state[f"{head}.weight"])
@@ -170,10 +177,14 @@ def test_every_token_the_mean_and_the_class_token(mode: str) -> None:
     pos = sample_positions(np.arange(2), k, (4, 4), seed=1, mode=mode)
     pool = mode if mode in ("mean", "cls") else "position"
     got = ActivationExtractor(m, ["blocks.1"], {"blocks.1": (4, 4)}, topk=1, pool=pool)(
-        x, pos).acts["blocks.1"]  # fmt: skip
+        x, pos
+    ).acts["blocks.1"]
     raw = _tokens(m.module, x, "blocks.1").numpy()
-    want = {"all": raw[:, 1:].reshape(-1, raw.shape[-1]), "mean": raw[:, 1:].mean(1),
-            "cls": raw[:, 0]}[mode]  # fmt: skip
+    want = {
+        "all": raw[:, 1:].reshape(-1, raw.shape[-1]),
+        "mean": raw[:, 1:].mean(1),
+        "cls": raw[:, 0],
+    }[mode]
     assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
 
 
@@ -185,5 +196,6 @@ def test_the_class_token_needs_a_transformer_and_pools_need_no_attribution() -> 
     with pytest.raises(ConfigError, match="no class token"):
         ActivationExtractor(conv, ["blocks.2"], {"blocks.2": (8, 8)}, pool="cls")
     with pytest.raises(ConfigError, match="attribution is per position"):
-        ActivationExtractor(_model("vit"), ["blocks.1"], {"blocks.1": (4, 4)}, topk=2,
-                            attr_classes=2, pool="mean")  # fmt: skip
+        ActivationExtractor(
+            _model("vit"), ["blocks.1"], {"blocks.1": (4, 4)}, topk=2, attr_classes=2, pool="mean"
+        )

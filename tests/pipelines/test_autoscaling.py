@@ -35,57 +35,117 @@ pytestmark = pytest.mark.ray
 
 def _config(gcs: int) -> dict:
     return {
-        "cluster_name": "atlas-fake", "max_workers": 2, "upscaling_speed": 1.0,
+        "cluster_name": "atlas-fake",
+        "max_workers": 2,
+        "upscaling_speed": 1.0,
         "idle_timeout_minutes": 30,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True,
-                     "gcs_address": f"127.0.0.1:{gcs}"},
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": f"127.0.0.1:{gcs}",
+        },
         "available_node_types": {
             "ray.head.default": {"resources": {"CPU": 1}, "node_config": {}, "max_workers": 0},
-            "gpu": {"resources": {"CPU": 4, "GPU": 1}, "node_config": {}, "min_workers": 0,
-                    "max_workers": 2},
+            "gpu": {
+                "resources": {"CPU": 4, "GPU": 1},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 2,
+            },
         },
-        "head_node_type": "ray.head.default", "auth": {}, "docker": {},
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [],
-        "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-    }  # fmt: skip
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
 
 
 def _gpu_nodes(dash: int, env: dict[str, str]) -> list[str]:
-    out = subprocess.run([RAY, "list", "nodes", "--format=json", "--detail",
-                          f"--address=http://127.0.0.1:{dash}"], env=env, capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
-    return sorted(n["node_id"] for n in json.loads(out.stdout or "[]")
-                  if n.get("resources_total", {}).get("GPU") and n.get("state") == "ALIVE")
+    out = subprocess.run(
+        [RAY, "list", "nodes", "--format=json", "--detail", f"--address=http://127.0.0.1:{dash}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return sorted(
+        n["node_id"]
+        for n in json.loads(out.stdout or "[]")
+        if n.get("resources_total", {}).get("GPU") and n.get("state") == "ALIVE"
+    )
 
 
 def scenario(tmp: Path) -> dict:
     make_images(tmp / "imgs", 32, size=64, seed=3)
     temp = tempfile.mkdtemp(prefix="as", dir="/tmp")
-    env = {**_env(secrets.token_hex(32)), "RAY_FAKE_CLUSTER": "1",
-           "AUTOSCALER_UPDATE_INTERVAL_S": "1"}  # fmt: skip
+    env = {
+        **_env(secrets.token_hex(32)),
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+    }
     gcs, dash, metrics = _port(), _port(), _port()
     (tmp / "autoscaling.json").write_text(json.dumps(_config(gcs)))
-    start = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-             "--num-cpus=1", "--num-gpus=0", f"--autoscaling-config={tmp / 'autoscaling.json'}",
-             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             f"--metrics-export-port={metrics}", f"--temp-dir={temp}", "--disable-usage-stats"]
+    start = [
+        RAY,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--num-cpus=1",
+        "--num-gpus=0",
+        f"--autoscaling-config={tmp / 'autoscaling.json'}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--metrics-export-port={metrics}",
+        f"--temp-dir={temp}",
+        "--disable-usage-stats",
+    ]
     cluster = {"temp": temp, "gcs": gcs}
     try:
         out = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         before = _gpu_nodes(dash, env)
         cpu = [f"cluster.{k}.device=cpu" for k in REGISTRY.resources()]  # every stage's entry
-        cmd = [sys.executable, "-m", "pipelines", "debug=fast", "data=folder",
-               f"data.path={tmp / 'imgs'}", f"run_dir={tmp / 'run'}", "cluster=ray_cluster",
-               f"cluster.address=127.0.0.1:{gcs}", "cluster.wait_s=240", "extract.chunk_images=8",
-               "reduce.n_neighbors=8", "cluster.extract.num_cpus=2",
-               "cluster.render.num_cpus=2", "reduce.backend=umap-learn", *cpu]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "debug=fast",
+            "data=folder",
+            f"data.path={tmp / 'imgs'}",
+            f"run_dir={tmp / 'run'}",
+            "cluster=ray_cluster",
+            f"cluster.address=127.0.0.1:{gcs}",
+            "cluster.wait_s=240",
+            "extract.chunk_images=8",
+            "reduce.n_neighbors=8",
+            "cluster.extract.num_cpus=2",
+            "cluster.render.num_cpus=2",
+            "reduce.backend=umap-learn",
+            *cpu,
+        ]
         t0 = time.perf_counter()
-        job = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900,
-                             cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+        job = subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=Path(__file__).resolve().parents[2],
+        )
         seconds = time.perf_counter() - t0
         after = _gpu_nodes(dash, env)
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=30).read()
@@ -93,23 +153,34 @@ def scenario(tmp: Path) -> dict:
     finally:
         stop_cluster(cluster)
     return {
-        "returncode": job.returncode, "output": (job.stdout + job.stderr)[-5000:],
-        "seconds": seconds, "gpu_nodes_before": before, "gpu_nodes_after": after,
+        "returncode": job.returncode,
+        "output": (job.stdout + job.stderr)[-5000:],
+        "seconds": seconds,
+        "gpu_nodes_before": before,
+        "gpu_nodes_after": after,
         "metrics": [ln for ln in scraped.decode().splitlines() if "atlas" in ln][:40],
         "interfaces": sorted(line.split(":")[0].strip() for line in interfaces),
-    }  # fmt: skip
+    }
 
 
 def test_a_gpu_group_that_starts_at_zero_grows_and_the_run_finishes(tmp_path: Path) -> None:
-    if shutil.which("unshare") is None or subprocess.run(
-        ["unshare", "--net", "true"], capture_output=True, check=False
-    ).returncode:
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode
+    ):
         pytest.skip("needs `unshare --net` (root, or user namespaces) to keep Ray on loopback")
     root = Path(__file__).resolve().parents[2]
-    script = (f"ip link set lo up && exec {sys.executable} -m tests.pipelines.test_autoscaling "
-              f"{tmp_path}")  # fmt: skip
-    out = subprocess.run(["unshare", "--net", "sh", "-c", script], cwd=root, capture_output=True,
-                         text=True, timeout=1200, env={**os.environ, "PYTHONPATH": str(root)})
+    script = (
+        f"ip link set lo up && exec {sys.executable} -m tests.pipelines.test_autoscaling {tmp_path}"
+    )
+    out = subprocess.run(
+        ["unshare", "--net", "sh", "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["interfaces"] == ["lo"]
@@ -122,9 +193,15 @@ def test_a_gpu_group_that_starts_at_zero_grows_and_the_run_finishes(tmp_path: Pa
     assert manifest["hardware"] and all(h["node"] for h in manifest["hardware"].values())
     assert any(line.startswith("ray_atlas_stage_done") for line in r["metrics"]), r["metrics"]
     names = sorted({ln.split("{")[0] for ln in r["metrics"] if not ln.startswith("#")})
-    log.info("fake autoscaler: GPU nodes 0 -> %d, extraction on %d of them, %.0f s; metrics "
-             "scraped from the head: %d atlas series (%s)", len(r["gpu_nodes_after"]),
-             len(nodes), r["seconds"], len(r["metrics"]), ", ".join(names))  # fmt: skip
+    log.info(
+        "fake autoscaler: GPU nodes 0 -> %d, extraction on %d of them, %.0f s; metrics "
+        "scraped from the head: %d atlas series (%s)",
+        len(r["gpu_nodes_after"]),
+        len(nodes),
+        r["seconds"],
+        len(r["metrics"]),
+        ", ".join(names),
+    )
 
 
 if __name__ == "__main__":

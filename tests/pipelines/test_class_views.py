@@ -96,8 +96,12 @@ def test_a_class_atlas_keeps_exactly_the_rows_a_loop_keeps(views) -> None:
     assert rows == len(want) and layout[~np.isnan(layout)].min() >= 0
     page = views["base"] / "run" / "views" / slug / "viewer" / "index.html"
     assert page.is_file() and (page.parent / "tiles" / "4").is_dir()
-    log.info("class atlas of class %d: %d samples, cells %s", c, rows,
-             view["stages"]["grid"]["counts"]["cells_kept"])
+    log.info(
+        "class atlas of class %d: %d samples, cells %s",
+        c,
+        rows,
+        view["stages"]["grid"]["counts"]["cells_kept"],
+    )
 
 
 def test_a_comparison_places_x_by_the_attribution_difference(views) -> None:
@@ -188,21 +192,20 @@ def test_views_are_linked_and_a_rerun_resumes_them(views) -> None:
     base, s = views["base"], views["s"]
     hrefs = [x["href"] for x in _links(base / "run" / "viewer")]
     assert any(h.startswith("../views/atlas-") for h in hrefs)
-    assert any(h.startswith("../views/compare-") and h.endswith("viewer/index.html")
-               for h in hrefs)  # fmt: skip
+    assert any(h.startswith("../views/compare-") and h.endswith("viewer/index.html") for h in hrefs)
     assert any(h.endswith("/patches/index.html") for h in hrefs)
     for h in hrefs:
         assert (base / "run" / "viewer" / h).resolve().is_file()
     slug = hrefs[0].split("/")[2]
     back = _links(base / "run" / "views" / slug / "viewer")
     assert (base / "run" / "views" / slug / "viewer" / back[0]["href"]).resolve() == (
-        base / "run" / "viewer" / "index.html")
+        base / "run" / "viewer" / "index.html"
+    )
     # a view interrupted in its compose stage: only that stage of that view runs again
     shutil.rmtree(base / "run" / "views" / slug / "viewer")
     (base / "run" / "markers" / "views" / slug / "stage-compose.json").unlink()
     again = run(s, {})
-    ran = {(k, st): r["status"] for k, v in again["views"].items()
-           for st, r in v["stages"].items()}  # fmt: skip
+    ran = {(k, st): r["status"] for k, v in again["views"].items() for st, r in v["stages"].items()}
     ran |= {("", st): r["status"] for st, r in again["stages"].items()}
     done = sorted(k for k, status in ran.items() if status == "done")
     assert done == [(slug, "compose")], done
@@ -215,11 +218,14 @@ def test_changing_a_compose_setting_reruns_compose_only(views, tmp_path) -> None
     exemplars, nor the patch report's forward passes)."""
     base = tmp_path / "copy"
     shutil.copytree(views["base"] / "run", base)
-    s = views["s"].with_(run_dir=str(base), compose=replace(views["s"].compose,
-                                                            background="black"))
+    s = views["s"].with_(run_dir=str(base), compose=replace(views["s"].compose, background="black"))
     again = run(s, {})
-    ran = {(k, st) for k, v in again["views"].items() for st, r in v["stages"].items()
-           if r["status"] == "done"}  # fmt: skip
+    ran = {
+        (k, st)
+        for k, v in again["views"].items()
+        for st, r in v["stages"].items()
+        if r["status"] == "done"
+    }
     ran |= {("", st) for st, r in again["stages"].items() if r["status"] == "done"}
     assert ran == {("", "compose"), *((k, "compose") for k in again["views"])}, ran
     tile = Image.open(next((base / "viewer" / "tiles").rglob("*.jpg")))
@@ -270,10 +276,14 @@ def test_class_pages_and_the_heatmap_in_a_browser(views, page) -> None:
     assert pg.inner_text(".axis .left").endswith(a_name)
     assert pg.inner_text(".axis .right").startswith(b_name)
     box = pg.query_selector(".map").bounding_box()  # zoom 1: the 512 px map, centred
-    pg.mouse.move(box["x"] + box["width"] / 2 + ((ix + 0.5) / 4 - 0.5) * 512,
-                  box["y"] + box["height"] / 2 - ((iy + 0.5) / 4 - 0.5) * 512)
-    pg.wait_for_function("() => document.body.dataset.busy === '0'"
-                         " && !document.getElementById('card').textContent.includes('loading')")
+    pg.mouse.move(
+        box["x"] + box["width"] / 2 + ((ix + 0.5) / 4 - 0.5) * 512,
+        box["y"] + box["height"] / 2 - ((iy + 0.5) / 4 - 0.5) * 512,
+    )
+    pg.wait_for_function(
+        "() => document.body.dataset.busy === '0'"
+        " && !document.getElementById('card').textContent.includes('loading')"
+    )
     card = pg.inner_text("#card")  # a kept cell's card shows both attributions
     assert f"Cell ({ix}, {iy}) of 4" in card
     assert f"attribution to {a_name}" in card and f"attribution to {b_name}" in card

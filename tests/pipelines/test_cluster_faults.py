@@ -90,5 +90,6 @@ def test_removing_a_node_mid_run_loses_nothing(cluster, tmp_path: Path, inject) 
     log.info(
         "fault 'node removed mid-run': injected 1, survived 1 (shards started on it %s, "
         "retried on the other node %s); rows 48 = ok 48 + 0 + 0",
-        sorted(on_removed), sorted(retried),
-    )  # fmt: skip
+        sorted(on_removed),
+        sorted(retried),
+    )

@@ -190,11 +190,15 @@ def test_secrets_are_redacted_for_manifests_and_logs() -> None:
 
     cfg = {
         "run_dir": "s3://b/r",
-        "storage_options": {"key": "AKIA", "secret": "s3cr3t", "endpoint_url": "http://127.0.0.1:1",
-                            "client_kwargs": {"aws_session_token": "sess-9q"}},
+        "storage_options": {
+            "key": "AKIA",
+            "secret": "s3cr3t",
+            "endpoint_url": "http://127.0.0.1:1",
+            "client_kwargs": {"aws_session_token": "sess-9q"},
+        },
         "model": {"name": "tiny", "weights": None},
         "extras": [{"api_token": "t0k"}],
-    }  # fmt: skip
+    }
     out = redact(cfg)
     assert (
         out["storage_options"]["key"] == REDACTED and out["storage_options"]["secret"] == REDACTED

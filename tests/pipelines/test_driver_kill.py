@@ -95,13 +95,22 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     every = "[extract,reduce,grid,exemplars,render,plausibility,compose]"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _atlas(_cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8",
-                stages="[extract,reduce,grid]"), env)  # fmt: skip
+    _atlas(
+        _cmd(
+            tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages="[extract,reduce,grid]"
+        ),
+        env,
+    )
     env_slow = {**env, FAULT_ENV: "sleep:patch:0.7"}
     with open(tmp_path / "driver.log", "w") as driver_log:
-        proc = subprocess.Popen(_cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8",
-                                     stages=every), cwd=ROOT, env=env_slow,
-                                start_new_session=True, stdout=driver_log, stderr=driver_log)
+        proc = subprocess.Popen(
+            _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every),
+            cwd=ROOT,
+            env=env_slow,
+            start_new_session=True,
+            stdout=driver_log,
+            stderr=driver_log,
+        )
     sheets = run_dir / "exemplars" / "blocks.2"
     deadline = time.time() + 180
     while time.time() < deadline and not (sheets.exists() and any(sheets.glob("patches-*"))):
@@ -111,13 +120,17 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
     proc.wait(timeout=30)
     time.sleep(2)
     assert not (run_dir / "markers" / "stage-exemplars.json").exists()  # killed mid-stage
-    resumed = _atlas(_cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8",
-                          stages=every), env)
+    resumed = _atlas(
+        _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every), env
+    )
     assert "reduce: complete, skipped" in resumed.stdout + resumed.stderr
     _atlas(_cmd(tmp_path / "imgs", ref_dir, "exemplars.rows_per_task=8", stages=every), env)
     ex = "layers/blocks.2/exemplars"
-    assert_same_store(run_dir, ref_dir, tuple(f"{ex}/{a}" for a in
-                                              ("row", "box", "ok", "slot", "source", "thumb_size")))
+    assert_same_store(
+        run_dir,
+        ref_dir,
+        tuple(f"{ex}/{a}" for a in ("row", "box", "ok", "slot", "source", "thumb_size")),
+    )
     assert_same_store(run_dir, ref_dir, ("layers/blocks.2/grid/4/exemplar_row",))
     files = sorted(p.name for p in (ref_dir / "exemplars" / "blocks.2").iterdir())
     assert files == sorted(p.name for p in sheets.iterdir()) and len(files) > 2
@@ -127,5 +140,6 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
     for name in ("level-4.js", "cards-4-0.js"):
         a, b = (d / "viewer" / "data" / name for d in (run_dir, ref_dir))
         assert a.read_bytes() == b.read_bytes(), name
-    log.info("fault 'driver killed mid-exemplars': injected 1, survived 1; %d sheets equal",
-             len(files))
+    log.info(
+        "fault 'driver killed mid-exemplars': injected 1, survived 1; %d sheets equal", len(files)
+    )

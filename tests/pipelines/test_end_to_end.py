@@ -119,11 +119,13 @@ def test_the_atlas_image_shows_each_icon_at_its_cell(folder_run) -> None:
     run_data = json.loads(data[data.index("run: ") + 5 : data.rindex("});")])
     entry = next(lv for lv in run_data["levels"] if lv["size"] == 4)
     level = _put_payload(run_dir / "viewer" / "data" / "level-4.js")
-    got = np.stack([_typed(level["ix"], "<u2"), _typed(level["iy"], "<u2"),
-                    _typed(level["count"], "<u4")], axis=1)  # fmt: skip
-    assert entry["cells"] == len(cells) and got.tolist() == [[*c, int(n)] for c, n in
-                                                             zip(cells.tolist(), count,
-                                                                 strict=True)]  # fmt: skip
+    got = np.stack(
+        [_typed(level["ix"], "<u2"), _typed(level["iy"], "<u2"), _typed(level["count"], "<u4")],
+        axis=1,
+    )
+    assert entry["cells"] == len(cells) and got.tolist() == [
+        [*c, int(n)] for c, n in zip(cells.tolist(), count, strict=True)
+    ]
     assert (run_dir / "viewer" / "lib" / "leaflet" / "leaflet.js").is_file()
 
 
@@ -263,9 +265,13 @@ def test_joint_layers_of_one_run_share_one_layout(folder_run, tmp_path) -> None:
     differs from a fit on either layer alone (same rows, same seed, same settings)."""
     s, _, _ = folder_run
     common = (
-        "data=folder", f"data.path={s.data.path}", "extract.samples_per_image=2",
-        "extract.layers=[blocks.1,blocks.2]", "reduce.fit_rows=60", "stages=[extract,reduce]",
-    )  # fmt: skip
+        "data=folder",
+        f"data.path={s.data.path}",
+        "extract.samples_per_image=2",
+        "extract.layers=[blocks.1,blocks.2]",
+        "reduce.fit_rows=60",
+        "stages=[extract,reduce]",
+    )
     joint, _ = _settings(*common, f"run_dir={tmp_path / 'joint'}", "reduce.joint_layers=[blocks.1]")
     rd = run(joint, {})["stages"]["reduce"]
     assert (
@@ -351,8 +357,9 @@ def test_exemplars_are_the_closest_samples_and_their_patches_the_model_field(fol
     grid = tuple(g.attrs["layers"]["blocks.2"][1:])
     pos = map_positions(g["samples/pos"][row : row + 1], tuple(g.attrs["position_grid"]), grid)[0]
     image = Image.open(str(g["images/uri"][row // 2])).convert("RGB")
-    box = source_box(patch_box((int(pos[0]), int(pos[1])), grid, field, 64), *image.size,
-                     model.preprocess)  # fmt: skip
+    box = source_box(
+        patch_box((int(pos[0]), int(pos[1])), grid, field, 64), *image.size, model.preprocess
+    )
     px, per = ex.attrs["patch_px"], ex.attrs["per_sheet"]
     want = take_patch(image, box, px).astype(int)
     got = _sheet_cell(run_dir, "patches", 3, px, per)  # a JPEG sheet: close, not equal
@@ -366,8 +373,12 @@ def test_exemplars_are_the_closest_samples_and_their_patches_the_model_field(fol
 
 def test_unreadable_sources_are_counted_not_fatal(tmp_path) -> None:
     make_images(tmp_path / "imgs", 24, size=80)
-    common = ("data=folder", f"data.path={tmp_path / 'imgs'}", f"run_dir={tmp_path / 'run'}",
-              "exemplars.rows_per_task=16")  # fmt: skip
+    common = (
+        "data=folder",
+        f"data.path={tmp_path / 'imgs'}",
+        f"run_dir={tmp_path / 'run'}",
+        "exemplars.rows_per_task=16",
+    )
     s, _ = _settings(*common, "stages=[extract,reduce,grid,render]")
     run(s, {})
     gone = sorted((tmp_path / "imgs").rglob("*.jpg"))[:3]
@@ -378,14 +389,22 @@ def test_unreadable_sources_are_counted_not_fatal(tmp_path) -> None:
     g = zarr.open_group(str(tmp_path / "run" / "atlas.zarr"), mode="r")
     ex = g["layers/blocks.2/exemplars"]
     uris = g["images/uri"][:]
-    lost = np.isin(ex["row"][:] // g.attrs["k"], [i for i, u in enumerate(uris)
-                                                if Path(u) in set(gone)])  # fmt: skip
-    log.info("exemplar rows %d: ok %d, failed %d (sources deleted: %d)",
-             counts["exemplar_rows"], counts["patches_ok"], counts["patches_failed"], len(gone))
+    lost = np.isin(
+        ex["row"][:] // g.attrs["k"], [i for i, u in enumerate(uris) if Path(u) in set(gone)]
+    )
+    log.info(
+        "exemplar rows %d: ok %d, failed %d (sources deleted: %d)",
+        counts["exemplar_rows"],
+        counts["patches_ok"],
+        counts["patches_failed"],
+        len(gone),
+    )
     assert lost.sum() > 0 and counts["patches_failed"] == lost.sum()
     assert counts["patches_ok"] + counts["patches_failed"] == counts["exemplar_rows"]
     px, per = ex.attrs["patch_px"], ex.attrs["per_sheet"]
-    blank = [_sheet_cell(tmp_path / "run", "patches", int(i), px, per)[4:-4, 4:-4].min()
-             for i in np.flatnonzero(lost)]  # inside: JPEG's chroma smoothing reaches the edges
+    blank = [
+        _sheet_cell(tmp_path / "run", "patches", int(i), px, per)[4:-4, 4:-4].min()
+        for i in np.flatnonzero(lost)
+    ]  # inside: JPEG's chroma smoothing reaches the edges
     assert (ex["ok"][:] == ~lost).all() and min(blank) >= 250  # left blank (white)
     assert (tmp_path / "run" / "viewer" / "index.html").is_file()

@@ -184,8 +184,13 @@ def test_cuml_on_a_cluster_without_gpus_is_a_config_error(corpus) -> None:
     shutil.copytree(ref, run_dir)
     # cluster.address set: the driver skips its own check and the fit task (Ray already running
     # in this module) finds no cuML
-    s = _settings(base / "imgs", run_dir, "stages=[extract,reduce]", "reduce.backend=cuml",
-                  "cluster.address=auto")  # fmt: skip
+    s = _settings(
+        base / "imgs",
+        run_dir,
+        "stages=[extract,reduce]",
+        "reduce.backend=cuml",
+        "cluster.address=auto",
+    )
     with pytest.raises(ConfigError, match=r"reduce\.backend=cuml: cluster\.reduce_fit.*0 GPU"):
         run(s, {})
 

@@ -24,15 +24,31 @@ def test_a_gpu_stage_on_a_cluster_asks_for_cuda_and_locally_takes_what_is_there(
     assert _run("cluster.extract.num_gpus=1").device() == "auto"  # local: auto stays
     on = _run("cluster.address=127.0.0.1:1", "cluster.extract.num_gpus=1")
     assert on.device() == "cuda" and on.device("grid") == "auto"  # no GPU asked: no demand
-    knowingly = _run("cluster.address=127.0.0.1:1", "cluster.extract.num_gpus=1",
-                     "cluster.extract.device=cpu")  # fmt: skip
+    knowingly = _run(
+        "cluster.address=127.0.0.1:1", "cluster.extract.num_gpus=1", "cluster.extract.device=cpu"
+    )
     assert knowingly.device() == "cpu"
-    assert _backend(StageRun("reduce", on.s.with_(cluster=on.s.cluster.__class__(
-        address="x", reduce_fit=on.s.cluster.reduce_fit.__class__(num_gpus=1))), MAIN, "fp")) \
-        == "cuml"  # fmt: skip
+    assert (
+        _backend(
+            StageRun(
+                "reduce",
+                on.s.with_(
+                    cluster=on.s.cluster.__class__(
+                        address="x", reduce_fit=on.s.cluster.reduce_fit.__class__(num_gpus=1)
+                    )
+                ),
+                MAIN,
+                "fp",
+            )
+        )
+        == "cuml"
+    )
     assert _backend(StageRun("reduce", on.s, MAIN, "fp")) == "auto"  # the fit has no GPU
-    cpu_fit = _run("cluster.address=127.0.0.1:1", "cluster.reduce_fit.num_gpus=1",
-                   "cluster.reduce_fit.device=cpu").s  # fmt: skip
+    cpu_fit = _run(
+        "cluster.address=127.0.0.1:1",
+        "cluster.reduce_fit.num_gpus=1",
+        "cluster.reduce_fit.device=cpu",
+    ).s
     assert _backend(StageRun("reduce", cpu_fit, MAIN, "fp")) == "auto"  # a CPU fit, knowingly
 
 

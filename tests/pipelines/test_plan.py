@@ -26,9 +26,23 @@ def _disk(run_dir: Path) -> tuple[int, int]:
 
 
 def test_the_plan_writes_nothing_and_prints_json(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "pipelines", "plan", "--json", "model=tiny",
-                          f"run_dir={tmp_path / 'never'}", "preset=r3", "data.n_images=1000"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines",
+            "plan",
+            "--json",
+            "model=tiny",
+            f"run_dir={tmp_path / 'never'}",
+            "preset=r3",
+            "data.n_images=1000",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)
     assert doc["store_bytes"] > 0 and doc["objects"] > 0 and not (tmp_path / "never").exists()
@@ -37,14 +51,24 @@ def test_the_plan_writes_nothing_and_prints_json(tmp_path: Path) -> None:
 
 
 def test_the_estimate_is_within_35_percent_of_a_real_run(tmp_path: Path, local_ray) -> None:
-    overrides = [f"run_dir={tmp_path / 'run'}", "debug=fast", "data.n_images=256",
-                 "grid.sizes=[4,8]", "extract.chunk_images=64"]  # fmt: skip
+    overrides = [
+        f"run_dir={tmp_path / 'run'}",
+        "debug=fast",
+        "data.n_images=256",
+        "grid.sizes=[4,8]",
+        "extract.chunk_images=64",
+    ]
     want = plan(overrides)
     s, resolved = debug_settings(*overrides)
     run(s, resolved)
     got_bytes, got_files = _disk(tmp_path / "run")
-    log.info("plan: %d bytes in %d objects estimated, %d bytes in %d files written",
-             want["store_bytes"], want["objects"], got_bytes, got_files)  # fmt: skip
+    log.info(
+        "plan: %d bytes in %d objects estimated, %d bytes in %d files written",
+        want["store_bytes"],
+        want["objects"],
+        got_bytes,
+        got_files,
+    )
     assert abs(want["store_bytes"] - got_bytes) <= 0.35 * got_bytes
     assert abs(want["objects"] - got_files) <= 0.35 * got_files
 
@@ -53,11 +77,19 @@ def test_a_plan_for_data_only_the_cluster_reaches_needs_no_weights(tmp_path: Pat
     """``--images N`` plans N files of a folder this machine cannot see, and the model's
     architecture is enough (GoogLeNet's weights are not here): R3 on ImageNet, 16 H100s."""
     missing = tmp_path / "imagenet" / "train"
-    out = plan(["experiment=googlenet_mixed4c", "data=imagenet", f"data.path={missing}"],
-               device="h100", workers=16, images=1_281_167)  # fmt: skip
+    out = plan(
+        ["experiment=googlenet_mixed4c", "data=imagenet", f"data.path={missing}"],
+        device="h100",
+        workers=16,
+        images=1_281_167,
+    )
     assert out["stages"]["extract"]["images"] == 1_281_167 and out["model"] == "googlenet"
     assert out["layer"] == "inception4c" and set(out["stages"]["grid"]["cells"]) == {
-        20, 40, 80, 160}
+        20,
+        40,
+        80,
+        160,
+    }
     raw = 1_281_167 * 512 * 2  # one sample an image, 512 float16 channels at inception4c
     assert 0.7 * raw < out["bytes_by_group"]["extraction: activations and moments"] < 1.2 * raw
     assert 1.0 < out["gflops"]["forward"] < 4.0 and out["hours"]["render"] > 0

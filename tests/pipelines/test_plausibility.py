@@ -29,10 +29,16 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def judged(tmp_path_factory, local_ray):
     base = tmp_path_factory.mktemp("plaus")
-    s, _ = debug_settings(f"run_dir={base / 'run'}", "grid.sizes=[4,6]", "exemplars.k=3",
-                          "exemplars.rows_per_task=8", "plausibility.pool=5",
-                          "plausibility.cells_per_task=3", "plausibility.sheets_per_task=2",
-                          "plausibility.input_px=32")  # fmt: skip
+    s, _ = debug_settings(
+        f"run_dir={base / 'run'}",
+        "grid.sizes=[4,6]",
+        "exemplars.k=3",
+        "exemplars.rows_per_task=8",
+        "plausibility.pool=5",
+        "plausibility.cells_per_task=3",
+        "plausibility.sheets_per_task=2",
+        "plausibility.input_px=32",
+    )
     return s, run(s, {}), base / "run"
 
 

@@ -65,23 +65,35 @@ def start_cluster() -> dict:
     gcs, dash = _port(), _port()
     _ray(
         [
-            "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=0",
-            "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats",
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--num-cpus=0",
+            "--num-gpus=0",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
         ],
         env,
-    )  # fmt: skip
+    )
     ports = {}
     for name in ("a", "b"):
         ports[name] = _port()
         _ray(
             [
-                "start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1",
-                "--num-cpus=4", "--num-gpus=1", f"--node-manager-port={ports[name]}",
+                "start",
+                f"--address=127.0.0.1:{gcs}",
+                "--node-ip-address=127.0.0.1",
+                "--num-cpus=4",
+                "--num-gpus=1",
+                f"--node-manager-port={ports[name]}",
                 f"--resources={json.dumps({f'worker_{name}': 1})}",
             ],
             env,
-        )  # fmt: skip
+        )
     return {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
 
 
@@ -166,21 +178,38 @@ def scenario(tmp: Path) -> dict:
     try:
         nodes = _nodes(cluster)
         submit = [RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}"]
-        atlas = [sys.executable, "-c", "from pipelines.commands.cli import main; main()",
-                 "cluster=ray_cluster", "cluster.address=auto"]  # fmt: skip
-        refused = subprocess.run([*submit, "--", *atlas, *_args(tmp / "imgs", tmp / "gpu")],
-                                 env=cluster["env"], capture_output=True, text=True,
-                                 timeout=300)  # fmt: skip
+        atlas = [
+            sys.executable,
+            "-c",
+            "from pipelines.commands.cli import main; main()",
+            "cluster=ray_cluster",
+            "cluster.address=auto",
+        ]
+        refused = subprocess.run(
+            [*submit, "--", *atlas, *_args(tmp / "imgs", tmp / "gpu")],
+            env=cluster["env"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         runtime = {"env_vars": {"ATLAS_TEST_FAULT": f"sleep:mid:0.5;trace:start:{traces}"}}
-        cmd = [*submit, f"--runtime-env-json={json.dumps(runtime)}", "--", *atlas,
-               *_args(tmp / "imgs", run_dir), *CPU_KNOWINGLY]  # fmt: skip
+        cmd = [
+            *submit,
+            f"--runtime-env-json={json.dumps(runtime)}",
+            "--",
+            *atlas,
+            *_args(tmp / "imgs", run_dir),
+            *CPU_KNOWINGLY,
+        ]
         t0 = time.perf_counter()
-        job = subprocess.Popen(cmd, env=cluster["env"], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        job = subprocess.Popen(
+            cmd, env=cluster["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline, started_b = time.time() + 240, []
         while time.time() < deadline:  # b has committed a shard and is in the middle of another
-            started_b = sorted({int(p.name.split("-")[1]) for p in traces.iterdir()
-                                if nodes["b"] in p.name})  # fmt: skip
+            started_b = sorted(
+                {int(p.name.split("-")[1]) for p in traces.iterdir() if nodes["b"] in p.name}
+            )
             done_b = [i for i, node in _committed(run_dir).items() if node == nodes["b"]]
             if done_b and set(started_b) - set(done_b):
                 break
@@ -191,8 +220,11 @@ def scenario(tmp: Path) -> dict:
         interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     finally:
         stop_cluster(cluster)
-    gpu_refusal = {"returncode": refused.returncode, "output": refused.stdout[-6000:],
-                   "wrote_store": (tmp / "gpu" / "atlas.zarr").exists()}  # fmt: skip
+    gpu_refusal = {
+        "returncode": refused.returncode,
+        "output": refused.stdout[-6000:],
+        "wrote_store": (tmp / "gpu" / "atlas.zarr").exists(),
+    }
     if job.returncode != 0:  # the test reports the job's own output
         return {"returncode": job.returncode, "output": output[-4000:], "gpu": gpu_refusal}
     from pipelines.commands.run import run
@@ -207,30 +239,39 @@ def scenario(tmp: Path) -> dict:
     a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
     return {
-        "returncode": job.returncode, "output": output[-4000:], "seconds": seconds,
-        "nodes": nodes, "started_on_b": started_b, "gpu": gpu_refusal,
+        "returncode": job.returncode,
+        "output": output[-4000:],
+        "seconds": seconds,
+        "nodes": nodes,
+        "started_on_b": started_b,
+        "gpu": gpu_refusal,
         "committed_by": _committed(run_dir),
         "equal": {n: bool(np.array_equal(a[n][:], b[n][:], equal_nan=True)) for n in ARRAYS},
         "interfaces": sorted(line.split(":")[0].strip() for line in interfaces),
-    }  # fmt: skip
+    }
 
 
 def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
     """Runs :func:`scenario` in a fresh network namespace that has only the loopback interface
     (``unshare --net``): Ray's cluster mode binds some servers to every interface, and in there
     every interface is loopback."""
-    if shutil.which("unshare") is None or subprocess.run(
-        ["unshare", "--net", "true"], capture_output=True, check=False
-    ).returncode:
+    if (
+        shutil.which("unshare") is None
+        or subprocess.run(["unshare", "--net", "true"], capture_output=True, check=False).returncode
+    ):
         pytest.skip("needs `unshare --net` (root, or user namespaces) to keep Ray on loopback")
     root = Path(__file__).resolve().parents[2]
     module = "tests.pipelines.test_ray_jobs"
     script = f"ip link set lo up && exec {sys.executable} -m {module} {tmp_path}"
     env = {**os.environ, "PYTHONPATH": str(root)}
     out = subprocess.run(
-        ["unshare", "--net", "sh", "-c", script], cwd=root, capture_output=True, text=True,
-        timeout=900, env=env,
-    )  # fmt: skip
+        ["unshare", "--net", "sh", "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     r = json.loads((tmp_path / "result.json").read_text())
     assert r["returncode"] == 0, r["output"]
@@ -243,8 +284,11 @@ def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     ex = manifest["stages"]["extract"]["counts"]
     assert (ex["images_expected"], ex["images_ok"], ex["images_failed"], ex["images_lost"]) == (
-        48, 48, 0, 0,
-    )  # fmt: skip
+        48,
+        48,
+        0,
+        0,
+    )
     nodes, committed = r["nodes"], {int(k): v for k, v in r["committed_by"].items()}
     assert set(nodes) == {"a", "b"} and r["started_on_b"]
     retried = [i for i in r["started_on_b"] if committed[i] == nodes["a"]]
@@ -258,9 +302,12 @@ def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
         "(%s retried on a); nodes that committed shards: %d of 2; faults injected 1, survived "
         "1; rows 48 = ok 48 + "
         "failed 0 + lost 0; store equal to the local reference (%s); %.0f s",
-        r["started_on_b"], retried, len(set(committed.values())), ", ".join(ARRAYS),
+        r["started_on_b"],
+        retried,
+        len(set(committed.values())),
+        ", ".join(ARRAYS),
         r["seconds"],
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -28,9 +28,15 @@ ICONS = ("icons", "icon_objective")
 
 def _settings(run_dir: Path, *extra: str):
     return debug_settings(
-        f"run_dir={run_dir}", "data.n_images=64", "grid.sizes=[4,5]", "render.steps=6",
-        "render.attempts=2", "render.cache=false", "render.group=2", *extra,
-    )[0]  # fmt: skip
+        f"run_dir={run_dir}",
+        "data.n_images=64",
+        "grid.sizes=[4,5]",
+        "render.steps=6",
+        "render.attempts=2",
+        "render.cache=false",
+        "render.group=2",
+        *extra,
+    )[0]
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +79,10 @@ def test_icons_do_not_depend_on_batch_size_actors_or_an_actor_kill(gridded, inje
     log.info(
         "render identity: %d icons; batch 4 = batch 16 = batch 3 x 2 actors byte for byte; "
         "actor killed after its second batch: faults injected 1, restarts %d, identical %s",
-        n, killed["counts"]["actor_restarts"], same,
-    )  # fmt: skip
+        n,
+        killed["counts"]["actor_restarts"],
+        same,
+    )
     assert same
 
 

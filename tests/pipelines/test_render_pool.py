@@ -34,30 +34,50 @@ def _store(path: Path) -> str:
     """A run store holding one empty level of N icons (32 px, groups of 4, items of 8)."""
     man = InputManifest(uris=np.array(["/x.jpg"], dtype=object), crops=np.full((1, 4), -1))
     url = str(path / "atlas.zarr")
-    store = RunStore.create(url, man, plan_shards(1, chunk_images=1), np.zeros((1, 2), np.int16),
-                            StoreLayout(k=1, seed=0, layers={"blocks.2": (32, 8, 8)}, topk=1))
-    store.level("blocks.2", 4).create(["icons", "icon_objective", "icon_cosine"],
-                                      {"M": N, "px": 32, "group": GROUP, "item": ITEM})
+    store = RunStore.create(
+        url,
+        man,
+        plan_shards(1, chunk_images=1),
+        np.zeros((1, 2), np.int16),
+        StoreLayout(k=1, seed=0, layers={"blocks.2": (32, 8, 8)}, topk=1),
+    )
+    store.level("blocks.2", 4).create(
+        ["icons", "icon_objective", "icon_cosine"], {"M": N, "px": 32, "group": GROUP, "item": ITEM}
+    )
     return url
 
 
 def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndarray]]:
     settings = RenderSettings(icon_px=32, steps=6, attempts=2, whiten=False)
     dirs = np.random.default_rng(0).normal(size=(N, 32)).astype(np.float32)
-    items = [RenderItem(4, a, dirs[a : a + ITEM], tuple(range(a, a + ITEM)), ())
-             for a in range(0, N, ITEM)]
+    items = [
+        RenderItem(4, a, dirs[a : a + ITEM], tuple(range(a, a + ITEM)), ())
+        for a in range(0, N, ITEM)
+    ]
     target = Target(_store(tmp), {}, "", "blocks.2", None)
-    pool = ray_ops.ActorPool(RenderWorker, (ModelSpec(name="tiny"), settings, "cpu", None,
-                                            target, fault), size=1, num_cpus=1)
+    pool = ray_ops.ActorPool(
+        RenderWorker,
+        (ModelSpec(name="tiny"), settings, "cpu", None, target, fault),
+        size=1,
+        num_cpus=1,
+    )
     commits: Counter[int] = Counter()
     try:
-        restarts = pool.map("render", items, desc="render", extra=(GROUP,),
-                            on_result=lambda item, out: commits.update([item.start]))
+        restarts = pool.map(
+            "render",
+            items,
+            desc="render",
+            extra=(GROUP,),
+            on_result=lambda item, out: commits.update([item.start]),
+        )
     finally:
         pool.close()
     level = RunStore.open(target.store_url).level("blocks.2", 4)
-    return restarts, commits, dict(zip(("icons", "objective", "cosine"), level.icons(),
-                                       strict=True))
+    return (
+        restarts,
+        commits,
+        dict(zip(("icons", "objective", "cosine"), level.icons(), strict=True)),
+    )
 
 
 def test_a_killed_actor_is_replaced_and_every_item_is_committed_once(ray_session, tmp_path):
@@ -66,9 +86,14 @@ def test_a_killed_actor_is_replaced_and_every_item_is_committed_once(ray_session
     flag = tmp_path / "killed"
     restarts, commits, killed = _render(tmp_path / "a", f"sigkill_once:render:{flag}")
     _, clean_commits, clean = _render(tmp_path / "b", "")
-    log.info("faults injected 1, actor restarts %d, items expected 3, committed %d, icons "
-             "written %d of %d", restarts, len(commits), int((~np.isnan(killed["objective"]))
-                                                              .sum()), N)
+    log.info(
+        "faults injected 1, actor restarts %d, items expected 3, committed %d, icons "
+        "written %d of %d",
+        restarts,
+        len(commits),
+        int((~np.isnan(killed["objective"])).sum()),
+        N,
+    )
     assert flag.exists() and restarts == 1
     assert sorted(commits) == [0, 8, 16] and set(commits.values()) == {1}  # each exactly once
     assert clean_commits == commits and not np.isnan(killed["objective"]).any()

@@ -22,8 +22,14 @@ def test_weekly_runs_share_work_record_failures_and_expire(tmp_path, local_ray, 
     root = tmp_path / "root"
 
     def week(date: str, *extra: str):
-        s, resolved = debug_settings("data=folder", f"data.path={tmp_path / 'imgs'}",
-                                     f"run_root={root}", f"date={date}", "keep_runs=2", *extra)
+        s, resolved = debug_settings(
+            "data=folder",
+            f"data.path={tmp_path / 'imgs'}",
+            f"run_root={root}",
+            f"date={date}",
+            "keep_runs=2",
+            *extra,
+        )
         return run_one(s, resolved)[1]
 
     first = week("2026-11-01")
@@ -54,6 +60,8 @@ def test_weekly_runs_share_work_record_failures_and_expire(tmp_path, local_ray, 
     assert [r["run"] for r in index["runs"]] == ["2026-11-08", "2026-11-15"]  # keep_runs=2
     assert not (root / "2026-11-01").exists() and (root / "extractions").is_dir()
     assert going.is_dir()
-    log.info("schedule: week 2 rendered 0 groups (%d from the cache); a failed date recorded "
-             "in failed.json, its manifest and the index, then resumed; 1 run expired",
-             rd["counts"]["groups_from_cache"])  # fmt: skip
+    log.info(
+        "schedule: week 2 rendered 0 groups (%d from the cache); a failed date recorded "
+        "in failed.json, its manifest and the index, then resumed; 1 run expired",
+        rd["counts"]["groups_from_cache"],
+    )

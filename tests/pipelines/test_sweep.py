@@ -30,14 +30,27 @@ def test_a_sweep_of_two_models_by_two_layers_with_one_failure(tmp_path: Path) ->
     sweep = tmp_path / "sweep"
     env = {**os.environ, FAULT_ENV: "raise:run:layer=blocks.1,model.weights=w1"}
     cmd = [
-        sys.executable, "-c", "from pipelines.commands.cli import main; main()", "-m", "debug=fast",
-        "model.weights=w0.safetensors,w1.safetensors", "layer=blocks.1,blocks.2",
-        "extract.layers=[blocks.1,blocks.2]", "data.n_images=48", "cluster.num_cpus=2",
+        sys.executable,
+        "-c",
+        "from pipelines.commands.cli import main; main()",
+        "-m",
+        "debug=fast",
+        "model.weights=w0.safetensors,w1.safetensors",
+        "layer=blocks.1,blocks.2",
+        "extract.layers=[blocks.1,blocks.2]",
+        "data.n_images=48",
+        "cluster.num_cpus=2",
         f"hydra.sweep.dir={sweep}",
-    ]  # fmt: skip
+    ]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    out = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     seconds = time.perf_counter() - t0
     assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
     index = json.loads((sweep / "index.json").read_text())
@@ -62,5 +75,6 @@ def test_a_sweep_of_two_models_by_two_layers_with_one_failure(tmp_path: Path) ->
     log.info(
         "sweep: 4 jobs (2 models x 2 layers), 3 atlases, 1 failure recorded; 2 extractions for "
         "4 jobs; exit code %d; %.0f s",
-        out.returncode, seconds,
-    )  # fmt: skip
+        out.returncode,
+        seconds,
+    )

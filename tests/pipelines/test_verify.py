@@ -85,5 +85,8 @@ def test_a_removed_stage_output_is_named(clean_run, capsys) -> None:
     assert "FAIL stage reduce: output missing: layers/blocks.2/layout" in out
     assert "FAIL stage compose: output missing: atlas-4.png" in out
     problems = out.count("FAIL")
-    log.info("verify: 3 kinds of damage injected (chunk, marker, stage output), all found; "
-             "%d problems named in the last run", problems)  # fmt: skip
+    log.info(
+        "verify: 3 kinds of damage injected (chunk, marker, stage output), all found; "
+        "%d problems named in the last run",
+        problems,
+    )

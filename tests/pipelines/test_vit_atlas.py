@@ -31,11 +31,22 @@ def _weights(path: Path, num_classes: int) -> Path:
 
 def _settings(images: Path, run_dir: Path, weights: Path, *extra: str):
     return debug_settings(
-        "model=timm", f"model.name=timm:{ARCH}", f"model.weights={weights}", "layer=blocks.6",
-        "data=folder", f"data.path={images}", f"run_dir={run_dir}", "extract.chunk_images=16",
-        "extract.batch_size=8", "reduce.n_neighbors=8", "grid.sizes=[3]", "render.icon_px=16",
-        "render.steps=2", "exemplars.k=2", *extra,
-    )  # fmt: skip
+        "model=timm",
+        f"model.name=timm:{ARCH}",
+        f"model.weights={weights}",
+        "layer=blocks.6",
+        "data=folder",
+        f"data.path={images}",
+        f"run_dir={run_dir}",
+        "extract.chunk_images=16",
+        "extract.batch_size=8",
+        "reduce.n_neighbors=8",
+        "grid.sizes=[3]",
+        "render.icon_px=16",
+        "render.steps=2",
+        "exemplars.k=2",
+        *extra,
+    )
 
 
 def test_a_vit_atlas_from_a_safetensors_file_by_name(tmp_path: Path, local_ray) -> None:
@@ -62,8 +73,12 @@ def test_a_model_without_a_class_head_runs_without_predictions(tmp_path: Path, l
         run(_settings(tmp_path / "imgs", tmp_path / "refused", w, "extract.attr_classes=3")[0], {})
     assert "no class head" in str(e.value) and "extract.attr_classes=0" in str(e.value)
     assert not (tmp_path / "refused" / "atlas.zarr").exists()  # before any work
-    s, resolved = _settings(tmp_path / "imgs", tmp_path / "run", w,
-                            "stages=[extract,reduce,grid,exemplars,render,plausibility,compose]")
+    s, resolved = _settings(
+        tmp_path / "imgs",
+        tmp_path / "run",
+        w,
+        "stages=[extract,reduce,grid,exemplars,render,plausibility,compose]",
+    )
     manifest = run(s, resolved)
     assert manifest["stages"]["compose"]["status"] == "done"
     g = zarr.open_group(str(tmp_path / "run" / "atlas.zarr"), mode="r")

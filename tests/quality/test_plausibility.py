@@ -77,12 +77,17 @@ def test_pooled_features_are_the_unit_input_of_the_last_linear_layer() -> None:
             return (x - 0.5) / 0.5
 
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                        nn.Linear(6, 4))  # fmt: skip
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4)
+    )
     imgs = np.random.default_rng(2).integers(0, 256, (5, 20, 20, 3), dtype=np.uint8)
     got = pooled_features(net, Pre(), imgs, input_px=16, batch=2)
-    x = torch.nn.functional.interpolate(torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255,
-                                        size=(16, 16), mode="bilinear", antialias=True)
+    x = torch.nn.functional.interpolate(
+        torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255,
+        size=(16, 16),
+        mode="bilinear",
+        antialias=True,
+    )
     with torch.no_grad():
         want = torch.nn.functional.normalize(net[:4](Pre().normalize(x)), dim=1).numpy()
     assert got.shape == (5, 6) and np.allclose(got, want, atol=1e-5)

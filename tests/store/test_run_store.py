@@ -167,8 +167,9 @@ def test_nodes_declare_their_arrays_and_a_view_writes_under_its_group(tmp_path: 
     st = _store(tmp_path)
     view = st.in_view("views/v1/")
     level = view.level("l", 4)
-    level.create(["icons", "icon_objective", "icon_cosine"],
-                 {"M": 40, "px": 8, "group": 4, "item": 16})
+    level.create(
+        ["icons", "icon_objective", "icon_cosine"], {"M": 40, "px": 8, "group": 4, "item": 16}
+    )
     arr = level.array("icons")
     assert arr.chunks == (4, 8, 8, 3) and arr.shards == (16, 8, 8, 3)  # a shard per work item
     assert level.icon_layout() == (4, 16)
@@ -176,6 +177,7 @@ def test_nodes_declare_their_arrays_and_a_view_writes_under_its_group(tmp_path: 
     g = zarr.open_group(str(tmp_path / "atlas.zarr"), mode="r")
     assert g["views/v1/layers/l/grid/4/icons"][16, 0, 0, 0] == 7  # readable with plain zarr
     assert not st.level("l", 4).has("icons")  # the main view has no such level
-    objects = sorted(p.name for p in (tmp_path / "atlas.zarr/views/v1/layers/l/grid/4/icons/c")
-                     .iterdir())
+    objects = sorted(
+        p.name for p in (tmp_path / "atlas.zarr/views/v1/layers/l/grid/4/icons/c").iterdir()
+    )
     assert objects == ["1"]  # one storage object for 16 icons, not 16
