@@ -81,9 +81,8 @@ def peer(run_dir: Path, g: int, width: int) -> tuple[float, float, np.ndarray]:
 
 
 def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
+    from pipelines.commands.run import stage_run
     from pipelines.core import ray_ops
-    from pipelines.core.stage import StageRun
-    from pipelines.core.views import MAIN
     from pipelines.stages import compose
 
     s = settings(
@@ -96,7 +95,7 @@ def ours(run_dir: Path, sizes: list[int], px: int) -> tuple[float, dict]:
     ray_ops.init(s.cluster)
     with RayRssSampler() as rss:
         t0 = time.perf_counter()
-        res = compose.run(StageRun("compose", s, MAIN, "bench"))
+        res = compose.run(stage_run(s, "compose"))
         seconds = time.perf_counter() - t0
     ray_ops.shutdown()
     return seconds, {

@@ -63,9 +63,8 @@ def ours(
     imports, model load), decoding, writes and commit markers. Ray's own start-up (``ray.init``)
     is done before the clock starts. Also the steady rate: the median shard's images per second
     times the tasks at once, and the median per-task start-up seconds."""
+    from pipelines.commands.run import stage_run
     from pipelines.core import ray_ops
-    from pipelines.core.stage import StageRun
-    from pipelines.core.views import MAIN
     from pipelines.stages import extract
 
     n = len(list(folder.glob("*.jpg")))
@@ -82,12 +81,12 @@ def ours(
     )
     ray_ops.init(s.cluster)
     with Timer() as t:
-        res = extract.run(StageRun("extract", s, MAIN, "bench"))
+        res = extract.run(stage_run(s, "extract"))
     parallel = ray_ops.cluster_resources().get("CPU", 1)
     ray_ops.shutdown()
     return {
         "images_per_second": n / t.seconds,
-        "store_url": s.store_url,
+        "store_url": s.location.store_url,
         "steady": float(res.details["shard_images_per_second_median"]) * parallel,
         "startup_seconds_median": res.details["shard_startup_seconds_median"],
         "shards": res.counts["shards"],

@@ -88,15 +88,14 @@ def cells(run_dir: str, n: int, min_exemplars: int, size: int = 32) -> dict[str,
 
 def ours(model: Any, c: dict[str, Any], settings: Any) -> tuple[float, np.ndarray]:
     """Our renderer in its groups (16 on a CPU), as the render stage runs it."""
-    from atlas_core.featvis import IconRenderer
+    from atlas_core.featvis import IconRecipe, IconRenderer
     from atlas_core.featvis.streams import icon_seed
 
-    r = IconRenderer(model, LAYER, settings, spectrum=c["spectrum"])
+    recipe = IconRecipe.from_settings(settings, spectrum=c["spectrum"], whiten=c["whiten"])
+    r = IconRenderer(model, LAYER, recipe)
     seeds = [icon_seed(0, LAYER, c["size"], int(i)) for i in c["cells"]]
     with Timer() as t:
-        out = r.render_groups(
-            c["directions"], seeds=seeds, group=r.suggest_group(), whiten=c["whiten"]
-        )
+        out = r.render_groups(c["directions"], seeds=seeds, group=r.suggest_group())
     icons = out.icons
     if out.alpha is not None:  # judged as drawn on the atlas's white background
         w = out.alpha[..., None] / 255.0
@@ -177,14 +176,14 @@ def main() -> None:
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from atlas_core.featvis import IconSettings
     from atlas_core.models import ModelSpec, load_model
     from benchmarks.render_bench import fidelity, lucent_one_at_a_time
-    from pipelines.stages.render import RenderConf
 
     torch.manual_seed(0)
     c = cells(demo_run(args.run), args.cells, args.min_exemplars)
     model = load_model(ModelSpec())
-    demo = RenderConf(icon_px=64, steps=96, attempts=1, cos_power=4, whiten=True).icon
+    demo = IconSettings(icon_px=64, steps=96, attempts=1, cos_power=4, whiten=True)
     if args.steps:
         demo = replace(demo, steps=args.steps)
     judges = {n: (load_model(ModelSpec(name=n)), 112) for n in JUDGES}

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,6 +64,14 @@ def _make_store(path: str, n: int) -> None:
     _store(Path(path), mixture(n, DIM))
 
 
+def _card(s: Any) -> Any:
+    """The model card of the synthetic store: its one layer, no class head."""
+    from atlas_core.models.card import ModelCard
+    from atlas_core.models.preprocess import Preprocess
+
+    return ModelCard(s.model.spec, Preprocess(), {s.layer: (DIM, 1, 1)})
+
+
 def ours(n: int) -> dict[str, float]:
     """Run our reduce stage in this process (Ray tasks for the fit and the transform). The store
     is written by a child process first, so this process's peak memory is the stage's own.
@@ -97,7 +106,7 @@ def ours(n: int) -> dict[str, float]:
         )
         ray_ops.init(s.cluster)
         with RayRssSampler() as workers, Timer() as t:
-            res = run(StageRun("reduce", s, MAIN, "bench"))
+            res = run(StageRun("reduce", s, MAIN, "bench", _card(s)))
         ray_ops.shutdown()
     return {
         "seconds": t.seconds,

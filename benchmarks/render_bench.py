@@ -57,12 +57,13 @@ def directions(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def ours(model, dirs, whiten, px, steps):
     """The pipeline's way: fixed groups of ``suggest_group()`` icons (16 on a CPU), each one
     tensor. Returns (seconds, icons, cosines, the group)."""
-    from atlas_core.featvis import IconRenderer, RenderSettings
+    from atlas_core.featvis import IconRecipe, IconRenderer, IconSettings
 
-    r = IconRenderer(model, LAYER, RenderSettings(icon_px=px, steps=steps, attempts=1))
+    settings = IconSettings(icon_px=px, steps=steps, attempts=1)
+    r = IconRenderer(model, LAYER, IconRecipe.from_settings(settings, whiten=whiten))
     group = r.suggest_group()
     with Timer() as t:
-        icons, _, cos, _ = r.render_groups(dirs, seeds=range(len(dirs)), group=group, whiten=whiten)
+        icons, _, cos, _ = r.render_groups(dirs, seeds=range(len(dirs)), group=group)
     return t.seconds, icons, cos, group
 
 
@@ -71,9 +72,10 @@ def bare_limit(model, px: int, batch: int, steps: int = 24) -> float:
     and backward pass of the same truncated network (normalize, stop at the layer) on a batch
     of ``batch`` images of ``px`` px, no transforms, no parameterization, no optimizer. Three
     untimed warm-up steps."""
-    from atlas_core.featvis import IconRenderer, RenderSettings
+    from atlas_core.featvis import IconRecipe, IconRenderer, IconSettings
 
-    r = IconRenderer(model, LAYER, RenderSettings(icon_px=px, steps=1, attempts=1))
+    recipe = IconRecipe.from_settings(IconSettings(icon_px=px, steps=1, attempts=1))
+    r = IconRenderer(model, LAYER, recipe)
     x = torch.rand(batch, 3, px, px).contiguous(memory_format=torch.channels_last)
     x.requires_grad_(True)  # channels-last, as our transforms hand the network its input
     for i in range(3 + steps):
@@ -148,9 +150,10 @@ def lucent_one_at_a_time(model, dirs, whiten, px, steps, image_px, fixed, ours_t
 
 
 def fidelity(model, icons: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    from atlas_core.featvis import IconRenderer, RenderSettings
+    from atlas_core.featvis import IconRecipe, IconRenderer, IconSettings
 
-    r = IconRenderer(model, LAYER, RenderSettings(icon_px=icons.shape[1]))
+    recipe = IconRecipe.from_settings(IconSettings(icon_px=icons.shape[1]))
+    r = IconRenderer(model, LAYER, recipe)
     x = torch.tensor(icons).permute(0, 3, 1, 2).float() / 255
     return r.cosine(x, torch.tensor(dirs))
 

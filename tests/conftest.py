@@ -102,3 +102,10 @@ def assert_same_store(a_dir: Path, b_dir: Path, arrays: tuple[str, ...]) -> None
     b = zarr.open_group(str(b_dir / "atlas.zarr"), mode="r")
     for name in arrays:
         assert np.array_equal(a[name][:], b[name][:], equal_nan=True), name
+
+
+def stage_run(s, name: str):
+    """The ``StageRun`` the runner would hand stage ``name`` in the main view of ``s``."""
+    from pipelines.commands.run import stage_run as runner_stage_run
+
+    return runner_stage_run(s, name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipelines.commands.stages import BEGIN, END, table
-from pipelines.settings import REGISTRY
+from pipelines.stages import REGISTRY
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "architecture.md"
 

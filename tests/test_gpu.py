@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from atlas_core.extract import ActivationExtractor, sample_positions
-from atlas_core.featvis import IconRenderer, RenderSettings
+from atlas_core.featvis import IconRecipe, IconRenderer, IconSettings
 from atlas_core.models import ModelSpec, load_model
 
 pytestmark = pytest.mark.gpu
@@ -30,7 +30,8 @@ def test_bf16_channels_last_extraction_matches_fp32_cpu() -> None:
 
 def test_rendering_on_cuda_picks_a_batch_and_raises_the_objective() -> None:
     m = load_model(ModelSpec(), device="cuda")
-    r = IconRenderer(m, "blocks.4", RenderSettings(icon_px=64, steps=32, attempts=1), device="cuda")
+    recipe = IconRecipe.from_settings(IconSettings(icon_px=64, steps=32, attempts=1))
+    r = IconRenderer(m, "blocks.4", recipe, device="cuda")
     assert r.suggest_group() >= 16
     d = np.abs(np.random.default_rng(0).normal(size=(16, 112))).astype(np.float32)
     icons, score, cos, _ = r.render(d, seeds=range(len(d)))

@@ -8,6 +8,7 @@ import torch
 
 from atlas_core.featvis.objectives import Acts, Objective
 from atlas_core.featvis.param import ImageFn
+from atlas_core.featvis.recipe import Optimizer
 from atlas_core.featvis.streams import Streams
 from atlas_core.featvis.transforms import Transform, compose, flatten_alpha
 
@@ -21,14 +22,13 @@ def optimize(
     image_fn: ImageFn,
     *,
     steps: int,
-    lr: float = 0.05,
+    optimizer: Optimizer | None = None,
     transforms: Sequence[Transform] = (),
     rng: Streams | None = None,
     on_step: Callable[[int], None] | None = None,
-    optimizer: str = "adam",
     saliency: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, list[float], torch.Tensor | None]:
-    """Maximize ``objective`` (summed over the batch) with Adam (or ``optimizer="nadam"``).
+    """Maximize ``objective`` (summed over the batch) with ``optimizer`` (Adam, lr 0.05).
 
     forward: image batch in [0, 1] (B, 3, H, W) -> captured layer outputs.
     Returns (final images (B, 3, H, W) in [0, 1], final objective per image (B,) evaluated on the
@@ -39,8 +39,7 @@ def optimize(
     Nothing in the loop waits on the host: the history stays on the device until the end.
     """
     transform = compose(list(transforms))
-    opt_cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}[optimizer]
-    opt = opt_cls(params, lr=lr)
+    opt = (optimizer or Optimizer()).make(list(params))
     history: list[torch.Tensor] = []
     gen = rng if rng is not None else Streams.from_seed(0, len(params[0]), device=params[0].device)
     seen: torch.Tensor | None = None

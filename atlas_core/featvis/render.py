@@ -1,6 +1,8 @@
 """Batched icon rendering: many cell directions optimized together, one objective per batch index.
 
-The renderer is built once (model, layer, settings) and called on many batches. The forward pass
+The renderer is built once (model, layer, recipe: :mod:`atlas_core.featvis.recipe`) and called
+on many batches. It composes the recipe's values and dispatches on none of the settings' names.
+The forward pass
 stops at the target layer and icons are rendered at their own size (Lucent upsamples to 224 px and
 runs the whole network, about ten times the work).
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -17,67 +18,11 @@ import torch
 
 from atlas_core.featvis.objectives import Acts, Objective, direction_cosine, direction_cossim
 from atlas_core.featvis.optimize import optimize
-from atlas_core.featvis.param import Fourier, Parameterization, PhaseOnly, Pixels
+from atlas_core.featvis.recipe import IconRecipe
 from atlas_core.featvis.streams import Streams, icon_seed
-from atlas_core.featvis.transforms import (
-    collapse_alpha,
-    flatten_alpha,
-    icon_transforms,
-    noise,
-)
+from atlas_core.featvis.transforms import flatten_alpha
 from atlas_core.models.layers import TokenGrid, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
-
-PARAMS = ("fft", "pixel", "maco")
-OBJECTIVES = ("lucid", "cosine")
-ALPHAS = ("none", "channel", "saliency")
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """Icon rendering settings (R3 defaults: 80 px, 1024 steps, best of 4, cosine power 4).
-
-    param: ``"fft"`` (Lucid: spectrum scaled by 1/f, decorrelated colour, sigmoid), ``"maco"``
-        (MACO: the phase only, the magnitude fixed to the run's own images' mean amplitude
-        spectrum, given to the renderer as ``spectrum``) or ``"pixel"``.
-    optimizer: ``"adam"`` or ``"nadam"`` (MACO's); noise: Gaussian plus uniform noise of this
-        scale added to the transformed image every step (MACO: 0.05).
-    alpha: ``"none"``; ``"channel"`` (Lucid's: an optimized alpha channel over random
-        backgrounds); ``"saliency"`` (MACO's: where the objective's input gradient was, summed
-        over the steps, clipped at its 80th percentile). With alpha the icons are returned
-        unflattened, beside their alpha.
-    objective: ``"lucid"`` (Lucid's ``mean(a * Sv) * max(0.1, cos)^cos_power`` at the centre) or
-        ``"cosine"`` (the cosine between the centre activation and the direction, unwhitened;
-        ``fill`` weighs in the mean cosine over every position: :func:`direction_cosine`).
-    whiten: use S = inverse second-moment matrix on the directions (``lucid`` objective only).
-    amp: bfloat16 autocast on CUDA (ignored on CPU).
-    """
-
-    icon_px: int = 80
-    steps: int = 1024
-    attempts: int = 4
-    lr: float = 0.05
-    cos_power: float = 4.0
-    whiten: bool = True
-    param: str = "fft"
-    sd: float = 0.01
-    decay_power: float = 1.0
-    transforms: bool = True
-    amp: bool = True
-    alpha: str = "none"
-    objective: str = "lucid"
-    fill: float = 0.0
-    optimizer: str = "adam"
-    noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.param not in PARAMS or self.alpha not in ALPHAS or self.objective not in OBJECTIVES:
-            raise ValueError(
-                f"param must be one of {PARAMS}, alpha one of {ALPHAS} and "
-                f"objective one of {OBJECTIVES}"
-            )
-        if self.param == "maco" and self.alpha == "channel":
-            raise ValueError("param='maco' has no alpha channel: use alpha='saliency' or 'none'")
 
 
 class Rendered(NamedTuple):
@@ -100,19 +45,6 @@ class Rendered(NamedTuple):
         )
 
 
-def parameterization(
-    settings: RenderSettings, spectrum: np.ndarray | None = None
-) -> Parameterization:
-    """The value ``settings.param`` names; ``maco`` needs the run's amplitude ``spectrum``."""
-    if settings.param == "maco":
-        if spectrum is None:
-            raise ValueError("param='maco' needs the run's amplitude spectrum (spectrum=...)")
-        return PhaseOnly(np.asarray(spectrum, np.float32))
-    if settings.param == "pixel":
-        return Pixels(settings.sd)
-    return Fourier(settings.sd, settings.decay_power)
-
-
 def render_px(model: LoadedModel, icon_px: int) -> int:
     """The size icons are optimized at: their own (``icon_px``), except for a transformer with
     fixed position embeddings (a token grid and no ``dynamic_img_size``), which only takes its
@@ -133,14 +65,6 @@ def _to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def saliency_alpha(seen: torch.Tensor, percentile: float = 80.0) -> torch.Tensor:
-    """(B, H, W) summed input-gradient magnitudes -> alpha in [0, 1]: each icon's map clipped
-    at its own ``percentile`` and divided by it (MACO's transparency)."""
-    flat = seen.flatten(1).float()
-    top = torch.quantile(flat, percentile / 100.0, dim=1).clamp_min(1e-12)
-    return (flat / top[:, None]).clamp(0.0, 1.0).reshape(seen.shape)
-
-
 def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """S = inverse of the uncentred second moment E[x x^T] (C, C), ridge ``eps * mean diag``."""
     m = np.asarray(second_moment, dtype=np.float64)
@@ -149,32 +73,27 @@ def whitening_matrix(second_moment: np.ndarray, eps: float = 1e-6) -> np.ndarray
 
 
 class IconRenderer:
-    """Renders icons for directions at ``layer`` of ``model``."""
+    """Renders icons for directions at ``layer`` of ``model`` with one :class:`IconRecipe`."""
 
     def __init__(
         self,
         model: LoadedModel,
         layer: str,
-        settings: RenderSettings,
+        recipe: IconRecipe,
         *,
         device: torch.device | str = "cpu",
-        spectrum: np.ndarray | None = None,
     ) -> None:
-        self.param = parameterization(settings, spectrum)
         self.model = model
         self.layer = layer
-        self.settings = settings
+        self.recipe = recipe
+        self.param = recipe.param
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.model.module.to(self.device)
         if self.cuda:
             self.model.module.to(memory_format=torch.channels_last)
-        self.px = render_px(model, settings.icon_px)
-        self.transforms = icon_transforms(self.px) if settings.transforms else []
-        if settings.noise > 0:
-            self.transforms = [*self.transforms, noise(settings.noise)]
-        if settings.alpha == "channel":
-            self.transforms = [collapse_alpha(), *self.transforms]
+        self.px = render_px(model, recipe.px)
+        self.transforms = [*recipe.alpha.first(), *recipe.transforms.build(self.px)]
 
     def forward(self, images: torch.Tensor) -> Acts:
         """[0, 1] images (B, 3, H, W) -> {layer: output}, stopping the pass at the layer."""
@@ -183,7 +102,7 @@ class IconRenderer:
             x = x.contiguous(memory_format=torch.channels_last)
         amp = (
             torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.cuda and self.settings.amp
+            if self.cuda and self.recipe.amp
             else nullcontext()
         )
         with amp, stop_at(self.model.module, [self.layer]) as out:
@@ -195,7 +114,6 @@ class IconRenderer:
         directions: np.ndarray,
         *,
         seeds: Sequence[int],
-        whiten: np.ndarray | None = None,
         on_step: Callable[[int], None] | None = None,
     ) -> Rendered:
         """Icons for ``directions`` (B, C), optimized together as one tensor; with best-of-N,
@@ -203,7 +121,7 @@ class IconRenderer:
 
         Returns :class:`Rendered`: icons uint8 (B, px, px, 3), best final objective (B,) float32,
         cosine (B,) between each icon's activation at the layer's centre and its direction, and
-        with an ``alpha`` setting the alpha uint8 (B, px, px) (the icons then unflattened).
+        with an alpha the alpha uint8 (B, px, px) (the icons then unflattened).
         Best-of-N: each icon keeps the attempt with the highest final objective (the first
         such attempt on ties).
         seeds: (B,) one per icon (:func:`icon_seed` of the run's seed and the icon's identity);
@@ -213,45 +131,33 @@ class IconRenderer:
         """
         if len(seeds) != len(directions):
             raise ValueError(f"{len(directions)} directions but {len(seeds)} seeds")
-        s = self.settings
-        b, n, px = len(directions), s.attempts, self.px
+        r = self.recipe
+        b, n, px = len(directions), r.attempts, self.px
         vecs = torch.tensor(np.asarray(directions, np.float32), device=self.device)
-        objective = self.objective(vecs.repeat(n, 1), whiten)
+        objective = self.objective(vecs.repeat(n, 1))
         gen = Streams(
             [icon_seed(int(x), "attempt", a) for a in range(n) for x in seeds], device=self.device
         )
-        channels = 4 if s.alpha == "channel" else 3
-        params, image_fn = self.param((b * n, channels, px, px), gen, self.device)
+        params, image_fn = r.param((b * n, r.alpha.channels, px, px), gen, self.device)
         img, score, _, seen = optimize(  # final scores see the icon flattened on white
             self.forward,
             objective,
             params,
             image_fn,
-            steps=s.steps,
-            lr=s.lr,
+            steps=r.steps,
+            optimizer=r.optimizer,
             transforms=self.transforms,
             rng=gen,
             on_step=on_step,
-            optimizer=s.optimizer,
-            saliency=s.alpha == "saliency",
+            saliency=r.alpha.saliency,
         )
-        if s.alpha == "saliency" and seen is not None:  # drawn, and judged, like channel alpha
-            img = torch.cat([img, saliency_alpha(seen)[:, None].to(img.dtype)], 1)
+        img = r.alpha.finish(img, seen)  # drawn, and judged, with its alpha
         alpha = img[:, 3] if img.shape[1] == 4 else None
         return self._best(img, alpha, score.reshape(n, b), vecs)
 
-    def objective(self, vecs: torch.Tensor, whiten: np.ndarray | None) -> Objective:
-        """The settings' objective for directions ``vecs`` (B, C): Lucid's ``dot * cos^n`` with
-        the whitening when ``settings.whiten``, or the plain cosine (never whitened)."""
-        s = self.settings
-        if s.objective == "cosine":
-            return direction_cosine(self.layer, vecs, fill=s.fill)
-        wt = (
-            torch.tensor(np.array(whiten, np.float32), device=self.device)
-            if s.whiten and whiten is not None
-            else None
-        )
-        return direction_cossim(self.layer, vecs, power=s.cos_power, whiten=wt)
+    def objective(self, vecs: torch.Tensor) -> Objective:
+        """The recipe's objective for directions ``vecs`` (B, C)."""
+        return self.recipe.objective.build(self.layer, vecs)
 
     def _best(
         self, img: torch.Tensor, alpha: torch.Tensor | None, score: torch.Tensor, vecs: torch.Tensor
@@ -266,9 +172,9 @@ class IconRenderer:
         a8 = None
         if alpha is not None:
             a8 = _to_uint8(
-                _resize(alpha.reshape(n, b, 1, px, px)[pick, rows], self.settings.icon_px)[:, 0]
+                _resize(alpha.reshape(n, b, 1, px, px)[pick, rows], self.recipe.px)[:, 0]
             )
-        keep = _resize(keep, self.settings.icon_px)
+        keep = _resize(keep, self.recipe.px)
         return Rendered(
             _to_uint8(keep.permute(0, 2, 3, 1)),
             score[pick, rows].cpu().numpy().astype(np.float32),
@@ -277,12 +183,7 @@ class IconRenderer:
         )
 
     def render_groups(
-        self,
-        directions: np.ndarray,
-        *,
-        seeds: Sequence[int],
-        group: int,
-        whiten: np.ndarray | None = None,
+        self, directions: np.ndarray, *, seeds: Sequence[int], group: int
     ) -> Rendered:
         """Icons for consecutive groups of ``group`` directions, one :meth:`render` each.
 
@@ -290,7 +191,7 @@ class IconRenderer:
         same icons in the same order, so every kernel sees the same shapes and the same bytes
         whatever the work split, the actor or the machine's load."""
         out = [
-            self.render(directions[a : a + group], seeds=seeds[a : a + group], whiten=whiten)
+            self.render(directions[a : a + group], seeds=seeds[a : a + group])
             for a in range(0, len(directions), group)
         ]
         return Rendered.concatenate(out)
@@ -301,16 +202,13 @@ class IconRenderer:
         measured by one optimization step on ``probe`` icons."""
         if not self.cuda:
             return 16
-        s = self.settings
+        r = self.recipe
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         base = torch.cuda.memory_allocated(self.device)
         vecs = torch.randn(probe, self.model.module_channels(self.layer), device=self.device)
-        params, image_fn = self.param(
-            (probe, 4 if s.alpha == "channel" else 3, self.px, self.px),
-            Streams.from_seed(0, probe),
-            self.device,
-        )
+        shape = (probe, r.alpha.channels, self.px, self.px)
+        params, image_fn = r.param(shape, Streams.from_seed(0, probe), self.device)
         optimize(
             self.forward,
             direction_cossim(self.layer, vecs),
@@ -318,12 +216,12 @@ class IconRenderer:
             image_fn,
             steps=1,
             transforms=self.transforms,
-            optimizer=s.optimizer,
-            saliency=s.alpha == "saliency",
+            optimizer=r.optimizer,
+            saliency=r.alpha.saliency,
         )
         per_image = max(1, (torch.cuda.max_memory_allocated(self.device) - base) // probe)
         free, _ = torch.cuda.mem_get_info(self.device)
-        fits = int(fraction * free // (per_image * max(1, s.attempts)))
+        fits = int(fraction * free // (per_image * max(1, r.attempts)))
         group = 1
         while group * 2 <= min(cap, fits):
             group *= 2

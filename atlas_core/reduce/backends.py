@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from atlas_core.errors import ConfigError
+from atlas_core.reduce.params import BACKENDS, KNN_MODES
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "cuml", "umap-learn")
 
 
 def _has_cuml() -> bool:
@@ -91,7 +91,6 @@ def cache_numba_kernels() -> int:
     return switched
 
 
-KNN_MODES = ("auto", "exact", "nndescent")
 
 
 def exact_graph(knn: str, backend: str, metric: str) -> bool:

@@ -1,16 +1,26 @@
-"""UMAP settings shared by every backend, plus per-backend extras passed through unchanged."""
+"""The reduce settings as values: UMAP's parameters, shared by every backend, and how the layout
+scales (a fitted sample of landmarks, exact searches, the out-of-sample placement).
+
+These are the schema of the ``reduce`` settings group: the pipeline's group derives from
+:class:`ReduceSettings` and adds only which layers and runs it lays out together.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_core.config import Group
+from atlas_core.errors import ConfigError
+
 METRICS = ("cosine", "euclidean", "correlation", "manhattan")
 INITS = ("spectral", "pca", "random")
+BACKENDS = ("auto", "cuml", "umap-learn")
+KNN_MODES = ("auto", "exact", "nndescent")
 
 
 @dataclass(frozen=True)
-class UmapParams:
+class UmapParams(Group):
     """n_neighbors, min_dist, metric: the UMAP settings (R1 and R3 defaults: 50 / 0.05 / cosine).
 
     n_epochs: None lets the backend decide (umap-learn: 200 above 10k rows, else 500).
@@ -26,18 +36,21 @@ class UmapParams:
     n_epochs: int | None = None
     init: str = "spectral"
     seed: int | None = 0
-    extras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.n_neighbors < 2:
-            raise ValueError(f"n_neighbors must be at least 2, got {self.n_neighbors}")
-        if self.init not in INITS:
-            raise ValueError(f"init {self.init!r} is not one of spectral, pca, random")
-        if self.metric not in METRICS:
-            raise ValueError(f"metric {self.metric!r} is not one of {', '.join(METRICS)}")
+        self._tuples()
+        self._choice("metric", METRICS)
+        self._choice("init", INITS)
+        self._ranges({"n_neighbors": (2, 10_000), "min_dist": (0.0, 1.0), "n_epochs": (1, None)})
         unknown = set(self.extras) - {"umap-learn", "cuml"}
         if unknown:
-            raise ValueError(f"extras keys must be backend names (umap-learn, cuml), got {unknown}")
+            raise ConfigError(
+                self.key("extras"),
+                sorted(unknown),
+                choices=("umap-learn", "cuml"),
+                fix="key the extras by backend: {umap-learn: {...}, cuml: {...}}.",
+            )
 
     def kwargs(self, backend: str) -> dict[str, Any]:
         """Keyword arguments of the backend's UMAP class."""
@@ -51,5 +64,41 @@ class UmapParams:
         )
         if self.n_epochs is not None:
             kw["n_epochs"] = self.n_epochs
-        kw.update(self.extras.get(backend, {}))
+        kw.update(dict(self.extras.get(backend, {})))
         return kw
+
+
+@dataclass(frozen=True)
+class ReduceSettings(UmapParams):
+    """UMAP's parameters and how the layout scales.
+
+    backend: ``auto`` (cuML where the fit runs has it and a GPU, else umap-learn), ``cuml`` or
+        ``umap-learn``.
+    knn: the kNN graph of a umap-learn fit: ``auto`` (exact for cosine, correlation and
+        euclidean; NN-descent otherwise), ``exact`` or ``nndescent``.
+    fit_rows: up to this many usable rows UMAP is fitted on all of them; above, on a seeded
+        sample (the landmarks), and every other row is placed by its ``place_neighbors`` nearest
+        landmarks (UMAP's own transform initialisation).
+    pca_dim: project the features to this many dimensions before the fit (None: no PCA).
+    quality_sample: rows on which trustworthiness and kNN recall (k = 10) are measured.
+    """
+
+    backend: str = "auto"
+    knn: str = "auto"
+    fit_rows: int = 100_000
+    pca_dim: int | None = None
+    place_neighbors: int = 10
+    quality_sample: int = 5000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._choice("backend", BACKENDS)
+        self._choice("knn", KNN_MODES)
+        self._ranges(
+            {
+                "fit_rows": (2, None),
+                "pca_dim": (1, None),
+                "place_neighbors": (1, 1000),
+                "quality_sample": (10, None),
+            }
+        )

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from atlas_core.errors import AtlasError, ConfigError
+from pipelines.core.settings import Settings
 from pipelines.settings import register as register_schemas
 
 log = logging.getLogger("atlas")
@@ -46,13 +47,13 @@ def check_targets(node: Any, path: str = "") -> None:
             check_targets(v, f"{path}[{i}]")
 
 
-def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
+def to_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
     """(Settings, the resolved config as plain values) from a composed config.
 
     Every value is validated by the group schemas (pipelines/settings.py); a key the schema does
     not declare (``+foo=bar``) and any ``_target_`` are refused here, naming the key.
     """
-    from pipelines.settings import Settings, schema
+    from pipelines.settings import REGISTRY, schema
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(resolved, dict):
@@ -70,7 +71,9 @@ def to_settings(cfg: DictConfig) -> tuple[Any, dict[str, Any]]:
             exc.value if hasattr(exc, "value") else None,
             fix=str(exc.msg).splitlines()[0],
         ) from None
-    return settings, resolved  # type: ignore[return-value]  # resolved is a dict of str keys
+    if not isinstance(settings, Settings):
+        raise ConfigError("config", type(settings).__name__, fix="the root must be the settings.")
+    return REGISTRY.check(settings), {str(k): v for k, v in resolved.items()}
 
 
 def check_keys(node: Any, schema: Any, path: str = "") -> None:

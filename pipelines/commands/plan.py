@@ -26,20 +26,22 @@ import torch
 from atlas_core.compose.tiles import zoom_ranges
 from atlas_core.models import ModelSpec, load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
+from atlas_core.models.registry import LoadedModel
 from atlas_core.models.weights import ARCHITECTURE_ONLY
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
 from atlas_core.quality import feature_dim
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("atlas.plan")
 
 
-def _settings(overrides: list[str], data_here: bool = True) -> Any:
+def _settings(overrides: list[str], data_here: bool = True) -> Settings:
     from contextlib import nullcontext
 
     from hydra import compose, initialize_config_dir
 
     from pipelines.commands.main import CONF_DIR, to_settings
-    from pipelines.core.schema import data_not_here
+    from pipelines.core.settings import data_not_here
 
     with (
         initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"),
@@ -48,7 +50,7 @@ def _settings(overrides: list[str], data_here: bool = True) -> Any:
         return to_settings(compose("config", overrides=overrides))[0]
 
 
-def gflops(model: Any, layer: str | None) -> tuple[float, float]:
+def gflops(model: LoadedModel, layer: str | None) -> tuple[float, float]:
     """(a whole forward pass, the pass stopped at ``layer``; None: the whole again) in GFLOPs
     per image."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -67,7 +69,7 @@ def gflops(model: Any, layer: str | None) -> tuple[float, float]:
 
 
 def shape_of(
-    s: Any, device: str, images: int | None = None
+    s: Settings, device: str, images: int | None = None
 ) -> tuple[RunShape, tuple[float, float], int]:
     """(the run's shape, its model's GFLOPs, the model's input px). ``images``: plan that many
     distinct files (up to ``data.limit``) instead of listing the data."""
@@ -117,7 +119,7 @@ def shape_of(
     return shape, gflops(model, s.layer), model.preprocess.size
 
 
-def _judge(s: Any, model: Any) -> dict[str, Any]:
+def _judge(s: Settings, model: LoadedModel) -> dict[str, Any]:
     """The plausibility judge's shape: its pooled feature size and whole-pass GFLOPs (the
     atlas's own model unless ``plausibility.judge`` names another; architecture only)."""
     p = s.plausibility

@@ -11,7 +11,6 @@ links (one declared output, :func:`pipelines.stages._viewer.write_links`), then
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -19,23 +18,21 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any
 
-import fsspec
-
 import atlas_core
-from atlas_core.errors import ConfigError
-from atlas_core.models.layers import layer_shapes, resolve_layer
+from atlas_core.errors import ConfigError, StoreError
+from atlas_core.models.card import ModelCard
 from atlas_core.reduce import choose_backend
-from atlas_core.store import Markers, fingerprint
+from atlas_core.store import Markers, RunStore, fingerprint
 from pipelines.core import ray_ops
 from pipelines.core.common import cached_model, hardware, inject_fault, redact, test_fault
-from pipelines.core.schema import identity, setting
+from pipelines.core.settings import Settings, setting
 from pipelines.core.stage import Stage, StageRun
 from pipelines.core.views import MAIN, View, plan_views
-from pipelines.settings import REGISTRY, Settings
+from pipelines.stages import REGISTRY
 from pipelines.stages._viewer import write_links
 
 log = logging.getLogger(__name__)
@@ -51,13 +48,14 @@ _PACKAGES = (
     "scikit-learn",
     "pillow",
 )
-Fingerprints = dict[tuple[str, str], str]  # (view slug, stage) -> fingerprint
 
 
-def check(s: Settings) -> None:
-    """Every check that needs no work done: run_dir writable, model and layer exist."""
-    if s.is_local:
-        path = s.run_dir.removeprefix("file://")
+def check(s: Settings) -> ModelCard:
+    """Every check that needs no work done: run_dir writable, model and layers exist (the
+    model's card, made once). Returns the card."""
+    loc = s.location
+    if loc.is_local:
+        path = loc.root.removeprefix("file://")
         try:
             os.makedirs(path, exist_ok=True)
             probe = os.path.join(path, f".write-test-{uuid.uuid4().hex}")
@@ -68,15 +66,37 @@ def check(s: Settings) -> None:
             raise ConfigError(
                 "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc.strerror})."
             ) from exc
-    model = cached_model(s.model.spec, "cpu")
-    for name in s.extracted_layers:
-        resolve_layer(model.module, name, model_name=s.model.name)
-    layer_shapes(model.module, s.extracted_layers, model.preprocess.size)  # a map or tokens
-    if not model.num_classes:
+    card = model_card(s)
+    if not card.num_classes:
         _needs_no_logits(s)
     if s.reduce.backend == "cuml" and not s.cluster.address:  # local: the fit runs here
         with setting("reduce"):
             choose_backend("cuml")
+    return card
+
+
+_CARDS: dict[tuple[object, ...], ModelCard] = {}
+
+
+def model_card(s: Settings) -> ModelCard:
+    """The model's card for this run's layers: the one its store (or shared extraction)
+    recorded when it covers them, else made once from the model, loaded on this process's CPU
+    (then kept for the process: a sweep's jobs share it). A layer the model lacks, or whose
+    output is neither a feature map nor tokens, stops the run here, naming it."""
+    layers, mass = s.extracted_layers, s.exemplars.field_mass
+    key = (s.model.spec, layers, mass)
+    if key in _CARDS:
+        return _CARDS[key]
+    try:
+        stored = RunStore.open(s.location.store_url, "r", s.storage_options).attrs
+        card = ModelCard.from_json(stored.get("model_card") or {})
+    except StoreError:
+        card = None
+    if card is None or not card.covers(s.model.spec, layers, mass):
+        with setting("model"):
+            card = ModelCard.of(cached_model(s.model.spec, "cpu", role="card"), layers, mass=mass)
+    _CARDS[key] = card
+    return card
 
 
 def _needs_no_logits(s: Settings) -> None:
@@ -99,10 +119,9 @@ def _needs_no_logits(s: Settings) -> None:
         raise ConfigError("stages", list(s.stages), fix=f"{why}: drop the patches stage.")
 
 
-def views_of(s: Settings) -> list[View]:
-    """The views the settings ask for (class names resolved by the model)."""
-    model = cached_model(s.model.spec, "cpu")
-    views = plan_views(s, model.class_index, model.class_name)
+def views_of(s: Settings, card: ModelCard) -> list[View]:
+    """The views the settings ask for (class names resolved by the model's card)."""
+    views = plan_views(s, card)
     if any(not v.is_main for v in views) and not s.extract.attr_classes:
         raise ConfigError(
             "extract.attr_classes",
@@ -113,22 +132,20 @@ def views_of(s: Settings) -> list[View]:
     return views
 
 
-def extraction_of(s: Settings) -> Settings:
+def extraction_of(s: Settings, card: ModelCard) -> Settings:
     """The settings whose extraction this run uses: its own, or, when the run's finished
     extraction holds a superset of its layers (same model, data and extract settings), that
     one, so changing ``layer`` to an extracted layer redoes nothing upstream."""
-    prior = Markers(s.run_dir, s.storage_options).read("stage-extract")
+    prior = s.location.markers().read("stage-extract")
     stored = ((prior or {}).get("details") or {}).get("layers")
     if s.extractions or not stored or not set(s.extracted_layers) < set(stored):
         return s
     alt = s.with_(extract=replace(s.extract, layers=tuple(stored)))
-    same = prior is not None and _fingerprint(alt, MAIN, REGISTRY["extract"], {}) == prior.get(
-        "fingerprint"
-    )
-    return alt if same else s
+    fp = fingerprint([stage_inputs(REGISTRY["extract"], alt, MAIN, card), []])
+    return alt if prior is not None and fp == prior.get("fingerprint") else s
 
 
-def stage_inputs(st: Stage, s: Settings, view: View) -> dict[str, Any]:
+def stage_inputs(st: Stage, s: Settings, view: View, card: ModelCard) -> dict[str, Any]:
     """What a stage's output depends on besides the stages it needs: its settings group (as
     the view sees it), the groups it reads, the seed, and for per-view stages the layer and
     the view. Never resources, batch sizes or worker counts."""
@@ -136,54 +153,85 @@ def stage_inputs(st: Stage, s: Settings, view: View) -> dict[str, Any]:
     if st.scope == "view":
         out |= {"layer": s.layer, **view.identity()}
     if st.group:
-        out[st.group] = identity(view.group(s, st.group))
+        out[st.group] = view.group(s, st.group).identity()
     for g in st.inputs:
-        out[g] = identity(getattr(s, g))
+        out[g] = s.group(g).identity()
     if st.extra is not None:
-        out["extra"] = st.extra(StageRun(st.name, s, view, ""))
+        out["extra"] = st.extra(StageRun(st.name, s, view, "", card))
     return out
 
 
-def _fingerprint(s: Settings, view: View, st: Stage, fps: Fingerprints) -> str:
-    deps = [fps[(_scope_of(d, view), d)] for d in st.needs]
-    return fingerprint([stage_inputs(st, s, view), deps])
+@dataclass(frozen=True)
+class RunPlan:
+    """What the runner decides before any work: the settings, the settings whose extraction
+    the run uses (:func:`extraction_of`), the model's card, the views, and every stage's
+    fingerprint in every view it applies to, by (view slug, stage) (``""``: run-scoped)."""
+
+    s: Settings
+    ex: Settings
+    card: ModelCard
+    views: tuple[View, ...]
+    fps: dict[tuple[str, str], str]
+
+    def stages_in(self, view: View | None) -> list[Stage]:
+        """The run-scoped stages (``view`` None), or the stages that run in ``view``."""
+        if view is None:
+            return [st for st in REGISTRY if st.scope == "run"]
+        return [st for st in REGISTRY if st.applies_to(view)]
+
+    def fp(self, st: Stage, view: View) -> str:
+        return self.fps[("" if st.scope == "run" else view.slug, st.name)]
+
+    def run_of(self, st: Stage, view: View) -> StageRun:
+        """What the stage's runner receives in ``view``."""
+        s = self.ex if st.scope == "run" else self.s
+        return StageRun(st.name, s, view, self.fp(st, view), self.card)
+
+    def to_run(self, markers: Markers) -> list[tuple[Stage, View]]:
+        """The requested stages whose marker does not match their fingerprint, in every view
+        (what this invocation will run, if nothing fails)."""
+        records = markers.read_all("")
+        out = []
+        for view in [None, *self.views]:
+            v = view or MAIN
+            for st in self.stages_in(view):
+                rec = records.get(f"{self.s.location.in_view(v.slug).marker_prefix}stage-{st.name}")
+                done = rec is not None and rec.get("fingerprint") == self.fp(st, v)
+                if st.name in self.s.stages and not done:
+                    out.append((st, v))
+        return out
 
 
-def _scope_of(name: str, view: View) -> str:
-    return "" if REGISTRY[name].scope == "run" else view.slug
-
-
-def fingerprints(s: Settings, views: list[View], ex: Settings | None = None) -> Fingerprints:
-    """Every stage's fingerprint in every view it applies to; ``ex``: the settings whose
-    extraction the run uses (:func:`extraction_of`, computed here when not given)."""
-    ex = ex or extraction_of(s)
-    fps: Fingerprints = {}
-    for st in REGISTRY:
-        if st.scope == "run":
-            fps[("", st.name)] = _fingerprint(ex, MAIN, st, fps)
-    for view in views:
+def plan_run(s: Settings, card: ModelCard) -> RunPlan:
+    """The run's views and every stage's fingerprint: a stage's covers its own settings and
+    the fingerprints of the stages it needs (transitively)."""
+    views = tuple(views_of(s, card))
+    ex = extraction_of(s, card)
+    fps: dict[tuple[str, str], str] = {}
+    for view in [None, *views]:
+        v = view or MAIN
         for st in REGISTRY:
-            if st.applies_to(view):
-                fps[(view.slug, st.name)] = _fingerprint(s, view, st, fps)
-    return fps
+            if (view is None) != (st.scope == "run") or (view and not st.applies_to(view)):
+                continue
+            deps = [fps[("" if REGISTRY[d].scope == "run" else v.slug, d)] for d in st.needs]
+            inputs = stage_inputs(st, ex if st.scope == "run" else s, v, card)
+            fps[("" if st.scope == "run" else v.slug, st.name)] = fingerprint([inputs, deps])
+    return RunPlan(s, ex, card, views, fps)
 
 
-def _stages_in(view: View | None) -> list[Stage]:
-    """The run-scoped stages (``view`` None), or the stages that run in ``view``."""
-    if view is None:
-        return [st for st in REGISTRY if st.scope == "run"]
-    return [st for st in REGISTRY if st.applies_to(view)]
+def stage_run(s: Settings, name: str) -> StageRun:
+    """What the runner would hand stage ``name`` in the main view (its real fingerprint and
+    the model's card): for running one stage by hand (benchmarks, tests)."""
+    return plan_run(s, model_card(s)).run_of(REGISTRY[name], MAIN)
 
 
-def _run_stages(
-    s: Settings, ex: Settings, view: View | None, fps: Fingerprints, markers: Markers
-) -> dict[str, Any]:
+def _run_stages(plan: RunPlan, view: View | None, markers: Markers) -> dict[str, Any]:
     """Run (or skip) the stages of one view; returns their records by stage."""
-    v = view or MAIN
+    s, v = plan.s, view or MAIN
     report: dict[str, Any] = {}
-    for st in _stages_in(view):
-        fp = fps[(_scope_of(st.name, v), st.name)]
-        name = f"{v.marker_prefix}stage-{st.name}"
+    for st in plan.stages_in(view):
+        fp = plan.fp(st, v)
+        name = f"{s.location.in_view(v.slug).marker_prefix}stage-{st.name}"
         where = f"{st.name}" + (f" [{v.slug}]" if v.slug else "")
         prior = markers.read(name)
         if prior is not None and prior.get("fingerprint") == fp:
@@ -197,7 +245,7 @@ def _run_stages(
         log.info("%s: running", where)
         t = time.perf_counter()
         try:
-            result = st.run(StageRun(st.name, ex if st.scope == "run" else s, v, fp))
+            result = st.run(plan.run_of(st, v))
         finally:
             ray_ops.release()  # the autoscaler may let the stage's nodes go
         record = {
@@ -213,18 +261,19 @@ def _run_stages(
     return report
 
 
-def preflight(s: Settings) -> dict[str, Any]:
-    """On a cluster: one task of each resource shape the requested stages ask for, reporting
-    its node's torch, CUDA, NVIDIA driver, device, cuML and nvJPEG (for the manifest); a shape
-    with GPUs that lands where CUDA does not work fails the run now, naming node and reason."""
+def preflight(s: Settings, stages: list[Stage]) -> dict[str, Any]:
+    """On a cluster: one task of each resource shape the stages that will run ask for,
+    reporting its node's torch, CUDA, NVIDIA driver, device, cuML and nvJPEG (for the
+    manifest); a shape with GPUs that lands where CUDA does not work fails the run now, naming
+    node and reason."""
     if not s.cluster.address:
         return {}
     shapes: dict[tuple[float, float], list[str]] = {}
-    for st in REGISTRY:
-        if st.name in s.stages:
-            for key in st.resources:
-                r = getattr(s.cluster, key)
-                shapes.setdefault((r.num_cpus, r.num_gpus), []).append(key)
+    for st in {st.name: st for st in stages}.values():
+        for key in st.resources:
+            r = s.cluster.of(key)
+            keys = shapes.setdefault((r.num_cpus, r.num_gpus), [])
+            keys += [key] if key not in keys else []
     ray_ops.init(s.cluster)
     out: dict[str, Any] = {}
     for (cpus, gpus), keys in sorted(shapes.items()):
@@ -234,7 +283,7 @@ def preflight(s: Settings) -> dict[str, Any]:
             desc=f"preflight {cpus:g} CPU / {gpus:g} GPU",
         )
         out[f"{cpus:g} CPU / {gpus:g} GPU"] = {**report, "for": keys}
-        loud = [k for k in keys if getattr(s.cluster, k).device != "cpu"]
+        loud = [k for k in keys if s.cluster.of(k).device != "cpu"]
         if gpus and not report["cuda"] and loud:
             raise ConfigError(
                 f"cluster.{loud[0]}",
@@ -270,49 +319,60 @@ def _not_requested(s: Settings, st: Stage, view: View) -> None:
 
 def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the requested stages in every view; returns the manifest (also written to
-    run_dir/manifest.json). A run that fails still writes its manifest, with status failed,
-    the error and the stages that finished, then raises."""
+    ``<run_dir>/manifest.json``, atomically). A failure is recorded in ``failed.json``; a run
+    that had started a stage also writes its manifest with status failed, the error and the
+    stages that finished, while a failure before any work (a typo against a finished run)
+    never replaces the manifest there. Then it raises."""
     t0 = time.perf_counter()
-    markers = Markers(s.run_dir, s.storage_options)
+    loc = s.location
+    started = [False]
     try:
         inject_fault(test_fault(), "run", 0, s.run_dir)
-        check(s)
-        parts = _stages(s, markers)
+        plan = plan_run(s, check(s))
+        parts = _stages(plan, loc.markers(), started)
     except Exception as exc:
         ray_ops.count("atlas_runs", 1, {"status": "failed"})
-        done = {
-            st.name: {**rec, "status": "done"}
-            for st in REGISTRY
-            if (rec := markers.read(f"stage-{st.name}")) is not None
-        }
-        try:
-            _write_manifest(
-                s,
-                resolved_config,
-                t0,
-                {"status": "failed", "stages": done, "error": f"{type(exc).__name__}: {exc}"},
-            )
-        except OSError:  # a run_dir that cannot be written: the error says so
-            pass
+        _record_failure(s, resolved_config, t0, exc, started[0])
         raise
     ray_ops.count("atlas_runs", 1, {"status": "done"})
     return _write_manifest(s, resolved_config, t0, {"status": "done", **parts})
 
 
-def _stages(s: Settings, markers: Markers) -> dict[str, Any]:
-    """Every stage of every view; the manifest's stages, views and hardware."""
-    views = views_of(s)
-    ex = extraction_of(s)
-    fps = fingerprints(s, views, ex)
-    nodes = preflight(s)
-    stages = _run_stages(s, ex, None, fps, markers)
+def _record_failure(
+    s: Settings, resolved: dict[str, Any] | None, t0: float, exc: Exception, started: bool
+) -> None:
+    """``failed.json`` always; the manifest only when a stage had started."""
+    loc, error = s.location, f"{type(exc).__name__}: {exc}"
+    markers = loc.markers()
+    done = {
+        st.name: {**rec, "status": "done"}
+        for st in REGISTRY
+        if (rec := markers.read(f"stage-{st.name}")) is not None
+    }
+    try:
+        record = {"error": error, "time": time.time(), "date": s.date, "started": started}
+        loc.write_json(loc.failed_url, redact({**record, "run_dir": s.run_dir}))
+        if started:
+            parts = {"status": "failed", "stages": done, "error": error}
+            _write_manifest(s, resolved, t0, parts)
+    except OSError:  # a run_dir that cannot be written: the error says so
+        log.warning("could not record the failure in %s", loc.root)
+
+
+def _stages(plan: RunPlan, markers: Markers, started: list[bool]) -> dict[str, Any]:
+    """Every stage of every view; the manifest's stages, views and hardware. ``started`` is
+    set once the first stage starts (the run has done work)."""
+    s, views = plan.s, plan.views
+    nodes = preflight(s, [st for st, _ in plan.to_run(markers)])
+    started[0] = True
+    stages = _run_stages(plan, None, markers)
     main = [v for v in views if v.is_main]
     if main:
-        stages |= _run_stages(s, ex, main[0], fps, markers)
+        stages |= _run_stages(plan, main[0], markers)
     others = [v for v in views if not v.is_main]
     with ThreadPoolExecutor(max_workers=s.classes.parallel) as pool:  # views share the cluster
-        done = list(pool.map(lambda v: _run_stages(s, ex, v, fps, markers), others))
-    write_links(s, views, markers)
+        done = list(pool.map(lambda v: _run_stages(plan, v, markers), others))
+    write_links(s, list(views), markers)
     return {
         "hardware": nodes,
         "stages": stages,
@@ -348,8 +408,7 @@ def _write_manifest(
         "time": time.time(),
         "date": s.date,
     }
-    with fsspec.open(f"{s.run_dir.rstrip('/')}/manifest.json", "w", **s.storage_options) as f:
-        json.dump(manifest, f, indent=2, sort_keys=True, default=str)
+    s.location.write_json(s.location.manifest_url, manifest)
     return manifest
 
 

@@ -27,7 +27,7 @@ from hydra.experimental.callback import Callback
 
 from atlas_core.errors import AtlasError, ConfigError
 from pipelines.commands.index import record_failure, write_index
-from pipelines.settings import Settings
+from pipelines.core.settings import Settings
 
 log = logging.getLogger("atlas.sweep")
 

@@ -17,14 +17,13 @@ import sys
 from dataclasses import replace
 from typing import Any
 
-import fsspec
-
 from atlas_core.errors import AtlasError
-from atlas_core.store import Markers, RunStore
+from atlas_core.models.card import ModelCard
+from atlas_core.store import Markers, RunLocation, RunStore
 from atlas_core.store.check import Problem, check_shards
-from pipelines.core.stage import StageRun
+from pipelines.core.settings import Settings
 from pipelines.core.views import View
-from pipelines.settings import REGISTRY, Settings, store_url
+from pipelines.stages import REGISTRY
 
 log = logging.getLogger("atlas.verify")
 
@@ -38,34 +37,37 @@ def check(
     run_dir: str, storage_options: dict[str, Any] | None = None
 ) -> tuple[list[Problem], dict[str, int]]:
     """(every problem found, the rows by status: expected, ok, failed, lost)."""
-    opts = storage_options or {}
+    loc = RunLocation.of(run_dir, storage_options)
     try:
-        store = RunStore.open(store_url(run_dir), mode="r", storage_options=opts)
+        store = loc.open_store("r")
     except AtlasError as exc:
         return [Problem("store", str(exc))], {}
-    markers = Markers(run_dir, opts)
+    markers = loc.markers()
     shards = markers  # a shared extraction keeps its shard markers beside its own store
     if store.parent is not None:
-        shards = Markers(str(store.attrs["extraction"]).removesuffix("/atlas.zarr"), opts)
+        shared = str(store.attrs["extraction"]).removesuffix("/atlas.zarr")
+        shards = RunLocation.of(shared, storage_options).markers()
     problems, counts = check_shards(store, shards)
-    settings = _settings(run_dir, opts, problems)
-    if settings is not None:
-        problems += _check_chain(settings, store, markers)
+    settings = _settings(loc, problems)
+    card = ModelCard.from_json(store.attrs.get("model_card") or {})
+    if settings is not None and card is None:
+        problems.append(Problem("store", "records no model card; stages unchecked"))
+    elif settings is not None and card is not None:
+        problems += _check_chain(settings, card, store, markers)
     return problems, counts
 
 
-def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Settings | None:
+def _settings(loc: RunLocation, problems: list[Problem]) -> Settings | None:
     """The run's settings, from the config its manifest recorded (None: no manifest yet)."""
     from omegaconf import OmegaConf
 
     from pipelines.settings import schema
 
-    try:
-        with fsspec.open(f"{run_dir.rstrip('/')}/manifest.json", "r", **opts) as f:
-            config = json.load(f).get("config") or {}
-    except (FileNotFoundError, json.JSONDecodeError) as exc:
-        problems.append(Problem("manifest", f"unreadable or missing ({exc}); stages unchecked"))
+    manifest = loc.read_json(loc.manifest_url)
+    if manifest is None:
+        problems.append(Problem("manifest", "unreadable or missing; stages unchecked"))
         return None
+    config = manifest.get("config") or {}
     if not config:
         problems.append(Problem("manifest", "records no config; stage fingerprints unchecked"))
         return None
@@ -73,23 +75,23 @@ def _settings(run_dir: str, opts: dict[str, Any], problems: list[Problem]) -> Se
     if not isinstance(settings, Settings):
         return None
     # the run as it is now, where it is now (it may have been moved or copied)
-    return replace(settings, run_dir=run_dir, storage_options=opts)
+    return replace(settings, run_dir=loc.root, storage_options=loc.storage_options)
 
 
-def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem]:
-    from pipelines.commands.run import extraction_of, fingerprints, views_of
+def _check_chain(s: Settings, card: ModelCard, store: RunStore, markers: Markers) -> list[Problem]:
+    from pipelines.commands.run import plan_run
 
-    views = views_of(s)
-    fps = fingerprints(s, views, extraction_of(s))
+    plan = plan_run(s, card)
     records = markers.read_all("")
     out: list[Problem] = []
-    for view in [None, *views]:
+    for view in [None, *plan.views]:
         v = view or View()
+        loc = s.location.in_view(v.slug)
         missing: list[str] = []
         for st in REGISTRY:
             if (view is None) != (st.scope == "run") or (view and not st.applies_to(view)):
                 continue
-            rec = records.get(f"{v.marker_prefix}stage-{st.name}")
+            rec = records.get(f"{loc.marker_prefix}stage-{st.name}")
             where = f"stage {st.name}" + (f" of view {v.slug}" if v.slug else "")
             if rec is None:
                 missing.append(st.name)
@@ -97,7 +99,7 @@ def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem
             needed = [m for m in missing if m in REGISTRY.upstream(st.name)]
             if needed:
                 out.append(Problem(where, f"marked done but stage {needed[0]} is not"))
-            fp = fps[("" if st.scope == "run" else v.slug, st.name)]
+            fp = plan.fp(st, v)
             if rec.get("fingerprint") != fp:
                 out.append(
                     Problem(
@@ -107,7 +109,7 @@ def _check_chain(s: Settings, store: RunStore, markers: Markers) -> list[Problem
                     )
                 )
             if st.outputs is not None:
-                lost = st.outputs(StageRun(st.name, s, v, fp), store.in_view(v.store_prefix))
+                lost = st.outputs(plan.run_of(st, v), store.in_view(loc.store_prefix))
                 out += [Problem(where, f"output missing: {m}") for m in lost]
     return out
 

@@ -17,7 +17,7 @@ import torch
 from atlas_core.errors import ConfigError
 from atlas_core.models.registry import LoadedModel, ModelSpec, load_model
 
-_MODELS: dict[tuple[ModelSpec, str], LoadedModel] = {}
+_MODELS: dict[tuple[ModelSpec, str, str], LoadedModel] = {}
 
 
 def resolve_device(name: str) -> str:
@@ -90,9 +90,11 @@ def _driver() -> str:
         return ""
 
 
-def cached_model(spec: ModelSpec, device: str) -> LoadedModel:
-    """Load a model once per process (Ray reuses worker processes across tasks)."""
-    key = (spec, device)
+def cached_model(spec: ModelSpec, device: str, role: str) -> LoadedModel:
+    """Load a model once per process and per ``role`` (``extract``, ``render``, ``judge``,
+    ``card``, ...): Ray reuses worker processes across tasks, and each consumer moves and
+    configures its model (device, memory format, hooks), so no two share one object."""
+    key = (spec, device, role)
     if key not in _MODELS:
         _MODELS[key] = load_model(spec, device=device)
     return _MODELS[key]

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from tqdm.auto import tqdm
 
 from atlas_core.errors import AtlasError, ConfigError
-from pipelines.core.schema import ClusterBase
+from pipelines.core.settings import ClusterConf
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,7 +53,7 @@ def check_token_auth() -> None:
         raise ConfigError("RAY_AUTH_TOKEN", None, fix=fix)
 
 
-def init(cluster: ClusterBase) -> None:
+def init(cluster: ClusterConf) -> None:
     """Start (or join) Ray once per process; a second call is a no-op. Joining a cluster
     (``cluster.address``) refuses to start without token authentication."""
     if cluster.address:

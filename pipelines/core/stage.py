@@ -12,11 +12,14 @@ checks, the config tree, ``atlas verify`` and the table in ``docs/architecture.m
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from pipelines.core.schema import Group, Resources, SettingsBase
+from atlas_core.config import Group, choice
+from atlas_core.models.card import ModelCard
+from atlas_core.store.location import Mode, RunLocation
+from pipelines.core.settings import Resources, Settings
 from pipelines.core.views import View
 
 if TYPE_CHECKING:
@@ -37,27 +40,20 @@ class StageResult:
 
 @dataclass(frozen=True)
 class StageRun:
-    """One stage in one view of one run: the settings, the view, the stage's fingerprint. This
-    is what a runner receives (a plain, picklable value); it never holds a config object."""
+    """One stage in one view of one run: the settings, the view, the stage's fingerprint and the
+    model's card. This is what a runner receives (a plain, picklable value); it never holds a
+    config object."""
 
     stage: str
-    s: SettingsBase
+    s: Settings
     view: View
     fp: str
+    card: ModelCard
 
     @property
-    def run_dir(self) -> str:
-        """Where this view's files go: the run directory, or ``<run_dir>/views/<slug>``."""
-        return self.view.directory(self.s.run_dir)
-
-    @property
-    def store_url(self) -> str:
-        """The run's store (every view writes under its own group of it)."""
-        return self.s.store_url
-
-    @property
-    def storage_options(self) -> dict[str, Any]:
-        return self.s.storage_options
+    def loc(self) -> RunLocation:
+        """The run's location, seen from this view (its store group, markers and folder)."""
+        return self.s.location.in_view(self.view.slug)
 
     def conf(self, cls: type[G]) -> G:
         """The view's value of the settings group ``cls`` (a view may set its own grid)."""
@@ -68,10 +64,7 @@ class StageRun:
 
     def resources(self, name: str | None = None) -> Resources:
         """``cluster.<name>`` (default: the entry named like the stage)."""
-        value = getattr(self.s.cluster, name or self.stage)
-        if not isinstance(value, Resources):
-            raise TypeError(f"cluster.{name or self.stage} is not a resources entry")
-        return value
+        return self.s.cluster.of(name or self.stage)
 
     def device(self, name: str | None = None) -> str:
         """The device the tasks of ``cluster.<name>`` ask for: as set, except that on a cluster
@@ -82,12 +75,9 @@ class StageRun:
             return "cuda"
         return res.device
 
-    def open_store(self, mode: str = "r") -> RunStore:
+    def open_store(self, mode: Mode = "r") -> RunStore:
         """The run store, scoped to this view (its layouts, levels and exemplars)."""
-        from atlas_core.store import RunStore
-
-        store = RunStore.open(self.store_url, mode=mode, storage_options=self.storage_options)  # type: ignore[arg-type]  # modes are the store's literals
-        return store.in_view(self.view.store_prefix)
+        return self.loc.open_store(mode)
 
 
 Runner = Callable[[StageRun], StageResult]
@@ -108,7 +98,6 @@ class Stage:
     scope: ``run`` (once per run: the extraction) or ``view`` (in every view it applies to).
     kinds: the view kinds it runs in (atlas, class, compare).
     extra: more fingerprint input computed from the run (the reduce stage's aligned runs).
-    check: a cross-group check of the settings (raises ConfigError).
     reads, writes, ray: one line each for the table in docs/architecture.md.
     """
 
@@ -122,7 +111,6 @@ class Stage:
     scope: str = "view"
     kinds: tuple[str, ...] = VIEW_KINDS
     extra: Callable[[StageRun], Any] | None = None
-    check: Callable[[SettingsBase], None] | None = None
     reads: str = ""
     writes: str = ""
     ray: str = ""
@@ -172,7 +160,7 @@ class Registry:
     def __getitem__(self, name: str) -> Stage:
         return self.by_name[name]
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Stage]:
         return iter(self.stages)
 
     def upstream(self, name: str) -> set[str]:
@@ -199,3 +187,10 @@ class Registry:
                     raise ValueError(f"cluster.{key} is declared by two stages")
                 out[key] = default
         return out
+
+    def check(self, s: Settings) -> Settings:
+        """``stages=[...]`` names declared stages (empty: every stage); returns the settings
+        with the list filled in."""
+        for name in s.stages:
+            choice("stages", name, self.names)
+        return s if s.stages else s.with_(stages=self.names)

@@ -15,7 +15,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pipelines.core.schema import ClassesConf, SettingsBase, setting
+from atlas_core.models.card import ModelCard
+from pipelines.core.settings import ClassesConf, Settings, setting
 
 
 @dataclass(frozen=True)
@@ -53,21 +54,7 @@ class View:
     def is_main(self) -> bool:
         return not self.slug
 
-    @property
-    def store_prefix(self) -> str:
-        """This view's group in the run store (``""``: the store's root)."""
-        return "" if self.is_main else f"views/{self.slug}/"
-
-    @property
-    def marker_prefix(self) -> str:
-        return "" if self.is_main else f"views/{self.slug}/"
-
-    def directory(self, run_dir: str) -> str:
-        """Where the view's files go (its viewer, overviews, reports)."""
-        base = run_dir.rstrip("/")
-        return base if self.is_main else f"{base}/views/{self.slug}"
-
-    def group(self, s: SettingsBase, name: str) -> Any:
+    def group(self, s: Settings, name: str) -> Any:
         """The view's value of settings group ``name``."""
         own = dict(self.groups)
         return own[name] if name in own else getattr(s, name)
@@ -94,7 +81,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "class"
 
 
-def _class_view(s: SettingsBase, kind: str, cs: tuple[int, ...], names: tuple[str, ...]) -> View:
+def _class_view(s: Settings, kind: str, cs: tuple[int, ...], names: tuple[str, ...]) -> View:
     c: ClassesConf = s.classes
     if kind == "class":
         slug, title = f"atlas-{cs[0]}-{_slug(names[0])}", f"class activation atlas: {names[0]}"
@@ -108,9 +95,10 @@ def _class_view(s: SettingsBase, kind: str, cs: tuple[int, ...], names: tuple[st
     return View(slug, kind, cs, names, title, (("reduce", layout), ("grid", grid)))
 
 
-def plan_views(s: SettingsBase, class_index: Any, class_name: Any) -> list[View]:
+def plan_views(s: Settings, card: ModelCard) -> list[View]:
     """Every view the settings ask for, the main one first (unless ``classes.only``), their
-    classes resolved by the model's names (``class_index(name) -> int``, ``class_name(c)``)."""
+    classes resolved by the model's names."""
+    class_index, class_name = card.class_index, card.class_name
     views = [] if s.classes.only else [replace(MAIN, title=f"{s.model.name} {s.layer}")]
     with setting("classes", {"class": "atlases"}):
         for name in s.classes.atlases:

@@ -1,30 +1,36 @@
-"""The stages: one module per stage, each ending with its declaration (``STAGE = Stage(...)``).
+"""The stages, in one written-out list: one module per stage, each ending with its declaration
+(``STAGE = Stage(...)``).
 
-Adding a stage is adding a module here: the registry below finds every module of this package
-whose name does not start with ``_`` and takes its ``STAGE``. The run order, fingerprints, the
-config tree (``pipelines/settings.py``), ``stages=[...]`` checks, ``atlas verify`` and the table
-in docs/architecture.md (``atlas stages``) all come from these declarations.
+Adding a stage is adding its module here, its settings group to
+:class:`pipelines.core.settings.Settings` and its resources to
+:class:`pipelines.core.settings.ClusterConf` (``tests/pipelines/test_config.py`` checks the three
+agree). The run order, fingerprints, ``stages=[...]`` checks, ``atlas verify`` and the table in
+docs/architecture.md (``atlas stages``) all come from these declarations.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+from pipelines.core.stage import Registry
+from pipelines.stages import (
+    compose,
+    exemplars,
+    extract,
+    grid,
+    patches,
+    plausibility,
+    reduce,
+    render,
+)
 
-from pipelines.core.stage import Registry, Stage
-
-
-def _discover() -> Registry:
-    found: list[Stage] = []
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        stage = getattr(module, "STAGE", None)
-        if not isinstance(stage, Stage):
-            raise TypeError(f"{module.__name__} is a stage module without a STAGE declaration")
-        found.append(stage)
-    return Registry(found)
-
-
-REGISTRY = _discover()
+REGISTRY = Registry(
+    [
+        extract.STAGE,
+        reduce.STAGE,
+        grid.STAGE,
+        render.STAGE,
+        exemplars.STAGE,
+        plausibility.STAGE,
+        compose.STAGE,
+        patches.STAGE,
+    ]
+)

@@ -32,16 +32,14 @@ from atlas_core.compose.viewer import (
 )
 from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore
+from atlas_core.store.location import RunLocation, view_prefix
 from atlas_core.store.nodes import Level as LevelNode
-from pipelines.core.common import cached_model, write_file
-from pipelines.core.schema import SettingsBase
+from pipelines.core.settings import BACKGROUNDS, TILE_FORMATS, Settings
 from pipelines.core.stage import StageRun
 from pipelines.core.views import View
 
 log = logging.getLogger(__name__)
-BACKGROUNDS = {"white": 255, "grey": 128, "black": 0}
-TILE_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
-LINKS = "viewer/data/links.js"  # the runner's one output in a viewer folder
+LINKS = ("viewer", "data", "links.js")  # the runner's one output in a viewer folder
 CARD_CHUNK = 1024  # cells per card data file
 
 
@@ -193,14 +191,13 @@ def run_data(
     ctx: StageRun, store: RunStore, levels: list[Level]
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """(the run's atlas.js record, every data file by name)."""
-    s = ctx.s
-    model = cached_model(s.model.spec, "cpu")
+    s, card = ctx.s, ctx.card
     node = store.exemplars(s.layer)
     ex = node.index()
     classes, entries = _Classes(), []
     files: dict[str, bytes] = {}
     for lv in levels:
-        entry, lf = _level_files(ctx, store, lv, classes, ex, model.class_name)
+        entry, lf = _level_files(ctx, store, lv, classes, ex, card.class_name)
         entries.append(entry)
         files |= lf
     sheets = node.attrs if ex is not None else {}
@@ -213,7 +210,9 @@ def run_data(
         + ", ".join(f"{lv.size}x{lv.size}" for lv in levels)
         + f", {store.n_images} images",
         "label_kind": entries[0]["kind"] if entries else "predictions",
-        "classes": [model.class_name(c) for c in sorted(classes.index, key=classes.index.get)],  # type: ignore[arg-type]
+        "classes": [
+            card.class_name(c) for c in sorted(classes.index, key=classes.index.__getitem__)
+        ],
         "levels": entries,
         "icon_px": s.render.icon_px,
         "tile_px": c.tile_px,
@@ -242,12 +241,13 @@ def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
     s = ctx.s
     if not s.is_local or not ctx.view.is_main:
         return []
-    here = os.path.join(s.run_dir.removeprefix("file://"), "viewer")
+    here = ctx.loc.file("viewer").removeprefix("file://")
     out = []
     for a in s.reduce.align_with:
-        data = os.path.join(a.run_dir.removeprefix("file://"), "viewer", "data", "atlas.js")
-        if "://" in a.run_dir and not a.run_dir.startswith("file://"):
+        other = RunLocation.of(a.run_dir)
+        if not other.is_local:
             continue
+        data = other.file("viewer", "data", "atlas.js").removeprefix("file://")
         if not os.path.isfile(data):
             log.warning(
                 "compose: %s has no viewer yet; run its compose stage to compare them side by side",
@@ -260,7 +260,7 @@ def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
 
 def write_viewer(ctx: StageRun, store: RunStore, levels: list[Level]) -> list[str]:
     """Write the view's ``viewer/`` and return the files a user opens."""
-    out, so = f"{ctx.run_dir}/viewer", ctx.storage_options
+    loc, out = ctx.loc, ctx.loc.file("viewer")
     run, files = run_data(ctx, store, levels)
     aligned = _aligned(ctx)
     run["links"] = [
@@ -268,16 +268,16 @@ def write_viewer(ctx: StageRun, store: RunStore, levels: list[Level]) -> list[st
         for i, (name, _) in enumerate(aligned)
     ]
     for rel, data in static_files().items():
-        write_file(f"{out}/{rel}", data, so)
+        loc.write_bytes(f"{out}/{rel}", data)
     for name, data in files.items():
-        write_file(f"{out}/data/{name}", data, so)
-    write_file(f"{out}/data/atlas.js", data_script(run).encode("utf-8"), so)
+        loc.write_bytes(f"{out}/data/{name}", data)
+    loc.write_bytes(f"{out}/data/atlas.js", data_script(run).encode("utf-8"))
     scripts = ["data/atlas.js", "data/links.js"]
-    write_file(f"{out}/index.html", page_html(run["title"], scripts).encode("utf-8"), so)
+    loc.write_bytes(f"{out}/index.html", page_html(run["title"], scripts).encode("utf-8"))
     pages = ["viewer/index.html"]
     for i, (name, rel) in enumerate(aligned):
         page = page_html(f"{run['title']} | {name}", ["data/atlas.js", rel, "data/links.js"])
-        write_file(f"{out}/compare-{i}.html", page.encode("utf-8"), so)
+        loc.write_bytes(f"{out}/compare-{i}.html", page.encode("utf-8"))
         pages.append(f"viewer/compare-{i}.html")
     return pages
 
@@ -289,9 +289,10 @@ def links_of(views: list[View], done: dict[str, dict[str, Any]]) -> list[dict[st
     for v in views:
         if v.is_main:
             continue
-        if f"{v.marker_prefix}stage-compose" in done:
+        prefix = view_prefix(v.slug)
+        if f"{prefix}stage-compose" in done:
             out.append({"href": f"../views/{v.slug}/viewer/index.html", "text": v.title})
-        if f"{v.marker_prefix}stage-patches" in done:
+        if f"{prefix}stage-patches" in done:
             a, b = v.names
             out.append(
                 {
@@ -302,7 +303,7 @@ def links_of(views: list[View], done: dict[str, dict[str, Any]]) -> list[dict[st
     return out
 
 
-def write_links(s: SettingsBase, views: list[View], markers: Markers) -> None:
+def write_links(s: Settings, views: list[View], markers: Markers) -> None:
     """``viewer/data/links.js`` of every view that has a viewer: the main page links the
     finished class views and reports, a class view's page links back to the main one."""
     done = {
@@ -311,8 +312,9 @@ def write_links(s: SettingsBase, views: list[View], markers: Markers) -> None:
     main = links_of(views, done)
     back = [{"href": "../../../viewer/index.html", "text": "the atlas of every activation"}]
     for v in views:
-        if f"{v.marker_prefix}stage-compose" not in done:
+        loc = s.location.in_view(v.slug)
+        if f"{loc.marker_prefix}stage-compose" not in done:
             continue
         links = main if v.is_main else (back if "stage-compose" in done else [])
         script = f"window.ATLAS_LINKS = {safe_json(links)};\n"
-        write_file(f"{v.directory(s.run_dir)}/{LINKS}", script.encode("utf-8"), s.storage_options)
+        loc.write_bytes(loc.file(*LINKS), script.encode("utf-8"))

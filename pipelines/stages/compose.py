@@ -17,7 +17,7 @@ import io
 import logging
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import fsspec
 import numpy as np
@@ -33,46 +33,31 @@ from atlas_core.compose.tiles import (
     zoom_ranges,
 )
 from atlas_core.store import RunStore
+from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
-from pipelines.core.common import peak_rss_mb, write_file
-from pipelines.core.schema import Group, Resources, choice
+from pipelines.core.common import peak_rss_mb
+from pipelines.core.settings import (
+    BACKGROUNDS,
+    TILE_FORMATS,
+    ComposeConf,
+    GridConf,
+    RenderConf,
+    Resources,
+)
 from pipelines.core.stage import Stage, StageResult, StageRun
 from pipelines.stages import _viewer as viewer
-from pipelines.stages._viewer import BACKGROUNDS, TILE_FORMATS
-from pipelines.stages.grid import GridConf
-from pipelines.stages.render import RenderConf
 
 log = logging.getLogger(__name__)
 ICONS_PER_TASK = 2048  # icons a drawing task holds at most (besides the tile it draws)
 
 
 @dataclass(frozen=True)
-class ComposeConf(Group):
-    """compose: the tiles of every level, the overview images and the viewer."""
-
-    GROUP: ClassVar[str] = "compose"
-    background: str = "white"  # canvas behind the icons and in empty cells: white | grey | black
-    density: bool = True  # icon side x min(1, sqrt(count / mean count)), as the article draws
-    tile_px: int = 256
-    tile_format: str = "jpeg"  # jpeg | png | webp
-    overview_px: int = 4096  # atlas.png and atlas-<G>.png are at most this wide
-    sheet_columns: int = 16  # icons per row of the viewer's icon sheets
-
-    def __post_init__(self) -> None:
-        choice("compose.background", self.background, BACKGROUNDS)
-        choice("compose.tile_format", self.tile_format, TILE_FORMATS)
-        choice("compose.tile_px", self.tile_px, (128, 256, 512))
-        self._ranges({"overview_px": (64, 32768), "sheet_columns": (1, 256)})
-
-
-@dataclass(frozen=True)
 class Draw:
     """One band of one level at map width ``width``: tiles of zoom ``z`` (rows ``r0..r1`` of
-    tiles) written under ``out``, or (``z`` None) one overview strip of pixel rows [r0, r1)."""
+    tiles) written under ``out`` (the view's ``viewer/tiles/<G>``), or (``z`` None) one
+    overview strip of pixel rows [r0, r1)."""
 
-    store_url: str
-    storage_options: dict[str, Any]
-    prefix: str
+    loc: RunLocation
     layer: str
     size: int
     width: int
@@ -88,8 +73,7 @@ class Draw:
 
 def draw_task(job: Draw) -> dict[str, Any]:
     """Task body: draw the band from the icons of the cell rows it meets."""
-    store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    level = store.in_view(job.prefix).level(job.layer, job.size)
+    level = job.loc.open_store("r").level(job.layer, job.size)
     cell, count = level.cells()
     boxes = icon_boxes(cell, density_scale(count, job.density), job.size, job.width)
     px0, px1 = (job.r0 * job.tile, job.r1 * job.tile) if job.z is not None else (job.r0, job.r1)
@@ -111,10 +95,8 @@ def draw_task(job: Draw) -> dict[str, Any]:
             tile = draw_region(
                 boxes, icons, region, background=job.background, cache=cache, ids=ids
             )
-            write_file(
-                f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}",
-                _encode(tile, job.fmt),
-                job.storage_options,
+            job.loc.write_bytes(
+                f"{job.out}/{job.z}/{tx}/{ty}.{TILE_FORMATS[job.fmt]}", _encode(tile, job.fmt)
             )
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
@@ -124,9 +106,7 @@ def draw_task(job: Draw) -> dict[str, Any]:
 class Sheets:
     """The card sprites of cells [start, stop) of a level: one sheet of their icons."""
 
-    store_url: str
-    storage_options: dict[str, Any]
-    prefix: str
+    loc: RunLocation
     layer: str
     size: int
     start: int
@@ -137,14 +117,12 @@ class Sheets:
 
 
 def sheets_task(job: Sheets) -> dict[str, Any]:
-    store = RunStore.open(job.store_url, mode="r", storage_options=job.storage_options)
-    level = store.in_view(job.prefix).level(job.layer, job.size)
+    level = job.loc.open_store("r").level(job.layer, job.size)
     icons = level.drawn(job.start, job.stop, job.background)
     page = job.start // (job.columns * job.columns)
-    write_file(
+    job.loc.write_bytes(
         f"{job.out}/levels/{job.size}/icons-{page}.png",
         _encode(sheet(icons, job.columns, job.background), "png"),
-        job.storage_options,
     )
     return {"rss_mb": peak_rss_mb()}
 
@@ -154,7 +132,7 @@ class Shrink:
     """Tile rows ``r0..r1`` of zoom ``z`` of a level, each the 2 x 2 tiles of zoom z + 1 below
     it, box-downsampled: the lower zooms of a level never read its icons."""
 
-    storage_options: dict[str, Any]
+    loc: RunLocation
     size: int
     z: int
     r0: int
@@ -166,7 +144,7 @@ class Shrink:
 
 def shrink_task(job: Shrink) -> dict[str, Any]:
     ext, t = TILE_FORMATS[job.fmt], job.tile
-    fs, root = fsspec.core.url_to_fs(job.out, **job.storage_options)
+    fs, root = fsspec.core.url_to_fs(job.out, **job.loc.storage_options)
     n = 0
     for ty in range(job.r0, job.r1):
         for tx in range(2**job.z):
@@ -176,10 +154,8 @@ def shrink_task(job: Shrink) -> dict[str, Any]:
                     with fs.open(f"{root}/{job.z + 1}/{2 * tx + dx}/{2 * ty + dy}.{ext}") as f:
                         quad.paste(Image.open(f).convert("RGB"), (dx * t, dy * t))
             small = quad.resize((t, t), Image.Resampling.BOX)
-            write_file(
-                f"{job.out}/{job.z}/{tx}/{ty}.{ext}",
-                _encode(np.asarray(small), job.fmt),
-                job.storage_options,
+            job.loc.write_bytes(
+                f"{job.out}/{job.z}/{tx}/{ty}.{ext}", _encode(np.asarray(small), job.fmt)
             )
             n += 1
     return {"tiles": n, "rss_mb": peak_rss_mb()}
@@ -187,11 +163,11 @@ def shrink_task(job: Shrink) -> dict[str, Any]:
 
 def _shrink_jobs(ctx: StageRun, levels: list[Level], z: int) -> list[Shrink]:
     """Every level's tiles of zoom ``z`` still to make from zoom z + 1, in bands of rows."""
-    c, out = ctx.conf(ComposeConf), f"{ctx.run_dir}/viewer/tiles"
+    c, out = ctx.conf(ComposeConf), ctx.loc.file("viewer", "tiles")
     n, rows = 2**z, max(1, 64 // 2**z)
     return [
         Shrink(
-            ctx.storage_options,
+            ctx.loc,
             lv.size,
             z,
             r0,
@@ -220,7 +196,7 @@ def _draw_jobs(ctx: StageRun, levels: list[Level]) -> tuple[list[Draw], list[Dra
     """Tile bands of every level's zooms, and overview strips of every level."""
     c, px = ctx.conf(ComposeConf), ctx.conf(RenderConf).icon_px
     tiles, strips = [], []
-    common = (ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer)
+    common = (ctx.loc, ctx.s.layer)
     for lv in levels:
         z = lv.zmax  # the zooms below are shrunk from these tiles (:class:`Shrink`)
         n = 2**z
@@ -235,7 +211,7 @@ def _draw_jobs(ctx: StageRun, levels: list[Level]) -> tuple[list[Draw], list[Dra
                     r0,
                     min(n, r0 + rows),
                     z,
-                    f"{ctx.run_dir}/viewer/tiles/{lv.size}",
+                    ctx.loc.file("viewer", "tiles", str(lv.size)),
                     c.tile_px,
                     c.tile_format,
                     BACKGROUNDS[c.background],
@@ -267,8 +243,8 @@ def _sheet_jobs(ctx: StageRun, store: RunStore) -> list[Sheets]:
     """Icon sheets of every level (exemplars need none: the page reads the exemplars stage's
     own sheets)."""
     c = ctx.conf(ComposeConf)
-    out, per = f"{ctx.run_dir}/viewer", c.sheet_columns**2
-    common = (ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer)
+    out, per = ctx.loc.file("viewer"), c.sheet_columns**2
+    common = (ctx.loc, ctx.s.layer)
     bg = BACKGROUNDS[c.background]
     jobs = []
     for g in ctx.conf(GridConf).sizes:
@@ -285,10 +261,10 @@ def _overviews(ctx: StageRun, strips: list[Draw], results: list[dict[str, Any]])
     for g in sizes:
         parts = [r["strip"] for j, r in zip(strips, results, strict=True) if j.size == g]
         png = _encode(np.concatenate(parts, axis=0), "png")
-        write_file(f"{ctx.run_dir}/atlas-{g}.png", png, ctx.storage_options)
+        ctx.loc.write_bytes(ctx.loc.file(f"atlas-{g}.png"), png)
         files.append(f"atlas-{g}.png")
         if g == sizes[0]:
-            write_file(f"{ctx.run_dir}/atlas.png", png, ctx.storage_options)
+            ctx.loc.write_bytes(ctx.loc.file("atlas.png"), png)
             files.append("atlas.png")
     return files
 
@@ -330,7 +306,7 @@ def run(ctx: StageRun) -> StageResult:
         n_tiles,
         len(levels),
         ", ".join(files),
-        ctx.run_dir,
+        ctx.loc.directory,
     )
     return StageResult(
         counts={"tiles": n_tiles, "levels": len(levels), "tasks": len(out)},
@@ -356,13 +332,12 @@ def _label(job: Draw | Sheets) -> str:
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
     """The overviews and the viewer's page, in the view's folder."""
-    fs, root = fsspec.core.url_to_fs(ctx.run_dir, **ctx.storage_options)
     files = [
         "atlas.png",
         "viewer/index.html",
         *(f"atlas-{g}.png" for g in ctx.conf(GridConf).sizes),
     ]
-    return [f for f in files if not fs.exists(f"{root.rstrip('/')}/{f}")]
+    return [f for f in files if not ctx.loc.exists(ctx.loc.file(f))]
 
 
 STAGE = Stage(

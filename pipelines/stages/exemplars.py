@@ -14,12 +14,11 @@ is counted, not fatal: its patches stay blank and ``ok`` 0.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,47 +35,18 @@ from atlas_core.exemplars import (
 from atlas_core.exemplars.sheets import SHEET_COLUMNS, fit, jpeg, pack
 from atlas_core.extract.sampling import map_positions
 from atlas_core.grid import cell_index
-from atlas_core.models.layers import TokenGrid
 from atlas_core.models.preprocess import Preprocess
-from atlas_core.models.receptive import receptive_field
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
+from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
-from pipelines.core.common import cached_model, inject_fault, test_fault, write_file
-from pipelines.core.schema import NOT_FINGERPRINTED, Group, Resources, choice
+from pipelines.core.common import inject_fault, test_fault
+from pipelines.core.settings import ExemplarsConf, GridConf, Resources
 from pipelines.core.stage import Stage, StageResult, StageRun
-from pipelines.stages.grid import GridConf, GridJob, grid_jobs
+from pipelines.stages.grid import GridJob, grid_jobs
 
 log = logging.getLogger(__name__)
 Parts = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True)
-class ExemplarsConf(Group):
-    """exemplars: for each kept cell of each level, the k samples whose activation is closest
-    (cosine) to the cell's mean, as patches of their source image (the layer's receptive field
-    around the sampled position) and a thumbnail of each source image."""
-
-    GROUP: ClassVar[str] = "exemplars"
-    k: int = 8
-    patch_px: int = 64  # side of each stored patch
-    thumb_px: int = 128  # longer side of each source image's thumbnail
-    field: str = "effective"  # theoretical | effective: which receptive field a patch covers
-    field_mass: float = 0.9  # the effective field holds this share of the gradient's mass
-    # patches per task and per sheet (sheets are 16 cells wide)
-    rows_per_task: int = dataclasses.field(default=256, metadata=NOT_FINGERPRINTED)
-
-    def __post_init__(self) -> None:
-        choice("exemplars.field", self.field, ("theoretical", "effective"))
-        self._ranges(
-            {
-                "k": (1, 64),
-                "patch_px": (8, 512),
-                "thumb_px": (32, 1024),
-                "field_mass": (0.05, 1.0),
-                "rows_per_task": (1, 4096),
-            }
-        )
 
 
 def score_task(
@@ -107,9 +77,9 @@ class PatchJob:
     crops: dict[int, tuple[int, int, int, int]]
     thumbs: tuple[tuple[int, str], ...]
     slot0: int
-    out: str  # <view dir>/exemplars/<layer>: patches-<n>.jpg and sources-<n>.jpg
+    loc: RunLocation  # the view's: its exemplars/<layer>/patches-<n>.jpg and sources-<n>.jpg
+    layer: str
     sheet: int
-    storage_options: dict[str, Any]
     grid: tuple[int, int]
     side: float
     pre: Preprocess
@@ -140,9 +110,8 @@ def patch_task(job: PatchJob) -> dict[str, Any]:
         patches[i] = take_patch(im, full, job.patch_px)
         box[i] = np.array(full) / np.array([im.width, im.height, im.width, im.height])
         ok[i] = 1
-    write_file(
-        f"{job.out}/patches-{job.sheet}.jpg", jpeg(pack(patches, job.patch_px)), job.storage_options
-    )
+    out = job.loc.exemplars_dir(job.layer)
+    job.loc.write_bytes(f"{out}/patches-{job.sheet}.jpg", jpeg(pack(patches, job.patch_px)))
     thumbs: list[np.ndarray | None] = []
     sizes = []
     for slot, uri in job.thumbs:
@@ -151,11 +120,7 @@ def patch_task(job: PatchJob) -> dict[str, Any]:
         if im is not None:
             sizes.append((slot, int(thumbs[-1].shape[1]), int(thumbs[-1].shape[0])))  # type: ignore[union-attr]
     if job.thumbs:
-        write_file(
-            f"{job.out}/sources-{job.sheet}.jpg",
-            jpeg(pack(thumbs, job.thumb_px), 80),
-            job.storage_options,
-        )
+        job.loc.write_bytes(f"{out}/sources-{job.sheet}.jpg", jpeg(pack(thumbs, job.thumb_px), 80))
     ray_ops.count("atlas_exemplar_patches", int(ok.sum()), {"status": "ok"})
     ray_ops.count("atlas_exemplar_patches", int(n - ok.sum()), {"status": "failed"})
     return {
@@ -268,8 +233,7 @@ def _patch_jobs(
     grid_hw = (int(store.layers[s.layer][1]), int(store.layers[s.layer][2]))
     pos = _positions(store, rows, grid_hw)
     uris, crops = store.images.uris(), store.images.crops()
-    pre = cached_model(s.model.spec, "cpu").preprocess
-    out = f"{ctx.run_dir}/exemplars/{s.layer}"
+    pre = ctx.card.preprocess
     jobs = []
     for j, a in enumerate(range(0, len(rows), rc)):
         b = min(a + rc, len(rows))
@@ -288,9 +252,9 @@ def _patch_jobs(
                 },
                 own,
                 a,
-                out,
+                ctx.loc,
+                s.layer,
                 j,
-                ctx.storage_options,
                 grid_hw,
                 side,
                 pre,
@@ -323,29 +287,10 @@ def run(ctx: StageRun) -> StageResult:
         level.put_cells("exemplar_row", rows)
         level.put_cells("exemplar_score", scores)
     rows = np.unique(np.concatenate([r[r >= 0] for r, _ in chosen.values()]))
-    model = cached_model(s.model.spec, "cpu")
-    rf = receptive_field(model.module, s.layer, model.preprocess.size, mass=e.field_mass)
+    rf = ctx.card.fields[s.layer]
     side = rf.side(e.field)
     ok, read, seconds, sources = _patches(ctx, store, rows, side)
-    node = store.exemplars(s.layer)
-    node.set_attrs(
-        {
-            "fingerprint": ctx.fp,
-            "field": e.field,
-            "field_px": side,
-            "theoretical_px": rf.theoretical,
-            "effective_px": rf.effective,
-            "grid": list(rf.grid),
-            "input_px": rf.input_px,
-            # a transformer's token covers one patch; its measured field is wider
-            "token_patch_px": grid.patch[0] if (grid := TokenGrid.of(model.module)) else None,
-            "sheets": f"exemplars/{s.layer}",
-            "per_sheet": e.rows_per_task,
-            "sheet_columns": SHEET_COLUMNS,
-            "patch_px": e.patch_px,
-            "thumb_px": e.thumb_px,
-        }
-    )
+    store.exemplars(s.layer).set_attrs(_index_attrs(ctx, side))
     n_ok = int(ok.sum())
     log.info(
         "exemplars: %d patches (%d failed) from %d images in %.1f s (%.1f images/s); field %d px",
@@ -377,6 +322,29 @@ def run(ctx: StageRun) -> StageResult:
             "images_per_s": round(read / max(seconds, 1e-9), 2),
         },
     )
+
+
+def _index_attrs(ctx: StageRun, side: float) -> dict[str, Any]:
+    """What a reader of the exemplar sheets needs: the field, the grid, the sheets' layout."""
+    e, layer = ctx.conf(ExemplarsConf), ctx.s.layer
+    rf = ctx.card.fields[layer]
+    grid = ctx.card.token_grid
+    return {
+        "fingerprint": ctx.fp,
+        "field": e.field,
+        "field_px": side,
+        "theoretical_px": rf.theoretical,
+        "effective_px": rf.effective,
+        "grid": list(rf.grid),
+        "input_px": rf.input_px,
+        # a transformer's token covers one patch; its measured field is wider
+        "token_patch_px": grid.patch[0] if grid else None,
+        "sheets": f"exemplars/{layer}",  # relative to the view's folder
+        "per_sheet": e.rows_per_task,
+        "sheet_columns": SHEET_COLUMNS,
+        "patch_px": e.patch_px,
+        "thumb_px": e.thumb_px,
+    }
 
 
 def _patches(
@@ -429,8 +397,8 @@ def _patches(
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
-    keys = [f"{store.exemplars(ctx.s.layer).path}/ok"]
-    keys += [f"{store.level(ctx.s.layer, g).path}/exemplar_row" for g in ctx.conf(GridConf).sizes]
+    keys = [store.exemplars(ctx.s.layer).key("ok")]
+    keys += [store.level(ctx.s.layer, g).key("exemplar_row") for g in ctx.conf(GridConf).sizes]
     return missing_arrays(store, keys)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
 
 import numpy as np
 
-from atlas_core.errors import ConfigError, StoreError
+from atlas_core.errors import StoreError
 from atlas_core.grid import (
+    CellSums,
     SparseSums,
     add_sparse,
     attribution_per_cell,
@@ -29,43 +29,20 @@ from atlas_core.grid import (
 )
 from atlas_core.store import GridArrays, RunStore
 from atlas_core.store.check import missing_arrays
+from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
-from pipelines.core.common import cached_model, peak_rss_mb
-from pipelines.core.schema import Group, Resources, in_range, setting
+from pipelines.core.common import peak_rss_mb
+from pipelines.core.settings import GridConf, Resources, setting
 from pipelines.core.stage import Stage, StageResult, StageRun
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GridConf(Group):
-    """grid: the grid sizes (zoom levels of one layout) and which cells are kept."""
-
-    GROUP: ClassVar[str] = "grid"
-    sizes: tuple[int, ...] = (20,)
-    min_count: int = 5  # cells with fewer samples are dropped
-    top: int = 5  # top classes kept per cell
-    # class heatmaps: classes (names or indices) whose per-cell mean attribution is written at
-    # every level (empty: the 64 classes that label the most cells), when attribution exists
-    heatmap: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self._tuples()
-        if not self.sizes:
-            raise ConfigError("grid.sizes", [], fix="give at least one grid size: grid.sizes=[20].")
-        for s in self.sizes:
-            in_range("grid.sizes", s, 1, 4096)
-        self._ranges({"min_count": (1, None), "top": (1, 1000)})
-        object.__setattr__(self, "heatmap", tuple(str(c) for c in self.heatmap))
-
-
-@dataclass(frozen=True)
 class GridJob:
-    """One shard's sample rows [start, stop) of a view's layout."""
+    """One shard's sample rows [start, stop) of a view's layout (``loc``: the view's)."""
 
-    store_url: str
-    storage_options: dict[str, Any]
-    prefix: str
+    loc: RunLocation
     layer: str
     sizes: tuple[int, ...]
     start: int
@@ -73,8 +50,7 @@ class GridJob:
 
     def open(self) -> tuple[RunStore, np.ndarray, np.ndarray]:
         """(the view's store, layout rows (n, 2), activation rows (n, C))."""
-        store = RunStore.open(self.store_url, mode="r", storage_options=self.storage_options)
-        store = store.in_view(self.prefix)
+        store = self.loc.open_store("r")
         xy = store.layout_node(self.layer).read("layout", self.start, self.stop)
         return store, xy, store.extraction(self.layer).acts(self.start, self.stop)
 
@@ -87,17 +63,38 @@ def sums_task(job: GridJob) -> list[SparseSums]:
 
 def grid_jobs(ctx: StageRun, store: RunStore, sizes: tuple[int, ...]) -> list[GridJob]:
     """One job per extraction shard's sample rows."""
-    return [
-        GridJob(ctx.store_url, ctx.storage_options, ctx.view.store_prefix, ctx.s.layer, sizes, a, b)
-        for a, b in store.sample_ranges()
-    ]
+    return [GridJob(ctx.loc, ctx.s.layer, sizes, a, b) for a, b in store.sample_ranges()]
 
 
 def run(ctx: StageRun) -> StageResult:
-    s, grid, fp = ctx.s, ctx.conf(GridConf), ctx.fp
+    s, grid = ctx.s, ctx.conf(GridConf)
     store = ctx.open_store("r+")
     layout = store.layout_node(s.layer).read("layout")
-    channels = store.layers[s.layer][0]
+    totals = _sums(ctx, store)
+    top = store.images.top_class()
+    image = store.image_of_sample()
+    sample_label = top[image, 0] if top.shape[1] else None
+    attr = _attribution(store, s.layer, top, image)
+    kept_per_size, labels = {}, []
+    for size in grid.sizes:
+        kept, ac = _level(ctx, store, size, layout, totals.pop(size), sample_label, attr)
+        kept_per_size[str(size)] = kept
+        labels += [ac] if ac is not None else []
+    heat = _write_heat(ctx, store, layout, attr, labels) if attr is not None else []
+    return StageResult(
+        counts={"cells_kept": kept_per_size, "heat_classes": len(heat)},
+        details={
+            "labels": "attribution" if attr is not None else "predictions",
+            "tasks": len(store.sample_ranges()),
+            "peak_rss_mb_driver": peak_rss_mb(),
+        },
+    )
+
+
+def _sums(ctx: StageRun, store: RunStore) -> dict[int, CellSums]:
+    """Per grid size, every cell's activation sums and counts, from one task per shard."""
+    grid = ctx.conf(GridConf)
+    channels = store.layers[ctx.s.layer][0]
     totals = {g: empty_sums(g, channels) for g in grid.sizes}
 
     def add(_: int, parts: list[SparseSums]) -> None:
@@ -105,7 +102,7 @@ def run(ctx: StageRun) -> StageResult:
             add_sparse(totals[part.size], part)
 
     jobs = grid_jobs(ctx, store, grid.sizes)
-    ray_ops.init(s.cluster)
+    ray_ops.init(ctx.s.cluster)
     res = ctx.resources()
     ray_ops.require("cluster.grid", res.num_cpus, res.num_gpus)
     ray_ops.map_tasks(
@@ -118,47 +115,44 @@ def run(ctx: StageRun) -> StageResult:
         labels=[f"rows {j.start}..{j.stop}" for j in jobs],
         keep=False,
     )
-    top = store.images.top_class()
-    image = store.image_of_sample()
-    sample_label = top[image, 0] if top.shape[1] else None
-    attr = _attribution(store, s.layer, top, image)
-    kept_per_size, labels = {}, []
-    for size in grid.sizes:
-        cells = cell_index(layout, size)
-        kept, mean, count = finalize(totals.pop(size), grid.min_count)
-        if sample_label is not None:
-            tc, tn = top_classes_per_cell(cells, sample_label, kept, grid.top)
-        else:
-            tc = np.full((len(kept), grid.top), -1, np.int32)
-            tn = np.zeros((len(kept), grid.top), np.int32)
-        xy = np.stack([kept % size, kept // size], axis=1).astype(np.int32)
-        level = store.level(s.layer, size)
-        level.write_grid(
-            GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
-            {"min_count": grid.min_count, "fingerprint": fp},
-        )
-        if attr is not None:
-            ac, av = attribution_per_cell(cells, kept, *attr, top=grid.top)
-            level.put_cells("attr_top_class", ac)
-            level.put_cells("attr_top_value", av)
-            labels.append(ac[:, 0])
-        kept_per_size[str(size)] = len(kept)
-        log.info(
-            "grid %d: %d of %d cells kept (count >= %d)",
-            size,
-            len(kept),
-            size * size,
-            grid.min_count,
-        )
-    heat = _write_heat(ctx, store, layout, attr, labels) if attr is not None else []
-    return StageResult(
-        counts={"cells_kept": kept_per_size, "heat_classes": len(heat)},
-        details={
-            "labels": "attribution" if attr is not None else "predictions",
-            "tasks": len(jobs),
-            "peak_rss_mb_driver": peak_rss_mb(),
-        },
+    return totals
+
+
+def _level(
+    ctx: StageRun,
+    store: RunStore,
+    size: int,
+    layout: np.ndarray,
+    total: CellSums,
+    sample_label: np.ndarray | None,
+    attr: tuple[np.ndarray, np.ndarray, int] | None,
+) -> tuple[int, np.ndarray | None]:
+    """Finalize and write one level: kept cells, means, counts, top classes, attribution
+    labels. Returns (cells kept, each kept cell's attribution label or None)."""
+    grid = ctx.conf(GridConf)
+    cells = cell_index(layout, size)
+    kept, mean, count = finalize(total, grid.min_count)
+    if sample_label is not None:
+        tc, tn = top_classes_per_cell(cells, sample_label, kept, grid.top)
+    else:
+        tc = np.full((len(kept), grid.top), -1, np.int32)
+        tn = np.zeros((len(kept), grid.top), np.int32)
+    xy = np.stack([kept % size, kept // size], axis=1).astype(np.int32)
+    level = store.level(ctx.s.layer, size)
+    level.write_grid(
+        GridArrays(size, xy, mean, count.astype(np.int32), tc, tn),
+        {"min_count": grid.min_count, "fingerprint": ctx.fp},
     )
+    label = None
+    if attr is not None:
+        ac, av = attribution_per_cell(cells, kept, *attr, top=grid.top)
+        level.put_cells("attr_top_class", ac)
+        level.put_cells("attr_top_value", av)
+        label = ac[:, 0]
+    log.info(
+        "grid %d: %d of %d cells kept (count >= %d)", size, len(kept), size * size, grid.min_count
+    )
+    return len(kept), label
 
 
 def _attribution(
@@ -187,9 +181,8 @@ def heat_classes(ctx: StageRun, labels: list[np.ndarray]) -> np.ndarray:
     that label the most cells over every level."""
     grid = ctx.conf(GridConf)
     if grid.heatmap:
-        model = cached_model(ctx.s.model.spec, "cpu")
         with setting("grid", {"class": "heatmap"}):
-            return np.array([model.class_index(c) for c in grid.heatmap], np.int64)
+            return np.array([ctx.card.class_index(c) for c in grid.heatmap], np.int64)
     flat = np.concatenate(labels) if labels else np.zeros(0, np.int64)
     flat = flat[flat >= 0]
     if not len(flat):
@@ -219,7 +212,7 @@ def _write_heat(
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
-    paths = [f"{store.level(ctx.s.layer, g).path}/mean" for g in ctx.conf(GridConf).sizes]
+    paths = [store.level(ctx.s.layer, g).key("mean") for g in ctx.conf(GridConf).sizes]
     return missing_arrays(store, paths)
 
 

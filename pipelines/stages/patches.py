@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image
@@ -32,45 +31,11 @@ from atlas_core.errors import StoreError
 from atlas_core.models.registry import ModelSpec
 from atlas_core.store import RunStore
 from pipelines.core import ray_ops
-from pipelines.core.common import cached_model, resolve_device, write_file
-from pipelines.core.schema import NOT_FINGERPRINTED, Group, Resources, choice, in_range
+from pipelines.core.common import cached_model, resolve_device
+from pipelines.core.settings import GridConf, PatchesConf, Resources
 from pipelines.core.stage import Stage, StageResult, StageRun
-from pipelines.stages.grid import GridConf
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PatchesConf(Group):
-    """patches: failure-mode patches. In each two-class comparison [a, b] of ``classes.pairs``,
-    the icons most attributed to b are pasted into images the model classifies as a, at each
-    size and corner, against a random-noise patch of the same size and place."""
-
-    GROUP: ClassVar[str] = "patches"
-    icons: int = 3  # patches per pair
-    sizes: tuple[int, ...] = (48, 64, 80)  # patch side, in model-input pixels
-    corners: tuple[str, ...] = ("tl", "br")  # tl | tr | bl | br | centre
-    margin: int = 8
-    max_images: int = 256  # images of class a per pair (in manifest order)
-    images: str | None = None  # a folder to draw class-a images from (null: the run's own)
-    examples: int = 4  # before/after images on the report page
-    batch_size: int = field(default=32, metadata=NOT_FINGERPRINTED)
-
-    def __post_init__(self) -> None:
-        self._tuples()
-        for c in self.corners:
-            choice("patches.corners", c, ("tl", "tr", "bl", "br", "centre"))
-        for v in self.sizes:
-            in_range("patches.sizes", v, 4, 4096)
-        self._ranges(
-            {
-                "icons": (1, 64),
-                "margin": (0, 1000),
-                "max_images": (1, None),
-                "examples": (0, 64),
-                "batch_size": (1, 4096),
-            }
-        )
 
 
 @dataclass(frozen=True)
@@ -102,7 +67,7 @@ def _top(model: Any, arrays: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.nda
 
 def flip_task(job: FlipJob) -> dict[str, Any]:
     """Task body: flips per (patch, size, corner); the last patch row is the noise control."""
-    model = cached_model(job.spec, resolve_device(job.device))
+    model = cached_model(job.spec, resolve_device(job.device), role="patches")
     arrays, names = [], []
     for uri, crop in zip(job.uris, job.crops, strict=True):
         d = decode(uri, np.array(crop) if crop[0] >= 0 else None, policy=job.policy, root=job.root)
@@ -283,12 +248,11 @@ def _report(ctx: StageRun, store: RunStore) -> tuple[dict[str, Any], np.ndarray,
         np.zeros((len(icons) + 1, len(p.sizes), len(p.corners)), np.int64),
     )
     report = summarize(counts, sum(o["images"] for o in out), p.sizes, p.corners)
-    model = cached_model(ctx.s.model.spec, "cpu")
     report |= {
         "a": a,
         "b": b,
-        "a_name": model.class_name(a),
-        "b_name": model.class_name(b),
+        "a_name": ctx.card.class_name(a),
+        "b_name": ctx.card.class_name(b),
         "view": ctx.view.slug,
         "unreadable": sum(o["unreadable"] for o in out),
         "patches": meta,
@@ -303,17 +267,18 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _write_page(
-    ctx: StageRun, report: dict[str, Any], icons: np.ndarray, examples: list[Any], model: Any
+    ctx: StageRun, report: dict[str, Any], icons: np.ndarray, examples: list[Any]
 ) -> None:
-    out, so = f"{ctx.run_dir}/patches", ctx.storage_options
+    loc = ctx.loc
+    out = loc.file("patches")
     for i, (icon, m) in enumerate(zip(icons, report["patches"], strict=True)):
-        write_file(f"{out}/patch-{i}.png", _png(icon), so)
+        loc.write_bytes(f"{out}/patch-{i}.png", _png(icon))
         m["file"] = f"patch-{i}.png"
     shown = []
     for i, x in enumerate(examples):
-        write_file(f"{out}/before-{i}.png", _png(x["before"]), so)
-        write_file(f"{out}/after-{i}.png", _png(x["after"]), so)
-        name = model.class_name
+        loc.write_bytes(f"{out}/before-{i}.png", _png(x["before"]))
+        loc.write_bytes(f"{out}/after-{i}.png", _png(x["after"]))
+        name = ctx.card.class_name
         shown.append(
             {
                 **x,
@@ -323,8 +288,8 @@ def _write_page(
                 "after_top3": [[name(c), p] for c, p in x["after_top3"]],
             }
         )
-    write_file(f"{out}/report.css", CSS.encode(), so)
-    write_file(f"{out}/index.html", report_html({**report, "examples": shown}).encode("utf-8"), so)
+    loc.write_bytes(f"{out}/report.css", CSS.encode())
+    loc.write_bytes(f"{out}/index.html", report_html({**report, "examples": shown}).encode("utf-8"))
 
 
 def run(ctx: StageRun) -> StageResult:
@@ -342,15 +307,13 @@ def run(ctx: StageRun) -> StageResult:
         best.get("flip_rate", 0),
         best.get("control_rate", 0),
     )
-    _write_page(ctx, report, icons, examples, cached_model(ctx.s.model.spec, "cpu"))
+    _write_page(ctx, report, icons, examples)
     store.write_report("patches", report)
     return StageResult(counts={"images": report["images"]}, details={"report": report})
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
-    fs, root = fsspec.core.url_to_fs(ctx.run_dir, **ctx.storage_options)
-    page = f"{root.rstrip('/')}/patches/index.html"
-    gone = [] if fs.exists(page) else ["patches/index.html"]
+    gone = [] if ctx.loc.exists(ctx.loc.file("patches", "index.html")) else ["patches/index.html"]
     return gone + ([] if store.report("patches") else [f"{store.prefix}patches (report)"])
 
 

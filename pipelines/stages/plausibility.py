@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import numpy as np
 from PIL import Image
 
 from atlas_core.exemplars.sheets import cell as sheet_cell
-from atlas_core.models import ModelSpec, load_model
-from atlas_core.models.registry import check_model_name
-from atlas_core.models.weights import ARCHITECTURE_ONLY
+from atlas_core.models import ModelSpec
 from atlas_core.quality import (
     Plausibility,
     choose_pool,
@@ -39,52 +37,21 @@ from atlas_core.quality import (
 )
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
+from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
 from pipelines.core.common import cached_model, resolve_device
-from pipelines.core.schema import NOT_FINGERPRINTED, Group, Resources, setting
+from pipelines.core.settings import GridConf, PlausibilityConf, Resources
 from pipelines.core.stage import Stage, StageResult, StageRun
-from pipelines.stages.grid import GridConf
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PlausibilityConf(Group):
-    """plausibility: the judge network, the size it sees icons and patches at, the pool of
-    cells each icon is ranked among, and the cells per task."""
-
-    GROUP: ClassVar[str] = "plausibility"
-    judge: str = ""  # a model name (model.name's choices); empty: the atlas's own model
-    judge_weights: str | None = None  # the judge's weights (its default ones when empty)
-    input_px: int = 112  # icons and patches are resized to this square for the judge
-    pool: int = 2048  # cells ranked among: every cell with exemplars up to this, else a sample
-    batch: int = field(default=64, metadata=NOT_FINGERPRINTED)
-    cells_per_task: int = field(default=2048, metadata=NOT_FINGERPRINTED)
-    sheets_per_task: int = field(default=4, metadata=NOT_FINGERPRINTED)
-
-    def __post_init__(self) -> None:
-        self._ranges(
-            {
-                "input_px": (16, 1024),
-                "pool": (2, None),
-                "batch": (1, 4096),
-                "cells_per_task": (1, None),
-                "sheets_per_task": (1, None),
-            }
-        )
-        if self.judge:  # a misspelled judge stops the run before any work
-            with setting("plausibility", {"name": "judge"}):
-                check_model_name(self.judge)
-
-
-@dataclass(frozen=True)
 class Judge:
-    """Where the store and the sheets are, and the judge (a plain value for the tasks)."""
+    """Where the store and the sheets are (the view's location), and the judge (a plain value
+    for the tasks)."""
 
-    store_url: str
-    prefix: str
-    run_dir: str
-    storage_options: dict[str, Any]
+    loc: RunLocation
     layer: str
     spec: ModelSpec
     input_px: int
@@ -95,7 +62,7 @@ class Judge:
         """Unit pooled features (n, D) of uint8 images (n, h, w, 3); the judge is loaded once
         per worker process."""
         device = resolve_device(self.device)
-        judge = cached_model(self.spec, device)
+        judge = cached_model(self.spec, device, role="judge")
         return pooled_features(
             judge.module,
             judge.preprocess,
@@ -105,9 +72,14 @@ class Judge:
             device=device,
         )
 
+    def dim(self) -> int:
+        """The width of the judge's pooled features (task body: the worker then holds the
+        judge, and the driver never loads it)."""
+        judge = cached_model(self.spec, resolve_device(self.device), role="judge")
+        return feature_dim(judge.module, judge.preprocess, self.input_px)
+
     def store(self) -> RunStore:
-        store = RunStore.open(self.store_url, mode="r+", storage_options=self.storage_options)
-        return store.in_view(self.prefix)
+        return self.loc.open_store("r+")
 
 
 @dataclass(frozen=True)
@@ -148,15 +120,16 @@ def places(
 
 
 def read_patches(
-    root: str, opts: dict[str, Any], attrs: dict[str, Any], idx: np.ndarray
+    loc: RunLocation, layer: str, attrs: dict[str, Any], idx: np.ndarray
 ) -> np.ndarray:
-    """Patches ``idx`` (places in the exemplar index) from the exemplars stage's sheets:
-    (n, p, p, 3) uint8; each sheet is read once."""
+    """Patches ``idx`` (places in the exemplar index) from the exemplars stage's sheets of
+    ``layer`` in the view at ``loc``: (n, p, p, 3) uint8; each sheet is read once."""
     per, cols, px = int(attrs["per_sheet"]), int(attrs["sheet_columns"]), int(attrs["patch_px"])
     out = np.zeros((len(idx), px, px, 3), np.uint8)
     sheets = idx // per
     for sh in np.unique(sheets):
-        with fsspec.open(f"{root}/{attrs['sheets']}/patches-{int(sh)}.jpg", "rb", **opts) as f:
+        url = f"{loc.exemplars_dir(layer)}/patches-{int(sh)}.jpg"
+        with fsspec.open(url, "rb", **loc.storage_options) as f:
             sheet = np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
         for j in np.flatnonzero(sheets == sh):
             out[j] = sheet_cell(sheet, int(idx[j] % per), px, cols)
@@ -169,7 +142,7 @@ def sheet_task(job: SheetJob) -> int:
     store = j.store()
     node = store.exemplars(j.layer)
     idx = np.arange(job.start, job.stop)
-    feats = j.features(read_patches(j.run_dir, j.storage_options, dict(node.attrs), idx))
+    feats = j.features(read_patches(j.loc, j.layer, dict(node.attrs), idx))
     ok = node.read("ok", job.start, job.stop) == 1
     node.write("judge", job.start, np.where(ok[:, None], feats, np.nan).astype(np.float16))
     return len(idx)
@@ -208,8 +181,10 @@ def _features(
     rows, per = (len(index["row"]) if index else 0), int(node.attrs.get("per_sheet", 1))
     if not rows:
         return
-    probe = load_model(replace(judge.spec, weights=ARCHITECTURE_ONLY))  # its feature size
-    dim = feature_dim(probe.module, probe.preprocess, judge.input_px)
+    (dim,) = ray_ops.gather(
+        [ray_ops.submit(Judge.dim, judge, num_cpus=res.num_cpus, num_gpus=res.num_gpus)],
+        desc="plausibility judge",
+    )
     node.create(["judge"], {"R": rows, "D": dim, "sheet": per})
     step = per * max(1, ctx.conf(PlausibilityConf).sheets_per_task)
     jobs = [SheetJob(judge, a, min(rows, a + step)) for a in range(0, rows, step)]
@@ -283,10 +258,7 @@ def run(ctx: StageRun) -> StageResult:
     res = ctx.resources()
     ray_ops.require("cluster.plausibility", res.num_cpus, res.num_gpus)
     judge = Judge(
-        s.store_url,
-        store.prefix,
-        ctx.run_dir,
-        s.storage_options,
+        ctx.loc,
         s.layer,
         _judge_spec(ctx),
         conf.input_px,
@@ -307,7 +279,7 @@ def run(ctx: StageRun) -> StageResult:
 
 
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
-    paths = [f"{store.level(ctx.s.layer, g).path}/icon_margin" for g in ctx.conf(GridConf).sizes]
+    paths = [store.level(ctx.s.layer, g).key("icon_margin") for g in ctx.conf(GridConf).sizes]
     return missing_arrays(store, paths)
 
 

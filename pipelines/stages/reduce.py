@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from omegaconf import II
 
 from atlas_core.errors import ConfigError, StoreError
 from atlas_core.reduce import (
@@ -40,13 +39,13 @@ from atlas_core.reduce import (
     normalize_layout,
     place,
 )
-from atlas_core.reduce.backends import BACKENDS, KNN_MODES
-from atlas_core.reduce.params import INITS, METRICS, UmapParams
-from atlas_core.store import Markers, RunStore
+from atlas_core.reduce.params import UmapParams
+from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
+from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
 from pipelines.core.common import Clock, inject_fault, peak_rss_mb, test_fault
-from pipelines.core.schema import Group, Resources, SettingsBase, choice, setting, store_url
+from pipelines.core.settings import ReduceConf, Resources, Settings, setting
 from pipelines.core.stage import Stage, StageResult, StageRun
 from pipelines.stages import _view_layout
 
@@ -54,88 +53,18 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AlignConf:
-    """One other run whose activations join this run's layout fit (``reduce.align_with``)."""
-
-    run_dir: str = "???"
-    layer: str = "???"
-
-
-@dataclass(frozen=True)
-class ReduceConf(Group):
-    """reduce: UMAP and how it scales (landmark fit, exact search, placement)."""
-
-    GROUP: ClassVar[str] = "reduce"
-    backend: str = "auto"  # auto: cuML where the fit runs has it and a GPU, else umap-learn
-    n_neighbors: int = 50
-    min_dist: float = 0.05
-    metric: str = "cosine"
-    n_epochs: int | None = None
-    init: str = "spectral"  # spectral | pca | random (pca: reproducible on disconnected graphs)
-    seed: int = II("seed")
-    extras: dict[str, Any] = field(default_factory=dict)  # {umap-learn: {...}, cuml: {...}}
-    knn: str = "auto"  # kNN graph of a umap-learn fit: auto | exact | nndescent
-    fit_rows: int = 100_000  # above: fit a seeded sample (the landmarks), place the rest
-    pca_dim: int | None = None
-    place_neighbors: int = 10
-    quality_sample: int = 5000
-    joint_layers: tuple[str, ...] = ()  # one joint fit over several extracted layers ...
-    align_with: tuple[AlignConf, ...] = ()  # ... or over other runs on the same images
-
-    def __post_init__(self) -> None:
-        self._tuples()
-        choice("reduce.backend", self.backend, BACKENDS)
-        choice("reduce.metric", self.metric, METRICS)
-        choice("reduce.init", self.init, INITS)
-        choice("reduce.knn", self.knn, KNN_MODES)
-        self._ranges(
-            {
-                "n_neighbors": (2, 10_000),
-                "min_dist": (0.0, 1.0),
-                "n_epochs": (1, None),
-                "fit_rows": (2, None),
-                "pca_dim": (1, None),
-                "place_neighbors": (1, 1000),
-                "quality_sample": (10, None),
-            }
-        )
-        unknown = set(self.extras) - {"umap-learn", "cuml"}
-        if unknown:
-            raise ConfigError(
-                "reduce.extras",
-                sorted(unknown),
-                choices=("umap-learn", "cuml"),
-                fix="key the extras by backend: {umap-learn: {...}, cuml: {...}}.",
-            )
-        for item in self.align_with:
-            if "???" in (item.run_dir, item.layer):
-                raise ConfigError(
-                    "reduce.align_with",
-                    item,
-                    fix="each entry is {run_dir: <another run on the same images>, "
-                    "layer: <its layer>}.",
-                )
-
-    @property
-    def umap(self) -> UmapParams:
-        extras = {k: dict(v) for k, v in self.extras.items()}
-        r = self
-        return UmapParams(r.n_neighbors, r.min_dist, r.metric, r.n_epochs, r.init, r.seed, extras)
-
-
-@dataclass(frozen=True)
 class Source:
-    """One block of the features UMAP sees: a layer of a run store."""
+    """One block of the features UMAP sees: a layer of a run."""
 
-    store_url: str
+    loc: RunLocation
     layer: str
-    storage_options: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
 class TransformJob:
-    store_url: str  # where the layout is written
-    storage_options: dict[str, Any]
+    """Sample rows [start, stop) to place; the raw layout goes to ``layer`` of ``loc``."""
+
+    loc: RunLocation
     layer: str
     sources: tuple[Source, ...]
     start: int
@@ -143,47 +72,41 @@ class TransformJob:
     fault: str = ""
 
 
-def _open(url: str, opts: tuple[tuple[str, Any], ...]) -> RunStore:
-    return RunStore.open(url, mode="r", storage_options=dict(opts))
-
-
 def features(sources: tuple[Source, ...], rows: np.ndarray) -> np.ndarray:
     """The rows UMAP sees: one layer's activations, or the joint features of several blocks."""
-    blocks = [
-        _open(s.store_url, s.storage_options).extraction(s.layer).take("acts", rows)
-        for s in sources
-    ]
+    blocks = [s.loc.open_store("r").extraction(s.layer).take("acts", rows) for s in sources]
     return blocks[0] if len(blocks) == 1 else joint_features(blocks)
 
 
-def _canonical(url: str) -> str:
-    return url if "://" in url else os.path.abspath(url)
+def _canonical(loc: RunLocation) -> str:
+    return loc.store_url if "://" in loc.root else os.path.abspath(loc.store_url)
 
 
-def sources_of(s: SettingsBase) -> tuple[Source, ...]:
+def sources_of(s: Settings) -> tuple[Source, ...]:
     """This run's layer(s) plus any aligned runs', in a canonical order (sorted by store and
     layer) so that every run of an aligned set builds the same feature rows."""
-    opts = tuple(sorted(s.storage_options.items()))
-    own = [Source(s.store_url, name, opts) for name in (s.joint_layers or (s.layer,))]
-    other = [Source(store_url(a.run_dir), a.layer, opts) for a in s.reduce.align_with]
+    own = [Source(s.location, name) for name in (s.joint_layers or (s.layer,))]
+    other = [
+        Source(RunLocation.of(a.run_dir, s.storage_options), a.layer) for a in s.reduce.align_with
+    ]
     if not other:
         return tuple(own)
-    return tuple(sorted(own + other, key=lambda x: (_canonical(x.store_url), x.layer)))
+    return tuple(sorted(own + other, key=lambda x: (_canonical(x.loc), x.layer)))
 
 
-def usable_rows(store: RunStore, sources: tuple[Source, ...]) -> np.ndarray:
+def usable_rows(store: RunStore, loc: RunLocation, sources: tuple[Source, ...]) -> np.ndarray:
     """(N * k,) bool: rows usable in every source. Aligned runs must hold the same images in
     the same order with the same samples (k and seed, hence the same relative positions)."""
     ok = store.ok_samples()
     mine = store.manifest().uris
     for src in sources:
-        if _canonical(src.store_url) == _canonical(store.url):
+        if _canonical(src.loc) == _canonical(loc):
             continue
-        other = _open(src.store_url, src.storage_options)
+        other = src.loc.open_store("r")
         if src.layer not in other.layers:
             raise ConfigError(
                 "reduce.align_with",
-                f"{src.store_url}:{src.layer}",
+                f"{src.loc.root}:{src.layer}",
                 choices=tuple(other.layers),
                 fix="name a layer that run extracted.",
             )
@@ -195,7 +118,7 @@ def usable_rows(store: RunStore, sources: tuple[Source, ...]) -> np.ndarray:
         if not same:
             raise ConfigError(
                 "reduce.align_with",
-                src.store_url,
+                src.loc.root,
                 fix="aligned runs need the same images (data settings), samples_per_image and "
                 "seed; re-extract one of them with the other's settings.",
             )
@@ -244,8 +167,7 @@ def place_task(
         out[rows - job.start] = place(idx, dist, embedding)
     a, b = np.searchsorted(fit_rows, [job.start, job.stop])
     out[fit_rows[a:b] - job.start] = embedding[a:b]
-    store = RunStore.open(job.store_url, mode="r+", storage_options=job.storage_options)
-    store.layout_node(job.layer).write("layout_raw", job.start, out)
+    job.loc.open_store("r+").layout_node(job.layer).write("layout_raw", job.start, out)
     return len(rows)
 
 
@@ -256,12 +178,11 @@ def _fit_and_place(
     sources: tuple[Source, ...],
     ok_mask: np.ndarray,
     fit_rows: np.ndarray,
-    fp: str,
     clock: Clock,
 ) -> tuple[np.ndarray, dict[str, str]]:
     """The task graph above; returns the raw layout of every row (N * k, 2), NaN for holes, and
     where the fit ran."""
-    s, r, res = ctx.s, ctx.conf(ReduceConf), ctx.s.cluster
+    s, r = ctx.s, ctx.conf(ReduceConf)
     landmarks = Landmarks.build(
         features(sources, fit_rows),
         r.metric,
@@ -273,33 +194,18 @@ def _fit_and_place(
     out_layer = (s.joint_layers or (s.layer,))[0]
     node = store.layout_node(out_layer)
     node.create(["layout_raw"], _sample_dims(store))
-    fault = test_fault()
     jobs = [
-        TransformJob(s.store_url, s.storage_options, out_layer, sources, a, b, fault)
+        TransformJob(s.location, out_layer, sources, a, b, test_fault())
         for a, b in store.sample_ranges()
     ]
     to_place = ok_mask.copy()
     to_place[fit_rows] = False  # landmarks keep their fitted positions
     log.info("reduce: fitting %d landmarks, placing %d rows", len(fit_rows), to_place.sum())
     ray_ops.init(s.cluster)
-    sr = res.reduce_search
     lm, rows_ref, usable = (ray_ops.put(x) for x in (landmarks, fit_rows, to_place))
     del landmarks
-    fit_gpus = max(res.reduce_fit.num_gpus, 1.0 if r.backend == "cuml" else 0.0)
-    what = "reduce.backend=cuml: cluster.reduce_fit" if fit_gpus > res.reduce_fit.num_gpus else ""
-    ray_ops.require(what or "cluster.reduce_fit", res.reduce_fit.num_cpus, fit_gpus)
-    ray_ops.require("cluster.reduce_search", sr.num_cpus, sr.num_gpus)
-    emb = ray_ops.submit(
-        fit_task,
-        lm,
-        r.umap,
-        _backend(ctx),
-        r.knn,
-        ctx.device("reduce_fit"),
-        fault,
-        num_cpus=res.reduce_fit.num_cpus,
-        num_gpus=fit_gpus,
-    )
+    emb = _submit_fit(ctx, lm)
+    sr = s.cluster.reduce_search
     found = [
         ray_ops.submit(
             search_task,
@@ -316,14 +222,33 @@ def _fit_and_place(
         ray_ops.submit(place_task, j, f, emb, rows_ref, num_cpus=min(1.0, sr.num_cpus))
         for j, f in zip(jobs, found, strict=True)
     ]
-    (_, where), *_ = ray_ops.gather(
-        [emb, *placed],
-        desc="reduce",
-        unit="task",
-        labels=["fit", *(f"rows {j.start}..{j.stop}" for j in jobs)],
-    )
+    labels = ["fit", *(f"rows {j.start}..{j.stop}" for j in jobs)]
+    (_, where), *_ = ray_ops.gather([emb, *placed], desc="reduce", unit="task", labels=labels)
     clock.lap("fit+place")
     return node.read("layout_raw"), where
+
+
+def _submit_fit(ctx: StageRun, landmarks: Any) -> Any:
+    """The fit task (its handle), after checking some node can hold it and the searches; with
+    ``reduce.backend=cuml`` the fit asks for a GPU."""
+    r, res = ctx.conf(ReduceConf), ctx.s.cluster
+    fit_gpus = max(res.reduce_fit.num_gpus, 1.0 if r.backend == "cuml" else 0.0)
+    what = "reduce.backend=cuml: cluster.reduce_fit" if fit_gpus > res.reduce_fit.num_gpus else ""
+    ray_ops.require(what or "cluster.reduce_fit", res.reduce_fit.num_cpus, fit_gpus)
+    sr = res.reduce_search
+    ray_ops.require("cluster.reduce_search", sr.num_cpus, sr.num_gpus)
+    device, fault = ctx.device("reduce_fit"), test_fault()
+    return ray_ops.submit(
+        fit_task,
+        landmarks,
+        r,
+        _backend(ctx),
+        r.knn,
+        device,
+        fault,
+        num_cpus=res.reduce_fit.num_cpus,
+        num_gpus=fit_gpus,
+    )
 
 
 def _sample_dims(store: RunStore) -> dict[str, int]:
@@ -347,7 +272,7 @@ def run(ctx: StageRun) -> StageResult:
     s, r, fp = ctx.s, ctx.conf(ReduceConf), ctx.fp
     store = ctx.open_store("r+")
     sources = sources_of(s)
-    ok_mask = usable_rows(store, sources)
+    ok_mask = usable_rows(store, s.location, sources)
     ok = np.flatnonzero(ok_mask)
     if len(ok) <= r.n_neighbors:
         raise StoreError(
@@ -358,7 +283,7 @@ def run(ctx: StageRun) -> StageResult:
     rng = np.random.default_rng(s.seed)
     fit_rows = np.sort(rng.choice(ok, r.fit_rows, replace=False)) if sampled else ok
     clock = Clock()
-    raw, where = _fit_and_place(ctx, store, sources, ok_mask, fit_rows, fp, clock)
+    raw, where = _fit_and_place(ctx, store, sources, ok_mask, fit_rows, clock)
     norm, bounds = normalize_layout(raw)
     q_rng = np.random.default_rng(s.seed + 1)
     quality_rows = np.sort(q_rng.choice(ok, min(len(ok), r.quality_sample), replace=False))
@@ -370,7 +295,7 @@ def run(ctx: StageRun) -> StageResult:
         seed=s.seed,
     )
     clock.lap("quality")
-    joint = [f"{x.store_url}:{x.layer}" if r.align_with else x.layer for x in sources]
+    joint = [f"{x.loc.store_url}:{x.layer}" if r.align_with else x.layer for x in sources]
     attrs = {
         "backend": where["backend"],
         "bounds": bounds.tolist(),
@@ -412,7 +337,7 @@ def aligned_extractions(ctx: StageRun) -> list[list[str]]:
     aligned run changes this run's reduce fingerprint, so the layout is refitted."""
     out = []
     for a in ctx.s.reduce.align_with if ctx.view.is_main else ():
-        marker = Markers(a.run_dir, ctx.storage_options).read("stage-extract")
+        marker = RunLocation.of(a.run_dir, ctx.s.storage_options).markers().read("stage-extract")
         if marker is None:
             raise ConfigError(
                 "reduce.align_with",
@@ -423,21 +348,9 @@ def aligned_extractions(ctx: StageRun) -> list[list[str]]:
     return out
 
 
-def check(s: SettingsBase) -> None:
-    """Joint layers must be extracted."""
-    missing = [x for x in s.reduce.joint_layers if x not in s.extracted_layers]
-    if missing:
-        raise ConfigError(
-            "reduce.joint_layers",
-            missing,
-            choices=s.extracted_layers,
-            fix="joint layers must be extracted: add them to extract.layers.",
-        )
-
-
 def outputs(ctx: StageRun, store: RunStore) -> list[str]:
     layers = ctx.s.joint_layers if ctx.view.is_main and ctx.s.joint_layers else (ctx.s.layer,)
-    return missing_arrays(store, [f"{store.layout_node(L).path}/layout" for L in layers])
+    return missing_arrays(store, [store.layout_node(L).key("layout") for L in layers])
 
 
 STAGE = Stage(
@@ -448,7 +361,6 @@ STAGE = Stage(
     resources={"reduce_fit": Resources(), "reduce_search": Resources()},
     outputs=outputs,
     extra=aligned_extractions,
-    check=check,
     reads="`layers/<L>/acts` (and aligned runs' acts), `images/status`; a class view: "
     "`layers/<L>/attr`",
     writes="`[views/<v>/]layers/<L>/layout` (+ bounds, quality attrs), `layers/<L>/layout_raw`",

@@ -149,11 +149,12 @@ def test_flip_counts_equal_a_direct_loop_and_the_strongest_input_beats_noise() -
 
 
 def test_the_article_pairs_preset_names_real_imagenet_classes() -> None:
+    from atlas_core.models.card import ModelCard
     from pipelines.core.common import cached_model
     from tests.conftest import debug_settings
 
     s, _ = debug_settings("experiment=article_pairs", "model=efficientnet_lite0")
-    model = cached_model(s.model.spec, "cpu")
+    model = ModelCard.of(cached_model(s.model.spec, "cpu"), [])
     got = [[model.class_name(model.class_index(c)) for c in pair] for pair in s.classes.pairs]
     assert [[n.split(",")[0] for n in pair] for pair in got] == [
         ["snorkel", "scuba diver"],

@@ -8,6 +8,7 @@ test also checks that the page logged no console error and ran none of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -17,8 +18,8 @@ import pytest
 import zarr
 from PIL import Image
 
+from pipelines.commands import run as runner
 from pipelines.commands.run import run
-from pipelines.core.common import cached_model
 from tests.conftest import debug_settings, make_images
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,6 +35,15 @@ LAYER = "blocks.2"
 
 def _names(n: int) -> list[str]:
     return [f"{EVIL_CLASS} {i}" if i % 3 == 0 else f"kind {i}" for i in range(n)]
+
+
+_MODEL_CARD = runner.model_card
+
+
+def _hostile_card(s):
+    """The run's model card with payloads in its class names."""
+    card = _MODEL_CARD(s)
+    return dataclasses.replace(card, class_names=tuple(_names(card.num_classes)))
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +74,9 @@ def runs(tmp_path_factory, local_ray):
         other = base / ("b" if name == "a" else "a")
         align = f"reduce.align_with=[{{run_dir:'{other}',layer:{LAYER}}}]"
         s, _ = debug_settings(*common, *extra[name], f"run_dir={base / name}", align)
-        model = cached_model(s.model.spec, "cpu")  # the driver's model writes the viewer data
-        saved, model.class_names = model.class_names, _names(model.num_classes)
-        try:
+        with pytest.MonkeyPatch.context() as mp:  # the card the viewer data is written from
+            mp.setattr(runner, "model_card", _hostile_card)
             run(s, {})
-        finally:
-            model.class_names = saved
     return base
 
 

@@ -29,14 +29,13 @@ LAYER = "blocks.2"
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory, local_ray):
-    from pipelines.core.stage import StageRun
-    from pipelines.core.views import MAIN
     from pipelines.stages import compose
+    from tests.conftest import stage_run
 
     run_dir = tmp_path_factory.mktemp("big") / "run"
     synthetic_run(run_dir, {20: 0.6, 320: 0.45}, 8)
     s, _ = debug_settings(f"run_dir={run_dir}", "grid.sizes=[20,320]", "render.icon_px=8")
-    compose.run(StageRun("compose", s, MAIN, "test"))
+    compose.run(stage_run(s, "compose"))
     (run_dir / "viewer" / "data" / "links.js").write_text("window.ATLAS_LINKS = [];\n")
     return run_dir
 

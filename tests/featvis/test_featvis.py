@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from atlas_core.featvis import (
+    IconRecipe,
     IconRenderer,
-    RenderSettings,
+    IconSettings,
     channel,
     direction_cossim,
     fft_image,
@@ -16,14 +17,18 @@ from atlas_core.featvis import (
     whitening_matrix,
 )
 from atlas_core.featvis.optimize import optimize
+from atlas_core.featvis.recipe import Optimizer
 from atlas_core.featvis.streams import Streams, icon_seed
 from atlas_core.featvis.transforms import compose
 from atlas_core.models import ModelSpec, load_model
 
 
-def _tiny_renderer(spectrum: np.ndarray | None = None, **kw) -> IconRenderer:
-    s = RenderSettings(**{"icon_px": 32, "steps": 12, "attempts": 1, **kw})
-    return IconRenderer(load_model(ModelSpec(name="tiny")), "blocks.2", s, spectrum=spectrum)
+def _tiny_renderer(
+    spectrum: np.ndarray | None = None, white: np.ndarray | None = None, **kw
+) -> IconRenderer:
+    s = IconSettings(**{"icon_px": 32, "steps": 12, "attempts": 1, **kw})
+    recipe = IconRecipe.from_settings(s, spectrum=spectrum, whiten=white)
+    return IconRenderer(load_model(ModelSpec(name="tiny")), "blocks.2", recipe)
 
 
 def test_objectives_compose_like_numbers() -> None:
@@ -70,9 +75,9 @@ def test_the_cosine_objective_is_the_cosine_at_the_centre() -> None:
     )
     filled = direction_cosine("l", v, fill=0.25)({"l": t})
     assert torch.allclose(filled, 0.75 * centre + 0.25 * every.mean((0, 1)), atol=1e-6)
-    r = _tiny_renderer(objective="cosine", steps=3)
+    r = _tiny_renderer(objective="cosine", fill=0.0, steps=3, white=np.eye(32) * 5)
     d = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
-    out = r.render(d, seeds=(1, 2), whiten=np.eye(32) * 5)  # no whitening for the cosine
+    out = r.render(d, seeds=(1, 2))  # no whitening for the cosine
     assert np.allclose(out.objective, out.cosine, atol=2e-3)  # the objective is the fidelity
 
 
@@ -142,7 +147,7 @@ def test_objective_rises_after_a_few_steps() -> None:
         params,
         image_fn,
         steps=40,
-        lr=0.05,
+        optimizer=Optimizer("adam", 0.05),
         transforms=icon_transforms(32),
         rng=Streams.from_seed(2, 4),
     )
@@ -184,17 +189,17 @@ def test_streams_are_per_icon_counters_on_the_device() -> None:
 
 
 def _render_attempt(r: IconRenderer, d: np.ndarray, attempt: int) -> np.ndarray:
-    s = r.settings
+    s = r.recipe
     gen = Streams([icon_seed(x, "attempt", attempt) for x in SEEDS])
-    params, raw = fft_image((len(d), 3, s.icon_px, s.icon_px), sd=s.sd, rng=gen)
-    obj = direction_cossim(r.layer, torch.tensor(d), power=s.cos_power)
+    params, raw = fft_image((len(d), 3, s.px, s.px), sd=s.param.sd, rng=gen)
+    obj = direction_cossim(r.layer, torch.tensor(d), power=s.objective.power)
     _, score, _, _ = optimize(
         r.forward,
         obj,
         params,
         to_valid_rgb(raw),
         steps=s.steps,
-        lr=s.lr,
+        optimizer=s.optimizer,
         transforms=r.transforms,
         rng=gen,
     )
@@ -226,7 +231,7 @@ def test_saliency_alpha_is_where_the_objective_looked() -> None:
     """MACO's transparency: the summed |d objective / d pixel| over the steps, clipped at its
     80th percentile per icon. An objective that reads one corner of the image only gets an
     alpha of zero everywhere else."""
-    from atlas_core.featvis.render import saliency_alpha
+    from atlas_core.featvis.recipe import saliency_alpha
 
     seen = torch.zeros(2, 10, 10)
     seen[0, :3, :3] = torch.arange(9.0).reshape(3, 3) + 1
@@ -282,7 +287,7 @@ def test_phase_only_raises_the_objective_like_lucids() -> None:
     with torch.no_grad():
         before = obj(r.forward(image_fn()))
     _, after, hist, _ = optimize(
-        r.forward, obj, params, image_fn, steps=40, lr=0.5, rng=streams, optimizer="nadam"
+        r.forward, obj, params, image_fn, steps=40, rng=streams, optimizer=Optimizer("nadam", 0.5)
     )
     assert (after > before + 0.01).all() and hist[-1] > hist[0]
 
@@ -321,3 +326,42 @@ def test_a_group_renders_to_the_same_bytes_in_any_work_split(param: str) -> None
     other = r.render_groups(d[:4], seeds=[seeds[0] + 1, *seeds[1:4]], group=4)
     assert not np.array_equal(whole[0][:1], other[0][:1])  # the seed does matter
     assert np.array_equal(whole[0][1:4], other[0][1:4])  # and only for its own icon
+
+
+def test_the_recipe_identity_covers_exactly_what_changes_an_icon() -> None:
+    """An inactive setting (``fill`` under Lucid's objective, ``cos_power``/``whiten`` under the
+    cosine, ``decay_power`` outside the Fourier parameterization) changes neither the settings'
+    identity (the stage's fingerprint) nor the recipe's (the icon cache key); an active one
+    changes both, and the whitening matrix and MACO's spectrum count by their bytes."""
+    from atlas_core.featvis.recipe import IconRecipe, IconSettings
+
+    def ids(**kw) -> tuple[dict, dict]:
+        white, spec = kw.pop("white", None), kw.pop("spectrum", None)
+        s = IconSettings(**kw)
+        return s.identity(), IconRecipe.from_settings(s, spectrum=spec, whiten=white).identity()
+
+    lucid = ids(objective="lucid")
+    assert ids(objective="lucid", fill=0.1) == lucid
+    assert ids(objective="lucid", cos_power=2)[0] != lucid[0]
+    assert ids(objective="lucid", cos_power=2)[1] != lucid[1]
+    cos = ids(objective="cosine")
+    assert ids(objective="cosine", cos_power=1.0, whiten=False) == cos
+    assert ids(objective="cosine", white=np.eye(4)) == cos  # the cosine is never whitened
+    assert ids(objective="cosine", fill=0.2)[1] != cos[1]
+    assert ids(param="pixel", decay_power=2.0) == ids(param="pixel")
+    w1, w2 = np.eye(4), np.eye(4) * 2
+    assert ids(white=w1)[1] != ids(white=w2)[1] and ids(white=w1)[1] == ids(white=w1.copy())[1]
+    spec = _spectrum()
+    assert ids(param="maco", spectrum=spec)[1] != ids(param="maco", spectrum=spec * 2)[1]
+
+
+def test_a_bad_icon_setting_names_its_key() -> None:
+    """The library value checks itself, naming the bare field (the pipeline's group, which
+    derives from it, names the full key: tests/pipelines/test_config.py)."""
+    from atlas_core.errors import ConfigError
+    from atlas_core.featvis.recipe import IconSettings
+
+    with pytest.raises(ConfigError, match=r"^steps: 0 is not valid"):
+        IconSettings(steps=0)
+    with pytest.raises(ConfigError, match=r"^alpha: 'channel'.*param=fft"):
+        IconSettings(param="maco", alpha="channel")

@@ -136,7 +136,7 @@ def test_the_patch_report_counts_what_a_direct_loop_counts(views) -> None:
     assert report["view"] == slug and "patches" not in views["manifest"]["stages"]
     stored = _group(views, slug)["patches"].attrs.asdict()
     assert stored["table"] == report["table"] and stored["images"] == report["images"]
-    model = cached_model(s.model.spec, "cpu")
+    model = cached_model(s.model.spec, "cpu", role="test")
     g = zarr.open_group(str(base / "run" / "atlas.zarr"), mode="r")
     ok = (g["images/status"][:] == 1) & (g["images/top_class"][:, 0] == a)
     arrays = np.stack(

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from atlas_core.errors import ConfigError
 from pipelines.commands.main import CONF_DIR, check_targets, to_settings
 from pipelines.commands.run import check
-from pipelines.settings import REGISTRY
+from pipelines.stages import REGISTRY
 
 # the config groups with options to choose (folders under conf/); every stage's own group comes
 # from its declaration, with its defaults
@@ -49,20 +49,51 @@ def test_presets_carry_the_reference_parameters() -> None:
     r1, _ = to_settings(_compose("preset=r1"))
     r2, _ = to_settings(_compose("preset=r2"))
     r3, _ = to_settings(_compose("preset=r3"))
-    assert (r1.reduce.n_neighbors, r1.reduce.umap.min_dist, r1.render.icon.cos_power) == (
-        50,
-        0.05,
-        2,
-    )
-    assert (r1.render.icon.whiten, r1.grid.min_count, r1.render.icon.icon_px) == (False, 6, 96)
-    assert (r2.reduce.umap.n_neighbors, r2.reduce.umap.min_dist, r2.grid.min_count) == (
-        20,
-        0.01,
-        11,
-    )
-    assert (r2.render.icon.steps, r2.render.icon.attempts) == (512, 2)
-    assert r3.grid.sizes == (20, 40, 80, 160) and r3.render.icon.attempts == 4
-    assert (r3.render.icon.steps, r3.data.n_images) == (1024, 1_000_000)
+    assert (r1.reduce.n_neighbors, r1.reduce.min_dist, r1.render.cos_power) == (50, 0.05, 2)
+    assert (r1.render.whiten, r1.grid.min_count, r1.render.icon_px) == (False, 6, 96)
+    assert (r2.reduce.n_neighbors, r2.reduce.min_dist, r2.grid.min_count) == (20, 0.01, 11)
+    assert (r2.render.steps, r2.render.attempts) == (512, 2)
+    assert r3.grid.sizes == (20, 40, 80, 160) and r3.render.attempts == 4
+    assert (r3.render.steps, r3.data.n_images) == (1024, 1_000_000)
+    # the library values are the schema: the groups are them, with orchestration fields only
+    from atlas_core.featvis.recipe import IconRecipe, IconSettings
+    from atlas_core.reduce.params import UmapParams
+
+    assert isinstance(r1.render, IconSettings) and isinstance(r1.reduce, UmapParams)
+    recipe = IconRecipe.from_settings(r1.render)
+    assert (recipe.px, recipe.steps, recipe.objective.identity()["power"]) == (96, 128, 2)
+
+
+def test_settings_stages_and_resources_are_declared_in_agreement() -> None:
+    """The written-out structure agrees with itself: every stage's settings group is the field
+    of ``Settings`` of that name and class, and every resources entry a stage declares is a
+    field of ``ClusterConf`` with that default (adding a stage touches all three)."""
+    from pipelines.core.settings import ClusterConf, Settings, groups
+
+    tree = groups()
+    for name, cls in REGISTRY.groups().items():
+        assert tree[name] is cls, name
+    declared = REGISTRY.resources()
+    entries = ClusterConf().resources()
+    assert set(declared) == set(entries)
+    for key, default in declared.items():
+        assert entries[key] == default and type(entries[key]) is type(default), key
+    stage_groups = {g for g in tree if g not in ("model", "data", "classes", "cluster")}
+    assert stage_groups == set(REGISTRY.groups())
+    assert {f.name for f in dataclasses.fields(Settings)} >= set(tree)
+
+
+def test_a_bad_render_setting_names_its_full_key() -> None:
+    """The library's check, run by the pipeline's group that derives from it, names the key
+    a person wrote."""
+    from pipelines.core.settings import ReduceConf, RenderConf
+
+    with pytest.raises(ConfigError, match=r"^render\.steps: 0 is not valid"):
+        RenderConf(steps=0)
+    with pytest.raises(ConfigError, match=r"^render\.alpha: 'channel'.*param=fft"):
+        RenderConf(param="maco", alpha="channel")
+    with pytest.raises(ConfigError, match=r"^reduce\.metric: 'hamming'"):
+        ReduceConf(metric="hamming", seed=0)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +242,7 @@ def test_secrets_are_redacted_for_manifests_and_logs() -> None:
 
 def test_a_cluster_run_refuses_to_start_without_token_auth(monkeypatch, tmp_path: Path) -> None:
     from pipelines.core import ray_ops
-    from pipelines.settings import ClusterConf
+    from pipelines.core.settings import ClusterConf
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(ConfigError, match=r"RAY_AUTH_MODE: 'disabled'.*token"):

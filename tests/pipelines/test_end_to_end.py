@@ -352,7 +352,7 @@ def test_exemplars_are_the_closest_samples_and_their_patches_the_model_field(fol
     assert ex["ok"][:].all() and manifest["stages"]["exemplars"]["counts"]["patches_failed"] == 0
     assert sorted(ex["row"][:].tolist()) == sorted(set(rows[rows >= 0].tolist()))  # each once
     row = int(ex["row"][3])
-    model = cached_model(s.model.spec, "cpu")
+    model = cached_model(s.model.spec, "cpu", role="test")
     field = ex.attrs["field_px"]
     grid = tuple(g.attrs["layers"]["blocks.2"][1:])
     pos = map_positions(g["samples/pos"][row : row + 1], tuple(g.attrs["position_grid"]), grid)[0]

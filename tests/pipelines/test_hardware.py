@@ -10,14 +10,13 @@ import torch
 from atlas_core.errors import ConfigError
 from pipelines.core.common import hardware, resolve_device
 from pipelines.core.stage import StageRun
-from pipelines.core.views import MAIN
 from pipelines.stages.reduce import _backend
-from tests.conftest import debug_settings
+from tests.conftest import debug_settings, stage_run
 
 
-def _run(*overrides: str) -> StageRun:
+def _run(*overrides: str, stage: str = "extract") -> StageRun:
     s, _ = debug_settings(*overrides)
-    return StageRun("extract", s, MAIN, "fp")
+    return stage_run(s, stage)
 
 
 def test_a_gpu_stage_on_a_cluster_asks_for_cuda_and_locally_takes_what_is_there() -> None:
@@ -28,28 +27,16 @@ def test_a_gpu_stage_on_a_cluster_asks_for_cuda_and_locally_takes_what_is_there(
         "cluster.address=127.0.0.1:1", "cluster.extract.num_gpus=1", "cluster.extract.device=cpu"
     )
     assert knowingly.device() == "cpu"
-    assert (
-        _backend(
-            StageRun(
-                "reduce",
-                on.s.with_(
-                    cluster=on.s.cluster.__class__(
-                        address="x", reduce_fit=on.s.cluster.reduce_fit.__class__(num_gpus=1)
-                    )
-                ),
-                MAIN,
-                "fp",
-            )
-        )
-        == "cuml"
-    )
-    assert _backend(StageRun("reduce", on.s, MAIN, "fp")) == "auto"  # the fit has no GPU
+    gpu_fit = _run("cluster.address=x", "cluster.reduce_fit.num_gpus=1", stage="reduce")
+    assert _backend(gpu_fit) == "cuml"
+    assert _backend(_run("cluster.address=127.0.0.1:1", stage="reduce")) == "auto"  # no GPU
     cpu_fit = _run(
         "cluster.address=127.0.0.1:1",
         "cluster.reduce_fit.num_gpus=1",
         "cluster.reduce_fit.device=cpu",
-    ).s
-    assert _backend(StageRun("reduce", cpu_fit, MAIN, "fp")) == "auto"  # a CPU fit, knowingly
+        stage="reduce",
+    )
+    assert _backend(cpu_fit) == "auto"  # a CPU fit, knowingly
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from atlas_core.data import InputManifest, plan_shards
-from atlas_core.featvis import RenderSettings
+from atlas_core.featvis import IconRecipe, IconSettings
 from atlas_core.models import ModelSpec
-from atlas_core.store import CachedGroup, IconCache, RunStore, group_key
+from atlas_core.store import CachedGroup, IconCache, RunLocation, RunStore, group_key
 from atlas_core.store.run_store import StoreLayout
 from pipelines.core import ray_ops
-from pipelines.stages.render import RenderItem, RenderWorker, Target
+from pipelines.stages.render import IconWorker, RenderActor, RenderItem, RenderSetup
 
 pytestmark = pytest.mark.ray
 
@@ -30,12 +30,12 @@ def ray_session(local_ray):
     return local_ray
 
 
-def _store(path: Path) -> str:
-    """A run store holding one empty level of N icons (32 px, groups of 4, items of 8)."""
+def _store(path: Path) -> RunLocation:
+    """A run holding one empty level of N icons (32 px, groups of 4, items of 8)."""
     man = InputManifest(uris=np.array(["/x.jpg"], dtype=object), crops=np.full((1, 4), -1))
-    url = str(path / "atlas.zarr")
+    loc = RunLocation.of(str(path))
     store = RunStore.create(
-        url,
+        loc.store_url,
         man,
         plan_shards(1, chunk_images=1),
         np.zeros((1, 2), np.int16),
@@ -44,23 +44,25 @@ def _store(path: Path) -> str:
     store.level("blocks.2", 4).create(
         ["icons", "icon_objective", "icon_cosine"], {"M": N, "px": 32, "group": GROUP, "item": ITEM}
     )
-    return url
+    return loc
 
 
-def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndarray]]:
-    settings = RenderSettings(icon_px=32, steps=6, attempts=2, whiten=False)
+def _setup(loc: RunLocation, cache: bool = False) -> RenderSetup:
+    recipe = IconRecipe.from_settings(IconSettings(icon_px=32, steps=6, attempts=2, whiten=False))
+    return RenderSetup(ModelSpec(name="tiny"), "blocks.2", recipe, "cpu", loc, cache)
+
+
+def _items() -> list[RenderItem]:
     dirs = np.random.default_rng(0).normal(size=(N, 32)).astype(np.float32)
-    items = [
+    return [
         RenderItem(4, a, dirs[a : a + ITEM], tuple(range(a, a + ITEM)), ())
         for a in range(0, N, ITEM)
     ]
-    target = Target(_store(tmp), {}, "", "blocks.2", None)
-    pool = ray_ops.ActorPool(
-        RenderWorker,
-        (ModelSpec(name="tiny"), settings, "cpu", None, target, fault),
-        size=1,
-        num_cpus=1,
-    )
+
+
+def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndarray]]:
+    items, loc = _items(), _store(tmp)
+    pool = ray_ops.ActorPool(RenderActor, (_setup(loc), fault), size=1, num_cpus=1)
     commits: Counter[int] = Counter()
     try:
         restarts = pool.map(
@@ -72,7 +74,7 @@ def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndar
         )
     finally:
         pool.close()
-    level = RunStore.open(target.store_url).level("blocks.2", 4)
+    level = loc.open_store().level("blocks.2", 4)
     return (
         restarts,
         commits,
@@ -82,7 +84,7 @@ def _render(tmp: Path, fault: str) -> tuple[int, Counter[int], dict[str, np.ndar
 
 def test_a_killed_actor_is_replaced_and_every_item_is_committed_once(ray_session, tmp_path):
     """The actor kills itself at a known point: at the end of its second item, after writing
-    it and before returning (the test hook of RenderWorker), so the kill never races."""
+    it and before returning (the test hook of RenderActor), so the kill never races."""
     flag = tmp_path / "killed"
     restarts, commits, killed = _render(tmp_path / "a", f"sigkill_once:render:{flag}")
     _, clean_commits, clean = _render(tmp_path / "b", "")
@@ -123,3 +125,19 @@ def test_icon_cache_keys_and_round_trip(tmp_path: Path) -> None:
     assert list(got) == [key] and np.array_equal(got[key].icons, icons)
     assert got[key].objective.tolist() == [1.5, 2.0, 3.0]
     assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_the_worker_computes_without_ray_and_takes_whole_groups_from_the_cache(tmp_path):
+    """The stateful-transform shape: the worker is set up once and called per item, without
+    Ray; a second worker sharing the cache takes every group from it, with the same bytes."""
+    loc = _store(tmp_path)
+    item = _items()[0]
+    keys = tuple(f"{g:02d}" + "0" * 62 for g in range(ITEM // GROUP))
+    item = RenderItem(item.size, item.start, item.directions, item.seeds, keys)
+    first = IconWorker(_setup(loc, cache=True))
+    done, new = first(item, GROUP)
+    assert sorted(new) == sorted(keys) and done.icons.shape == (ITEM, 32, 32, 3)
+    first.cache.put_many(new)
+    again, none = IconWorker(_setup(loc, cache=True))(item, GROUP)
+    assert none == {} and np.array_equal(again.icons, done.icons)
+    assert np.array_equal(again.objective, done.objective)
