@@ -15,12 +15,13 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from atlas_core.config import Group
 from atlas_core.models.card import ModelCard
 from pipelines.core.settings import ClassesConf, Settings, setting
 
 
 @dataclass(frozen=True)
-class ViewLayout:
+class ViewLayout(Group):
     """The layout of a class view, in place of the run's ``reduce`` settings.
 
     rows: ``class`` (the samples whose top attribution class is ``classes[0]``, plus the
@@ -48,16 +49,16 @@ class View:
     classes: tuple[int, ...] = ()
     names: tuple[str, ...] = ()
     title: str = ""
-    groups: tuple[tuple[str, Any], ...] = ()
+    groups: tuple[tuple[str, Group], ...] = ()
 
     @property
     def is_main(self) -> bool:
         return not self.slug
 
-    def group(self, s: Settings, name: str) -> Any:
+    def group(self, s: Settings, name: str) -> Group:
         """The view's value of settings group ``name``."""
         own = dict(self.groups)
-        return own[name] if name in own else getattr(s, name)
+        return own[name] if name in own else s.group(name)
 
     @property
     def layout(self) -> ViewLayout | None:

@@ -18,6 +18,7 @@ from atlas_core.compose.tiles import (
     sheet,
     zoom_ranges,
 )
+from atlas_core.store import RunLocation
 
 
 def _level(size: int, px: int, m: int, seed: int = 0):
@@ -143,8 +144,9 @@ def test_a_lower_zoom_is_the_box_downsampled_zoom_above(tmp_path) -> None:
             Image.fromarray(big[y * t : (y + 1) * t, x * t : (x + 1) * t]).save(
                 out / "2" / str(x) / f"{y}.png"
             )
-    assert shrink_task(Shrink({}, 16, 1, 0, 2, str(out), t, "png"))["tiles"] == 4
-    assert shrink_task(Shrink({}, 16, 0, 0, 1, str(out), t, "png"))["tiles"] == 1
+    loc = RunLocation.of(str(tmp_path))
+    assert shrink_task(Shrink(loc, 16, 1, 0, 2, str(out), t, "png"))["tiles"] == 4
+    assert shrink_task(Shrink(loc, 16, 0, 0, 1, str(out), t, "png"))["tiles"] == 1
     want1 = np.asarray(Image.fromarray(big).resize((2 * t, 2 * t), Image.Resampling.BOX))
     for x in range(2):
         for y in range(2):
