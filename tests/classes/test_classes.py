@@ -154,7 +154,7 @@ def test_the_article_pairs_preset_names_real_imagenet_classes() -> None:
     from tests.conftest import debug_settings
 
     s, _ = debug_settings("experiment=article_pairs", "model=efficientnet_lite0")
-    model = ModelCard.of(cached_model(s.model.spec, "cpu"), [])
+    model = ModelCard.of(cached_model(s.model.spec, "cpu", role="test"), [])
     got = [[model.class_name(model.class_index(c)) for c in pair] for pair in s.classes.pairs]
     assert [[n.split(",")[0] for n in pair] for pair in got] == [
         ["snorkel", "scuba diver"],
