@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test lint bench bench-scale clean-runs
+.PHONY: demo test lint docs bench bench-scale gpu-check clean-runs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ demo: $(STAMP)
 	@echo "atlas: runs/demo/atlas.png  viewer: runs/demo/viewer/index.html  manifest: runs/demo/manifest.json"
 
 test: $(STAMP)
+	@.ci/chromium
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
@@ -40,6 +41,12 @@ bench: $(STAMP)
 # and the projection to ImageNet, in benchmarks/results/scale.json (tens of minutes on 2 cores)
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.scale_bench
+
+# On a GPU machine: every GPU-marked test and every GPU figure in one JSON
+# (benchmarks/results/gpu.json), over the python and torch already installed there; nothing is
+# installed or downloaded (a missing package is recorded as skipped, with what to carry).
+gpu-check:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check
 
 clean-runs:
 	rm -rf runs

@@ -109,3 +109,26 @@ def stage_run(s, name: str):
     from pipelines.commands.run import stage_run as runner_stage_run
 
     return runner_stage_run(s, name)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Say what was skipped and why, with the command that brings it: a quiet ``s`` for the
+    browser tests hides that the viewer went untested."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reasons[reason.removeprefix("Skipped: ")] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    fixes = {
+        "chromium": "install Debian's chromium (sudo apt-get install chromium); `make test` "
+        "does when it runs as root with apt-get",
+        "CUDA": "run them on a GPU machine: `make gpu-check`",
+    }
+    terminalreporter.section("skipped tests")
+    for reason, n in sorted(reasons.items(), key=lambda x: -x[1]):
+        fix = next((f for k, f in fixes.items() if k in reason), "")
+        terminalreporter.write_line(
+            f"{n} skipped: {reason}" + (f". To run them: {fix}" if fix else "")
+        )

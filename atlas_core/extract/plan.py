@@ -31,31 +31,21 @@ MOMENTS = "extract/moments.npz"  # the moment tree's checkpoint, beside the shar
 
 @dataclass(frozen=True)
 class ExtractSettings(Group):
-    """How activations are sampled, stored and attributed.
+    """How activations are sampled, attributed and stored."""
 
-    samples_per_image, sampling, edge: ``random`` (``samples_per_image`` seeded positions per
-    image, avoiding ``edge`` cells at the border), ``centre``, ``all`` (every position of the
-    coarsest layer), ``mean`` (the spatial mean, or a transformer's patch tokens' mean) or
-    ``cls`` (a transformer's class token).
-    chunk_images: images per Zarr chunk (a task writes whole chunks); chunks_per_shard: chunks per
-    task; zarr_shard_chunks > 1: zarr's sharding codec, this many chunks per storage object.
-    topk: top predictions kept per image (cell labels). attr_classes: attribution a.grad(logit_c):
-    0 off, n the image's top n classes, -1 every class. act_dtype: how activations are stored.
-    amp: autocast on CUDA (``bf16``, ``fp16``, ``off``; a CPU always runs fp32).
-    jpeg_decoder: ``auto`` (nvJPEG on CUDA, PIL on CPU), ``torchvision`` or ``pil``.
-    """
-
-    samples_per_image: int = 1
+    samples_per_image: int = 1  # positions sampled per image
+    # random (seeded positions, avoiding `edge`) | centre | all (every position of the coarsest
+    # layer) | mean (the spatial mean, or a transformer's patch tokens') | cls (a class token)
     sampling: str = "random"
-    edge: int = 1
-    chunk_images: int = 256
-    chunks_per_shard: int = 1
-    zarr_shard_chunks: int = 1
-    topk: int = 5
-    attr_classes: int = 0
-    act_dtype: str = "float16"
-    amp: str = "bf16"
-    jpeg_decoder: str = "auto"
+    edge: int = 1  # cells at the border that random positions avoid
+    chunk_images: int = 256  # images per Zarr chunk; a task writes whole chunks
+    chunks_per_shard: int = 1  # chunks per extraction task
+    zarr_shard_chunks: int = 1  # > 1: zarr's sharding codec, this many chunks per storage object
+    topk: int = 5  # top predictions kept per image (cell labels)
+    attr_classes: int = 0  # attribution a.grad(logit_c): 0 off, n the top n classes, -1 all
+    act_dtype: str = "float16"  # float16 | float32: how activations are stored
+    amp: str = "bf16"  # autocast on CUDA: bf16 | fp16 | off (a CPU always runs fp32)
+    jpeg_decoder: str = "auto"  # auto (nvJPEG on CUDA, PIL on CPU) | torchvision | pil
 
     def __post_init__(self) -> None:
         self._choice("sampling", SAMPLING)

@@ -41,40 +41,31 @@ def array_digest(a: np.ndarray | None) -> str | None:
 
 @dataclass(frozen=True)
 class IconSettings(Group):
-    """An icon's settings (R3 defaults: 80 px, 1024 steps, best of 4, Lucid's objective).
+    """An icon's settings (R3 defaults: 80 px, 1024 steps, best of 4, Lucid's objective). The
+    cosine objective is closer to the cells' exemplars at the same steps (docs/icons.md)."""
 
-    icon_px: side of the stored icon. steps, lr: optimization steps and learning rate.
-    attempts: best of N per icon (the N attempts are optimized in one tensor).
-    objective: ``lucid`` (Lucid's code: ``mean(a * Sv) * max(0.1, cos)^cos_power`` at the centre,
-        whitened when ``whiten``) or ``cosine`` (the cosine between the centre activation and the
-        cell's direction, with ``fill`` of the mean cosine over every position weighed in; closer
-        to the cells' exemplars at the same steps, docs/icons.md).
-    param: ``fft`` (Lucid: a spectrum scaled by 1/f^decay_power, decorrelated colour, initial
-        scale ``sd``), ``maco`` (MACO: the phase only, the magnitude the run's own images' mean
-        amplitude spectrum) or ``pixel`` (plain pixels, initial scale ``sd``).
-    optimizer: ``adam`` or ``nadam`` (MACO's). noise: Gaussian plus uniform noise of this scale
-        added to the transformed image every step (MACO: 0.05).
-    alpha: ``none``; ``channel`` (Lucid's optimized alpha over random backgrounds); ``saliency``
-        (MACO's: where the objective's input gradients were). transforms: Lucid's atlas
-        transforms (pad, jitter, scale, rotate, crop) each step. amp: bfloat16 on CUDA.
-    """
-
-    icon_px: int = 80
-    steps: int = 1024
-    attempts: int = 4
-    lr: float = 0.05
+    icon_px: int = 80  # side of the stored icon, in pixels
+    steps: int = 1024  # optimization steps
+    attempts: int = 4  # best of N per icon (the N attempts are optimized in one tensor)
+    lr: float = 0.05  # the optimizer's learning rate
+    # lucid: Lucid's mean(a * Sv) * max(0.1, cos)^cos_power at the centre | cosine: the cosine
+    # between the centre activation and the cell's direction
     objective: str = "lucid"
-    fill: float = 0.5
-    cos_power: float = 4.0
-    whiten: bool = True
+    fill: float = 0.5  # cosine objective: weight of the mean cosine over every position
+    cos_power: float = 4.0  # lucid objective: the power n of cos^n
+    whiten: bool = True  # lucid objective: the direction whitened by the inverse second moment
+    # fft: Lucid's 1/f spectrum and decorrelated colour | maco: MACO's phase only, the magnitude
+    # the run's own images' mean amplitude spectrum | pixel: plain pixels
     param: str = "fft"
-    sd: float = 0.01
-    decay_power: float = 1.0
-    optimizer: str = "adam"
-    noise: float = 0.0
-    amp: bool = True
+    sd: float = 0.01  # fft and pixel: the initial values' scale
+    decay_power: float = 1.0  # fft: the spectrum scaled by 1 / f^decay_power
+    optimizer: str = "adam"  # adam | nadam (MACO's)
+    noise: float = 0.0  # Gaussian + uniform noise added to the transformed image each step
+    # none | channel (Lucid: an optimized alpha over random backgrounds) | saliency (MACO:
+    # where the objective's input gradients were); compose draws each icon with it
     alpha: str = "none"
-    transforms: bool = True
+    amp: bool = True  # bfloat16 autocast on CUDA
+    transforms: bool = True  # Lucid's atlas transforms (pad, jitter, scale, rotate) each step
 
     def __post_init__(self) -> None:
         if str(self.alpha) in ("True", "False", "true", "false"):  # the old boolean setting

@@ -20,7 +20,6 @@ from atlas_core.reduce.params import BACKENDS, KNN_MODES
 log = logging.getLogger(__name__)
 
 
-
 def _has_cuml() -> bool:
     try:
         import cuml  # noqa: F401
@@ -89,8 +88,6 @@ def cache_numba_kernels() -> int:
                     switched += 1
     _CACHED = True
     return switched
-
-
 
 
 def exact_graph(knn: str, backend: str, metric: str) -> bool:

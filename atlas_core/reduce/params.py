@@ -21,21 +21,17 @@ KNN_MODES = ("auto", "exact", "nndescent")
 
 @dataclass(frozen=True)
 class UmapParams(Group):
-    """n_neighbors, min_dist, metric: the UMAP settings (R1 and R3 defaults: 50 / 0.05 / cosine).
+    """UMAP's parameters, shared by every backend (R1 and R3 defaults: 50 / 0.05 / cosine)."""
 
-    n_epochs: None lets the backend decide (umap-learn: 200 above 10k rows, else 500).
-    init: ``"spectral"`` (UMAP's default), ``"pca"`` or ``"random"``. umap-learn's spectral init
-        is not reproducible when the kNN graph falls into disconnected components; ``"pca"`` is.
-    seed: random_state; with umap-learn a seed also makes it single-threaded (reproducible).
-    extras: per-backend keyword arguments, ``{"umap-learn": {"low_memory": True}, "cuml": {...}}``.
-    """
-
-    n_neighbors: int = 50
-    min_dist: float = 0.05
-    metric: str = "cosine"
-    n_epochs: int | None = None
+    n_neighbors: int = 50  # UMAP's n_neighbors
+    min_dist: float = 0.05  # UMAP's min_dist
+    metric: str = "cosine"  # cosine | euclidean | correlation | manhattan
+    n_epochs: int | None = None  # null: the backend decides (umap-learn: 200 above 10k rows)
+    # spectral (UMAP's) | pca (reproducible even when the kNN graph splits into components) |
+    # random
     init: str = "spectral"
-    seed: int | None = 0
+    seed: int | None = 0  # random_state (umap-learn: seeded fits are single-threaded)
+    # per-backend keyword arguments: {umap-learn: {low_memory: true}, cuml: {...}}
     extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -70,25 +66,18 @@ class UmapParams(Group):
 
 @dataclass(frozen=True)
 class ReduceSettings(UmapParams):
-    """UMAP's parameters and how the layout scales.
+    """UMAP's parameters and how the layout scales: up to ``fit_rows`` usable rows UMAP is fitted
+    on all of them; above, on a seeded sample (the landmarks), and every other row is placed by
+    its ``place_neighbors`` nearest landmarks (UMAP's own transform initialisation)."""
 
-    backend: ``auto`` (cuML where the fit runs has it and a GPU, else umap-learn), ``cuml`` or
-        ``umap-learn``.
-    knn: the kNN graph of a umap-learn fit: ``auto`` (exact for cosine, correlation and
-        euclidean; NN-descent otherwise), ``exact`` or ``nndescent``.
-    fit_rows: up to this many usable rows UMAP is fitted on all of them; above, on a seeded
-        sample (the landmarks), and every other row is placed by its ``place_neighbors`` nearest
-        landmarks (UMAP's own transform initialisation).
-    pca_dim: project the features to this many dimensions before the fit (None: no PCA).
-    quality_sample: rows on which trustworthiness and kNN recall (k = 10) are measured.
-    """
-
+    # auto (cuML where the fit runs has it and a GPU, else umap-learn) | cuml | umap-learn
     backend: str = "auto"
+    # umap-learn's kNN graph: auto (exact for cosine, correlation, euclidean) | exact | nndescent
     knn: str = "auto"
-    fit_rows: int = 100_000
-    pca_dim: int | None = None
-    place_neighbors: int = 10
-    quality_sample: int = 5000
+    fit_rows: int = 100_000  # above: fit a seeded sample (the landmarks), place the rest
+    pca_dim: int | None = None  # project to this many dimensions before the fit (null: no PCA)
+    place_neighbors: int = 10  # nearest landmarks that place each other row
+    quality_sample: int = 5000  # rows trustworthiness and kNN recall (k = 10) are measured on
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,19 +1,31 @@
-"""The ``atlas`` console script: ``atlas verify RUN_DIR`` checks a run, ``atlas serve RUN_DIR``
-serves its viewer on a loopback URL, ``atlas stages`` prints the stage registry; anything else
-is the Hydra entry point (``atlas key=value ...``, ``atlas -m ...``)."""
+"""The ``atlas`` console script: a command (``atlas verify RUN_DIR``, ...), this project's help
+(``atlas --help``: the commands and the groups a person chooses, generated from the schema), or
+the Hydra entry point (``atlas key=value ...``, ``atlas -m ...``; ``atlas --hydra-help`` for
+Hydra's own options)."""
 
 from __future__ import annotations
 
 import importlib
 import sys
 
-COMMANDS = ("verify", "serve", "stages", "plan")
+# name -> (its arguments, what it does); each is the module pipelines.commands.<name>
+COMMANDS: dict[str, tuple[str, str]] = {
+    "verify": ("RUN_DIR", "re-check a finished or interrupted run without changing it"),
+    "serve": ("RUN_DIR", "serve a run's viewer on a loopback URL"),
+    "plan": ("[KEY=VALUE ...]", "what a run will cost (tasks, bytes, hours), writing nothing"),
+    "stages": ("", "the stages: what each needs, reads and writes"),
+}
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] in COMMANDS:
         command = importlib.import_module(f"pipelines.commands.{sys.argv[1]}")
         sys.exit(command.main(sys.argv[2:]))
+    if len(sys.argv) > 1 and sys.argv[1] in ("--help", "-h", "help"):
+        from pipelines.commands.reference import help_text
+
+        sys.stdout.write(help_text())
+        sys.exit(0)
     from pipelines.commands.main import main as hydra_main
     from pipelines.core import ray_ops
 

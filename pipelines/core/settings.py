@@ -70,12 +70,16 @@ def setting(prefix: str, rename: dict[str, str] | None = None) -> Iterator[None]
 # ------------------------------------------------------------------------------ inputs
 @dataclass(frozen=True)
 class ModelConf(Group):
-    """model: a registry name (or ``timm:<arch>``, ``torchvision:<arch>``) and its weights."""
+    """model: the network and its weights."""
 
     GROUP: ClassVar[str] = "model"
+    # a registry name (efficientnet_lite0, efficientnet_lite2, googlenet, tiny), or any
+    # architecture by name: timm:<arch>, torchvision:<arch>
     name: str = "efficientnet_lite0"
+    # a .safetensors or .pth file, hub:<file> in the torch hub cache; null: the packaged ones
     weights: str | None = None
-    default_layer: str = field(default="blocks.4", metadata=NOT_FINGERPRINTED)  # via ``layer``
+    # the layer an option's model is atlased at unless `layer` is given
+    default_layer: str = field(default="blocks.4", metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
         with setting("model"):
@@ -88,18 +92,18 @@ class ModelConf(Group):
 
 @dataclass(frozen=True)
 class DataConf(Group):
-    """data: where the images come from and the decoder's limits."""
+    """data: where the images come from, their labels and the decoder's limits."""
 
     GROUP: ClassVar[str] = "data"
-    source: str = "photos"
-    n_images: int = 2048  # photos only
+    source: str = "photos"  # photos | folder | filelist | tar (set by the data=... option)
+    n_images: int = 2048  # photos only: how many seeded crops
     scales: tuple[float, ...] = PHOTO_SCALES  # photos only: crop side / short side of the photo
-    path: str | None = None
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
-    limit: int | None = None
+    path: str | None = None  # the folder, file list or tar folder (glob) of the images
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # folder and tar: the files taken
+    limit: int | None = None  # at most this many inputs, in listing order (null: all)
     labels: str = "none"  # none | folder (ImageNet synset folders -> images/label)
     max_pixels: int = 64_000_000  # larger images are refused as decompression bombs
-    min_side: int = 8
+    min_side: int = 8  # images with a shorter side are refused as too small
 
     def __post_init__(self) -> None:
         self._tuples()
@@ -126,7 +130,8 @@ class DataConf(Group):
 
 @dataclass(frozen=True)
 class ClassesConf(Group):
-    """classes: the run's class views. A class activation atlas per class of ``atlases`` and a
+    """classes: class activation atlases and two-class comparisons. A class atlas per class of
+    ``atlases`` and a
     two-class comparison per pair of ``pairs``: each a view of this run's extraction with its own
     layout, grid, icons, exemplars and viewer (``<run_dir>/views/<view>/``); they need
     attribution (``extract.attr_classes``)."""
@@ -136,11 +141,11 @@ class ClassesConf(Group):
     pairs: tuple[Any, ...] = ()  # two-class comparisons [[a, b], ...] (names or indices)
     top_n: int = 2000  # plus the samples whose top attribution class is the class
     method: str = "umap"  # umap | tsne (the article found t-SNE better for these sparse sets)
-    n_neighbors: int = 20
-    min_dist: float = 0.01
-    metric: str = "cosine"
-    grid: int = 8
-    min_count: int = 4
+    n_neighbors: int = 20  # a class view's UMAP n_neighbors
+    min_dist: float = 0.01  # a class view's UMAP min_dist
+    metric: str = "cosine"  # a class view's UMAP metric
+    grid: int = 8  # a class view's grid (cells a side)
+    min_count: int = 4  # a class view's minimum samples per kept cell
     parallel: int = field(default=2, metadata=NOT_FINGERPRINTED)  # views built at once
     only: bool = False  # build only the class views, not the atlas of every activation
 
@@ -177,9 +182,9 @@ class Resources:
     """Ray resources of one stage's tasks (or of each actor), and the device they compute on
     (``auto`` is resolved by the task itself, on its node)."""
 
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    device: str = "auto"
+    num_cpus: float = 1.0  # CPUs of each task (or actor)
+    num_gpus: float = 0.0  # GPUs of each task (or actor); fractions share a GPU
+    device: str = "auto"  # auto (CUDA where the task lands on one) | cpu | cuda
 
     def check(self, key: str) -> None:
         in_range(f"{key}.num_cpus", self.num_cpus, 0.0, None)
@@ -193,7 +198,7 @@ class ActorResources(Resources):
     cluster's nodes can hold at once (by GPUs when actors take GPUs, else by CPUs), never more
     than there are work items."""
 
-    actors: int | str = 1
+    actors: int | str = 1  # how many actors, or auto
 
     def check(self, key: str) -> None:
         super().check(key)
@@ -203,25 +208,25 @@ class ActorResources(Resources):
 
 @dataclass(frozen=True)
 class ClusterConf(Group):
-    """cluster: where Ray runs, and every stage's resources (one entry per name a stage
-    declares: ``cluster.extract``, ``cluster.render``, ...)."""
+    """cluster: where Ray runs, and every stage's resources. One entry per name a stage
+    declares: ``cluster.extract``, ``cluster.render``, ..."""
 
     GROUP: ClassVar[str] = "cluster"
     address: str | None = None  # null: a local Ray on 127.0.0.1; auto or host:port: join one
     num_cpus: int | None = None  # local Ray only
-    namespace: str = "atlas"
+    namespace: str = "atlas"  # Ray's namespace of the run's actors and tasks
     # how long a stage waits for the autoscaler to add a node its tasks fit (0: refuse at once,
     # as a local Ray does: it has no autoscaler)
     wait_s: float = 0.0
-    extract: Resources = field(default_factory=Resources)
-    reduce_fit: Resources = field(default_factory=Resources)
-    reduce_search: Resources = field(default_factory=Resources)
-    grid: Resources = field(default_factory=Resources)
-    render: ActorResources = field(default_factory=ActorResources)
-    exemplars: Resources = field(default_factory=Resources)
-    plausibility: Resources = field(default_factory=Resources)
-    compose: Resources = field(default_factory=Resources)
-    patches: Resources = field(default_factory=Resources)
+    extract: Resources = field(default_factory=Resources)  # each extraction task
+    reduce_fit: Resources = field(default_factory=Resources)  # the UMAP fit task
+    reduce_search: Resources = field(default_factory=Resources)  # each landmark-search task
+    grid: Resources = field(default_factory=Resources)  # each per-cell sums task
+    render: ActorResources = field(default_factory=ActorResources)  # each render actor
+    exemplars: Resources = field(default_factory=Resources)  # each scoring and patch task
+    plausibility: Resources = field(default_factory=Resources)  # each judge task
+    compose: Resources = field(default_factory=Resources)  # each drawing task
+    patches: Resources = field(default_factory=Resources)  # each patch-flip task
 
     def __post_init__(self) -> None:
         self._ranges({"num_cpus": (1, None), "wait_s": (0, None)})
@@ -246,9 +251,9 @@ class ClusterConf(Group):
 # ------------------------------------------------------------------------------ stage groups
 @dataclass(frozen=True)
 class ExtractConf(ExtractSettings):
-    """extract: sampling, attribution, chunking and dtypes of the activations
-    (:class:`~atlas_core.extract.plan.ExtractSettings`), the extra layers sampled at the same
-    positions, and the read batch."""
+    """extract: how activations are sampled, attributed and stored. The library's
+    :class:`~atlas_core.extract.plan.ExtractSettings`, plus the extra layers sampled at the same
+    positions and the read batch."""
 
     GROUP: ClassVar[str] = "extract"
     # extra layers sampled at the same positions as ``layer`` (the fingerprint covers the set of
@@ -275,12 +280,12 @@ class AlignConf:
 
 @dataclass(frozen=True)
 class ReduceConf(ReduceSettings):
-    """reduce: UMAP and how it scales (:class:`~atlas_core.reduce.params.ReduceSettings`), and
-    what is laid out together: several layers of this run (``joint_layers``) or other runs on
-    the same images (``align_with``)."""
+    """reduce: the 2-D layout, UMAP and how it scales. The library's
+    :class:`~atlas_core.reduce.params.ReduceSettings`, plus what is laid out together: several
+    layers of this run (``joint_layers``) or other runs on the same images (``align_with``)."""
 
     GROUP: ClassVar[str] = "reduce"
-    seed: int | None = II("seed")
+    seed: int | None = II("seed")  # UMAP's random_state: the run's seed unless set
     joint_layers: tuple[str, ...] = ()  # one joint fit over several extracted layers ...
     align_with: tuple[AlignConf, ...] = ()  # ... or over other runs on the same images
 
@@ -298,10 +303,10 @@ class ReduceConf(ReduceSettings):
 
 @dataclass(frozen=True)
 class GridConf(Group):
-    """grid: the grid sizes (zoom levels of one layout) and which cells are kept."""
+    """grid: the zoom levels (grid sizes) of one layout and which cells are kept."""
 
     GROUP: ClassVar[str] = "grid"
-    sizes: tuple[int, ...] = (20,)
+    sizes: tuple[int, ...] = (20,)  # the grid sizes: cells a side, one zoom level each
     min_count: int = 5  # cells with fewer samples are dropped
     top: int = 5  # top classes kept per cell
     # class heatmaps: classes (names or indices) whose per-cell mean attribution is written at
@@ -320,9 +325,10 @@ class GridConf(Group):
 
 @dataclass(frozen=True)
 class RenderConf(IconSettings):
-    """render: the icons (:class:`~atlas_core.featvis.recipe.IconSettings`: Lucid-faithful by
-    default, FFT + decorrelated colour, atlas transforms, dot x cos^n), how many are optimized
-    together, how they are cut into work items, and the icon cache."""
+    """render: the icons, one per kept cell. The library's
+    :class:`~atlas_core.featvis.recipe.IconSettings` (Lucid-faithful by default: FFT +
+    decorrelated colour, atlas transforms, dot x cos^n), plus how many are optimized together,
+    how they are cut into work items, and the icon cache."""
 
     GROUP: ClassVar[str] = "render"
     # icons optimized together in one tensor, part of an icon's identity: auto = 16 on a CPU,
@@ -344,12 +350,13 @@ class RenderConf(IconSettings):
 
 @dataclass(frozen=True)
 class ExemplarsConf(Group):
-    """exemplars: for each kept cell of each level, the k samples whose activation is closest
-    (cosine) to the cell's mean, as patches of their source image (the layer's receptive field
-    around the sampled position) and a thumbnail of each source image."""
+    """exemplars: the real images behind each cell. For each kept cell of each level, the k
+    samples whose activation is closest (cosine) to the cell's mean, as patches of their source
+    image (the layer's receptive field around the sampled position) and a thumbnail of each
+    source image."""
 
     GROUP: ClassVar[str] = "exemplars"
-    k: int = 8
+    k: int = 8  # exemplars per cell
     patch_px: int = 64  # side of each stored patch
     thumb_px: int = 128  # longer side of each source image's thumbnail
     field: str = "effective"  # theoretical | effective: which receptive field a patch covers
@@ -372,17 +379,18 @@ class ExemplarsConf(Group):
 
 @dataclass(frozen=True)
 class PlausibilityConf(Group):
-    """plausibility: the judge network, the size it sees icons and patches at, the pool of
-    cells each icon is ranked among, and the cells per task."""
+    """plausibility: how much each icon looks like its cell's exemplars, to a judge. The judge
+    network, the size it sees icons and patches at, the pool of cells each icon is
+    ranked among, and the cells per task."""
 
     GROUP: ClassVar[str] = "plausibility"
     judge: str = ""  # a model name (model.name's choices); empty: the atlas's own model
     judge_weights: str | None = None  # the judge's weights (its default ones when empty)
     input_px: int = 112  # icons and patches are resized to this square for the judge
     pool: int = 2048  # cells ranked among: every cell with exemplars up to this, else a sample
-    batch: int = field(default=64, metadata=NOT_FINGERPRINTED)
-    cells_per_task: int = field(default=2048, metadata=NOT_FINGERPRINTED)
-    sheets_per_task: int = field(default=4, metadata=NOT_FINGERPRINTED)
+    batch: int = field(default=64, metadata=NOT_FINGERPRINTED)  # images per judge forward pass
+    cells_per_task: int = field(default=2048, metadata=NOT_FINGERPRINTED)  # cells a task scores
+    sheets_per_task: int = field(default=4, metadata=NOT_FINGERPRINTED)  # patch sheets a task reads
 
     def __post_init__(self) -> None:
         self._ranges(
@@ -401,12 +409,12 @@ class PlausibilityConf(Group):
 
 @dataclass(frozen=True)
 class ComposeConf(Group):
-    """compose: the tiles of every level, the overview images and the viewer."""
+    """compose: the tiles of every level, the overviews and the viewer page."""
 
     GROUP: ClassVar[str] = "compose"
     background: str = "white"  # canvas behind the icons and in empty cells: white | grey | black
     density: bool = True  # icon side x min(1, sqrt(count / mean count)), as the article draws
-    tile_px: int = 256
+    tile_px: int = 256  # side of the viewer's tiles: 128 | 256 | 512
     tile_format: str = "jpeg"  # jpeg | png | webp
     overview_px: int = 4096  # atlas.png and atlas-<G>.png are at most this wide
     sheet_columns: int = 16  # icons per row of the viewer's icon sheets
@@ -420,7 +428,8 @@ class ComposeConf(Group):
 
 @dataclass(frozen=True)
 class PatchesConf(Group):
-    """patches: failure-mode patches. In each two-class comparison [a, b] of ``classes.pairs``,
+    """patches: failure-mode patches of the two-class comparisons. In each pair [a, b] of
+    ``classes.pairs``,
     the icons most attributed to b are pasted into images the model classifies as a, at each
     size and corner, against a random-noise patch of the same size and place."""
 
@@ -428,11 +437,11 @@ class PatchesConf(Group):
     icons: int = 3  # patches per pair
     sizes: tuple[int, ...] = (48, 64, 80)  # patch side, in model-input pixels
     corners: tuple[str, ...] = ("tl", "br")  # tl | tr | bl | br | centre
-    margin: int = 8
+    margin: int = 8  # pixels between a pasted patch and the image's edge
     max_images: int = 256  # images of class a per pair (in manifest order)
     images: str | None = None  # a folder to draw class-a images from (null: the run's own)
     examples: int = 4  # before/after images on the report page
-    batch_size: int = field(default=32, metadata=NOT_FINGERPRINTED)
+    batch_size: int = field(default=32, metadata=NOT_FINGERPRINTED)  # images per task
 
     def __post_init__(self) -> None:
         self._tuples()
@@ -464,11 +473,11 @@ class Settings:
     model: ModelConf = field(default_factory=ModelConf)
     data: DataConf = field(default_factory=DataConf)
     classes: ClassesConf = field(default_factory=ClassesConf)
-    run_dir: str = "runs/demo"
-    layer: str = II("model.default_layer")
-    seed: int = 0
-    stages: tuple[str, ...] = ()  # empty: every stage
-    preset_name: str = "custom"
+    run_dir: str = "runs/demo"  # where the run lives: a local folder or an fsspec URL (s3://...)
+    layer: str = II("model.default_layer")  # the atlas's layer (any name of named_modules())
+    seed: int = 0  # every random draw of the run (samples, UMAP, icons) derives from it
+    stages: tuple[str, ...] = ()  # run only these stages (empty: every stage)
+    preset_name: str = "custom"  # the preset's name, recorded in the manifest
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options of run_dir
     # a folder of shared extractions, one per extraction fingerprint: runs (sweep jobs) with the
     # same model, data, extract settings and set of layers read one extraction (null: run_dir)
@@ -476,7 +485,7 @@ class Settings:
     # scheduled runs: run_dir becomes <run_root>/<date> (date: YYYY-MM-DD, default today UTC),
     # and <run_root>/index.html lists every dated run
     run_root: str | None = None
-    date: str | None = None
+    date: str | None = None  # scheduled runs: the run's date (YYYY-MM-DD; null: today, UTC)
     keep_runs: int | None = None  # scheduled runs: keep the newest N dated runs (null: all)
     # one atlas per layer from one extraction: <run_dir>/<layer>/ each, <run_dir>/index.html
     layers: tuple[str, ...] = ()
