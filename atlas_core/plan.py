@@ -169,12 +169,39 @@ def _objects(rows: float, per: float) -> float:
 def estimate(r: RunShape) -> Plan:
     """Rows, cells, icons, bytes and objects of every stage's outputs."""
     plan = Plan()
-    n, s = r.n_images, r.n_images * r.k
-    chunks = _objects(n, r.chunk_images)
+    s = r.n_images * r.k
     cells = {g: kept_cells(s, g, r.min_count) for g in r.levels}
     icons = sum(cells.values())
     ex_rows = exemplar_rows(s, icons, r.exemplars_k)
     sources = min(r.distinct_sources, ex_rows)
+    _extraction(plan, r)
+    _levels(plan, r, cells, ex_rows, sources)
+    tiles = sum(sum(4**z for z in range(lo, hi + 1)) for lo, hi in r.zooms.values())
+    icon = r.icon_px * r.icon_px * 3
+    plan.bytes["viewer"] = (
+        tiles * TILE_BYTES + icons * (icon * 0.55 + 40 + 30 * r.exemplars_k) + STATIC[1]
+    )
+    plan.objects["viewer"] = (
+        tiles
+        + sum(_objects(m, 256) + _objects(m, 1024) + 1 for m in cells.values())
+        + _objects(sources, r.rows_per_task)
+        + STATIC[0]
+        + 4
+    )
+    width = {g: min(g * r.icon_px, 4096) for g in r.levels}
+    plan.bytes["overviews"] = sum(w * w * 3 * 0.25 for w in width.values())
+    plan.objects["overviews"] = len(r.levels) + 1
+    c = r.channels[r.layer]
+    plan.bytes["markers"] = r.shards * 700 + 12 * 1000 + 8 * c * c
+    plan.objects["markers"] = r.shards + 12
+    plan.stages = _stage_counts(r, cells, ex_rows, sources, tiles)
+    return plan
+
+
+def _extraction(plan: Plan, r: RunShape) -> None:
+    """The extraction's bytes and objects: images, samples, activations, moments, layout."""
+    n, s = r.n_images, r.n_images * r.k
+    chunks = _objects(n, r.chunk_images)
     img_arrays, smp_arrays = 7, 2
     plan.bytes["extraction: images, samples"] = n * (0.5 * r.uri_bytes + 20 + 3 * r.topk) + s * 3
     plan.objects["extraction: images, samples"] = (img_arrays + smp_arrays) * (chunks + 1) + 3
@@ -185,6 +212,11 @@ def estimate(r: RunShape) -> Plan:
     )
     plan.bytes["layout"] = s * 16 * 0.85
     plan.objects["layout"] = 2 * (chunks + 1)
+
+
+def _levels(plan: Plan, r: RunShape, cells: dict[int, int], ex_rows: int, sources: int) -> None:
+    """The levels' cells and icons, the exemplars (with the judge's features), the cache."""
+    icons = sum(cells.values())
     c = r.channels[r.layer]
     per_cell = c * 4 * 0.9 + 24 + r.topk * 10 + r.exemplars_k * 10
     icon = r.icon_px * r.icon_px * 3
@@ -201,23 +233,15 @@ def estimate(r: RunShape) -> Plan:
     plan.objects["exemplars"] += _objects(ex_rows, r.rows_per_task) + 1
     plan.bytes["icon cache"] = icons * icon * 0.7
     plan.objects["icon cache"] = _objects(icons, r.group) * 1.0
-    tiles = sum(sum(4**z for z in range(lo, hi + 1)) for lo, hi in r.zooms.values())
-    plan.bytes["viewer"] = (
-        tiles * TILE_BYTES + icons * (icon * 0.55 + 40 + 30 * r.exemplars_k) + STATIC[1]
-    )
-    plan.objects["viewer"] = (
-        tiles
-        + sum(_objects(m, 256) + _objects(m, 1024) + 1 for m in cells.values())
-        + _objects(sources, r.rows_per_task)
-        + STATIC[0]
-        + 4
-    )
-    width = {g: min(g * r.icon_px, 4096) for g in r.levels}
-    plan.bytes["overviews"] = sum(w * w * 3 * 0.25 for w in width.values())
-    plan.objects["overviews"] = len(r.levels) + 1
-    plan.bytes["markers"] = r.shards * 700 + 12 * 1000 + 8 * c * c
-    plan.objects["markers"] = r.shards + 12
-    plan.stages = {
+
+
+def _stage_counts(
+    r: RunShape, cells: dict[int, int], ex_rows: int, sources: int, tiles: int
+) -> dict[str, dict[str, Any]]:
+    """Per stage: its tasks and what it works on."""
+    n, s = r.n_images, r.n_images * r.k
+    icons = sum(cells.values())
+    return {
         "extract": {"tasks": r.shards, "images": n, "samples": s},
         "reduce": {"rows": s, "fit_rows": min(s, 100_000), "tasks": 1 + 2 * r.shards},
         "grid": {"tasks": r.shards, "cells": cells},
@@ -239,7 +263,6 @@ def estimate(r: RunShape) -> Plan:
         },
         "compose": {"tiles": tiles},
     }
-    return plan
 
 
 def hours(

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.commands.cli import COMMANDS
+from pipelines.commands.catalog import COMMANDS
 from pipelines.commands.reference import REFERENCE, configuration_reference, groups, rows
 from pipelines.core.settings import Settings
 

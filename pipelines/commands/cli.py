@@ -8,13 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (its arguments, what it does); each is the module pipelines.commands.<name>
-COMMANDS: dict[str, tuple[str, str]] = {
-    "verify": ("RUN_DIR", "re-check a finished or interrupted run without changing it"),
-    "serve": ("RUN_DIR", "serve a run's viewer on a loopback URL"),
-    "plan": ("[KEY=VALUE ...]", "what a run will cost (tasks, bytes, hours), writing nothing"),
-    "stages": ("", "the stages: what each needs, reads and writes"),
-}
+from pipelines.commands.catalog import COMMANDS
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas_core.config import Group
-from pipelines.commands.cli import COMMANDS
+from pipelines.commands.catalog import COMMANDS
 from pipelines.core.settings import ActorResources, Settings, groups
 
 CONF = Path(str(resources.files("atlas_conf")))
@@ -46,7 +46,7 @@ def _class_docs(cls: type) -> dict[str, str]:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
         own = [_comment(lines[i]) for i in range(node.lineno - 1, node.end_lineno or node.lineno)]
-        above = []
+        above: list[str] = []
         i = node.lineno - 2
         while i >= 0 and lines[i].strip().startswith("#"):
             above.insert(0, lines[i].strip().lstrip("#").strip())
@@ -105,11 +105,11 @@ def rows(cls: type, prefix: str) -> list[tuple[str, str, str]]:
     stage's resources under ``cluster``) is one row; the groups of ``Settings`` are their own
     tables."""
     out: list[tuple[str, str, str]] = []
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
         if isinstance(default, Group):
             continue
-        if dataclasses.is_dataclass(default):
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
             inner = ", ".join(f"{k}: {v}" for k, v in dataclasses.asdict(default).items())
             out.append((f"{prefix}{f.name}", f"`{{{inner}}}`", field_doc(cls, f.name)))
             continue

@@ -104,26 +104,7 @@ def _level_files(
             }
         )
     }
-    exr, slot, box = _exemplars(level, ex)
-    m = len(cell)
-    fid = level.optional("icon_cosine")
-    margin, rank = level.optional("icon_margin"), level.optional("icon_rank")
-    fid = np.full(m, np.nan, np.float32) if fid is None else fid
-    margin = np.full(m, np.nan, np.float32) if margin is None else margin
-    rank = np.zeros(m, np.int32) if rank is None else rank
-    for n, a in enumerate(range(0, m, CARD_CHUNK)):
-        b = min(m, a + CARD_CHUNK)
-        files[f"cards-{lv.size}-{n}.js"] = _put(
-            {
-                "topv": b64(top_v[a:b], "f4"),
-                "ex": b64(exr[a:b], "i4"),
-                "slot": b64(slot[a:b], "i4"),
-                "box": b64(box[a:b], "f4"),
-                "fid": b64(fid[a:b], "f4"),
-                "margin": b64(margin[a:b], "f4"),
-                "rank": b64(rank[a:b], "i4"),
-            }
-        )
+    files |= _card_files(level, lv.size, top_v, ex)
     heat, heat_class = level.optional("heat"), level.optional("heat_class")
     heats = None
     if heat is not None and heat_class is not None and len(heat_class):
@@ -143,6 +124,35 @@ def _level_files(
         "plausibility": level.attrs.get("plausibility"),
     }
     return entry, files
+
+
+def _card_files(
+    level: LevelNode, size: int, top_v: np.ndarray, ex: dict[str, np.ndarray] | None
+) -> dict[str, bytes]:
+    """A level's card data, by chunks of ``CARD_CHUNK`` cells: top values, exemplars, fidelity,
+    plausibility."""
+    exr, slot, box = _exemplars(level, ex)
+    m = len(top_v)
+    fid = level.optional("icon_cosine")
+    margin, rank = level.optional("icon_margin"), level.optional("icon_rank")
+    fid = np.full(m, np.nan, np.float32) if fid is None else fid
+    margin = np.full(m, np.nan, np.float32) if margin is None else margin
+    rank = np.zeros(m, np.int32) if rank is None else rank
+    files = {}
+    for n, a in enumerate(range(0, m, CARD_CHUNK)):
+        b = min(m, a + CARD_CHUNK)
+        files[f"cards-{size}-{n}.js"] = _put(
+            {
+                "topv": b64(top_v[a:b], "f4"),
+                "ex": b64(exr[a:b], "i4"),
+                "slot": b64(slot[a:b], "i4"),
+                "box": b64(box[a:b], "f4"),
+                "fid": b64(fid[a:b], "f4"),
+                "margin": b64(margin[a:b], "f4"),
+                "rank": b64(rank[a:b], "i4"),
+            }
+        )
+    return files
 
 
 def _exemplars(
