@@ -45,7 +45,7 @@ from pipelines.server.backend import (
 )
 from pipelines.server.files import Refused, RunFiles, chunks
 from pipelines.server.guards import Guard, SecurityHeaders
-from pipelines.server.jobs import Busy, Jobs, JobTimeout
+from pipelines.server.jobs import Busy, Jobs, JobTimeout, Slot
 from pipelines.server.settings import ServerSettings
 from pipelines.server.uploads import decode_upload, read_body, read_image_bytes
 
@@ -75,12 +75,24 @@ api = APIRouter(prefix="/api")
 pages = APIRouter()
 
 
-async def compute(jobs: Jobs, fn: Callable[..., Any], *args: Any) -> Any:
+def _busy(exc: Busy) -> HTTPException:
+    return HTTPException(503, str(exc), {"retry-after": str(exc.retry_after)})
+
+
+def reserve(jobs: Jobs) -> Slot:
+    """A compute slot for a request that reads a large body first (503 when none is free)."""
+    try:
+        return jobs.reserve()
+    except Busy as exc:
+        raise _busy(exc) from None
+
+
+async def compute(jobs: Jobs, fn: Callable[..., Any], *args: Any, slot: Slot | None = None) -> Any:
     """``fn(*args)`` on a worker; every failure becomes the HTTPException that names it."""
     try:
-        return await jobs.run(fn, *args)
+        return await jobs.run(fn, *args, slot=slot)
     except Busy as exc:
-        raise HTTPException(503, str(exc), {"retry-after": str(exc.retry_after)}) from None
+        raise _busy(exc) from None
     except JobTimeout as exc:
         raise HTTPException(504, str(exc)) from None
     except HTTPException:
@@ -132,20 +144,21 @@ async def locate(
     jobs: TheJobs,
     top: Annotated[int, Query(ge=1, le=50)] = 5,
 ) -> Response:
-    t0 = time.perf_counter()
-    data = await read_image_bytes(request, s.upload_bytes, s.body_timeout_s)
-    t1 = time.perf_counter()
     times: dict[str, float] = {}
+    with reserve(jobs) as slot:  # before the body: uploads in memory are bounded by the slots
+        t0 = time.perf_counter()
+        data = await read_image_bytes(request, s.upload_bytes, s.body_timeout_s)
+        t1 = time.perf_counter()
 
-    def work() -> bytes:
-        a = time.perf_counter()
-        image = decode_upload(data, s.upload_pixels)
-        b = time.perf_counter()
-        out = _json(backend.locate(image, top=top), "locate")
-        times.update(decode=b - a, compute=time.perf_counter() - b)
-        return out
+        def work() -> bytes:
+            a = time.perf_counter()
+            image = decode_upload(data, s.upload_pixels)
+            b = time.perf_counter()
+            out = _json(backend.locate(image, top=top), "locate")
+            times.update(decode=b - a, compute=time.perf_counter() - b)
+            return out
 
-    body = await compute(jobs, work)
+        body = await compute(jobs, work, slot=slot)
     timing = f"read;dur={(t1 - t0) * 1e3:.1f}, " + ", ".join(
         f"{k};dur={v * 1e3:.1f}" for k, v in times.items()
     )

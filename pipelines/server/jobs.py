@@ -1,9 +1,11 @@
 """Expensive calls off the event loop: a fixed pool of worker threads and a bounded queue.
 
 A call takes a slot (``workers`` running plus ``queue`` waiting) or is refused at once with
-:class:`Busy` (the app answers 503 with Retry-After). A call that runs past ``timeout_s`` is
-answered 504; its thread cannot be stopped, so its slot stays taken until it really ends: a
-backend that hangs makes the server say it is busy rather than pile up threads.
+:class:`Busy` (the app answers 503 with Retry-After). An upload takes its slot before its body
+is read (:meth:`Jobs.reserve`), so the uploads held in memory are bounded by the slots too. A
+call that runs past ``timeout_s`` is answered 504; its thread cannot be stopped, so its slot
+stays taken until it really ends: a backend that hangs makes the server say it is busy rather
+than pile up threads.
 """
 
 from __future__ import annotations
@@ -55,16 +57,24 @@ class Jobs:
                 "waiting": self._taken - self._running,
             }
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a worker thread; raises Busy, JobTimeout, or what ``fn`` raised."""
+    def reserve(self) -> Slot:
+        """A slot, held until a call made with it ends (or the ``with`` block, if none was
+        made); raises Busy when every slot is taken."""
         with self._lock:
             if self._taken >= self.workers + self.queue:
                 waiting = self._taken - self._running
                 wait = self._mean_s * math.ceil(self._taken / self.workers)
                 raise Busy(self._running, waiting, max(1, math.ceil(wait)))
             self._taken += 1
+        return Slot(self)
+
+    async def run(self, fn: Callable[..., T], *args: Any, slot: Slot | None = None) -> T:
+        """``fn(*args)`` on a worker thread, in ``slot`` or a new one; raises Busy, JobTimeout,
+        or what ``fn`` raised."""
+        slot = slot or self.reserve()
+        slot.used = True
         future: Future[T] = self._pool.submit(self._call, fn, *args)
-        future.add_done_callback(self._release)  # also when cancelled before it started
+        future.add_done_callback(lambda _: self._release())  # also when cancelled unstarted
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
         except asyncio.TimeoutError:
@@ -82,9 +92,24 @@ class Jobs:
                 self._running -= 1
                 self._mean_s = 0.8 * self._mean_s + 0.2 * took
 
-    def _release(self, _: Future[Any]) -> None:
+    def _release(self) -> None:
         with self._lock:
             self._taken -= 1
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Slot:
+    """A reserved place; ``with`` it, so an unused one is given back."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs, self.used = jobs, False
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.used:  # no call took it over: give it back
+            self.used = True
+            self.jobs._release()

@@ -5,9 +5,9 @@ the bytes a test gives (no client library normalizes a hostile path)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
-import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from atlas_core.compose.report import CSP as REPORT_CSP
-from atlas_core.compose.viewer import data_script, page_html, put_script, static_dir
+from atlas_core.compose.viewer import data_script, page_html, put_script, static_files
 
 SLUG = "atlas-3-cat"
 
@@ -35,28 +35,53 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+def _b64(values: object, dtype: str) -> str:
+    """A little-endian typed array as the viewer's data files carry it."""
+    a = np.ascontiguousarray(values, dtype=np.dtype(dtype).newbyteorder("<"))
+    return base64.b64encode(a.tobytes()).decode("ascii")
+
+
 def _viewer(folder: Path, title: str) -> None:
-    """A viewer folder as compose writes it (the real page and data script)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("viewer.js", "viewer.css"):
-        shutil.copy(static_dir() / name, folder / name)
-    _write(folder / "lib/leaflet/leaflet.js", "/* leaflet */\n")
-    _write(folder / "lib/leaflet/leaflet.css", "/* leaflet */\n")
-    _write(folder / "lib/leaflet/LICENSE", "BSD\n")
-    _image(folder / "lib/leaflet/images/layers.png", "PNG")
+    """A viewer folder as compose writes it: the real page, script, style and Leaflet, and a
+    one-level run record (4 x 4 cells, 3 of them filled) the page opens."""
+    for rel, data in static_files().items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
     run = {
         "title": title,
-        "levels": [{"size": 4, "zmin": 0, "zmax": 0, "cells": 10}],
+        "meta": "a fake run for the server's tests",
+        "label_kind": "predictions",
+        "classes": ["cat", "dog"],
+        "levels": [
+            {"size": 4, "zmin": 0, "zmax": 0, "cells": 3, "heat": None, "kind": "predictions"}
+            | {"widest": "dog", "plausibility": None}
+        ],
+        "icon_px": 32,
+        "tile_px": 256,
         "tile_ext": "jpg",
-        "exemplars": {"dir": "../exemplars/blocks.2/", "per": 256},
+        "background": 255,
+        "sheet_columns": 16,
+        "k": 1,
+        "card_chunk": 1024,
+        "exemplars": {"dir": "../exemplars/blocks.2/", "per": 256, "cols": 16}
+        | {"patch_px": 64, "thumb_px": 128},
+        "overview": "../atlas-4.png",
+        "axis": None,
+        "links": [],
     }
+    cells = {"ix": _b64([0, 1, 2], "u2"), "iy": _b64([0, 1, 2], "u2")}
+    counts = {"count": _b64([3, 2, 1], "u4"), "label": _b64([0, 1, 0], "i2")}
+    _write(
+        folder / "data/level-4.js", put_script(cells | counts | {"top": counts["label"], "t": 1})
+    )
+    card = {"topv": _b64([3, 2, 1], "f4"), "ex": _b64([0, -1, -1], "i4")}
+    card |= {"slot": _b64([0, -1, -1], "i4"), "box": _b64(np.zeros((3, 1, 4)), "f4")}
+    _write(folder / "data/cards-4-0.js", put_script(card))
+    _write(folder / "data/sources-0.js", put_script({"names": ["a.jpg"], "w": [64], "h": [64]}))
     _write(folder / "data/atlas.js", data_script(run))
-    _write(folder / "data/level-4.js", put_script({"ix": "", "iy": ""}))
-    _write(folder / "data/cards-4-0.js", put_script({"topv": ""}))
-    _write(folder / "data/sources-0.js", put_script({"names": ["a.jpg"]}))
     _write(folder / "data/links.js", "window.ATLAS_LINKS = [];\n")
     _write(folder / "index.html", page_html(title, ["data/atlas.js", "data/links.js"]))
-    _image(folder / "tiles/4/0/0/0.jpg", "JPEG", 64)
+    _image(folder / "tiles/4/0/0/0.jpg", "JPEG", 256)
     _image(folder / "levels/4/icons-0.png", "PNG", 32)
 
 

@@ -205,3 +205,41 @@ def test_values_check_themselves() -> None:
         Selection(direction=(float("nan"),))
     with pytest.raises(ValueError, match="vertices"):
         ExportRequest(polygon=((0, 0), (1, 1)))
+
+
+def test_an_upload_holds_its_slot_while_its_body_arrives(run_dir) -> None:
+    """Uploads take their compute slot before their body is read: the bytes held in memory are
+    bounded by workers + queue; a slow upload gives its slot back at the body deadline."""
+    import socket
+
+    from tests.server.conftest import read_reply
+    from tests.server.test_uploads import _png
+
+    s = ServerSettings(str(run_dir), port=0, workers=1, queue=0, body_timeout_s=1.0)
+    running = start(s, FakeBackend())
+    try:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=10) as slow:
+            head = "POST /api/locate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
+            slow.sendall((head + "Content-Length: 5000\r\n\r\n").encode() + b"\x89PNG")
+            time.sleep(0.3)
+            png = _png()
+            busy = request(running.port, "POST", "/api/locate", {"Content-Type": "image/png"}, png)
+            assert busy.status == 503 and int(busy.headers["retry-after"]) >= 1
+            assert read_reply(slow).status == 408
+        ok = request(running.port, "POST", "/api/locate", {"Content-Type": "image/png"}, png)
+        assert ok.status == 200
+    finally:
+        running.shutdown()
+
+
+def test_an_unused_slot_is_given_back() -> None:
+    jobs = Jobs(workers=1, queue=0, timeout_s=1)
+    try:
+        with jobs.reserve():
+            with pytest.raises(Busy):
+                jobs.reserve()
+        with jobs.reserve():  # free again
+            pass
+        assert jobs.stats()["running"] == 0
+    finally:
+        jobs.close()

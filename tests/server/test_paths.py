@@ -23,6 +23,7 @@ SERVED = [
     "/viewer/viewer.js",
     "/viewer/viewer.css",
     "/viewer/lib/leaflet/leaflet.js",
+    "/viewer/lib/leaflet/leaflet.css",
     "/viewer/lib/leaflet/images/layers.png",
     "/viewer/data/atlas.js",
     "/viewer/data/level-4.js",
