@@ -55,8 +55,9 @@ class ServerSettings:
     run_dir: the run directory (local); host, port: where the local runner binds (port 0: any).
     token: required on every request when set; required to bind beyond loopback.
     allowed_hosts: extra names accepted in the Host header (``*``: any, only with a token).
-    Limits (defaults): upload_bytes 20 MiB, upload_pixels 40 M (the decoder's bomb limit),
-    json_bytes 1 MiB, body_timeout_s 30 (whole body), head_timeout_s 10 (request line and
+    Limits (defaults): upload_bytes 20 MiB, upload_pixels 40 M (the decoder's
+    ``DecodePolicy.max_pixels``, its bomb limit: today it refuses above half of that), json_bytes
+    1 MiB, body_timeout_s 30 (whole body), head_timeout_s 10 (request line and
     headers), keep_alive_s 5, header_bytes 16 KiB, max_connections 128 (connections and tasks:
     more get 503), workers 2 (compute threads), queue 8 (compute requests waiting: more get
     503 with Retry-After), job_timeout_s 60 (504 after), neighbours_k 1000.
