@@ -1,5 +1,6 @@
 """Layers stay honest: atlas_core imports no ray, hydra or omegaconf; only store/ imports zarr;
-only pipelines/core/ray_ops.py imports ray; pipelines' plumbing imports no stage or command;
+only pipelines/core/ray_ops.py imports ray (and pipelines/server/ray_serve.py, Ray Serve's);
+pipelines' plumbing imports no stage or command;
 and no two modules import each other, however indirectly (type-only imports count)."""
 
 from __future__ import annotations
@@ -141,7 +142,8 @@ def test_every_ray_call_is_in_ray_ops() -> None:
     files = sorted((ROOT / "pipelines").rglob("*.py"))
     assert len(files) > 20 and any(f.parent.name == "stages" for f in files)  # it walks subfolders
     users = [str(f.relative_to(ROOT)) for f in files if "ray" in _imports(f)]
-    assert users == ["pipelines/core/ray_ops.py"]
+    # and Ray Serve's deployment of the server app, whose decorators sit on the class they deploy
+    assert users == ["pipelines/core/ray_ops.py", "pipelines/server/ray_serve.py"]
 
 
 def test_functions_stay_short_enough_to_read_at_once() -> None:

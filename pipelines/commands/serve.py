@@ -1,61 +1,60 @@
-"""``atlas serve RUN_DIR``: the run's viewer over HTTP, for people who prefer a URL to a file.
+"""``atlas serve RUN_DIR``: the run's viewer and its questions over HTTP (pipelines/server).
 
-Serves the run directory read-only with Python's standard HTTP server, bound to 127.0.0.1 by
-default (``--host`` to change it, knowingly). The page is the same static page that opens from
-disk; its Content-Security-Policy allows files of this origin only.
+Bound to 127.0.0.1 by default. Any other address needs a token (``ATLAS_SERVE_TOKEN``, or
+``--token``, which other users of the machine can see in the process list): every request must
+carry it, as ``Authorization: Bearer <token>`` or the cookie set by opening
+``/viewer/index.html?token=<token>`` once. Only the pages and the files they read are served;
+the compute endpoints need ``--backend MODULE:FACTORY``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import logging
-import os
-import threading
+
+from atlas_core.errors import ConfigError
+from pipelines.server.backend import load_backend
+from pipelines.server.runner import Running, serve_forever, start
+from pipelines.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        log.debug("serve: %s", format % args)
-
-
-def make_server(run_dir: str, host: str = "127.0.0.1", port: int = 8000) -> http.server.HTTPServer:
-    """An HTTP server over ``run_dir`` (not started); port 0 picks a free one."""
-    viewer = os.path.join(run_dir, "viewer", "index.html")
-    if not os.path.isfile(viewer):
-        raise SystemExit(
-            f"atlas serve: {viewer} does not exist: build the run first "
-            f"(atlas run_dir={run_dir}), or point at a run directory."
-        )
-    handler = functools.partial(_Handler, directory=os.path.abspath(run_dir))
-    return http.server.ThreadingHTTPServer((host, port), handler)
-
-
-def serve_in_thread(run_dir: str, host: str = "127.0.0.1", port: int = 0) -> tuple[str, object]:
+def serve_in_thread(run_dir: str, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Running]:
     """Start a server in a daemon thread: (the viewer's URL, the server: call .shutdown())."""
-    server = make_server(run_dir, host, port)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://{host}:{server.server_port}/viewer/index.html", server
+    running = start(ServerSettings.from_env(run_dir, host=host, port=port))
+    return f"{running.url}/viewer/index.html", running
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="atlas serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", help="a run directory (local)")
     ap.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
     ap.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    server = make_server(args.run_dir, args.host, args.port)
-    log.info(
-        "atlas serve: http://%s:%s/viewer/index.html (Ctrl-C stops)", args.host, server.server_port
+    ap.add_argument("--token", help="required on every request (prefer ATLAS_SERVE_TOKEN)")
+    ap.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another name the Host header may carry (repeat; a DNS name the server is reached by)",
     )
+    ap.add_argument("--backend", metavar="MODULE:FACTORY", help="answers the compute endpoints")
+    ap.add_argument("--workers", type=int, default=2, help="compute threads (default 2)")
+    ap.add_argument("--queue", type=int, default=8, help="compute requests that may wait")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides = {"host": args.host, "port": args.port, "workers": args.workers, "queue": args.queue}
+    if args.token:
+        overrides["token"] = args.token
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+        s = ServerSettings.from_env(args.run_dir, extra_hosts=tuple(args.allow_host), **overrides)
+        backend = load_backend(args.backend, s.run_dir)  # the model loads here, once
+    except ConfigError as exc:
+        raise SystemExit(f"atlas serve: {exc}") from None
+    serve_forever(s, backend)
     return 0

@@ -6,6 +6,7 @@ image) defined in the same files."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 from pathlib import Path
@@ -80,6 +81,17 @@ JOB_SPEC = {
     "schedule",
 }
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"}
+# rayservice_types.go at KubeRay v1.4.0
+SERVICE_SPEC = {
+    "serveConfigV2",
+    "rayClusterConfig",
+    "upgradeStrategy",
+    "serveService",
+    "excludeHeadPodFromServeSvc",
+    "serviceUnhealthySecondThreshold",
+    "deploymentUnhealthySecondThreshold",
+}
+SERVICE_UPGRADES = {"NewCluster", "None"}
 UPSCALING = {"Default", "Aggressive", "Conservative"}
 
 
@@ -132,6 +144,14 @@ def _ray_cluster_spec(spec: dict[str, Any], where: str) -> int:
     return 1 + len(spec.get("workerGroupSpecs", []))
 
 
+def _ray_service_spec(spec: dict[str, Any], where: str) -> int:
+    _keys(spec, SERVICE_SPEC, where, ("rayClusterConfig", "serveConfigV2"))
+    assert spec.get("upgradeStrategy", {}).get("type", "NewCluster") in SERVICE_UPGRADES, where
+    if "serveService" in spec:
+        kv.validate({"apiVersion": "v1", "kind": "Service", **spec["serveService"]}, KUBERNETES)
+    return _ray_cluster_spec(spec["rayClusterConfig"], f"{where}.rayClusterConfig")
+
+
 def test_every_object_validates_offline() -> None:
     objs = _objects()
     counted = {"core": 0, "kuberay": 0, "pod_templates": 0}
@@ -141,6 +161,8 @@ def test_every_object_validates_offline() -> None:
             spec = doc["spec"]
             if doc["kind"] == "RayCluster":
                 counted["pod_templates"] += _ray_cluster_spec(spec, where)
+            elif doc["kind"] == "RayService":
+                counted["pod_templates"] += _ray_service_spec(spec, where)
             else:
                 assert doc["kind"] == "RayJob", where
                 _keys(spec, JOB_SPEC, where)
@@ -166,6 +188,7 @@ def test_every_object_validates_offline() -> None:
     for want in (
         "RayCluster",
         "RayJob",
+        "RayService",
         "CronJob",
         "ServiceAccount",
         "Role",
@@ -278,7 +301,11 @@ def test_secrets_are_templates_kubectl_apply_never_overwrites() -> None:
     applied = {d["kind"] for _, d in _objects(True)}
     assert "Secret" not in applied and "RayJob" not in applied  # templates only
     secrets = [d for _, d in _objects() if d["kind"] == "Secret"]
-    assert {s["metadata"]["name"] for s in secrets} == {"atlas-ray-token", "atlas-object-store"}
+    assert {s["metadata"]["name"] for s in secrets} == {
+        "atlas-ray-token",
+        "atlas-object-store",
+        "atlas-serve-token",
+    }
     assert all("REPLACE" in str(s["stringData"]) for s in secrets)
 
 
@@ -347,3 +374,77 @@ def test_the_checks_reject_broken_objects() -> None:
     del cluster["workerGroupSpecs"][0]["template"]
     with pytest.raises(AssertionError, match="missing required"):
         _ray_cluster_spec(cluster, "broken")
+    service = copy.deepcopy(objs["RayService"]["spec"])
+    service["serveConfig"] = service.pop("serveConfigV2")  # the v1alpha1 name
+    with pytest.raises(AssertionError, match="unknown fields"):
+        _ray_service_spec(service, "broken")
+    if importlib.util.find_spec("ray.serve") is not None:
+        config = yaml.safe_load(objs["RayService"]["spec"]["serveConfigV2"])
+        config["applications"][0]["deployments"][0]["ray_actor_options"]["num_gpu"] = 1
+        with pytest.raises(AssertionError, match="unknown fields"):
+            _serve_config(config, "broken")
+
+
+def _serve_config(config: dict[str, Any], where: str) -> None:
+    """serveConfigV2's keys at every level against the fields of Ray Serve's own schemas (the
+    schemas themselves accept unknown keys), then the values by those schemas."""
+    from ray.serve import config as serve_config
+    from ray.serve import schema
+
+    def fields(model: Any) -> set[str]:
+        return set(model.model_fields)
+
+    _keys(config, fields(schema.ServeDeploySchema), where, ("applications",))
+    _keys(config.get("http_options", {}), fields(schema.HTTPOptionsSchema), f"{where}.http")
+    for app in config["applications"]:
+        _keys(app, fields(schema.ServeApplicationSchema), f"{where}.app", ("import_path",))
+        for dep in app.get("deployments", []):
+            w = f"{where}.{dep.get('name')}"
+            _keys(dep, fields(schema.DeploymentSchema), w, ("name",))
+            _keys(dep.get("ray_actor_options", {}), fields(schema.RayActorOptionsSchema), w)
+            _keys(dep.get("autoscaling_config", {}), fields(serve_config.AutoscalingConfig), w)
+    schema.ServeDeploySchema.model_validate(config)
+
+
+def test_the_rayservice_runs_the_server_app_with_its_token() -> None:
+    """The RayService's serveConfigV2 against Ray Serve's own schema, its import path and
+    args against the code, its replicas' GPUs against the worker group, and the serve token
+    in every container."""
+    schema = pytest.importorskip("ray.serve.schema")
+    service = next(d for _, d in _objects() if d["kind"] == "RayService")
+    spec, config = service["spec"], yaml.safe_load(service["spec"]["serveConfigV2"])
+    _serve_config(config, "rayservice.serveConfigV2")
+    deploy = schema.ServeDeploySchema.model_validate(config)
+    (app,) = deploy.applications
+    assert app.import_path == "pipelines.server.ray_serve:build" and app.route_prefix == "/"
+    from pipelines.server import ray_serve
+
+    assert ray_serve.build(app.args) is not None  # every arg is one build() takes
+    (dep,) = app.deployments
+    assert dep.name == ray_serve.AtlasServer.name
+    auto, actor = dep.autoscaling_config, dep.ray_actor_options.model_dump()
+    cluster = spec["rayClusterConfig"]
+    (gpu,) = cluster["workerGroupSpecs"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    assert actor["num_gpus"] == 1 == int(worker["resources"]["limits"]["nvidia.com/gpu"])
+    assert actor["num_cpus"] <= int(worker["resources"]["limits"]["cpu"])
+    assert 1 <= auto["min_replicas"] <= auto["max_replicas"] <= gpu["maxReplicas"]
+    assert gpu["minReplicas"] == 0 and gpu["template"]["spec"]["nodeSelector"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    assert config["http_options"]["host"] == "0.0.0.0"
+    port = config["http_options"]["port"]
+    for c in [head["template"]["spec"]["containers"][0], worker]:
+        assert c["resources"]["requests"] == c["resources"]["limits"], c["name"]
+        assert {"containerPort": port, "name": "serve"} in c["ports"], c["name"]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["ATLAS_SERVE_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "atlas-serve-token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "atlas-ray-token"
+        assert env["ATLAS_SERVE_ALLOWED_HOSTS"]["value"]
+    log.info(
+        "rayservice: serveConfigV2 valid under Ray's schema; %s with %d..%d replicas of %s GPU",
+        app.import_path,
+        auto["min_replicas"],
+        auto["max_replicas"],
+        actor["num_gpus"],
+    )
