@@ -160,7 +160,9 @@ def folder_manifest(
 
     def skipped(exc: OSError) -> None:  # a folder os.walk cannot list: counted, never dropped
         unreadable.append(uri_text(str(exc.filename or "?")))
-        log.warning("folder %s cannot be listed (%s): its files are not inputs", exc.filename, exc)
+        log.warning(
+            "folder %s cannot be listed (%s): its files are not inputs", unreadable[-1], exc
+        )
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=skipped, followlinks=False):
         dirnames.sort()
@@ -172,11 +174,12 @@ def folder_manifest(
     if limit is not None:
         found = found[:limit]
     if not found:
+        unlisted = f" ({len(unreadable)} folders could not be listed: check their permissions)"
         raise ConfigError(
             "path",
             str(path),
-            fix=f"the directory holds no files ending in {', '.join(exts)}; add images or change "
-            "the extensions.",
+            fix=f"the directory holds no files ending in {', '.join(exts)}"
+            f"{unlisted if unreadable else ''}; add images or change the extensions.",
         )
     crops = np.full((len(found), 4), -1, dtype=np.int32)
     return InputManifest(
