@@ -26,7 +26,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from atlas_core.data.uri import uri_path
+from atlas_core.data.uri import uri_path, uri_text
 
 
 class Status(IntEnum):
@@ -63,6 +63,8 @@ DECODE_POLICY = (
 # that is no image is classified without ever being held in memory.
 SNIFF_BYTES = 16 * 2**20
 _HASH_BLOCK = 2**20
+# PIL's message names the file object by its repr (a memory address): not the same twice
+_UNIDENTIFIED = "cannot identify image file: no decoder recognises its header"
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def read_bytes(
         path = uri_path(uri)
         top = uri_path(root) if root is not None else None
     except ValueError as exc:
-        return Decoded(Status.READ_ERROR, detail=str(exc))
+        return Decoded(Status.READ_ERROR, detail=as_text(str(exc)))
     if "://" in path and not path.startswith("file://"):
         return _read_url(path, policy)
     return _read_local(path.removeprefix("file://"), top, policy)
@@ -165,7 +167,13 @@ def cropped(d: Decoded, crop: np.ndarray | None) -> Decoded:
 
 
 def _error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    return as_text(f"{type(exc).__name__}: {exc}")
+
+
+def as_text(detail: str) -> str:
+    """``detail`` as valid UTF-8 (a file name's undecodable bytes as ``\\xNN``): what the
+    store's ``images/error`` can hold."""
+    return detail.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _too_large(size: int, policy: DecodePolicy) -> Decoded:
@@ -184,7 +192,7 @@ def _read_url(uri: str, policy: DecodePolicy) -> bytes | Decoded:
                 return _too_large(size, policy)
             return _read_open(f, size if isinstance(size, int) else None, policy)
     except FileNotFoundError as exc:
-        return Decoded(Status.MISSING, detail=str(exc))
+        return Decoded(Status.MISSING, detail=as_text(str(exc)))
     except Exception as exc:  # each store's client raises its own errors: all are this file's
         return Decoded(Status.READ_ERROR, detail=_error(exc))
 
@@ -193,7 +201,8 @@ def _read_local(path: str, root: str | None, policy: DecodePolicy) -> bytes | De
     if root is not None:
         real = os.path.realpath(path)
         if os.path.commonpath([real, root]) != root:
-            return Decoded(Status.OUTSIDE_ROOT, detail=f"resolves to {real}, outside {root}")
+            where = f"resolves to {uri_text(real)}, outside {uri_text(root)}"
+            return Decoded(Status.OUTSIDE_ROOT, detail=where)
     try:
         st = os.stat(path)  # follows symlinks; never open() before this: a FIFO would block
     except FileNotFoundError:
@@ -218,14 +227,14 @@ def _read_open(f: BinaryIO, size: int | None, policy: DecodePolicy) -> bytes | D
         try:
             with Image.open(f):  # the header only; f stays open (PIL does not own it)
                 pass
-        except UnidentifiedImageError as exc:
+        except UnidentifiedImageError:
             f.seek(0)
             h = hashlib.blake2b(digest_size=8)
             while block := f.read(_HASH_BLOCK):
                 h.update(block)
             return Decoded(
                 Status.UNIDENTIFIED,
-                detail=f"{size} bytes, not an image ({exc})",
+                detail=f"{size} bytes, {_UNIDENTIFIED}",
                 content_hash=int.from_bytes(h.digest(), "little"),
             )
         except Exception:  # anything else: an image PIL knows; decoding will classify it
@@ -255,8 +264,8 @@ def _decode_bytes(data: bytes, policy: DecodePolicy) -> Decoded:
             rgb = _to_rgb(img, policy)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         return Decoded(Status.DECOMPRESSION_BOMB, detail=f"PIL's own limit: {exc}")
-    except UnidentifiedImageError as exc:
-        return Decoded(Status.UNIDENTIFIED, detail=str(exc))
+    except UnidentifiedImageError:
+        return Decoded(Status.UNIDENTIFIED, detail=_UNIDENTIFIED)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = _error(exc)
         trunc = "truncat" in msg.lower() or isinstance(exc, EOFError)

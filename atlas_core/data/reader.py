@@ -35,6 +35,7 @@ from atlas_core.data.decode import (
     Decoded,
     DecodePolicy,
     Status,
+    as_text,
     content_hash,
     cropped,
     decode,
@@ -182,7 +183,7 @@ class ImageReader:
     def _record(self, i: int, d: Decoded) -> np.ndarray | None:
         self.status[i], self.error[i], self.hashes[i] = (
             int(d.status),
-            d.detail[:500],
+            as_text(d.detail[:500]),
             d.content_hash,
         )
         return self.pre.to_array(d.image) if d.image is not None else None

@@ -127,3 +127,24 @@ def test_tar_members_with_hostile_names(tmp_path: Path) -> None:
     man = tar_manifest([tar], extensions=(".png", ":"))  # list "ends-with:" too
     got = dict(stream_members(list(man.uris), DecodePolicy()))
     assert len(man) == len(members) and all(d.status == Status.OK for d in got.values())
+
+
+def test_reasons_naming_hostile_paths_are_text_too(tmp_path: Path) -> None:
+    """A status's reason that names a path (a link out of the root) is valid UTF-8, and the
+    same every time (no object address in it): ``images/error`` holds it."""
+    outside = os.fsencode(tmp_path) + b"/out\xff"
+    os.makedirs(outside)
+    Image.new("RGB", (24, 20)).save(os.fsdecode(outside + b"/x.png"))
+    (tmp_path / "imgs").mkdir()
+    link = os.fsencode(tmp_path) + b"/imgs/link\xfe.png"
+    os.symlink(outside + b"/x.png", link)
+    (tmp_path / "imgs" / "page.png").write_bytes(b"<html>not found</html>")
+    man = folder_manifest(str(tmp_path / "imgs"))
+    reader = ImageReader(man.uris, man.crops, Preprocess(size=16, crop_pct=1.0), root=man.root)
+    assert sum(len(i) for i, _ in reader.batches()) == 0
+    assert reader.status.tolist() == [Status.OUTSIDE_ROOT, Status.UNIDENTIFIED]
+    assert "out%FF" in reader.error[0]
+    for e in reader.error:
+        e.encode("utf-8")
+    again = decode(str(man.uris[1])).detail
+    assert reader.error[1] == again and "0x" not in again
