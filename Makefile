@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test lint docs bench bench-scale gpu-check clean-runs
+.PHONY: demo test lint docs bench bench-scale gpu-check fuzz clean-runs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ bench-scale: $(STAMP)
 # installed or downloaded (a missing package is recorded as skipped, with what to carry).
 gpu-check:
 	PYTHONPATH=$(CURDIR) $(PYTHON) -m benchmarks.gpu_check
+
+# the decoder's fuzzing test, long: ATLAS_FUZZ_EXAMPLES mutated images (make test runs a few
+# hundred); figures (files tried, count per status, crashes) in benchmarks/results/fuzz.json
+FUZZ_EXAMPLES ?= 200000
+fuzz: $(STAMP)
+	ATLAS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATLAS_FUZZ_REPORT=benchmarks/results/fuzz.json \
+		$(PY) -m pytest -q -p no:cacheprovider -o log_cli=true -o log_cli_level=INFO \
+		--timeout=0 tests/data/test_fuzz.py
 
 clean-runs:
 	rm -rf runs

@@ -2,8 +2,9 @@
 
 The extraction path picks it automatically on CUDA for JPEG files: decoding then runs on the GPU,
 next to the forward pass, and the CPU only reads bytes. Anything it cannot handle (not a JPEG,
-too many pixels, a decoder error) returns None and goes through the PIL policy of
-:mod:`atlas_core.data.decode`, which classifies it; EXIF orientation is applied either way.
+too many pixels, a decoder error of any kind) returns None and goes through the PIL policy of
+:mod:`atlas_core.data.decode`, which classifies it; EXIF orientation is applied either way. The
+pixel limit is the PIL path's own check (:func:`header_refusal` on the header's size).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import torch
 from PIL import Image
 
-from atlas_core.data.decode import DecodePolicy
+from atlas_core.data.decode import DecodePolicy, header_refusal
 
 _DEFAULT_POLICY = DecodePolicy()
 
@@ -33,7 +34,7 @@ def _acceptable(data: bytes, policy: DecodePolicy) -> bool:
                 return False
     except Exception:  # an unreadable header: let the PIL path classify it
         return False
-    return w * h <= policy.max_pixels and min(w, h) >= policy.min_side
+    return header_refusal(w, h, policy) is None
 
 
 def decode_jpegs(
@@ -52,7 +53,7 @@ def decode_jpegs(
         decoded = decode_jpeg(
             tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
         )
-    except RuntimeError:  # one bad file fails the batch: decode one by one
+    except Exception:  # one bad file fails the batch: decode one by one
         decoded = []
         for t in tensors:
             try:
@@ -61,7 +62,7 @@ def decode_jpegs(
                         t, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True
                     )
                 )
-            except RuntimeError:
+            except Exception:  # whatever the decoder raises: the PIL path classifies the file
                 decoded.append(None)
     for i, d in zip(idx, decoded, strict=True):
         out[i] = d

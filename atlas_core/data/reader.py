@@ -8,8 +8,9 @@ Three strategies, chosen from the inputs, behind one iterator:
 - the PIL policy on a thread pool, decoding ahead of the consumer; crops of one source file (the
   photo source) decode that file once per reader.
 
-A row that cannot be decoded is skipped in the batches and keeps its status and reason; rows are
-never substituted, so row ``i`` is always input ``i``.
+A row that cannot be decoded is skipped in the batches and keeps its status and reason (whatever
+the decoder raised on it: a file's fault is never the task's); rows are never substituted, so row
+``i`` is always input ``i``.
 
 Reading, decoding, resizing and collating run in a producer thread ahead of the consumer's
 forward pass, ``prefetch`` batches deep (a bounded queue: memory stays about ``prefetch`` + 2
@@ -34,6 +35,7 @@ from atlas_core.data.decode import (
     Decoded,
     DecodePolicy,
     Status,
+    as_text,
     content_hash,
     cropped,
     decode,
@@ -181,7 +183,7 @@ class ImageReader:
     def _record(self, i: int, d: Decoded) -> np.ndarray | None:
         self.status[i], self.error[i], self.hashes[i] = (
             int(d.status),
-            d.detail[:500],
+            as_text(d.detail[:500]),
             d.content_hash,
         )
         return self.pre.to_array(d.image) if d.image is not None else None
@@ -190,23 +192,30 @@ class ImageReader:
         return decode(uri, None, policy=self.policy, root=self.root)
 
     def _load(self, i: int) -> tuple[int, np.ndarray | None]:
-        if self.repeated:
-            d = cropped(self._whole(self.uris[i]), self.crops[i])
-        else:
-            d = decode(self.uris[i], self.crops[i], policy=self.policy, root=self.root)
-        return i, self._record(i, d)
+        try:
+            if self.repeated:
+                d = cropped(self._whole(self.uris[i]), self.crops[i])
+            else:
+                d = decode(self.uris[i], self.crops[i], policy=self.policy, root=self.root)
+            return i, self._record(i, d)
+        except Exception as exc:  # decode never raises; this is the resize of a hostile image
+            bad = Decoded(Status.DECODER_ERROR, detail=f"{type(exc).__name__}: {exc}")
+            return i, self._record(i, bad)
 
     def _from_tar(self) -> Iterator[tuple[int, np.ndarray | None]]:
         got = dict(stream_members(self.uris, self.policy))
         for i in range(len(self.uris)):
             yield i, self._record(i, got[i])
 
+    def _read(self, i: int) -> bytes | Decoded:
+        return read_bytes(self.uris[i], self.root, policy=self.policy)
+
     def _by_torchvision(self, pool: ThreadPoolExecutor) -> Iterator[tuple[int, Any]]:
         """Model-sized [0, 1] tensors; files torchvision refuses go through the PIL policy."""
         n = len(self.uris)
         for start in range(0, n, self.batch_size):
             ids = list(range(start, min(n, start + self.batch_size)))
-            raw = list(pool.map(lambda i: read_bytes(self.uris[i], self.root), ids))
+            raw = list(pool.map(self._read, ids))
             datas = [r if isinstance(r, bytes) else b"" for r in raw]
             decoded = decode_jpegs(datas, device=self.device, policy=self.policy)
             for i, r, t in zip(ids, raw, decoded, strict=True):

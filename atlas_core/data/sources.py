@@ -6,6 +6,7 @@ the manifest is computed once, stored, and never recomputed.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from atlas_core.data.labels import imagenet_class_names, photo_labels
+from atlas_core.data.uri import as_uri_texts, is_uri_text, uri_text
 from atlas_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 # Crop side / the photo's short side, drawn in turn: whole photos, then closer views.
@@ -45,20 +50,34 @@ _SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 class InputManifest:
     """The frozen list of inputs of a run.
 
-    uris: shape (N,), object array of str: local paths or fsspec URLs.
+    uris: shape (N,), object array of str: local paths or fsspec URLs, as URI texts
+        (:mod:`atlas_core.data.uri`: valid UTF-8 whatever the file names' bytes). An entry that
+        cannot be a text (an undecodable byte, a control character: a raw file-system name) is
+        replaced by its ``uri_text`` on construction, so the store can always hold the list.
     crops: shape (N, 4), int32 boxes (left, top, right, bottom) in source pixels; -1 = whole image.
-    root: the directory every local path must stay inside (None: no confinement).
+    root: the directory every local path must stay inside (None: no confinement), a URI text.
+    labels: (N,) int32 class per image (-1 unknown), e.g. from synsets; label_names: the name
+        of each class index.
+    unreadable: folders that could not be listed (URI texts): their files are not in the
+        manifest, so the run reports them instead.
     """
 
     uris: np.ndarray
     crops: np.ndarray
     root: str | None = None
-    labels: np.ndarray | None = None  # (N,) int32 class per image (-1 unknown), e.g. from synsets
+    labels: np.ndarray | None = None
     label_names: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.crops.shape != (len(self.uris), 4):
             raise ValueError(f"crops must have shape ({len(self.uris)}, 4), got {self.crops.shape}")
+        listed = [str(u) for u in self.uris]
+        texts = as_uri_texts(listed)
+        if texts is not listed:
+            object.__setattr__(self, "uris", np.array(texts, dtype=object))
+        if self.root is not None and not is_uri_text(self.root):
+            object.__setattr__(self, "root", uri_text(self.root))
 
     def __len__(self) -> int:
         return len(self.uris)
@@ -84,7 +103,10 @@ def photo_crops(
     """``n`` seeded square crops of the built-in photos, at several scales.
 
     Each crop takes a photo (in turn), a side of ``scale * min(w, h)`` pixels and a uniform
-    random position. The same ``(n, seed, scales)`` always gives the same manifest.
+    random position. The same ``(n, seed, scales)`` always gives the same manifest. Each crop is
+    labelled with its photo's ImageNet class (:data:`atlas_core.data.labels.PHOTO_LABELS`: e.g.
+    chelsea 285 Egyptian cat, coffee 967 espresso; -1 for textures and scientific images);
+    ``label_names`` are the 1000 ImageNet class names, so a label is a model class index.
     """
     if n <= 0:
         raise ConfigError("n", n, valid="[1, inf]", fix="ask for at least one image.")
@@ -104,8 +126,11 @@ def photo_crops(
             break
         frac[again] *= 0.9
         crops[again] = _draw(rng, sizes[which[again]], frac[again])
-    uris = np.array([str(photos[i]) for i in which], dtype=object)
-    return InputManifest(uris=uris, crops=crops, root=None)
+    uris = np.array([uri_text(str(photos[i])) for i in which], dtype=object)
+    labels = photo_labels([photos[i].name for i in which])
+    return InputManifest(
+        uris=uris, crops=crops, root=None, labels=labels, label_names=imagenet_class_names()
+    )
 
 
 def _draw(rng: np.random.Generator, sizes: np.ndarray, frac: np.ndarray) -> np.ndarray:
@@ -122,27 +147,47 @@ def folder_manifest(
     """Every file under ``path`` (recursive, sorted) whose extension looks like an image.
 
     Files are listed, not opened: a file that is not a valid image is classified when it is
-    decoded, so it gets a status in the store instead of vanishing from the manifest.
+    decoded, so it gets a status in the store instead of vanishing from the manifest. Names are
+    stored as URI texts (any bytes round-trip); folders that cannot be listed are in
+    ``unreadable``.
     """
     root = Path(path).expanduser()
     if not root.is_dir():
         raise ConfigError("path", str(path), fix="give an existing directory.")
     exts = tuple(e.lower() for e in extensions)
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+    unreadable: list[str] = []
+
+    def skipped(exc: OSError) -> None:  # a folder os.walk cannot list: counted, never dropped
+        unreadable.append(uri_text(str(exc.filename or "?")))
+        log.warning(
+            "folder %s cannot be listed (%s): its files are not inputs", unreadable[-1], exc
+        )
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=skipped, followlinks=False):
         dirnames.sort()
-        found.extend(str(Path(dirpath) / f) for f in sorted(filenames) if f.lower().endswith(exts))
+        found.extend(
+            uri_text(os.path.join(dirpath, f))
+            for f in sorted(filenames)
+            if f.lower().endswith(exts)
+        )
     if limit is not None:
         found = found[:limit]
     if not found:
+        unlisted = f" ({len(unreadable)} folders could not be listed: check their permissions)"
         raise ConfigError(
             "path",
             str(path),
-            fix=f"the directory holds no files ending in {', '.join(exts)}; add images or change "
-            "the extensions.",
+            fix=f"the directory holds no files ending in {', '.join(exts)}"
+            f"{unlisted if unreadable else ''}; add images or change the extensions.",
         )
     crops = np.full((len(found), 4), -1, dtype=np.int32)
-    return InputManifest(uris=np.array(found, dtype=object), crops=crops, root=str(root.resolve()))
+    return InputManifest(
+        uris=np.array(found, dtype=object),
+        crops=crops,
+        root=uri_text(str(root.resolve())),
+        unreadable=tuple(unreadable),
+    )
 
 
 def folder_labels(uris: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -162,8 +207,11 @@ def file_list_manifest(path: str, *, limit: int | None = None) -> InputManifest:
     import fsspec
 
     try:
-        with fsspec.open(path, "r") as f:
-            lines = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")]
+        with fsspec.open(path, "rb") as f:
+            # bytes that are not UTF-8 are a name's own bytes (surrogate escapes, made URI texts
+            # by the manifest); a line that is valid text is taken as a URI text as it is
+            text = os.fsdecode(f.read())
+        lines = [ln.strip() for ln in text.split("\n") if ln.strip() and not ln.startswith("#")]
     except FileNotFoundError as exc:
         raise ConfigError(
             "path", path, fix="give a text file with one image path or URL per line."

@@ -1,10 +1,12 @@
 """WebDataset-style tar shards: listed once into the manifest, then streamed member by member.
 
 A manifest entry of a tar member is the URI ``tar://<member>::<tar path or URL>`` (fsspec's
-chained-URL form). Nothing is ever extracted to disk: a worker opens each tar of its rows in
-stream mode (``r|*``) and decodes the wanted members as they pass. Members whose names would
-escape the archive (absolute, or with ``..``) are classified, never read; links and directories
-are not listed.
+chained-URL form), each part a URI text (:mod:`atlas_core.data.uri`: a member name that is not
+UTF-8 or holds a ``:`` is escaped, so the ``::`` that ends it is never part of it). Nothing is
+ever extracted to disk: a worker opens each tar of its rows in stream mode (``r|*``) and decodes
+the wanted members as they pass. Members whose names would escape the archive (absolute, or
+with ``..``) are classified, never read; links and directories are not listed; a member over
+the policy's byte limit is classified from its header's size, never read.
 """
 
 from __future__ import annotations
@@ -18,19 +20,21 @@ import numpy as np
 
 from atlas_core.data.decode import Decoded, DecodePolicy, Status, decode_bytes
 from atlas_core.data.sources import IMAGE_EXTENSIONS, InputManifest
+from atlas_core.data.uri import uri_path, uri_text
 from atlas_core.errors import ConfigError
 
 PREFIX = "tar://"
 
 
 def member_uri(member: str, tar: str) -> str:
-    return f"{PREFIX}{member}::{tar}"
+    """The URI text of a member (its name as tarfile gives it) of the archive ``tar``."""
+    return f"{PREFIX}{uri_text(member, reserved=':')}::{uri_text(tar)}"
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """``tar://member::path`` -> (member, path)."""
+    """``tar://member::path`` -> (member, path), each as tarfile and fsspec take it."""
     member, _, tar = uri.removeprefix(PREFIX).partition("::")
-    return member, tar
+    return uri_path(member), uri_path(tar)
 
 
 def _escapes(name: str) -> bool:
@@ -56,7 +60,7 @@ def tar_manifest(
                     for m in tf:
                         if m.isfile() and m.name.lower().endswith(exts):
                             uris.append(member_uri(m.name, tar))
-            except (tarfile.ReadError, EOFError, OSError):
+            except (tarfile.TarError, EOFError, OSError):
                 pass  # truncated: keep what was listed; decoding classifies the rest
     if not uris:
         raise ConfigError("tars", tars, fix="the tar shards hold no image members.")
@@ -86,16 +90,24 @@ def stream_members(uris: list[str], policy: DecodePolicy) -> Iterator[tuple[int,
             with fsspec.open(tar, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tf:
                 for m in tf:
                     if m.name in wanted and m.name not in seen and m.isfile():
-                        fobj = tf.extractfile(m)
-                        data = fobj.read() if fobj is not None else b""
-                        seen.add(m.name)
-                        d = decode_bytes(data, policy)
+                        d = _member(tf, m, policy)  # before seen: a read that fails is
+                        seen.add(m.name)  # classified below with the rest of the archive
                         for i in wanted[m.name]:
                             yield i, d
-        except (tarfile.ReadError, EOFError, OSError) as exc:
+        except Exception as exc:  # whatever the archive's reader raises: these rows' status
             detail, broken = f"archive truncated or unreadable: {type(exc).__name__}: {exc}", True
         for member, rows in wanted.items():
             if member not in seen:
                 status = Status.TRUNCATED if broken else Status.MISSING
                 for i in rows:
                     yield i, Decoded(status, detail=detail)
+
+
+def _member(tf: tarfile.TarFile, m: tarfile.TarInfo, policy: DecodePolicy) -> Decoded:
+    """One member decoded; one over ``policy.max_bytes`` (its header's size) is never read."""
+    if m.size > policy.max_bytes:
+        return Decoded(
+            Status.TOO_LARGE, detail=f"{m.size} bytes, over the limit of {policy.max_bytes} bytes"
+        )
+    fobj = tf.extractfile(m)
+    return decode_bytes(fobj.read() if fobj is not None else b"", policy)

@@ -23,7 +23,9 @@ import numpy as np
 class MomentTree:
     """Partial sums of ``n_shards`` shards for several layers, combined in a fixed tree.
 
-    ``add(shard, sums, counts)``: sums is {layer: (C, C) float64}, counts {layer: int}.
+    ``add(shard, sums, counts)``: sums is {layer: (C, C) float64}, counts {layer: int}. A
+    shard may hold any subset of the keys (none, when every row of it failed): what it lacks
+    counts as zero with count 0.
     """
 
     def __init__(self, n_shards: int) -> None:
@@ -79,7 +81,7 @@ class MomentTree:
             arrays[f"b{j}_at"] = np.array([level, i])
             for name in sums:
                 arrays[f"b{j}_sum_{name}"] = sums[name]
-                arrays[f"b{j}_count_{name}"] = np.array([counts[name]])
+                arrays[f"b{j}_count_{name}"] = np.array([counts.get(name, 0)])
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         return buf.getvalue()
@@ -104,7 +106,7 @@ class MomentTree:
 def partial_to_bytes(sums: dict[str, np.ndarray], counts: dict[str, int]) -> bytes:
     """One shard's partial sums (what its task persists beside its marker)."""
     arrays: dict[str, Any] = {f"sum_{k}": v for k, v in sums.items()}
-    arrays |= {f"count_{k}": np.array([c]) for k, c in counts.items()}
+    arrays |= {f"count_{k}": np.array([counts.get(k, 0)]) for k in sums}
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -120,9 +122,18 @@ def _combine(
     left: tuple[dict[str, np.ndarray], dict[str, int]],
     right: tuple[dict[str, np.ndarray], dict[str, int]] | None,
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """left + right, key by key over the keys either side has: a part one side lacks (a shard
+    whose rows all failed, or whose sampled rows did: the spectrum's every 8th) is zero with
+    count 0, so the other side's value is taken as it is (x + 0 is x, to the bit)."""
     if right is None:
         return left
-    return (
-        {k: left[0][k] + right[0][k] for k in left[0]},
-        {k: left[1][k] + right[1][k] for k in left[1]},
-    )
+    sums: dict[str, np.ndarray] = {}
+    for k in sorted(left[0].keys() | right[0].keys()):
+        if k in left[0] and k in right[0]:
+            sums[k] = left[0][k] + right[0][k]
+        else:
+            sums[k] = left[0][k] if k in left[0] else right[0][k]
+    counts = {
+        k: left[1].get(k, 0) + right[1].get(k, 0) for k in sorted(left[1].keys() | right[1].keys())
+    }
+    return sums, counts

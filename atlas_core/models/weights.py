@@ -51,16 +51,26 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd: Mapping[str, object] = load_file(str(path), device="cpu")
-    else:
         try:
-            sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # the unpickler refuses code objects: say so plainly
+            sd: Mapping[str, object] = load_file(str(path), device="cpu")
+        except Exception as exc:  # SafetensorError, a short read: the file is damaged
             raise ConfigError(
                 "weights",
                 str(path),
-                fix=f"the file could not be read safely ({type(exc).__name__}: {exc}). "
-                "Convert it to safetensors, or save a plain state_dict of tensors.",
+                fix=f"the file is not a readable safetensors file ({type(exc).__name__}: "
+                f"{exc}): it is truncated or damaged. Copy it again (compare its size and "
+                "checksum with the source), or give a .pth state dict instead.",
+            ) from exc
+    else:
+        try:
+            sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # refused code objects, or a damaged file: say so plainly
+            raise ConfigError(
+                "weights",
+                str(path),
+                fix=f"the file could not be read safely ({type(exc).__name__}: {exc}). If it "
+                "is truncated or damaged, copy it again; if it pickles code, convert it to "
+                "safetensors or save a plain state_dict of tensors.",
             ) from exc
     for key in _WRAPPER_KEYS:
         inner = sd.get(key) if isinstance(sd, Mapping) else None

@@ -2,11 +2,14 @@
 
 Object stores have no rename, so data keys are deterministic and the marker is the commit: a
 shard or stage without a valid marker is unfinished, whatever data exists. Markers live in
-``<run_dir>/markers/`` and are read and written through fsspec (local paths or URLs).
+``<run_dir>/markers/`` and are read and written through fsspec (local paths or URLs), each
+written whole (:func:`write_json_atomic`: a temporary file renamed over it locally, one PUT on an
+object store), so a failed write never leaves a torn marker or destroys the previous one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +26,52 @@ def fingerprint(obj: Any) -> str:
     """A short stable hash of a JSON-able value (sorted keys): the identity of a configuration."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is the local file system (rename is atomic there; not on object stores)."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
+
+
+def write_bytes_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` whole: a reader sees the old content or the new, never a
+    part, and a write that fails (a full disk, a killed process) leaves the old content.
+
+    Locally: a temporary file in the same folder, written, fsynced, then ``os.replace``d over
+    ``path`` (the folder is fsynced too, so the rename survives a crash). On an object store,
+    where rename is a copy: one PUT of the whole object, which stores publish atomically.
+    """
+    folder = path.rsplit("/", 1)[0] if "/" in path else "."
+    if not is_local(fs):
+        fs.pipe_file(path, data)
+        return
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask's permissions
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # durability of the rename; some file systems refuse
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_json_atomic(fs: Any, path: str, obj: Any) -> None:
+    """``obj`` as JSON (sorted keys; anything else as ``str``), written by
+    :func:`write_bytes_atomic`: serialized whole before the first byte is written."""
+    write_bytes_atomic(fs, path, json.dumps(obj, sort_keys=True, default=str).encode())
 
 
 def read_many(fs: Any, paths: list[str]) -> list[bytes | Exception]:
@@ -49,10 +98,10 @@ class Markers:
         return f"{self.root}/{name}.json"
 
     def write(self, name: str, record: dict[str, Any]) -> None:
+        """Write (or replace) a marker whole (:func:`write_json_atomic`)."""
         path = self._path(name)
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "w") as f:
-            json.dump(record, f, sort_keys=True, default=str)
+        write_json_atomic(self.fs, path, record)
 
     def read(self, name: str) -> dict[str, Any] | None:
         """The marker's record, or None if it is missing or unreadable (a torn write)."""
@@ -69,13 +118,7 @@ class Markers:
         whole: a temporary file renamed over it locally, one PUT on an object store."""
         path = self._path(name).removesuffix(".json")
         self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        if getattr(self.fs, "protocol", None) in ("file", ("file", "local")):
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        write_bytes_atomic(self.fs, path, data)
 
     def read_blob(self, name: str) -> bytes | None:
         try:

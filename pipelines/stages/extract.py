@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -97,7 +97,7 @@ def build_manifest(data: DataConf, seed: int) -> InputManifest:
             man = folder_manifest(str(data.path), extensions=data.extensions, limit=data.limit)
             if data.labels == "folder":
                 labels, names = folder_labels(man.uris)
-                man = InputManifest(man.uris, man.crops, man.root, labels, names)
+                man = replace(man, labels=labels, label_names=names)
             return man
         return photo_crops(data.n_images, seed=seed, scales=data.scales)
 
@@ -329,6 +329,7 @@ def _open_or_create(ctx: StageRun, loc: RunLocation, markers: Markers) -> RunSto
         "model": s.model.name,
         "decode_policy": DECODE_POLICY,
         "model_card": ctx.card.to_json(),
+        "unreadable_folders": list(manifest.unreadable),
     }
     return RunStore.create(
         loc.store_url,
@@ -434,6 +435,7 @@ def _summarize(store: RunStore, n_shards: int, records: list[dict[str, Any]]) ->
             "images_ok": by_status.get("ok", 0),
             "images_failed": sum(failed.values()),
             "images_lost": by_status.get("pending", 0),
+            "unreadable_folders": len(store.attrs.get("unreadable_folders", [])),
             "failed_by_reason": failed,
             "samples": by_status.get("ok", 0) * store.k,
             "shards": n_shards,

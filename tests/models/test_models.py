@@ -122,3 +122,23 @@ def test_the_second_network_knows_them_too() -> None:
     with torch.no_grad():
         assert m.module(x).argmax(-1).tolist() == [285, 967]
     assert tuple(x.shape) == (2, 3, 260, 260) and m.num_classes == 1000
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_a_corrupt_weights_file_is_a_config_error_naming_it(tmp_path: Path, suffix: str) -> None:
+    """Issue 26: a damaged file (cut short, or overwritten) stops with the file and the fix, not
+    a traceback."""
+    sd = {k: v.contiguous() for k, v in TinyNet(seed=1).state_dict().items()}
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".safetensors":
+        save_file(sd, str(good))
+    else:
+        torch.save(sd, good)
+    blob = good.read_bytes()
+    for name, data in {"cut": blob[: len(blob) // 2], "noise": b"\x07" * 4096}.items():
+        bad = tmp_path / f"{name}{suffix}"
+        bad.write_bytes(data)
+        with pytest.raises(ConfigError) as e:
+            load_model(ModelSpec(name="tiny", weights=str(bad)))
+        msg = str(e.value)
+        assert str(bad) in msg and "Fix:" in msg and "copy it again" in msg.lower()
