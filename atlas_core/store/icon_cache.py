@@ -29,17 +29,11 @@ from atlas_core.store.markers import is_local, read_many, write_bytes_atomic
 log = logging.getLogger(__name__)
 
 
-def group_key(
-    directions: np.ndarray,
-    seeds: Sequence[int],
-    context: dict[str, Any],
-    whiten: np.ndarray | None,
-) -> str:
-    """One key for a group of icons (G, C) with their seeds: sha256 over the context, the
-    whitening matrix, then every direction's float32 bytes and seed in order."""
+def group_key(directions: np.ndarray, seeds: Sequence[int], context: dict[str, Any]) -> str:
+    """One key for a group of icons (G, C) with their seeds: sha256 over the context (the
+    model, the layer, and the recipe's identity, which holds its arrays by digest), then every
+    direction's float32 bytes and seed in order."""
     h = hashlib.sha256(json.dumps(context, sort_keys=True, default=str).encode())
-    if whiten is not None:
-        h.update(np.ascontiguousarray(whiten, np.float32).tobytes())
     for d, seed in zip(np.ascontiguousarray(directions, np.float32), seeds, strict=True):
         h.update(d.tobytes())
         h.update(int(seed).to_bytes(8, "little"))

@@ -21,15 +21,13 @@ whoever writes a record).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 
-from atlas_core.store.markers import Markers
+from atlas_core.store.markers import Markers, is_local, write_bytes_atomic
 
 if TYPE_CHECKING:
     from atlas_core.store.icon_cache import IconCache
@@ -176,31 +174,13 @@ class RunLocation:
         return value if isinstance(value, dict) else None
 
     def write_bytes(self, url: str, data: bytes) -> None:
-        """Write a whole file, creating its folder: locally a temporary file renamed over the
-        target (never a torn file), on an object store one PUT (objects appear whole)."""
+        """Write a whole file, creating its folder, atomically (:func:`write_bytes_atomic`:
+        locally a temporary file renamed over the target, on an object store one PUT)."""
         fs, path = fsspec.core.url_to_fs(url, **self.storage_options)
-        folder = path.rsplit("/", 1)[0]
-        fs.makedirs(folder, exist_ok=True)
-        if not _is_local_fs(fs):
-            fs.pipe_file(path, data)
-            return
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        if not is_local(fs):
+            fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        write_bytes_atomic(fs, path, data)
 
     def write_json(self, url: str, value: Any) -> None:
         data = json.dumps(value, indent=2, sort_keys=True, default=str).encode("utf-8")
         self.write_bytes(url, data)
-
-
-def _is_local_fs(fs: Any) -> bool:
-    protocol = getattr(fs, "protocol", None)
-    names = protocol if isinstance(protocol, tuple) else (protocol,)
-    return "file" in names or "local" in names

@@ -115,6 +115,9 @@ class Layout(Node):
     ARRAYS: ClassVar[dict[str, ArraySpec]] = {
         "layout": _smp("float32", NAN, 2),
         "layout_raw": _smp("float32", NAN, 2),
+        # the sample rows UMAP was fitted on (ascending): every other row, and any new input,
+        # is placed by its nearest ones (atlas_core.reduce.Landmarks)
+        "landmark_rows": ArraySpec("int64", -1, ("L",)),
     }
 
 

@@ -438,6 +438,14 @@ class RunStore:
             return False
         return True
 
+    def level_sizes(self, layer: str) -> list[int]:
+        """The grid sizes this view holds for ``layer`` (its levels), ascending."""
+        path = f"{self.prefix}layers/{layer}/grid"
+        node = self.group.get(path)
+        if not isinstance(node, zarr.Group):
+            return []
+        return sorted(int(name) for name in node.group_keys() if name.isdigit())
+
     def group_attrs(self, path: str) -> dict[str, Any]:
         return dict(self.group[path].attrs)
 

@@ -303,8 +303,15 @@ def run(ctx: StageRun) -> StageResult:
         "joint_layers": joint,
         **quality,
     }
+    placement = {
+        "metric": r.metric,
+        "pca_dim": r.pca_dim,
+        "seed": r.seed,
+        "place_neighbors": r.place_neighbors,
+    }
     for name in s.joint_layers or (s.layer,):
-        write_layout(store, name, norm, attrs)
+        write_layout(store, name, norm, {**attrs, "placement": placement})
+        store.layout_node(name).put("landmark_rows", fit_rows.astype(np.int64))
     log.info("reduce: %d rows (fit on %d with %s): %s", len(ok), len(fit_rows), where, quality)
     details = {
         "backend": where["backend"],

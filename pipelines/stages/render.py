@@ -276,7 +276,7 @@ def _plan_level(
             continue
         groups = range(a, b, group) if r.cache else range(0)
         keys = tuple(
-            group_key(grid.mean[g : min(b, g + group)], seeds[g : min(b, g + group)], context, None)
+            group_key(grid.mean[g : min(b, g + group)], seeds[g : min(b, g + group)], context)
             for g in groups
         )
         out.append(RenderItem(size, a, grid.mean[a:b], tuple(seeds[a:b]), keys))

@@ -106,15 +106,15 @@ def test_a_killed_actor_is_replaced_and_every_item_is_committed_once(ray_session
 def test_icon_cache_keys_and_round_trip(tmp_path: Path) -> None:
     dirs = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
     ctx = {"model": "tiny", "layer": "blocks.2", "steps": 4}
-    key = group_key(dirs, [1, 2, 3], ctx, None)
-    assert key == group_key(dirs.copy(), [1, 2, 3], dict(ctx), None)
-    assert key != group_key(dirs, [1, 2, 3], {**ctx, "steps": 5}, None)
-    assert key != group_key(dirs, [1, 2, 3], ctx, np.eye(8))
-    assert key != group_key(dirs, [1, 2, 4], ctx, None)  # an icon's seed is part of the key
-    assert key != group_key(dirs[::-1].copy(), [3, 2, 1], ctx, None)  # so is the order
+    key = group_key(dirs, [1, 2, 3], ctx)
+    assert key == group_key(dirs.copy(), [1, 2, 3], dict(ctx))
+    assert key != group_key(dirs, [1, 2, 3], {**ctx, "steps": 5})
+    assert key != group_key(dirs, [1, 2, 3], {**ctx, "recipe": {"whiten": "ab12"}})
+    assert key != group_key(dirs, [1, 2, 4], ctx)  # an icon's seed is part of the key
+    assert key != group_key(dirs[::-1].copy(), [3, 2, 1], ctx)  # so is the order
     dirs2 = dirs.copy()
     dirs2[1, 0] += 1e-6
-    assert group_key(dirs2, [1, 2, 3], ctx, None) != key
+    assert group_key(dirs2, [1, 2, 3], ctx) != key
     cache = IconCache(str(tmp_path / "cache"))
     icons = np.arange(3 * 4 * 4 * 3, dtype=np.uint8).reshape(3, 4, 4, 3)
     cache.put_many({key: CachedGroup(icons, np.array([1.5, 2, 3]), np.array([0.25, 0, 1]))})
