@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test lint bench bench-scale clean-runs
+.PHONY: demo test lint bench bench-scale bench-explore clean-runs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 # and the projection to ImageNet, in benchmarks/results/scale.json (tens of minutes on 2 cores)
 bench-scale: $(STAMP)
 	$(PY) -m benchmarks.scale_bench
+
+# the explorer at 100k and 1M samples in headless chromium (a synthetic store composed by the
+# real compose stage): open, points, lasso, heap; benchmarks/results/explore.json
+bench-explore: $(STAMP)
+	$(PY) -m benchmarks.explore_bench
 
 clean-runs:
 	rm -rf runs
