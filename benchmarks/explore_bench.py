@@ -225,6 +225,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--keep", default="", help="keep each run under this folder (<n>/)")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -232,18 +233,8 @@ def main() -> None:
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="explore-bench-") as tmp:
-            run_dir = Path(tmp) / "run"
-            with Timer() as t:
-                make_store(run_dir, n)
-            compose_s = compose(run_dir)
-            row = {
-                "n": n,
-                "store_s": t.seconds,
-                "compose_s": compose_s,
-                **points_files(run_dir),
-                **measure(run_dir, chromium),
-                "load": os.getloadavg()[0],
-            }
+            run_dir = Path(args.keep) / str(n) if args.keep else Path(tmp) / "run"
+            row = {"n": n, **_one(run_dir, n, chromium)}
         log.info("%s", row)
         rows.append(row)
     _table(rows)
@@ -256,6 +247,22 @@ def main() -> None:
             "growth": _growth(rows) if len(rows) > 1 else None,
         },
     )
+
+
+def _one(run_dir: Path, n: int, chromium: str) -> dict[str, Any]:
+    """Build, compose and measure one size."""
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    with Timer() as t:
+        make_store(run_dir, n)
+    compose_s = compose(run_dir)
+    return {
+        "store_s": t.seconds,
+        "compose_s": compose_s,
+        **points_files(run_dir),
+        **measure(run_dir, chromium),
+        "load": os.getloadavg()[0],
+    }
 
 
 def _growth(rows: list[dict[str, Any]]) -> dict[str, float]:

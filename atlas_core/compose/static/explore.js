@@ -160,16 +160,25 @@
     }
 
     function inside(poly, x, y, keep) { // even-odd rule over the polygon [[x, y], ...]
-      const m = poly.length, res = new Uint8Array(x.length);
+      // edges are bucketed by the horizontal bands they span: a point tests only its band's
+      // edges, and an edge outside it cannot cross the point's ray (the same result as all)
+      const m = poly.length, res = new Uint8Array(x.length), B = Math.max(1, Math.min(256, m));
       let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
       for (const [px, py] of poly) { x0 = Math.min(x0, px); x1 = Math.max(x1, px); y0 = Math.min(y0, py); y1 = Math.max(y1, py); }
+      const band = (v) => Math.min(B - 1, Math.max(0, Math.floor(((v - y0) / (y1 - y0 || 1)) * B)));
+      const bands = Array.from({ length: B }, () => []);
+      for (let p = 0, q = m - 1; p < m; q = p++) {
+        const lo = band(Math.min(poly[p][1], poly[q][1])), hi = band(Math.max(poly[p][1], poly[q][1]));
+        for (let k = lo; k <= hi; k++) bands[k].push(poly[p][0], poly[p][1], poly[q][0], poly[q][1]);
+      }
       for (let i = 0; i < x.length; i++) {
         if (!keep[i]) continue;
         const a = x[i], b = y[i];
         if (a < x0 || a > x1 || b < y0 || b > y1) continue;
+        const e = bands[band(b)];
         let odd = false;
-        for (let p = 0, q = m - 1; p < m; q = p++) {
-          const xi = poly[p][0], yi = poly[p][1], xj = poly[q][0], yj = poly[q][1];
+        for (let j = 0; j < e.length; j += 4) {
+          const xi = e[j], yi = e[j + 1], xj = e[j + 2], yj = e[j + 3];
           if ((yi > b) !== (yj > b) && a < ((xj - xi) * (b - yi)) / (yj - yi) + xi) odd = !odd;
         }
         if (odd) res[i] = 1;
@@ -534,8 +543,12 @@
       } else drawing.pts.push(p);
       drawing.line.setLatLngs(drawing.pts.map(([x, y]) => pane.toLatLng(x, y)));
     });
+    let swallow = false; // the click that ends a drawing is not a click on a cell
+    pane.div.addEventListener("click", (ev) => { if (swallow) { swallow = false; ev.stopImmediatePropagation(); } }, true);
     pane.map.on("mouseup", () => {
       if (!drawing) return;
+      swallow = true;
+      setTimeout(() => { swallow = false; }, 0);
       const pts = drawing.pts.map(([x, y]) => [+x.toFixed(5), +y.toFixed(5)]); // the hash's precision
       polyLayer.removeLayer(drawing.line);
       drawing = null;
