@@ -9,7 +9,9 @@ when a source is shown. Number arrays travel as base64 of little-endian typed ar
 level's cells are a few MB, not tens). Exemplar patches and source thumbnails are not copied:
 the page reads the exemplars stage's own sheets (``../exemplars/<L>/``). The links to the run's
 other views and reports are not compose's: the runner writes them (``viewer/data/links.js``,
-:func:`write_links`) from the views' markers, after every run.
+:func:`write_links`) from the views' markers, after every run. The explorer's points
+(``viewer/data/points/``, :func:`write_points`) are read from the store a block of images at a
+time and loaded by the page only when its points, a filter or a selection need them.
 """
 
 from __future__ import annotations
