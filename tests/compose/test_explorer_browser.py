@@ -289,3 +289,36 @@ def test_the_error_rate_per_cell_is_the_brute_force_one(labelled, browser) -> No
             assert n == int(here.sum())
             assert rate == float((st.pred[here] != st.label[here]).sum() / here.sum())
         p.clean()
+
+
+def test_a_run_without_labels_has_points_and_filters_but_no_error_map(
+    labelled, browser, tmp_path
+) -> None:
+    """The same run with ``images/label`` removed and compose run again."""
+    from pipelines.core.stage import StageRun
+    from pipelines.core.views import MAIN
+    from pipelines.stages import compose
+
+    bare = tmp_path / "run"
+    shutil.copytree(labelled, bare)
+    del zarr.open_group(str(bare / "atlas.zarr"), mode="r+")["images/label"]
+    s, _ = debug_settings(f"run_dir={bare}", "grid.sizes=[4,8]", "extract.samples_per_image=2")
+    compose.run(StageRun("compose", s, MAIN, "test"))
+    (bare / "viewer" / "data" / "links.js").write_text("window.ATLAS_LINKS = [];\n")
+    st = Store(labelled)
+    p = Page(browser, _url(bare) + "#z=1&x=0.5&y=0.5&p=1&pc=correct&e=1")
+    assert p.explore()["drawn"] == len(st.rows) == p.n("#pcount")
+    assert p.page.is_disabled("#f-label") and p.page.is_disabled("#errors")
+    assert "no labels" in p.page.inner_text("#errors-note")
+    assert p.explore()["errors"] == [] and p.explore()["confusions"] == []
+    cls = int(np.bincount(st.pred).argmax())
+    p.page.fill("#f-pred", f"class {cls}")  # the toy model's own names, this time
+    p.page.dispatch_event("#f-pred", "change")
+    p.settle()
+    assert p.n("#pcount") == int((st.pred == cls).sum())
+    with p.page.expect_download() as dl:
+        p.page.click("#export")  # no selection: the filter's samples
+    table = list(csv.DictReader(io.StringIO(open(dl.value.path()).read())))
+    assert [int(r["row"]) for r in table] == st.rows[st.pred == cls].tolist()
+    assert "label" not in table[0]
+    p.clean()
