@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 
-.PHONY: demo test lint docs bench bench-scale gpu-check fuzz clean-runs
+.PHONY: demo test lint docs bench bench-scale bench-explore gpu-check fuzz clean-runs
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ fuzz: $(STAMP)
 	ATLAS_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ATLAS_FUZZ_REPORT=benchmarks/results/fuzz.json \
 		$(PY) -m pytest -q -p no:cacheprovider -o log_cli=true -o log_cli_level=INFO \
 		--timeout=0 tests/data/test_fuzz.py
+
+# the explorer at 100k and 1M samples in headless chromium (a synthetic store composed by the
+# real compose stage): open, points, lasso, heap; benchmarks/results/explore.json
+bench-explore: $(STAMP)
+	$(PY) -m benchmarks.explore_bench
 
 clean-runs:
 	rm -rf runs

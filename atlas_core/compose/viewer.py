@@ -24,7 +24,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; object-src 'none'"
 )
-_STATIC = ("viewer.js", "viewer.css")
+_STATIC = ("viewer.js", "explore.js", "viewer.css")
 _LEAFLET = ("leaflet.js", "leaflet.css", "LICENSE")
 
 _PAGE = """<!doctype html>
@@ -52,8 +52,47 @@ _PAGE = """<!doctype html>
  <span id="heatinfo" aria-live="polite"></span>
 </div>
 <main id="panes"></main>
+<div id="side">
+<section id="explore" aria-label="the samples: points, filters, selection"
+ hidden>
+ <h2>Samples</h2>
+ <div class="row"><label><input id="pts" type="checkbox"> points</label>
+  <label for="pcolour">colour by</label> <select id="pcolour">
+  <option value="pred">predicted class</option>
+  <option value="label">label</option><option value="correct">correct or wrong</option>
+  <option value="conf">confidence</option><option value="source">source</option></select></div>
+ <div class="row"><label for="popacity">opacity</label>
+  <input id="popacity" type="range" min="0.1" max="1" step="0.05" value="0.85">
+  <label><input id="punder" type="checkbox"> under the icons</label></div>
+ <div id="legend"></div>
+ <fieldset id="filters"><legend>Filters</legend>
+  <label for="f-pred">predicted</label> <input id="f-pred" list="pclasses" autocomplete="off">
+  <label for="f-label">label</label> <input id="f-label" list="plabels" autocomplete="off">
+  <label for="f-correct">answer</label> <select id="f-correct"><option value="">any</option>
+  <option value="correct">correct</option><option value="wrong">wrong</option></select>
+  <label for="f-lo">confidence from</label> <input id="f-lo" type="number" min="0" max="1"
+  step="0.05" value="0"> <label for="f-hi">to</label> <input id="f-hi" type="number" min="0"
+  max="1" step="0.05" value="1">
+  <label for="f-source">source</label> <input id="f-source" list="psources" autocomplete="off">
+  <button id="f-reset" type="button">reset</button>
+  <datalist id="pclasses"></datalist><datalist id="plabels"></datalist>
+  <datalist id="psources"></datalist>
+ </fieldset>
+ <p id="pcount" aria-live="polite"></p>
+ <div class="row" role="group" aria-label="selection"><button id="sel-lasso" type="button"
+ aria-pressed="false">lasso</button> <button id="sel-box" type="button" aria-pressed="false">box
+ </button> <button id="sel-clear" type="button">clear</button> <button id="export"
+ type="button">export CSV</button></div>
+ <p id="sel-count" aria-live="polite"></p>
+ <div id="hists"></div>
+ <div id="sel-patches"></div>
+ <div class="row"><label><input id="errors" type="checkbox"> error rate per cell</label>
+ <span id="errors-note"></span></div>
+ <h3 id="confusions-title"></h3><ol id="confusions"></ol>
+</section>
 <aside id="card" aria-live="polite"><p class="hint">Hover over the atlas, or focus it and press
 Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
+</div>
 <div id="source" role="dialog" aria-modal="true" aria-labelledby="source-name" hidden>
  <div class="frame" id="source-frame"><img id="source-img" alt="source image"><div
  id="source-mark"></div></div>
@@ -61,6 +100,7 @@ Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
 </div>
 __SCRIPTS__
 <script src="__PREFIX__lib/leaflet/leaflet.js"></script>
+<script src="__PREFIX__explore.js"></script>
 <script src="__PREFIX__viewer.js"></script>
 </body></html>
 """

@@ -8,24 +8,13 @@ holds (x and y in [0, 1]).
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
 import numpy as np
 
+from atlas_core.compose.points import Sources
 from atlas_core.grid import cell_index
 from atlas_core.store import RunStore
-
-
-def source_groups(uris: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """(source index per image (n,) int32, source names): the images' parent folders when they
-    come from several, else their files (the demo's crops: one photo each)."""
-    text = [str(u).removeprefix("tar://").split("::", 1)[0] for u in uris]
-    folders = [posixpath.dirname(t) for t in text]
-    keys = folders if len(set(folders)) > 1 else text
-    names, codes = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-    short = [posixpath.basename(str(n).rstrip("/")) or str(n) for n in names]
-    return codes.astype(np.int32), short
 
 
 @dataclass(frozen=True)
@@ -34,7 +23,8 @@ class Columns:
     layer's grid, x and y (float32), ok (bool), pred and prob (the image's top class and its
     probability; -1 / NaN without), top (N * k, t) classes and top_prob, label (-1: none),
     correct (float32: 1, 0, NaN without a label or prediction), source (int32, into
-    ``source_names``), and per grid size the cell (ix, iy) of every row (-1 for holes)."""
+    ``source_names``: :func:`atlas_core.compose.points.source_of`, as the page has them), and
+    per grid size the cell (ix, iy) of every row (-1 for holes)."""
 
     image: np.ndarray
     pos: np.ndarray
@@ -68,7 +58,9 @@ class Columns:
         label = labels if labels is not None else np.full(len(image), -1, np.int32)
         pred = top_s[:, 0] if t else np.full(len(image), -1, np.int32)
         correct = np.where((label >= 0) & (pred >= 0), (label == pred).astype(np.float32), np.nan)
-        codes, names = source_groups(img.uris())
+        sources = Sources()
+        codes = sources(img.uris(), img.crops()).astype(np.int32)
+        names = sources.names()
         cells = {}
         for g in sizes:
             flat = cell_index(xy, g)

@@ -9,7 +9,9 @@ when a source is shown. Number arrays travel as base64 of little-endian typed ar
 level's cells are a few MB, not tens). Exemplar patches and source thumbnails are not copied:
 the page reads the exemplars stage's own sheets (``../exemplars/<L>/``). The links to the run's
 other views and reports are not compose's: the runner writes them (``viewer/data/links.js``,
-:func:`write_links`) from the views' markers, after every run.
+:func:`write_links`) from the views' markers, after every run. The explorer's points
+(``viewer/data/points/``, :func:`write_points`) are read from the store a block of images at a
+time and loaded by the page only when its points, a filter or a selection need them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas_core.compose.points import DETAIL_IMAGES, PointsWriter, Sources
 from atlas_core.compose.tiles import Level
 from atlas_core.compose.viewer import (
     data_script,
@@ -281,6 +284,7 @@ def write_viewer(ctx: StageRun, store: RunStore, levels: list[Level]) -> list[st
         loc.write_bytes(f"{out}/{rel}", data)
     for name, data in files.items():
         loc.write_bytes(f"{out}/data/{name}", data)
+    run["points"] = write_points(ctx, store, levels, f"{out}/data/points")  # the explorer's
     loc.write_bytes(f"{out}/data/atlas.js", data_script(run).encode("utf-8"))
     scripts = ["data/atlas.js", "data/links.js"]
     loc.write_bytes(f"{out}/index.html", page_html(run["title"], scripts).encode("utf-8"))
@@ -328,3 +332,51 @@ def write_links(s: Settings, views: list[View], markers: Markers) -> None:
         links = main if v.is_main else (back if "stage-compose" in done else [])
         script = f"window.ATLAS_LINKS = {safe_json(links)};\n"
         loc.write_bytes(loc.file(*LINKS), script.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------- the explorer's points
+def write_points(
+    ctx: StageRun, store: RunStore, levels: list[Level], out: str
+) -> dict[str, Any] | None:
+    """Every sample of the view's layout as the explorer's typed columns under ``out``
+    (:mod:`atlas_core.compose.points`), read from the store a block of images at a time;
+    returns the run record's ``points`` entry (None: the view has no layout)."""
+    layout = store.layout_node(ctx.s.layer)
+    if not layout.has("layout"):
+        return None
+    img, k, n = store.images, store.k, store.n_images
+    labelled = img.has("label")
+
+    def put(name: str, data: bytes) -> None:
+        ctx.loc.write_bytes(f"{out}/{name}", data)
+
+    writer = PointsWriter(put, k=k, levels=[lv.size for lv in levels], labelled=labelled)
+    sources, topk = Sources(), 0
+    for a in range(0, n, DETAIL_IMAGES):
+        b = min(n, a + DETAIL_IMAGES)
+        xy = layout.read("layout", a * k, b * k)
+        uri, top = img.uris(a, b), img.read("top_class", a, b)
+        prob, topk = img.read("top_prob", a, b), top.shape[1]
+        label = img.read("label", a, b) if labelled else None
+        rows = np.flatnonzero(~np.isnan(xy).any(axis=1))
+        image = rows // k
+        writer.add(
+            row=rows + a * k,
+            x=xy[rows, 0],
+            y=xy[rows, 1],
+            pred=top[image, 0] if topk else np.full(len(rows), -1),
+            conf=prob[image, 0] if topk else np.full(len(rows), np.nan),
+            source=sources(uri, img.crops(a, b))[image],
+            label=None if label is None else label[image],
+        )
+        writer.add_details(a, uri, top, prob, store.samples.read("pos", a * k, b * k))
+    ex = store.exemplars(ctx.s.layer).index()
+    if ex is not None:
+        good = np.flatnonzero((ex["ok"] == 1) & (ex["row"] >= 0))
+        writer.add_patches(ex["row"][good], good, ex["slot"][good], ex["box"][good])
+    names = store.array("images/label").attrs.get("names") if labelled else None
+    label_names = [str(v) for v in names] if isinstance(names, list) else []
+    head = writer.finish(
+        ctx.card.class_name, sources.names(), label_names, topk=topk, patches=ex is not None
+    )
+    return {"n": head["n"], "labelled": labelled, "header": "points/points.js"}

@@ -349,8 +349,10 @@ STAGE = Stage(
     outputs=outputs,
     reads="`grid/<G>/{cell,count,icons,icon_alpha,icon_cosine,icon_margin,icon_rank,top_*,"
     "attr_top_*,heat,exemplar_row}`, "
-    "`layers/<L>/exemplars/*`",
-    writes="`viewer/` (tiles, icon sheets, data per level and per card chunk, page, Leaflet), "
+    "`layers/<L>/exemplars/*`, "
+    "`layers/<L>/layout`, `images/{uri,top_class,top_prob,label}`, `samples/pos` (the points)",
+    writes="`viewer/` (tiles, icon sheets, data per level and per card chunk, the explorer's "
+    "points, page, Leaflet), "
     "`atlas.png`, `atlas-<G>.png` (in the view's folder)",
     ray="one task per band of tile rows of each zoom, per overview strip, per icon sheet "
     "(`map_tasks`); each reads only the icons of its band",

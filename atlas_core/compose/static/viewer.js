@@ -26,6 +26,8 @@
   let query = "";
   let syncing = false;
   let busy = 0;
+  // the explorer (explore.js) plugs in here: hash fields, overlay cells, card lines
+  const hooks = { write: [], read: [], overlay: [], card: [] };
 
   // ------------------------------------------------------------------ loading data files
   const loaded = new Map();
@@ -58,6 +60,7 @@
   }
 
   function typed(b64, T) {
+    if (Uint8Array.fromBase64) return new T(Uint8Array.fromBase64(b64).buffer); // 4x atob's loop
     const bin = atob(b64);
     const u8 = new Uint8Array(bin.length);
     for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
@@ -314,6 +317,7 @@
         return [p.x, p.y, q.x - p.x, q.y - p.y];
       };
       const hs = this.heatShown, values = hs ? this.heatLoaded(lv, hs.name) : null;
+      for (const f of hooks.overlay) f(this, ctx, lv, rect);
       if (values) {
         const sign = hs.negative ? -1 : 1;
         let top = 0;
@@ -423,6 +427,7 @@
     s.appendChild(el("h2", null, "Cell (" + cell.ix + ", " + cell.iy + ") of " + lv.size + " \u00d7 " + lv.size));
     s.appendChild(iconBox(pane, lv, cell));
     s.appendChild(el("p", "count", d.count[cell.i] + " activations"));
+    for (const f of hooks.card) { const line = f(pane, cell); if (line) s.appendChild(el("p", "passing", line)); }
     const attr = lv.kind === "attribution";
     s.appendChild(el("h4", null, attr ? "Top classes (mean attribution)" : "Top classes (predictions)"));
     const ol = el("ol", "top");
@@ -571,6 +576,7 @@
     if (selected) h.set("c", selected.ix + "," + selected.iy);
     if (query) h.set("q", query);
     if ($("heat").checked) h.set("h", $("heatneg").checked ? "neg" : "1");
+    for (const f of hooks.write) f(h);
     const next = "#" + h.toString();
     if (location.hash !== next) {
       try { history.replaceState(null, "", next); } catch (err) { /* some file:// setups */ }
@@ -593,7 +599,7 @@
     $("heatneg").checked = h.get("h") === "neg";
     const m = /^(\d+),(\d+)$/.exec(h.get("c") || "");
     selected = m ? { size: p.level().size, ix: +m[1], iy: +m[2] } : null;
-    return ensure().then(refresh);
+    return Promise.all(hooks.read.map((f) => f(h))).then(ensure).then(refresh);
   }
 
   // ------------------------------------------------------------------ wiring
@@ -672,6 +678,11 @@
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeSource(); });
     window.addEventListener("hashchange", readHash);
     panes.forEach(wire);
+    if (window.ATLAS_EXPLORE) { // the explorer's instruments over the first pane
+      window.ATLAS_EXPLORE({ panes: panes, hooks: hooks, load: load, track: track, typed: typed, el: el,
+        view: view, refresh: refresh, writeHash: writeHash, redraw: () => panes.forEach((q) => q.overlay.redraw()),
+        exemplarButton: exemplarButton, showCard: showCard });
+    }
     document.body.dataset.maxZoom = panes[0].maxZoom;
     readHash().then(() => { document.body.dataset.ready = "1"; },
       (err) => { $("title").textContent = "The atlas data did not load: " + err; });
