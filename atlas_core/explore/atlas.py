@@ -29,6 +29,7 @@ from atlas_core.store import RunLocation, RunStore
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
     from atlas_core.explore.locate import Located, Locator
     from atlas_core.explore.ondemand import Painter
 
