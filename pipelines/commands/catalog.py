@@ -10,4 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("RUN_DIR", "serve a run's viewer on a loopback URL"),
     "plan": ("[KEY=VALUE ...]", "what a run will cost (tasks, bytes, hours), writing nothing"),
     "stages": ("", "the stages: what each needs, reads and writes"),
+    "export": ('RUN_DIR --polygon "x,y ..." -o F', "the samples in a polygon as CSV or Parquet"),
+    "neighbours": ("RUN_DIR --row N", "the samples nearest one, in activation space"),
+    "locate": ("RUN_DIR IMAGE ...", "where new images land: cells, places, top classes"),
 }

@@ -3,8 +3,10 @@
 Bound to 127.0.0.1 by default. Any other address needs a token (``ATLAS_SERVE_TOKEN``, or
 ``--token``, which other users of the machine can see in the process list): every request must
 carry it, as ``Authorization: Bearer <token>`` or the cookie set by opening
-``/viewer/index.html?token=<token>`` once. Only the pages and the files they read are served;
-the compute endpoints need ``--backend MODULE:FACTORY``.
+``/viewer/index.html?token=<token>`` once. Only the pages and the files they read are served.
+The compute endpoints (locate, render, neighbours, export) are answered by the atlas API over
+the run (``pipelines.server.atlas_backend``; the model loads on the first question and stays
+warm), or by ``--backend MODULE:FACTORY``; ``--no-compute`` serves the pages alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pipelines.server.runner import Running, serve_forever, start
 from pipelines.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+DEFAULT_BACKEND = "pipelines.server.atlas_backend:backend"
 
 
 def serve_in_thread(run_dir: str, host: str = "127.0.0.1", port: int = 0) -> tuple[str, Running]:
@@ -39,7 +42,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME",
         help="another name the Host header may carry (repeat; a DNS name the server is reached by)",
     )
-    ap.add_argument("--backend", metavar="MODULE:FACTORY", help="answers the compute endpoints")
+    ap.add_argument(
+        "--backend",
+        metavar="MODULE:FACTORY",
+        default=DEFAULT_BACKEND,
+        help=f"answers the compute endpoints (default: {DEFAULT_BACKEND})",
+    )
+    ap.add_argument("--no-compute", action="store_true", help="serve the pages only")
     ap.add_argument("--workers", type=int, default=2, help="compute threads (default 2)")
     ap.add_argument("--queue", type=int, default=8, help="compute requests that may wait")
     return ap.parse_args(argv)
@@ -53,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["token"] = args.token
     try:
         s = ServerSettings.from_env(args.run_dir, extra_hosts=tuple(args.allow_host), **overrides)
-        backend = load_backend(args.backend, s.run_dir)  # the model loads here, once
+        backend = load_backend(None if args.no_compute else args.backend, s.run_dir)
     except ConfigError as exc:
         raise SystemExit(f"atlas serve: {exc}") from None
     serve_forever(s, backend)

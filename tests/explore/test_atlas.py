@@ -184,3 +184,59 @@ def test_an_icon_on_demand_uses_the_runs_recipe_and_cache(run, atlas) -> None:
     files = sorted((run / "icon-cache").rglob("*.npz"))
     again = atlas.render(d)  # from the cache: the same bytes, no new entry
     assert np.array_equal(icon, again) and sorted((run / "icon-cache").rglob("*.npz")) == files
+
+
+def test_the_command_line_and_the_server_answer_as_the_api(run, atlas, tmp_path) -> None:
+    """``atlas locate``/``neighbours``/``export`` and the server's endpoints are thin over the
+    API: the same answers, from the command line and over HTTP on loopback."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    from pipelines.server.atlas_backend import AtlasBackend
+    from pipelines.server.runner import start
+    from pipelines.server.settings import ServerSettings
+
+    png = sorted((run.parent / "imgs").rglob("*.png"))[1]
+    api = atlas.locate([str(png)])[0].to_json()
+
+    def cli(*args: str) -> str:
+        out = subprocess.run(
+            [sys.executable, "-m", "pipelines", *args], capture_output=True, text=True, timeout=300
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    (got,) = json.loads(cli("locate", str(run), str(png), "--json"))
+    assert got["positions"] == api["positions"] and got["top"] == api["top"]
+    near = json.loads(cli("neighbours", str(run), "--row", "4", "--k", "3", "--json"))
+    assert near["rows"] == atlas.neighbours(row=4, k=3)[0].tolist()
+    cli(
+        "export",
+        str(run),
+        "--polygon",
+        "0,0 0.5,0 0.5,1",
+        "--where",
+        "conf>=0",
+        "-o",
+        str(tmp_path / "half.csv"),
+    )
+    want = atlas.select(parse_polygon("0,0 0.5,0 0.5,1"), where=["conf>=0"])
+    rows = [int(r["row"]) for r in csv.DictReader(open(tmp_path / "half.csv"))]
+    assert rows == want.tolist()
+    server = start(ServerSettings.from_env(str(run), port=0), AtlasBackend(str(run)))
+    try:
+        req = urllib.request.Request(
+            f"{server.url}/api/locate",
+            data=png.read_bytes(),
+            method="POST",
+            headers={"Content-Type": "image/png"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            over_http = json.load(r)
+        assert over_http["positions"] == api["positions"]
+        with urllib.request.urlopen(f"{server.url}/api/neighbours?row=4&k=3", timeout=60) as r:
+            assert json.load(r)["rows"] == near["rows"]
+    finally:
+        server.shutdown()
