@@ -240,3 +240,28 @@ def test_the_command_line_and_the_server_answer_as_the_api(run, atlas, tmp_path)
             assert json.load(r)["rows"] == near["rows"]
     finally:
         server.shutdown()
+
+
+def test_the_notebook_runs_against_a_run(run) -> None:
+    """docs/notebooks/explore.ipynb, executed by a kernel against this module's run."""
+    import os
+    from pathlib import Path
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    path = Path(__file__).resolve().parents[2] / "docs" / "notebooks" / "explore.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    env = {"ATLAS_RUN": str(run)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute(
+            cwd=str(path.parent)
+        )
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(str(o.get("text", "")) for o in outputs)
+    assert "samples selected" in text and "top classes:" in text
