@@ -116,17 +116,18 @@ class Atlas:
         pos_y and pos_x (on the coarsest layer's grid), x and y (layout), the cell
         ``ix_<G>``/``iy_<G>`` at every level, pred and pred_name, prob, top_classes and
         top_probs, label and label_name (where the data has labels), correct, source, ok.
-        ``rows``: only these sample rows (default: every one)."""
+        ``rows``: only these sample rows (default: every one). Names are dictionary-encoded
+        columns, lists fixed-size: built column by column, never row by row."""
         import pyarrow as pa
 
         c = self.columns
         r = np.arange(self.n_samples) if rows is None else np.asarray(rows, np.int64)
-        uris = self.store.images.uris()
         image = c.image[r]
+        uris = c.uris
         data: dict[str, Any] = {
             "row": r,
             "image": image,
-            "uri": [str(uris[i]) if i >= 0 else "" for i in image],
+            "uri": pa.array(np.where(image >= 0, uris[np.maximum(image, 0)], ""), pa.string()),
             "pos_y": c.pos[r, 0],
             "pos_x": c.pos[r, 1],
             "x": c.x[r],
@@ -134,19 +135,31 @@ class Atlas:
         }
         for g, cell in c.cells.items():
             data[f"ix_{g}"], data[f"iy_{g}"] = cell[r, 0], cell[r, 1]
+        t = c.top.shape[1]
         data |= {
             "pred": c.pred[r],
-            "pred_name": [self.class_name(p) for p in c.pred[r]],
+            "pred_name": self._names(c.pred[r]),
             "prob": c.prob[r],
-            "top_classes": list(c.top[r]),
-            "top_probs": list(c.top_prob[r]),
+            "top_classes": pa.FixedSizeListArray.from_arrays(pa.array(c.top[r].ravel()), t),
+            "top_probs": pa.FixedSizeListArray.from_arrays(pa.array(c.top_prob[r].ravel()), t),
             "label": c.label[r],
-            "label_name": [self.class_name(v) for v in c.label[r]],
+            "label_name": self._names(c.label[r]),
             "correct": c.correct[r],
-            "source": [c.source_names[s] for s in c.source[r]],
+            "source": pa.DictionaryArray.from_arrays(
+                pa.array(c.source[r]), pa.array(c.source_names, pa.string())
+            ),
             "ok": c.ok[r],
         }
         return pa.table(data)
+
+    def _names(self, classes: np.ndarray) -> Any:
+        """Class names of ``classes`` (-1: null) as a dictionary-encoded Arrow column."""
+        import pyarrow as pa
+
+        n = max(int(classes.max(initial=-1)) + 1, self.card.num_classes if self.card else 0)
+        names = pa.array([self.class_name(i) for i in range(n)], pa.string())
+        idx = pa.array(classes.astype(np.int32), mask=classes < 0)
+        return pa.DictionaryArray.from_arrays(idx, names)
 
     def cells(self, size: int) -> pa.Table:
         """Level ``size``'s kept cells as an Arrow table: ix, iy, count, label (the cell's top

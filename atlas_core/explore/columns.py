@@ -40,6 +40,7 @@ class Columns:
     source: np.ndarray
     source_names: list[str]
     cells: dict[int, np.ndarray]
+    uris: np.ndarray  # (n_images,) object: each image's URI
 
     @classmethod
     def read(cls, store: RunStore, layer: str, sizes: list[int]) -> Columns:
@@ -58,8 +59,9 @@ class Columns:
         label = labels if labels is not None else np.full(len(image), -1, np.int32)
         pred = top_s[:, 0] if t else np.full(len(image), -1, np.int32)
         correct = np.where((label >= 0) & (pred >= 0), (label == pred).astype(np.float32), np.nan)
+        uris = np.asarray(img.uris(), dtype=object)
         sources = Sources()
-        codes = sources(img.uris(), img.crops()).astype(np.int32)
+        codes = sources(uris, img.crops()).astype(np.int32)
         names = sources.names()
         cells = {}
         for g in sizes:
@@ -82,6 +84,7 @@ class Columns:
             source=codes[at].astype(np.int32),
             source_names=names,
             cells=cells,
+            uris=uris,
         )
 
     def field(self, name: str) -> np.ndarray:
