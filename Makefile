@@ -31,6 +31,11 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check atlas_core pipelines tests benchmarks
 	$(VENV)/bin/mypy
 
+# the documentation site (mkdocs.yml, pages under docs/) into site/: open site/index.html.
+# --strict: a broken link, a missing anchor or a page outside the navigation fails the build
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict -d site
+
 bench: $(STAMP)
 	# the render peer is the real torch-lucent (its pins are from 2020: install it without deps)
 	$(PY) -m pip install decorator kornia ipython
