@@ -31,6 +31,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check atlas_core pipelines tests benchmarks
 	$(VENV)/bin/mypy
 
+# the documentation site (mkdocs.yml, pages under docs/) into site/: open site/index.html.
+# --strict: a broken link, a missing anchor or a page outside the navigation fails the build
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
+	@echo "docs: site/index.html"
+
 bench: $(STAMP)
 	# the render peer is the real torch-lucent (its pins are from 2020: install it without deps)
 	$(PY) -m pip install decorator kornia ipython
