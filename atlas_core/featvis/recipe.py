@@ -64,6 +64,7 @@ class IconSettings(Group):
     # none | channel (Lucid: an optimized alpha over random backgrounds) | saliency (MACO:
     # where the objective's input gradients were); compose draws each icon with it
     alpha: str = "none"
+    saliency_percentile: float = 80.0  # alpha=saliency: each map is clipped at this percentile
     amp: bool = True  # bfloat16 autocast on CUDA
     transforms: bool = True  # Lucid's atlas transforms (pad, jitter, scale, rotate) each step
 
@@ -93,6 +94,7 @@ class IconSettings(Group):
                 "noise": (0.0, 1.0),
                 "sd": (0.0, 10.0),
                 "decay_power": (0.0, 4.0),
+                "saliency_percentile": (1.0, 100.0),
             }
         )
 
@@ -105,6 +107,7 @@ class IconSettings(Group):
             "whiten": self.objective != "lucid",
             "sd": self.param == "maco",
             "decay_power": self.param != "fft",
+            "saliency_percentile": self.alpha != "saliency",
         }
         return {k: v for k, v in out.items() if not inactive.get(k, False)}
 
@@ -270,7 +273,7 @@ class IconRecipe:
                 else LucidObjective(s.cos_power, whiten if s.whiten else None)
             ),
             optimizer=Optimizer(s.optimizer, s.lr),
-            alpha=Alpha(s.alpha),
+            alpha=Alpha(s.alpha, s.saliency_percentile),
             amp=s.amp,
         )
 

@@ -349,6 +349,9 @@ def test_the_recipe_identity_covers_exactly_what_changes_an_icon() -> None:
     assert ids(objective="cosine", white=np.eye(4)) == cos  # the cosine is never whitened
     assert ids(objective="cosine", fill=0.2)[1] != cos[1]
     assert ids(param="pixel", decay_power=2.0) == ids(param="pixel")
+    assert ids(saliency_percentile=50.0) == ids()  # no saliency alpha: inactive
+    sal = ids(alpha="saliency")
+    assert ids(alpha="saliency", saliency_percentile=50.0)[1] != sal[1]
     w1, w2 = np.eye(4), np.eye(4) * 2
     assert ids(white=w1)[1] != ids(white=w2)[1] and ids(white=w1)[1] == ids(white=w1.copy())[1]
     spec = _spectrum()
