@@ -343,7 +343,7 @@ def measure(
     truth: Truth,
     lat_rows: np.ndarray,
     threads: int,
-    graph: bool = True,
+    full_graph: bool = True,
 ) -> dict:
     """Build (libraries on one thread, their deterministic setting; ours on ``threads``, which
     never changes its bytes), size, sweep, latency, graph time (libraries: scaled from the truth
@@ -364,7 +364,9 @@ def measure(
         "sweep": curve,
     }
     out.update(_latency_ms(lambda q: cand.search(index, q, K, 1, knob), x[lat_rows]))
-    if cand.name == "ours" and not graph:
+    if cand.name == "ours":
+        out["index"] = index.describe()
+    if cand.name == "ours" and not full_graph:
         out["graph_s"] = float("nan")
     elif cand.name == "ours":
         with Timer() as t_graph:
@@ -377,7 +379,6 @@ def measure(
         out["graph_s_measured_on_rows"] = len(truth.rows)
     out["graph_threads"] = threads
     out["build_threads"] = threads if cand.name == "ours" else 1
-    del index, blob
     return out
 
 
@@ -409,6 +410,8 @@ def determinism(cand: Candidate, data: tuple[np.ndarray, np.ndarray], truth: Tru
 
 
 def candidates(names: list[str], n: int, *, exact_rows: int | None = None) -> list[Candidate]:
+    """The named candidates whose library is installed (the peers are the optional extra
+    ``neighbours-bench`` of pyproject.toml; a missing one is skipped with a note)."""
     make: dict[str, Callable[[], Candidate]] = {
         "faiss-hnsw": faiss_hnsw,
         "faiss-ivf": lambda: faiss_ivf(n),
@@ -416,16 +419,23 @@ def candidates(names: list[str], n: int, *, exact_rows: int | None = None) -> li
         "usearch": usearch_index,
         "ours": lambda: ours_index(exact_rows),
     }
-    return [make[name]() for name in names if name in make]
+    out = []
+    for name in names:
+        if name not in make:
+            continue
+        try:
+            out.append(make[name]())
+        except ImportError as exc:
+            log.warning("%s skipped (%s): pip install '.[neighbours-bench]'", name, exc)
+    return out
 
 
 def table(n: int, dim: int, results: dict[str, dict]) -> None:
-    """One line per candidate: ours/the library vs the exact peer of the same run."""
-    peer = results["exact"]
+    """One line per candidate: ours/the library vs the exact peer of the same run (``peer``)."""
     acts16 = n * dim * 2
     log.info(
         "%-12s %9s %10s %8s %10s %8s %7s %9s %8s",
-        "rows=%d" % n,
+        f"rows={n}",
         "build s",
         "index MB",
         "x acts16",
@@ -436,6 +446,7 @@ def table(n: int, dim: int, results: dict[str, dict]) -> None:
         "x exact",
     )
     for name, r in results.items():
+        peer = r.get("peer", results["exact"])
         log.info(
             "%-12s %9.1f %10.1f %8.2f %10.2f %8.1f %7.3f %9.0f %8.1f",
             name,
@@ -444,7 +455,7 @@ def table(n: int, dim: int, results: dict[str, dict]) -> None:
             r["index_bytes"] / acts16,
             r["query_ms_median"],
             peer["query_ms_median"] / r["query_ms_median"],
-            r.get("graph_recall", r["recall"]) if name == "ours" else r["recall"],
+            r.get("graph_recall", r["recall"]),
             r["graph_s"],
             peer["graph_s"] / max(r["graph_s"], 1e-9),
         )
@@ -466,6 +477,7 @@ def run_size(args: argparse.Namespace, n: int) -> dict[str, Any]:
         log.info("%d x %d: %s", n, args.dim, cand.name)
         torch.set_num_threads(1)
         results[cand.name] = measure(cand, (x, raw), truth, lat_rows, args.threads, args.graph)
+        results[cand.name]["peer"] = {k: exact[k] for k in ("query_ms_median", "graph_s")}
         log.info("  %s", {k: v for k, v in results[cand.name].items() if k != "sweep"})
     table(n, args.dim, results)
     return {"rows": n, "dim": args.dim, "data": args.data, "results": results}
@@ -512,25 +524,34 @@ def main() -> None:
     result = _previous(args.out)
     result.update({"k": K, "target_recall": TARGET, "threads": args.threads})
     if args.det_rows:
-        result["determinism"] = run_determinism(args)
+        det = run_determinism(args)
+        if result.get("determinism", {}).get("rows") == det["rows"]:
+            det["results"] = {**result["determinism"]["results"], **det["results"]}
+        result["determinism"] = det
     for n in args.rows.split(","):
         size = run_size(args, int(n))
         size["load_average"] = os.getloadavg()
         size["peak_rss_mb"] = peak_rss_mb()
         key = (size["rows"], size["dim"], size["data"])
-        result["sizes"] = [
-            s for s in result.get("sizes", []) if (s["rows"], s["dim"], s["data"]) != key
-        ]
-        result["sizes"].append(size)
+        old = [s for s in result.get("sizes", []) if (s["rows"], s["dim"], s["data"]) == key]
+        if old:  # candidates measured before and not now stay, with their own run's peer
+            size["results"] = {**old[0]["results"], **size["results"]}
+        result["sizes"] = [s for s in result.get("sizes", []) if s not in old] + [size]
         write(args.out, result)
 
 
 def _previous(name: str) -> dict[str, Any]:
-    """The results file's earlier sizes (each run replaces the sizes it measures)."""
+    """The results file's earlier sizes and determinism checks (a run replaces the candidates
+    it measures again); each candidate keeps the exact peer of the run that measured it."""
     path = RESULTS / f"{name}.json"
     if not path.exists():
         return {}
     old = json.loads(path.read_text())
+    for size in old.get("sizes", []):
+        for r in size["results"].values():
+            r.setdefault(
+                "peer", {k: size["results"]["exact"][k] for k in ("query_ms_median", "graph_s")}
+            )
     return {k: v for k, v in old.items() if k in ("sizes", "determinism")}
 
 

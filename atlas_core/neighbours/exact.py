@@ -21,7 +21,7 @@ def exact_knn(
     rows are available the tail is -1 and NaN."""
     v = np.asarray(vectors, np.float64)
     q = np.asarray(queries, np.float64)
-    present = ~np.isnan(v).any(1)
+    present = np.asarray(np.isfinite(v).all(axis=1), dtype=bool)
     vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
     qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
     cos = qn @ np.where(present[:, None], vn, 0.0).T

@@ -307,7 +307,8 @@ class NeighbourIndex:
         allowed: np.ndarray | None = None,
         table: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Best k of unit queries ``q`` (b, C) over the positions in ``ranges``, never the
+        """Best k of unit queries ``q`` (b, C) over the positions in ``ranges`` (ascending,
+        not overlapping: the positions are then sorted, which the exclusion relies on), never the
         position ``own[i]`` for query i (-1: none); ``allowed`` (b, lists) bool: the cells each
         query may take rows from (None: all in ``ranges``); ``table``: see _units."""
         import torch
@@ -446,8 +447,8 @@ class NeighbourIndex:
             parts = _map(one, units, threads)
         rows = np.full((self.n_rows, k), -1, np.int64)
         cos = np.full((self.n_rows, k), np.nan, np.float32)
-        for (a, b, _), (r, c) in zip(units, parts, strict=True):
-            rows[self.rows[a:b]], cos[self.rows[a:b]] = r, c
+        for (lo, hi, _), (found, found_cos) in zip(units, parts, strict=True):
+            rows[self.rows[lo:hi]], cos[self.rows[lo:hi]] = found, found_cos
         return rows, cos
 
     def to_bytes(self, *, with_vectors: bool = False) -> bytes:

@@ -85,8 +85,8 @@ def test_exact_path_equals_brute_force(data: np.ndarray, present: np.ndarray) ->
 def test_ivf_recall_on_clustered_data(data: np.ndarray, present: np.ndarray) -> None:
     index = NeighbourIndex.build(blocks(data), IVF, threads=2)
     assert index.lists == 16
-    truth, truth_cos = exact_knn(data, data[present], 10, exclude=present)
-    rows, cos = index.search(data[present], 10, exclude=present)
+    truth, _ = exact_knn(data, data[present], 10, exclude=present)
+    rows, _ = index.search(data[present], 10, exclude=present)
     assert recall(rows, truth) >= 0.95
     graph, graph_cos = index.knn_graph(10, threads=2)
     assert recall(graph[present], truth) >= 0.95
@@ -158,7 +158,8 @@ def test_same_seed_same_bytes_any_threads(data: np.ndarray, present: np.ndarray)
     q = data[present[:64]]
     for a, b in zip(one.search(q, 10, threads=1), two.search(q, 10, threads=2), strict=True):
         np.testing.assert_array_equal(a, b)
-    other = NeighbourIndex.build(blocks(data), NeighbourParams(lists=16, probe=5, graph_probe=6, seed=6))
+    reseeded = NeighbourParams(lists=16, probe=5, graph_probe=6, seed=6)
+    other = NeighbourIndex.build(blocks(data), reseeded)
     assert other.to_bytes() != one.to_bytes()
 
 
