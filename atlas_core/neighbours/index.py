@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -223,6 +223,7 @@ class NeighbourIndex:
     vectors: np.ndarray
     norms: np.ndarray
     digest: str
+    _where: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def build(
@@ -321,7 +322,7 @@ class NeighbourIndex:
             if allowed is not None:
                 cell = np.searchsorted(self.offsets, pos, side="right") - 1
                 cos[~allowed[:, cell]] = -np.inf
-            if own is not None:
+            if own is not None and (own >= 0).any():
                 i = np.flatnonzero(np.isin(own, pos))
                 cos[i, np.searchsorted(pos, own[i])] = -np.inf
             best = _merge(best, _topk(torch.from_numpy(cos), self.rows[pos], k), k)
@@ -334,10 +335,11 @@ class NeighbourIndex:
         ex = np.asarray(exclude, np.int64).reshape(-1)
         if ex.shape != (q,):
             raise ConfigError("exclude", f"shape {ex.shape}", valid=f"({q},), one row per query")
-        where = np.full(self.n_rows, -1, np.int64)
-        where[self.rows] = np.arange(len(self.rows))
+        if self._where is None:  # row -> position, made once (n_rows x 8 bytes)
+            self._where = np.full(self.n_rows, -1, np.int64)
+            self._where[self.rows] = np.arange(len(self.rows))
         inside = (ex >= 0) & (ex < self.n_rows)
-        return np.where(inside, where[np.clip(ex, 0, max(0, self.n_rows - 1))], -1)
+        return np.where(inside, self._where[np.clip(ex, 0, max(0, self.n_rows - 1))], -1)
 
     def _queries(self, queries: np.ndarray) -> np.ndarray:
         q = np.asarray(queries, np.float32)
@@ -366,13 +368,12 @@ class NeighbourIndex:
         (the query's own row; -1 for none). ``probe``: cells scanned (default params.probe)."""
         qn = self._queries(queries)
         own = self._positions(exclude, len(qn))
+        groups = self._groups(qn, probe)
         with _one_torch_thread():
-            parts = _map(
-                lambda g: self._search_group(qn, own, g, k), self._groups(qn, probe), threads
-            )
+            parts = _map(lambda g: self._search_group(qn, own, g, k), groups, threads)
         rows = np.full((len(qn), k), -1, np.int64)
         cos = np.full((len(qn), k), np.nan, np.float32)
-        for (which, _, _), (r, c) in zip(self._groups(qn, probe), parts, strict=True):
+        for (which, _, _), (r, c) in zip(groups, parts, strict=True):
             rows[which], cos[which] = r, c
         return rows, cos
 
