@@ -121,6 +121,18 @@ class Layout(Node):
     }
 
 
+class Neighbours(Node):
+    """``layers/<L>/neighbours``: the layer's nearest-neighbour index in activation space
+    (atlas_core.neighbours: its bytes, without the vectors, which are the store's activations)
+    and every sample's k nearest other samples with their cosines (-1 / NaN for holes)."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "index": ArraySpec("uint8", 0, ("B",)),
+        "rows": _smp("int64", -1, "k"),
+        "cos": _smp("float32", NAN, "k"),
+    }
+
+
 @dataclass(frozen=True)
 class GridArrays:
     """One grid level's kept cells. cell: (M, 2) int32 (ix, iy); mean: (M, C) float32;

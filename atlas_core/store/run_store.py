@@ -30,7 +30,15 @@ from atlas_core.data.plan import ShardPlan
 from atlas_core.data.sources import InputManifest
 from atlas_core.errors import PlanError, StoreError
 from atlas_core.store.markers import fingerprint
-from atlas_core.store.nodes import Exemplars, Extraction, Images, Layout, Level, Samples
+from atlas_core.store.nodes import (
+    Exemplars,
+    Extraction,
+    Images,
+    Layout,
+    Level,
+    Neighbours,
+    Samples,
+)
 from atlas_core.store.spec import ArraySpec, Node
 
 OpenMode = Literal["r", "r+", "a", "w", "w-"]
@@ -272,6 +280,17 @@ class RunStore:
 
     def level(self, layer: str, size: int) -> Level:
         return Level(self, f"{self.prefix}layers/{layer}/grid/{size}")
+
+    def neighbours(self, layer: str) -> Neighbours:
+        """The layer's neighbour index and kNN graph (the run's own group, like the layout)."""
+        return Neighbours(self, f"layers/{layer}/neighbours")
+
+    def sample_dims(self) -> dict[str, int]:
+        """The per-sample arrays' dims: rows, rows per chunk and per storage object, as the
+        activations are stored (an array of the run's own sized like them)."""
+        acts = self.extraction(next(iter(self.layers))).array("acts")
+        obj, chunk = int((acts.shards or acts.chunks)[0]), int(acts.chunks[0])
+        return {"ns": self.n_images * self.k, "cs": chunk, "os": obj}
 
     def exemplars(self, layer: str) -> Exemplars:
         return Exemplars(self, f"{self.prefix}layers/{layer}/exemplars")

@@ -33,6 +33,7 @@ from atlas_core.errors import ConfigError
 from atlas_core.extract.plan import ExtractSettings
 from atlas_core.featvis.recipe import IconSettings
 from atlas_core.models.registry import ModelSpec, check_model_name
+from atlas_core.neighbours import NeighbourParams
 from atlas_core.reduce.params import METRICS, ReduceSettings
 from atlas_core.store.location import RunLocation
 
@@ -227,6 +228,7 @@ class ClusterConf(Group):
     plausibility: Resources = field(default_factory=Resources)  # each judge task
     compose: Resources = field(default_factory=Resources)  # each drawing task
     patches: Resources = field(default_factory=Resources)  # each patch-flip task
+    neighbours: Resources = field(default_factory=Resources)  # the neighbour-index task
 
     def __post_init__(self) -> None:
         self._ranges({"num_cpus": (1, None), "wait_s": (0, None)})
@@ -299,6 +301,22 @@ class ReduceConf(ReduceSettings):
                     fix="each entry is {run_dir: <another run on the same images>, "
                     "layer: <its layer>}.",
                 )
+
+
+@dataclass(frozen=True)
+class NeighboursConf(NeighbourParams):
+    """neighbours: the nearest samples in activation space, indexed once per run. The
+    library's :class:`~atlas_core.neighbours.NeighbourParams`, plus every sample's own ``k``
+    nearest (what comparing two runs reads) and the index task's threads."""
+
+    GROUP: ClassVar[str] = "neighbours"
+    seed: int = II("seed")  # the k-means sample's and centroids' seed: the run's unless set
+    k: int = 10  # every sample's k nearest other samples are stored (0: the index only)
+    threads: int = field(default=1, metadata=NOT_FINGERPRINTED)  # never changes the index
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._ranges({"k": (0, 1000), "threads": (1, 256)})
 
 
 @dataclass(frozen=True)
@@ -497,6 +515,7 @@ class Settings:
     plausibility: PlausibilityConf = field(default_factory=PlausibilityConf)
     compose: ComposeConf = field(default_factory=ComposeConf)
     patches: PatchesConf = field(default_factory=PatchesConf)
+    neighbours: NeighboursConf = field(default_factory=NeighboursConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ from pipelines.stages import (
     exemplars,
     extract,
     grid,
+    neighbours,
     patches,
     plausibility,
     reduce,
@@ -32,5 +33,6 @@ REGISTRY = Registry(
         plausibility.STAGE,
         compose.STAGE,
         patches.STAGE,
+        neighbours.STAGE,
     ]
 )

@@ -193,7 +193,7 @@ def _fit_and_place(
     clock.lap("landmarks")
     out_layer = (s.joint_layers or (s.layer,))[0]
     node = store.layout_node(out_layer)
-    node.create(["layout_raw"], _sample_dims(store))
+    node.create(["layout_raw"], store.sample_dims())
     jobs = [
         TransformJob(s.location, out_layer, sources, a, b, test_fault())
         for a, b in store.sample_ranges()
@@ -251,17 +251,10 @@ def _submit_fit(ctx: StageRun, landmarks: Any) -> Any:
     )
 
 
-def _sample_dims(store: RunStore) -> dict[str, int]:
-    """The per-sample dims of the store's layout arrays (storage objects like the acts')."""
-    acts = store.extraction(next(iter(store.layers))).array("acts")
-    obj, chunk = int((acts.shards or acts.chunks)[0]), int(acts.chunks[0])
-    return {"ns": store.n_images * store.k, "cs": chunk, "os": obj}
-
-
 def write_layout(store: RunStore, layer: str, norm: np.ndarray, attrs: dict[str, Any]) -> None:
     """The normalized layout (N * k, 2) of a view's layer, NaN rows for holes (driver)."""
     node = store.layout_node(layer)
-    node.create(["layout"], _sample_dims(store))
+    node.create(["layout"], store.sample_dims())
     node.write("layout", 0, norm.astype(np.float32))
     node.array("layout").attrs.update(attrs)
 
