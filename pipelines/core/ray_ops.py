@@ -121,7 +121,11 @@ def _watch(roots: Sequence[int]) -> None:
     GCS and linger for a minute or more. The watchdog is a small interpreter (no Ray, no torch:
     ~15 MB) running :func:`_reap_when_gone`, holding the read end of a pipe only this process
     writes to: the kernel closes it however this process ends."""
-    code = f"# atlas: local Ray watchdog\n{inspect.getsource(_reap_when_gone)}\n"
+    try:
+        code = f"# atlas: local Ray watchdog\n{inspect.getsource(_reap_when_gone)}\n"
+    except OSError:  # installed without sources: the agents may outlive a killed driver
+        log.warning("no watchdog for the local Ray: this module's source is not installed")
+        return
     code += f"_reap_when_gone({list(roots)!r})\n"
     _WATCHDOG["proc"] = subprocess.Popen(
         [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, close_fds=True
@@ -203,11 +207,13 @@ def _same(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
 
 
 def _fmt(resources: Mapping[str, float]) -> str:
-    """``4 CPU, 1 GPU`` (memory, object store and node labels left out)."""
+    """``4 CPU, 1 GPU``: CPUs and GPUs always, other resources when there are some (memory,
+    object store and node labels left out)."""
     skip = ("memory", "object_store_memory", "node:", "accelerator_type:")
-    shown = {k: v for k, v in resources.items() if v and not k.startswith(skip)}
+    shown = {"CPU": 0.0, "GPU": 0.0}
+    shown |= {k: v for k, v in resources.items() if v and not k.startswith(skip)}
     order = sorted(shown, key=lambda k: (k != "CPU", k != "GPU", k))
-    return ", ".join(f"{shown[k]:g} {k}" for k in order) or "nothing"
+    return ", ".join(f"{shown[k]:g} {k}" for k in order)
 
 
 def _fitting(shape: Shape) -> bool:
@@ -254,6 +260,9 @@ class AutoscalerView:
     complete: bool = False
 
 
+_UNREADABLE: dict[str, int] = {}  # the errors met reading the autoscaler's state, counted
+
+
 def autoscaler() -> AutoscalerView:
     """What the autoscaler says now. Ray 2.60 has no public call for it; this reads what ``ray
     status`` reads: the GCS's autoscaler state (``GetClusterStatus``, where autoscaler v2
@@ -264,11 +273,17 @@ def autoscaler() -> AutoscalerView:
     from ray._private.state import state
     from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
-    gcs = internal_kv_get_gcs_client()
     nodes = [n for n in _ray().nodes() if n.get("Alive")]
-    view = _v2_view(gcs, nodes) or _v1_view(gcs, nodes) or AutoscalerView()
+    try:
+        gcs = internal_kv_get_gcs_client()
+        view = _v2_view(gcs, nodes) or _v1_view(gcs, nodes) or AutoscalerView()
+        config = state.get_cluster_config()
+    except Exception as exc:  # Ray's internals moved, or the GCS is slow: no verdict this time
+        level = logging.DEBUG if _UNREADABLE else logging.WARNING  # said once per process
+        _UNREADABLE[type(exc).__name__] = _UNREADABLE.get(type(exc).__name__, 0) + 1
+        log.log(level, "could not read the autoscaler's state (%s: %s)", type(exc).__name__, exc)
+        view, config = AutoscalerView(), None
     live = view.node_types or _live_types(nodes, {})
-    config = state.get_cluster_config()
     if config is None or not config.node_group_configs:
         return replace(view, node_types=live)
     up = {t.name: t.up for t in live}

@@ -231,7 +231,7 @@ def test_a_shape_no_node_type_holds_fails_within_a_minute(fake: dict) -> None:
     out = r["output"]
     assert "cluster.plausibility: {'num_cpus': 8.0, 'num_gpus': 1.0} is not valid" in out, out
     assert "no node of this cluster can hold 8 CPU, 1 GPU" in out
-    assert "ray.head.default (1 CPU, 1 up)" in out and "gpu (4 CPU, 1 GPU, " in out
+    assert "ray.head.default (1 CPU, 0 GPU, 1 up)" in out and "gpu (4 CPU, 1 GPU, " in out
     found = re.search(r"\((\d+) s after asking\)", out)
     assert found, out
     seconds = int(found.group(1))

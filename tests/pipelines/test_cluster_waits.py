@@ -123,7 +123,7 @@ def test_autoscaler_v1_status_is_read_as_ray_status_prints_it() -> None:
     )
     assert view.growing  # two typed nodes, one active: the gpu node is still starting
     assert [str(t) for t in view.node_types] == [
-        "ray.head.default (1 CPU, 1 up)",
+        "ray.head.default (1 CPU, 0 GPU, 1 up)",
         "gpu (4 CPU, 1 GPU, 1 up)",
     ]
     status["autoscaler_report"]["active_nodes"] = {"ray.head.default": 1, "gpu": 1}
@@ -141,7 +141,7 @@ def test_a_refused_request_names_the_settings_the_shape_and_the_node_types() -> 
     assert isinstance(err, ConfigError) and err.what == "cluster.reduce_fit, cluster.plausibility"
     text = str(err)
     assert "{'num_cpus': 4.0, 'num_gpus': 1.0}" in text and "hold 4 CPU, 1 GPU" in text
-    assert "ray.head.default (1 CPU, at most 0, 1 up); gpu (2 CPU, 1 GPU, 0 up)" in text
+    assert "ray.head.default (1 CPU, 0 GPU, at most 0, 1 up); gpu (2 CPU, 1 GPU, 0 up)" in text
 
 
 def test_the_progress_line_says_what_the_run_waits_for(
