@@ -276,8 +276,10 @@ def preflight(s: Settings, stages: list[Stage]) -> dict[str, Any]:
             keys += [key] if key not in keys else []
     ray_ops.init(s.cluster)
     out: dict[str, Any] = {}
-    for (cpus, gpus), keys in sorted(shapes.items()):
-        ray_ops.require(f"cluster.{keys[0]}", cpus, gpus)
+    # the largest shape first: one no node type holds fails before any node is grown, and the
+    # node grown for it mostly holds the smaller ones
+    for (cpus, gpus), keys in sorted(shapes.items(), key=lambda kv: kv[0][::-1], reverse=True):
+        ray_ops.require(", ".join(f"cluster.{k}" for k in keys), cpus, gpus)
         (report,) = ray_ops.gather(
             [ray_ops.submit(hardware, num_cpus=cpus, num_gpus=gpus)],
             desc=f"preflight {cpus:g} CPU / {gpus:g} GPU",

@@ -3,14 +3,23 @@
 Local runs bind to 127.0.0.1 with the dashboard off and usage stats disabled; a cluster run joins
 ``cluster.address`` (token authentication is Ray's default from 2.60: the cluster's token must be
 in ``RAY_AUTH_TOKEN`` or ``~/.ray/auth_token``, see infra/README.md).
+
+A stage whose tasks fit no live node asks the autoscaler and waits (``require``), failing within
+a minute when the autoscaler will not grow for them (:func:`autoscaler`). A local Ray's processes
+end with the driver, however it ends (:func:`_reap_when_gone`).
 """
 
 from __future__ import annotations
 
+import inspect
+import json
 import logging
 import os
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
@@ -72,6 +81,7 @@ def init(cluster: ClusterConf) -> None:
         ray.init(address=cluster.address, namespace=cluster.namespace, log_to_driver=True)
         return
     log.info("starting local Ray on 127.0.0.1 (%s CPUs)", cluster.num_cpus or "all")
+    before = _children()
     ray.init(
         num_cpus=cluster.num_cpus,
         include_dashboard=False,
@@ -80,12 +90,94 @@ def init(cluster: ClusterConf) -> None:
         log_to_driver=True,
         configure_logging=False,
     )
+    _watch(sorted(_children() - before))
 
 
 def shutdown() -> None:
     ray = _ray()
     if ray.is_initialized():
         ray.shutdown()
+    watchdog = _WATCHDOG.pop("proc", None)
+    if watchdog is not None and watchdog.stdin is not None:  # it ends what is left, then itself
+        watchdog.stdin.close()
+
+
+# ------------------------------------------------------------------ a local Ray ends with us
+_WATCHDOG: dict[str, subprocess.Popen[bytes]] = {}
+
+
+def _children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children()}
+
+
+def _watch(roots: Sequence[int]) -> None:
+    """Start the watchdog of the local Ray this process just started (``roots``: the processes
+    ``ray.init`` started: GCS, raylet, monitors; the agents and workers are the raylet's).
+
+    Ray gives the processes it starts the kernel's parent-death signal, but not the raylet's
+    dashboard and runtime-env agents: when the driver is SIGKILLed, they try to tell the dead
+    GCS and linger for a minute or more. The watchdog is a small interpreter (no Ray, no torch:
+    ~15 MB) running :func:`_reap_when_gone`, holding the read end of a pipe only this process
+    writes to: the kernel closes it however this process ends."""
+    try:
+        code = f"# atlas: local Ray watchdog\n{inspect.getsource(_reap_when_gone)}\n"
+    except OSError:  # installed without sources: the agents may outlive a killed driver
+        log.warning("no watchdog for the local Ray: this module's source is not installed")
+        return
+    code += f"_reap_when_gone({list(roots)!r})\n"
+    _WATCHDOG["proc"] = subprocess.Popen(
+        [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, close_fds=True
+    )
+    log.debug("local Ray watchdog %d over %s", _WATCHDOG["proc"].pid, list(roots))
+
+
+def _reap_when_gone(roots: list[int], every: float = 1.0, grace: float = 2.0) -> None:
+    """The watchdog's loop (run in its own interpreter: self-contained). Every ``every`` s it
+    notes the ``roots`` and their descendants; once its stdin closes (the driver ended, or
+    called ``shutdown``) or it is sent SIGTERM, it ends those still running: SIGTERM, then
+    SIGKILL after ``grace`` s. A process is matched by pid and start time, never by name."""
+    import os
+    import select
+    import signal
+    import sys
+
+    import psutil
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal ends the driver: reap then
+    stop = [False]
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__(0, True))
+    tops = []
+    for pid in roots:  # now, while they run: a pid used again later is not theirs
+        try:
+            tops.append(psutil.Process(pid))
+        except psutil.Error:
+            continue
+    seen: dict[int, psutil.Process] = {}
+    while not stop[0]:
+        found = []
+        for top in tops:
+            try:
+                found += [top, *top.children(recursive=True)] if top.is_running() else []
+            except psutil.Error:
+                continue
+        seen = {p.pid: p for p in seen.values() if p.is_running()} | {p.pid: p for p in found}
+        ready = select.select([sys.stdin], [], [], every)[0]
+        if ready and not os.read(sys.stdin.fileno(), 4096):
+            break  # end of file: no writer is left
+    left = [p for p in seen.values() if p.pid != os.getpid() and p.is_running()]
+    for p in left:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    for p in psutil.wait_procs(left, timeout=grace)[1]:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
 
 
 def cluster_resources() -> dict[str, float]:
@@ -95,9 +187,229 @@ def cluster_resources() -> dict[str, float]:
 _WAIT = {"seconds": 0.0, "settle": 20.0}  # set by init() from cluster.wait_s
 
 
-def _fitting(num_cpus: float, num_gpus: float) -> list[dict[str, float]]:
-    nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
-    return [r for r in nodes if r.get("CPU", 0) >= num_cpus and r.get("GPU", 0) >= num_gpus]
+Shape = dict[str, float]  # a task's resources: {"CPU": 4.0, "GPU": 1.0}
+# autoscaler updates (each ~5 s; AUTOSCALER_UPDATE_INTERVAL_S) that saw a request and launched
+# nothing, and no node fits: it will not grow for it
+DECLINED_UPDATES = 3
+PROGRESS_EVERY = 10.0  # seconds between the lines saying what a wait is for
+
+
+def _shape(num_cpus: float, num_gpus: float) -> Shape:
+    return {"CPU": float(num_cpus), **({"GPU": float(num_gpus)} if num_gpus else {})}
+
+
+def _holds(resources: Mapping[str, float], shape: Mapping[str, float]) -> bool:
+    return all(resources.get(k, 0) >= v for k, v in shape.items() if v)
+
+
+def _same(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return {k: float(v) for k, v in a.items() if v} == {k: float(v) for k, v in b.items() if v}
+
+
+def _fmt(resources: Mapping[str, float]) -> str:
+    """``4 CPU, 1 GPU``: CPUs and GPUs always, other resources when there are some (memory,
+    object store and node labels left out)."""
+    skip = ("memory", "object_store_memory", "node:", "accelerator_type:")
+    shown = {"CPU": 0.0, "GPU": 0.0}
+    shown |= {k: v for k, v in resources.items() if v and not k.startswith(skip)}
+    order = sorted(shown, key=lambda k: (k != "CPU", k != "GPU", k))
+    return ", ".join(f"{shown[k]:g} {k}" for k in order)
+
+
+def _fitting(shape: Shape) -> bool:
+    return any(_holds(n.get("Resources", {}), shape) for n in _ray().nodes() if n.get("Alive"))
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A node type of the cluster: its resources, how many nodes of it may run (``None``: not
+    known, ``-1``: no limit) and how many are up."""
+
+    name: str
+    resources: Mapping[str, float]
+    max_count: int | None = None
+    up: int = 0
+
+    def holds(self, shape: Shape) -> bool:
+        return self.max_count != 0 and _holds(self.resources, shape)
+
+    def __str__(self) -> str:
+        most = {None: "", -1: ", no limit"}.get(self.max_count, f", at most {self.max_count}")
+        return f"{self.name} ({_fmt(self.resources)}{most}, {self.up} up)"
+
+
+@dataclass(frozen=True)
+class AutoscalerView:
+    """What the cluster's autoscaler has said, read once from the GCS.
+
+    source: ``autoscaler v2``, ``autoscaler v1``, or ``""`` when none reports.
+    stamp: changes with every autoscaler update (v2: its state version; v1: its status time).
+    asked: the ``request_resources`` shapes it has seen.
+    infeasible: the shapes it reports no node type can hold (autoscaler v2; v1 only logs it).
+    growing: nodes are being launched or starting.
+    node_types: every type with its limit when the autoscaler published the cluster's config
+    (``complete``), else the types of the live nodes.
+    """
+
+    source: str = ""
+    stamp: float = 0.0
+    asked: tuple[Shape, ...] = ()
+    infeasible: tuple[Shape, ...] = ()
+    growing: bool = False
+    node_types: tuple[NodeType, ...] = ()
+    complete: bool = False
+
+
+_UNREADABLE: dict[str, int] = {}  # the errors met reading the autoscaler's state, counted
+
+
+def autoscaler() -> AutoscalerView:
+    """What the autoscaler says now. Ray 2.60 has no public call for it; this reads what ``ray
+    status`` reads: the GCS's autoscaler state (``GetClusterStatus``, where autoscaler v2
+    reports the requests no node type can hold) and autoscaler v1's status in the GCS's
+    key-value store. Node types come from the cluster config the autoscaler publishes in the
+    GCS (``ray._private.state.state.get_cluster_config``, Ray Data's source; Ray 2.60's own
+    autoscalers do not publish it yet), else from the live nodes."""
+    from ray._private.state import state
+    from ray.experimental.internal_kv import internal_kv_get_gcs_client
+
+    nodes = [n for n in _ray().nodes() if n.get("Alive")]
+    try:
+        gcs = internal_kv_get_gcs_client()
+        view = _v2_view(gcs, nodes) or _v1_view(gcs, nodes) or AutoscalerView()
+        config = state.get_cluster_config()
+    except Exception as exc:  # Ray's internals moved, or the GCS is slow: no verdict this time
+        level = logging.DEBUG if _UNREADABLE else logging.WARNING  # said once per process
+        _UNREADABLE[type(exc).__name__] = _UNREADABLE.get(type(exc).__name__, 0) + 1
+        log.log(level, "could not read the autoscaler's state (%s: %s)", type(exc).__name__, exc)
+        view, config = AutoscalerView(), None
+    live = view.node_types or _live_types(nodes, {})
+    if config is None or not config.node_group_configs:
+        return replace(view, node_types=live)
+    up = {t.name: t.up for t in live}
+    types = tuple(
+        NodeType(g.name, dict(g.resources), int(g.max_count), up.get(g.name, 0))
+        for g in config.node_group_configs
+    )
+    return replace(view, node_types=types, complete=True)
+
+
+def _v2_view(gcs: Any, nodes: list[dict[str, Any]]) -> AutoscalerView | None:
+    """Autoscaler v2's last report to the GCS (None when no v2 autoscaler reports)."""
+    from ray.core.generated import autoscaler_pb2
+
+    reply_type = autoscaler_pb2.GetClusterStatusReply  # type: ignore[attr-defined]  # generated
+    reply = reply_type.FromString(gcs.get_cluster_status(timeout_s=10))
+    state = reply.autoscaling_state
+    if not state.autoscaler_state_version:
+        return None
+    infeasible = [dict(r.resources_bundle) for r in state.infeasible_resource_requests]
+    for constraint in state.infeasible_cluster_resource_constraints:
+        infeasible += [dict(r.request.resources_bundle) for r in constraint.resource_requests]
+    cluster = reply.cluster_resource_state
+    asked = [
+        dict(r.request.resources_bundle)
+        for constraint in cluster.cluster_resource_constraints
+        for r in constraint.resource_requests
+    ]
+    types = {n.node_id.hex(): n.ray_node_type_name for n in cluster.node_states}
+    return AutoscalerView(
+        source="autoscaler v2",
+        stamp=float(state.autoscaler_state_version),
+        asked=tuple(asked),
+        infeasible=tuple(infeasible),
+        growing=bool(state.pending_instance_requests or state.pending_instances),
+        node_types=_live_types(nodes, types),
+    )
+
+
+def _v1_view(gcs: Any, nodes: list[dict[str, Any]]) -> AutoscalerView | None:
+    """Autoscaler v1's status (what ``ray status`` prints; None when there is none)."""
+    from ray._private.ray_constants import DEBUG_AUTOSCALING_STATUS
+
+    raw = gcs.internal_kv_get(DEBUG_AUTOSCALING_STATUS.encode(), None, timeout=10)
+    if not raw:
+        return None
+    status = json.loads(raw)
+    report = status.get("autoscaler_report") or {}
+    demand = (status.get("load_metrics_report") or {}).get("request_demand") or []
+    types = report.get("node_type_mapping") or {}
+    starting = len(types) > sum((report.get("active_nodes") or {}).values())
+    return AutoscalerView(
+        source="autoscaler v1",
+        stamp=float(status.get("time") or 0.0),
+        asked=tuple(dict(bundle) for bundle, _ in demand),
+        growing=bool(report.get("pending_launches") or report.get("pending_nodes") or starting),
+        node_types=_live_types(nodes, types),
+    )
+
+
+def _live_types(nodes: list[dict[str, Any]], types: Mapping[str, str]) -> tuple[NodeType, ...]:
+    """The live nodes by type (``types``: node id or address -> type name; a node without one
+    is typed by its resources)."""
+    out: dict[tuple[str, str], NodeType] = {}
+    for n in nodes:
+        name = types.get(n["NodeID"]) or types.get(n.get("NodeManagerAddress", "")) or "node"
+        resources = n.get("Resources", {})
+        key = (name, _fmt(resources))
+        prior = out.get(key)
+        out[key] = NodeType(name, resources, None, (prior.up if prior else 0) + 1)
+    return tuple(out.values())
+
+
+@dataclass
+class _Wait:
+    """One wait for a node that holds ``shape`` (for ``what``: the settings asking for it): the
+    autoscaler updates that declined it so far, and the progress line and metric."""
+
+    what: str
+    shape: Shape
+    seconds: float
+    t0: float = field(default_factory=time.monotonic)
+    declined: set[float] = field(default_factory=set)
+    logged: float = field(default_factory=time.monotonic)
+
+    def refusal(self, view: AutoscalerView) -> str | None:
+        """Why the autoscaler will not grow for the shape, or None while it may."""
+        if any(_same(b, self.shape) for b in view.infeasible):
+            return f"the {view.source} reports the request infeasible"
+        if view.complete and not any(t.holds(self.shape) for t in view.node_types):
+            return "no node type in the cluster's config has that much"
+        if view.growing or view.complete or not any(_same(b, self.shape) for b in view.asked):
+            self.declined.clear()
+            return None
+        self.declined.add(view.stamp)
+        if len(self.declined) < DECLINED_UPDATES:
+            return None
+        return (
+            f"the {view.source} saw the request in {len(self.declined)} updates and launched "
+            "no node for it (it logs 'could not find a node type to satisfy the request' when "
+            "no node type has that much, or the cluster is at its max_workers)"
+        )
+
+    def progress(self, view: AutoscalerView) -> None:
+        """A log line every PROGRESS_EVERY s, and the gauge ``atlas_waiting_seconds``."""
+        now = time.monotonic()
+        waited, tags = now - self.t0, {"setting": self.what, "shape": _fmt(self.shape)}
+        gauge("atlas_waiting_seconds", waited, tags)
+        if now - self.logged < PROGRESS_EVERY:
+            return
+        self.logged = now
+        log.info(
+            "%s: waiting for a node with %s: %.0f s so far, giving up in %.0f s "
+            "(cluster.wait_s=%g); %s: %s; node types: %s",
+            self.what,
+            _fmt(self.shape),
+            waited,
+            self.seconds - waited,
+            self.seconds,
+            view.source or "no autoscaler",
+            "growing" if view.growing else "launching nothing",
+            "; ".join(str(t) for t in view.node_types) or "none",
+        )
+
+    def done(self) -> None:
+        gauge("atlas_waiting_seconds", 0.0, {"setting": self.what, "shape": _fmt(self.shape)})
 
 
 def ask(num_cpus: float, num_gpus: float, count: int) -> None:
@@ -105,41 +417,56 @@ def ask(num_cpus: float, num_gpus: float, count: int) -> None:
     earlier request; a cluster without an autoscaler ignores it). ``count`` 0 withdraws it."""
     from ray.autoscaler.sdk import request_resources
 
-    shape = {"CPU": float(num_cpus), **({"GPU": float(num_gpus)} if num_gpus else {})}
-    request_resources(bundles=[shape] * max(0, count))
+    request_resources(bundles=[_shape(num_cpus, num_gpus)] * max(0, count))
 
 
 def require(what: str, num_cpus: float = 0, num_gpus: float = 0, count: int = 1) -> None:
     """Make sure some node can run a task or actor of this shape. When none of the live nodes
     can, ask the autoscaler for ``count`` of them and wait up to ``cluster.wait_s`` for a node
-    that fits (a GPU group that starts at zero replicas grows on demand); then refuse, naming
-    the setting (``what``, e.g. ``cluster.render``), the shape and what the nodes have (Ray
-    would wait for it forever)."""
-    deadline = time.monotonic() + _WAIT["seconds"]
-    if not _fitting(num_cpus, num_gpus) and _WAIT["seconds"] > 0:
+    that fits (a GPU group that starts at zero replicas grows on demand), saying every 10 s
+    what the wait is for. Refuse, naming the settings (``what``, e.g. ``cluster.render``), the
+    shape and the node types, as soon as the autoscaler will not grow for it (a shape no node
+    type holds: within a minute), or at the deadline (Ray would wait for it forever)."""
+    shape = _shape(num_cpus, num_gpus)
+    if _fitting(shape):
+        return
+    wait = _Wait(what, shape, _WAIT["seconds"])
+    why = "no node has it and cluster.wait_s=0 (no waiting)"
+    if wait.seconds > 0:
         log.info(
-            "%s: no node has %g CPU / %g GPU yet: asking the autoscaler for %d and waiting "
-            "up to %.0f s",
+            "%s: no node has %s yet: asking the autoscaler for %d and waiting up to %.0f s",
             what,
-            num_cpus,
-            num_gpus,
+            _fmt(shape),
             count,
-            _WAIT["seconds"],
+            wait.seconds,
         )
         ask(num_cpus, num_gpus, count)
-        while not _fitting(num_cpus, num_gpus) and time.monotonic() < deadline:
-            time.sleep(1.0)
-    if not _fitting(num_cpus, num_gpus):
-        nodes = [n.get("Resources", {}) for n in _ray().nodes() if n.get("Alive")]
-        have = [f"{r.get('CPU', 0):g} CPU / {r.get('GPU', 0):g} GPU" for r in nodes]
-        waited = f" within cluster.wait_s={_WAIT['seconds']:g} s" if _WAIT["seconds"] else ""
-        raise ConfigError(
-            what,
-            {"num_cpus": num_cpus, "num_gpus": num_gpus},
-            fix=f"no node of this cluster has that much{waited} (nodes: "
-            f"{', '.join(have) or 'none'}); lower {what}.num_cpus / {what}.num_gpus, add nodes "
-            "that have it, or let the autoscaler grow a group that has it (cluster.wait_s).",
-        )
+        why = f"none came within cluster.wait_s={wait.seconds:g} s"
+        try:
+            while time.monotonic() < wait.t0 + wait.seconds:
+                time.sleep(1.0)
+                if _fitting(shape):
+                    return
+                view = autoscaler()
+                refusal = wait.refusal(view)
+                if refusal:
+                    waited = time.monotonic() - wait.t0
+                    raise _no_node(what, shape, view, f"{refusal} ({waited:.0f} s after asking)")
+                wait.progress(view)
+        finally:
+            wait.done()
+    raise _no_node(what, shape, autoscaler(), why)
+
+
+def _no_node(what: str, shape: Shape, view: AutoscalerView, why: str) -> ConfigError:
+    types = "; ".join(str(t) for t in view.node_types) or "none"
+    return ConfigError(
+        what,
+        {"num_cpus": shape["CPU"], "num_gpus": shape.get("GPU", 0.0)},
+        fix=f"no node of this cluster can hold {_fmt(shape)}: {why}. Node types"
+        f"{'' if view.complete else ' up'}: {types}. Lower the num_cpus / num_gpus of {what} "
+        "to what a node type has, or add a node type that has it.",
+    )
 
 
 def grow(num_cpus: float, num_gpus: float, count: int) -> int:

@@ -1,5 +1,6 @@
 """The driver killed (SIGKILL, with its whole process group) in the middle of extraction, then the
-same command run again: it resumes at the uncommitted shards, and the store equals a reference."""
+same command run again: it resumes at the uncommitted shards, and the store equals a reference.
+The driver alone SIGKILLed (as the OOM killer does): no process of its local Ray outlives it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import zarr
 
@@ -142,4 +144,72 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
         assert a.read_bytes() == b.read_bytes(), name
     log.info(
         "fault 'driver killed mid-exemplars': injected 1, survived 1; %d sheets equal", len(files)
+    )
+
+
+def _tree(pid: int) -> dict[int, psutil.Process]:
+    try:
+        return {p.pid: p for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return {}
+
+
+def _running(p: psutil.Process) -> bool:
+    try:  # matched by pid and start time; a zombie has ended
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_sigkilled_driver_leaves_no_process_of_its_ray(tmp_path: Path) -> None:
+    """SIGKILL to the driver alone, mid-extraction (not its process group, unlike above): Ray
+    gives the processes it starts the parent-death signal, but its dashboard and runtime-env
+    agents are the raylet's and lingered 60-90 s (trying to tell the dead GCS); the driver's
+    watchdog ends every one of them within seconds."""
+    make_images(tmp_path / "imgs", 48, size=64, seed=9)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", FAULT_ENV: "sleep:mid:0.5"}
+    with open(tmp_path / "driver.log", "w") as driver_log:
+        proc = subprocess.Popen(
+            _cmd(tmp_path / "imgs", tmp_path / "run"),
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+            stdout=driver_log,
+            stderr=driver_log,
+        )
+    tree: dict[int, psutil.Process] = {}
+    try:
+        markers = tmp_path / "run" / "markers" / "extract"
+        deadline = time.time() + 180
+        while time.time() < deadline and not (markers.exists() and any(markers.glob("*.json"))):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        for _ in range(5):  # the driver's processes mid-run (workers come and go)
+            tree |= _tree(proc.pid)
+            time.sleep(0.2)
+        names = [" ".join(p.cmdline()) for p in tree.values() if _running(p)]
+        agents = [n for n in names if n.startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))]
+        assert len(agents) == 2 and any("raylet" in n for n in names), names
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        t0 = time.monotonic()
+        left = list(tree.values())
+        while left and time.monotonic() - t0 < 30:
+            time.sleep(0.2)
+            left = [p for p in left if _running(p)]
+        seconds = time.monotonic() - t0
+        assert not left, [" ".join(p.cmdline())[:80] for p in left]
+        assert seconds < 15
+    finally:
+        for p in tree.values():  # whatever the outcome, nothing of this test stays behind
+            if _running(p):
+                p.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log.info(
+        "driver SIGKILLed mid-extraction: %d processes of its local Ray (%d agents) before, "
+        "0 left %.1f s after",
+        len(tree),
+        len(agents),
+        seconds,
     )
