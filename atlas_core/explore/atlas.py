@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from atlas_core.explore.locate import Located, Locator
     from atlas_core.explore.ondemand import Painter
+    from atlas_core.neighbours import NeighbourIndex
 
 log = logging.getLogger(__name__)
 FORMATS = ("csv", "parquet", "json")
@@ -55,6 +56,7 @@ class Atlas:
         self.manifest = manifest
         self._locator: Locator | None = None
         self._painter: Painter | None = None
+        self._index: NeighbourIndex | None = None
 
     @classmethod
     def open(
@@ -312,8 +314,6 @@ class Atlas:
         """The ``k`` samples nearest (cosine, on the stored activations) to one sample, the
         mean of ``rows``, a cell's mean or a ``direction``: (rows (k,), cosines (k,)), nearest
         first; a query sample is never its own neighbour."""
-        from atlas_core.explore.search import nearest
-
         if sum(x is not None for x in (row, rows, cell, direction)) != 1:
             raise ConfigError(
                 "neighbours", "query", fix="give exactly one of row, rows, cell or direction."
@@ -326,7 +326,30 @@ class Atlas:
             q = self.direction(rows=rows, cell=cell)
         else:
             q = np.asarray(direction, np.float32)
-        return nearest(self.store, self.layer, q, k, exclude=exclude)
+        index = self.index()
+        if index is None:  # no index stored: the exact search over the activations
+            from atlas_core.explore.search import nearest
+
+            return nearest(self.store, self.layer, q, k, exclude=exclude)
+        rows, cos = index.search(q, k, exclude=np.array(exclude or [-1], np.int64))
+        keep = rows[0] >= 0
+        return rows[0][keep], cos[0][keep]
+
+    def index(self) -> NeighbourIndex | None:
+        """The layer's stored neighbour index (the neighbours stage's), loaded once with the
+        activations it was built from; None when the run has none."""
+        if self._index is None:
+            from atlas_core.neighbours import NeighbourIndex
+
+            node = self.store.neighbours(self.layer)
+            if not node.has("index"):
+                return None
+            from atlas_core.explore.search import blocks
+
+            self._index = NeighbourIndex.from_bytes(
+                node.read("index"), blocks(self.store, self.layer)
+            )
+        return self._index
 
     def locate(self, images: Iterable[Any]) -> list[Located]:
         """Where new images land: per image its top classes and, per position of the layer's

@@ -7,7 +7,7 @@ and the fallback where a run keeps no index.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +17,13 @@ from atlas_core.store import RunStore
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def blocks(store: RunStore, layer: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(row offset, activations (b, C) float32) of every storage object, in row order."""
+    node = store.extraction(layer)
+    for a, b in store.sample_ranges():
+        yield a, node.acts(a, b).astype(np.float32)
 
 
 def nearest(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from atlas_core.explore.search import blocks
 from atlas_core.neighbours import NeighbourIndex, NeighbourParams
 from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
@@ -38,13 +39,6 @@ class IndexJob:
     params: NeighbourParams
     k: int
     threads: int
-
-
-def blocks(store: RunStore, layer: str) -> Any:
-    """(row offset, activations (b, C) float32) of every storage object, in row order."""
-    node = store.extraction(layer)
-    for a, b in store.sample_ranges():
-        yield a, node.acts(a, b).astype(np.float32)
 
 
 def index_task(job: IndexJob) -> tuple[bytes, dict[str, Any]]:

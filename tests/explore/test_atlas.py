@@ -265,3 +265,26 @@ def test_the_notebook_runs_against_a_run(run) -> None:
     assert not [o for o in outputs if o.get("output_type") == "error"]
     text = "".join(str(o.get("text", "")) for o in outputs)
     assert "samples selected" in text and "top classes:" in text
+
+
+def test_the_stored_neighbours_are_a_brute_force_knn(run, atlas) -> None:
+    """The neighbours stage's every-sample kNN (the index's exact path at this size) against
+    a brute-force cosine ranking, and the API's search through the stored index."""
+    g = _store(run)
+    acts = g[f"layers/{LAYER}/acts"][:].astype(np.float32)
+    ok = np.isfinite(acts).all(1)
+    unit = np.where(ok[:, None], acts / np.linalg.norm(acts, axis=1, keepdims=True), 0)
+    stored = g[f"layers/{LAYER}/neighbours/rows"][:]
+    k = stored.shape[1]
+    for row in np.flatnonzero(ok)[:25]:
+        cos = unit @ unit[row]
+        cos[~ok] = -np.inf
+        cos[row] = -np.inf
+        want = np.lexsort((np.arange(len(cos)), -cos))[:k]
+        assert stored[row].tolist() == want.tolist(), row
+    assert (stored[~ok] == -1).all()
+    assert atlas.index() is not None
+    assert (
+        atlas.neighbours(row=int(np.flatnonzero(ok)[0]), k=k)[0].tolist()
+        == stored[np.flatnonzero(ok)[0]].tolist()
+    )
