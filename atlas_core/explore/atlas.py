@@ -331,9 +331,9 @@ class Atlas:
             from atlas_core.explore.search import nearest
 
             return nearest(self.store, self.layer, q, k, exclude=exclude)
-        rows, cos = index.search(q, k, exclude=np.array(exclude or [-1], np.int64))
-        keep = rows[0] >= 0
-        return rows[0][keep], cos[0][keep]
+        found, cos = index.search(q, k, exclude=np.array(exclude or [-1], np.int64))
+        keep = found[0] >= 0
+        return found[0][keep], cos[0][keep]
 
     def index(self) -> NeighbourIndex | None:
         """The layer's stored neighbour index (the neighbours stage's), loaded once with the
