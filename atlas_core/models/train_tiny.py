@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas_core.determinism import one_thread
 from atlas_core.models.preprocess import Preprocess
 from atlas_core.models.tiny import TinyNet
 
@@ -110,18 +109,6 @@ class TrainPlan:
     seed: int = 0
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread while training: the sums' rounding then does not depend on how many
-    threads split them, so the same seed gives the same bytes on any machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train(plan: TrainPlan = TrainPlan()) -> dict[str, dict[str, torch.Tensor]]:
     """Train TinyNet (10 outputs, as the registry builds it; labels 0-5 used) on
     :func:`make_images` and return the state dicts ``{"early": ..., "late": ...}``.
@@ -135,7 +122,7 @@ def train(plan: TrainPlan = TrainPlan()) -> dict[str, dict[str, torch.Tensor]]:
     y_all = torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(plan.seed)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    with _one_thread():
+    with one_thread():
         model = TinyNet(seed=plan.seed)
         opt = torch.optim.Adam(model.parameters(), lr=plan.lr)
         for step in range(plan.late_steps):

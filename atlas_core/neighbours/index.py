@@ -18,14 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
+from atlas_core.determinism import one_thread
 from atlas_core.errors import ConfigError, StoreError
 from atlas_core.neighbours.params import NeighbourParams
 
@@ -38,18 +38,6 @@ _MAGIC = b"ATLASNN\x00"
 # Similarity values one work unit holds at once (float32: 16 MB).
 _BLOCK_VALUES = 1 << 22
 Blocks = Iterable[tuple[int, np.ndarray]]
-
-
-@contextmanager
-def _one_torch_thread() -> Iterator[None]:
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _map(fn: Callable[[Any], T], items: Sequence[Any], threads: int) -> list[T]:
@@ -184,7 +172,7 @@ def _assign(units: Callable[[int, int], np.ndarray], n: int, centroids: np.ndarr
     def one(a: int) -> np.ndarray:
         return torch.argmax(torch.from_numpy(units(a, min(n, a + step))) @ c.T, dim=1).numpy()
 
-    with _one_torch_thread():
+    with one_thread():
         parts = _map(one, list(range(0, n, step)), threads)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -369,7 +357,7 @@ class NeighbourIndex:
         qn = self._queries(queries)
         own = self._positions(exclude, len(qn))
         groups = self._groups(qn, probe)
-        with _one_torch_thread():
+        with one_thread():
             parts = _map(lambda g: self._search_group(qn, own, g, k), groups, threads)
         rows = np.full((len(qn), k), -1, np.int64)
         cos = np.full((len(qn), k), np.nan, np.float32)
@@ -409,7 +397,7 @@ class NeighbourIndex:
         to the lower cell); ``own``: qn are the centroids themselves and each keeps its own."""
         import torch
 
-        with _one_torch_thread():
+        with one_thread():
             cos = torch.from_numpy(qn) @ torch.from_numpy(self.centroids).T
             if own:
                 cos.fill_diagonal_(np.inf)
@@ -444,7 +432,7 @@ class NeighbourIndex:
             a, b, ranges = unit
             return self._scan(table[a:b], ranges, np.arange(a, b), k, table=table)
 
-        with _one_torch_thread():
+        with one_thread():
             parts = _map(one, units, threads)
         rows = np.full((self.n_rows, k), -1, np.int64)
         cos = np.full((self.n_rows, k), np.nan, np.float32)
