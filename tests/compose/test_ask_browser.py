@@ -243,6 +243,7 @@ def test_a_dropped_image_lands_where_the_api_places_it_and_hovers_link(
 
     # at the other level the list and the lit cell follow
     p.page.click("#levels button >> nth=0")
+    p.page.wait_for_function("() => /^Level 1 /.test(document.getElementById('level').textContent)")
     p.settle()
     assert p.level() == 4
     cells4 = {tuple(w.cells[4]) for w in want.positions}

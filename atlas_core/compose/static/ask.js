@@ -143,7 +143,7 @@
       grid.style.gridTemplateColumns = "repeat(" + w + ", 1fr)";
       grid.style.gridTemplateRows = "repeat(" + h + ", 1fr)";
       res.positions.forEach((p, i) => {
-        const sq = el("button", "pos", w <= 16 ? String(i + 1) : "");
+        const sq = el("button", "pos", String(i + 1));
         sq.type = "button";
         sq.dataset.i = String(i);
         sq.setAttribute("aria-label", "position " + (i + 1) + ": row " + p.row + ", column " + p.col);
