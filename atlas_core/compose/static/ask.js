@@ -182,6 +182,7 @@
       lit = i;
       cellMark.clearLayers();
       out.lit = null;
+      if (located) describe(i);
       if (i < 0 || !located) return;
       squares[i].classList.add("lit");
       const e = markers[i].getElement();
@@ -199,10 +200,16 @@
       picked = i;
       for (const sq of squares) sq.setAttribute("aria-pressed", String(+sq.dataset.i === i));
       $("locate-icon").disabled = i < 0;
-      if (i < 0) { $("locate-pos").textContent = "Hover or click a position (on the image or its dot on the map)."; return; }
+      describe(i);
+    }
+
+    function describe(i) { // the line about the lit position, else the picked one
+      if (i < 0) i = picked;
+      if (i < 0 || !located) { $("locate-pos").textContent = "Hover or click a position (on the image or its dot on the map)."; return; }
       const p = located.positions[i], lv = pane.level(), c = p.cells[lv.size], topName = located.top.length ? located.top[0].name : "";
       $("locate-pos").textContent = "Position " + (i + 1) + " (row " + p.row + ", column " + p.col + "): cell (" +
-        c[0] + ", " + c[1] + ") of " + lv.size + " \u00d7 " + lv.size + "; attribution to " + topName + " " + (+p.attribution).toPrecision(3);
+        c[0] + ", " + c[1] + ") of " + lv.size + " \u00d7 " + lv.size + "; attribution to " + topName + " " + (+p.attribution).toPrecision(3) +
+        (i === picked ? "" : (picked >= 0 ? " (click to pick it; position " + (picked + 1) + " is picked)" : " (click to pick it)"));
     }
 
     function listCells() { // the cells the positions land in at the current level
