@@ -4,7 +4,8 @@ Pan and zoom are Leaflet's (pinned, copied next to the page by :func:`static_fil
 own script and style are files beside it, and the data is one generated script
 (``data/atlas.js``) that registers the run, and more data scripts it loads as they are needed:
 no inline script, no inline handler, and a Content-Security-Policy that allows nothing but files
-of the page's own origin. Every string from
+of the page's own origin (and ``connect-src 'self'``: served by ``atlas serve``, the page asks
+the run's own API, ``/api/...``; opened from disk it asks nothing). Every string from
 a dataset (class names, file names, URIs) is JSON-escaped into that data file and written into the
 page with ``textContent`` only, so no name can become markup.
 """
@@ -22,9 +23,9 @@ from atlas_core.errors import AtlasError
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "base-uri 'none'; form-action 'none'; object-src 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'"
 )
-_STATIC = ("viewer.js", "explore.js", "viewer.css")
+_STATIC = ("viewer.js", "explore.js", "ask.js", "viewer.css")
 _LEAFLET = ("leaflet.js", "leaflet.css", "LICENSE")
 
 _PAGE = """<!doctype html>
@@ -53,6 +54,28 @@ _PAGE = """<!doctype html>
 </div>
 <main id="panes"></main>
 <div id="side">
+<section id="ask" aria-label="questions to the model">
+ <h2>Ask the model</h2>
+ <p id="ask-note" class="hint"></p>
+ <div id="ask-tools" hidden>
+  <div id="locate-drop" class="drop"><label for="locate-file">Locate an image</label>
+  <input id="locate-file" type="file" accept="image/*"><span class="hint">or drop one here
+  </span></div>
+  <p id="locate-status" role="status"></p>
+  <div id="located" hidden>
+   <div id="locate-frame"><img id="locate-img" alt="the located image"><div
+   id="locate-grid" role="group" aria-label="the layer's positions over the image"></div></div>
+   <p id="locate-pos" aria-live="polite"></p>
+   <div class="row"><button id="locate-icon" type="button" disabled>icon of this position
+   </button> <button id="locate-clear" type="button">clear</button></div>
+   <div id="locate-icon-out" class="ondemand" aria-live="polite"></div>
+   <h3>Top classes</h3><ol id="locate-top"></ol>
+   <h3 id="locate-cells-title"></h3><div id="locate-cells"></div>
+  </div>
+  <div id="near" hidden><h3 id="near-title"></h3><ol id="near-list"></ol>
+  <button id="near-clear" type="button">clear</button></div>
+ </div>
+</section>
 <section id="explore" aria-label="the samples: points, filters, selection"
  hidden>
  <h2>Samples</h2>
@@ -84,6 +107,9 @@ _PAGE = """<!doctype html>
  </button> <button id="sel-clear" type="button">clear</button> <button id="export"
  type="button">export CSV</button></div>
  <p id="sel-count" aria-live="polite"></p>
+ <div class="row" id="sel-ask" hidden><button id="sel-icon" type="button">icon of this selection
+ </button> <button id="sel-near" type="button">nearest samples</button></div>
+ <div id="sel-icon-out" class="ondemand" aria-live="polite"></div>
  <div id="hists"></div>
  <div id="sel-patches"></div>
  <div class="row"><label><input id="errors" type="checkbox"> error rate per cell</label>
@@ -96,11 +122,13 @@ Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
 <div id="source" role="dialog" aria-modal="true" aria-labelledby="source-name" hidden>
  <div class="frame" id="source-frame"><img id="source-img" alt="source image"><div
  id="source-mark"></div></div>
- <p id="source-name"></p><button id="source-close" type="button">Close (Esc)</button>
+ <p id="source-name"></p><button id="source-near" type="button" hidden>nearest samples to
+ this one</button> <button id="source-close" type="button">Close (Esc)</button>
 </div>
 __SCRIPTS__
 <script src="__PREFIX__lib/leaflet/leaflet.js"></script>
 <script src="__PREFIX__explore.js"></script>
+<script src="__PREFIX__ask.js"></script>
 <script src="__PREFIX__viewer.js"></script>
 </body></html>
 """

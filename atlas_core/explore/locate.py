@@ -22,7 +22,7 @@ from atlas_core.data.decode import DecodePolicy, Status, decode, decode_bytes
 from atlas_core.errors import ConfigError
 from atlas_core.extract import ActivationExtractor
 from atlas_core.grid import cell_index
-from atlas_core.models import load_model
+from atlas_core.models import Preprocess, load_model
 from atlas_core.reduce import Landmarks, apply_bounds, place
 
 if TYPE_CHECKING:
@@ -47,17 +47,26 @@ class Position:
 class Located:
     """An image placed in the atlas: its top classes (class, name, probability), the layer's
     grid (H, W), one :class:`Position` per cell of that grid (row-major), and the seconds spent
-    decoding, in the forward pass (with attribution) and placing."""
+    decoding, in the forward pass (with attribution) and placing. ``box``: the part of the
+    image the model saw (x0, y0, x1, y1 as fractions of its width and height; the grid covers
+    it); ``acts``: (H * W, C) float32, each position's activation (row-major), a direction an
+    icon can be rendered for."""
 
     top: list[tuple[int, str, float]]
     grid: tuple[int, int]
     positions: list[Position]
     seconds: dict[str, float] = field(default_factory=dict)
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    acts: np.ndarray | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, *, acts: bool = False) -> dict[str, Any]:
+        """JSON-ready: top, grid, box, positions, seconds; with ``acts``, each position's
+        activation too (``acts``: C floats, each the shortest text that reads back as the
+        same float32, so a direction sent back is the activation itself)."""
+        out: dict[str, Any] = {
             "top": [{"class": c, "name": n, "prob": round(p, 6)} for c, n, p in self.top],
             "grid": list(self.grid),
+            "box": [round(v, 6) for v in self.box],
             "positions": [
                 {
                     "row": p.row,
@@ -71,6 +80,10 @@ class Located:
             ],
             "seconds": self.seconds,
         }
+        if acts and self.acts is not None:
+            for row, a in zip(out["positions"], self.acts, strict=True):
+                row["acts"] = [float(str(v)) for v in a.astype(np.float32)]
+        return out
 
 
 class Placement:
@@ -186,4 +199,19 @@ class Locator:
             if c >= 0
         ]
         secs = {"decode": t1 - t0, "forward": t2 - t1, "placement": t3 - t2}
-        return Located(top, self.grid, positions, {k: round(v, 4) for k, v in secs.items()})
+        box = seen_box(self.model.preprocess, im.size)
+        seconds = {k: round(v, 4) for k, v in secs.items()}
+        return Located(top, self.grid, positions, seconds, box, acts.astype(np.float32))
+
+
+def seen_box(pre: Preprocess, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of an image of ``size`` (w, h) that ``pre`` keeps:
+    (x0, y0, x1, y1) as fractions of the width and height, the same arithmetic as its
+    ``to_array`` (a squash keeps all of it; a crop, the centre square of the resized image)."""
+    if pre.mode == "squash":
+        return (0.0, 0.0, 1.0, 1.0)
+    w, h = size
+    scale = pre.resize / min(w, h)
+    nw, nh = max(pre.size, round(w * scale)), max(pre.size, round(h * scale))
+    left, top = (nw - pre.size) // 2, (nh - pre.size) // 2
+    return (left / nw, top / nh, (left + pre.size) / nw, (top + pre.size) / nh)

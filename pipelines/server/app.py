@@ -5,9 +5,11 @@ Routes (every one behind :mod:`pipelines.server.guards`):
 
 - ``GET|HEAD /<file>``: a file a page reads (:mod:`pipelines.server.files`); ``/`` redirects to
   ``/viewer/index.html``.
-- ``GET /api/health``: ``{"status": "ok", "jobs": {workers, queue, running, waiting}}``.
-- ``POST /api/locate?top=5``: an image (raw body or one multipart file) -> the backend's JSON;
-  a ``Server-Timing`` header splits read, decode and compute.
+- ``GET /api/health``: ``{"status": "ok", "compute": bool, "jobs": {workers, queue, running,
+  waiting}}``.
+- ``POST /api/locate?top=5[&acts=1]``: an image (raw body or one multipart file) -> the
+  backend's JSON (with ``acts=1``, each position's activation, for its icon); a
+  ``Server-Timing`` header splits read, decode and compute.
 - ``POST /api/render``: a JSON :class:`~pipelines.server.backend.Selection` -> ``image/png``.
 - ``GET /api/neighbours?row=R | rows=R1,R2 | level=G&ix=I&iy=J, k=10`` -> JSON.
 - ``POST /api/export``: a JSON :class:`~pipelines.server.backend.ExportRequest` -> the file.
@@ -132,8 +134,10 @@ def _errors(errors: Any) -> str:
 
 
 @api.get("/health")
-async def health(jobs: TheJobs) -> dict[str, Any]:
-    return {"status": "ok", "jobs": jobs.stats()}
+async def health(backend: TheBackend, jobs: TheJobs) -> dict[str, Any]:
+    """``compute``: whether a backend answers the compute endpoints (the page offers its
+    questions only then)."""
+    return {"status": "ok", "compute": not isinstance(backend, NoBackend), "jobs": jobs.stats()}
 
 
 @api.post("/locate")
@@ -143,6 +147,7 @@ async def locate(
     backend: TheBackend,
     jobs: TheJobs,
     top: Annotated[int, Query(ge=1, le=50)] = 5,
+    acts: bool = False,
 ) -> Response:
     times: dict[str, float] = {}
     with reserve(jobs) as slot:  # before the body: uploads in memory are bounded by the slots
@@ -154,7 +159,13 @@ async def locate(
             a = time.perf_counter()
             image = decode_upload(data, s.upload_pixels)
             b = time.perf_counter()
-            out = _json(backend.locate(image, top=top), "locate")
+            # acts only when asked: a backend without the keyword answers everything else
+            answer = (
+                backend.locate(image, top=top, acts=True)
+                if acts
+                else backend.locate(image, top=top)
+            )
+            out = _json(answer, "locate")
             times.update(decode=b - a, compute=time.perf_counter() - b)
             return out
 

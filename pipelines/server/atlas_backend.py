@@ -27,10 +27,12 @@ class AtlasBackend:
         self.atlas = Atlas.open(run_dir, storage_options=storage_options)
         self.lock = threading.Lock()
 
-    def locate(self, image: Image.Image, *, top: int = 5) -> dict[str, Any]:
+    def locate(self, image: Image.Image, *, top: int = 5, acts: bool = False) -> dict[str, Any]:
+        """The API's answer (:meth:`Located.to_json`): with ``acts``, each position's
+        activation, which the page sends back as the ``direction`` of its icon."""
         with self.lock, _query():
             located = self.atlas.locate([image])[0]
-        out = located.to_json()
+        out = located.to_json(acts=acts)
         out["top"] = out["top"][:top]
         return out
 

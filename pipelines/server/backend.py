@@ -126,10 +126,14 @@ def _check_polygon(polygon: tuple[tuple[float, float], ...], required: bool = Fa
 class Backend(Protocol):
     """The questions a finished run answers (DESIGN section 10); every method blocks."""
 
-    def locate(self, image: Image.Image, *, top: int = 5) -> dict[str, Any]:
+    def locate(self, image: Image.Image, *, top: int = 5, acts: bool = False) -> dict[str, Any]:
         """Where ``image`` (RGB, decoded by the server) lands: its ``top`` classes and, per
         position of the layer's feature map, its grid position (row, col), layout x and y
-        and cell (ix, iy) at every level. A JSON-ready dict (finite numbers only)."""
+        and cell (ix, iy) at every level. A JSON-ready dict (finite numbers only).
+
+        ``acts=True`` (passed only when the client asks, ``?acts=1``, so a backend without the
+        keyword answers every other request): each position also carries its activation,
+        ``acts`` (C floats), which the page sends back as the ``direction`` of its icon."""
         ...
 
     def render(self, selection: Selection) -> bytes:
@@ -154,7 +158,7 @@ class NoBackend:
         "(FACTORY(run_dir) returns a pipelines.server.backend.Backend)"
     )
 
-    def locate(self, image: Image.Image, *, top: int = 5) -> dict[str, Any]:
+    def locate(self, image: Image.Image, *, top: int = 5, acts: bool = False) -> dict[str, Any]:
         raise NotImplementedError(self._WHY)
 
     def render(self, selection: Selection) -> bytes:

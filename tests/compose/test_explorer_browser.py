@@ -51,7 +51,7 @@ def labelled(tmp_path_factory, local_ray):
         "exemplars.k=4",
         f"run_dir={base / 'run'}",
     )
-    model = cached_model(s.model.spec, "cpu")  # the driver's model writes the viewer data
+    model = cached_model(s.model.spec, "cpu", role="card")  # the driver's card names classes
     saved, model.class_names = model.class_names, _names(model.num_classes)
     try:
         run(s, {})
@@ -295,15 +295,14 @@ def test_a_run_without_labels_has_points_and_filters_but_no_error_map(
     labelled, browser, tmp_path
 ) -> None:
     """The same run with ``images/label`` removed and compose run again."""
-    from pipelines.core.stage import StageRun
-    from pipelines.core.views import MAIN
     from pipelines.stages import compose
+    from tests.conftest import stage_run
 
     bare = tmp_path / "run"
     shutil.copytree(labelled, bare)
     del zarr.open_group(str(bare / "atlas.zarr"), mode="r+")["images/label"]
     s, _ = debug_settings(f"run_dir={bare}", "grid.sizes=[4,8]", "extract.samples_per_image=2")
-    compose.run(StageRun("compose", s, MAIN, "test"))
+    compose.run(stage_run(s, "compose"))
     (bare / "viewer" / "data" / "links.js").write_text("window.ATLAS_LINKS = [];\n")
     st = Store(labelled)
     p = Page(browser, _url(bare) + "#z=1&x=0.5&y=0.5&p=1&pc=correct&e=1")
@@ -312,7 +311,7 @@ def test_a_run_without_labels_has_points_and_filters_but_no_error_map(
     assert "no labels" in p.page.inner_text("#errors-note")
     assert p.explore()["errors"] == [] and p.explore()["confusions"] == []
     cls = int(np.bincount(st.pred).argmax())
-    p.page.fill("#f-pred", f"class {cls}")  # the toy model's own names, this time
+    p.page.fill("#f-pred", _names(10)[cls])  # the names the store's card recorded
     p.page.dispatch_event("#f-pred", "change")
     p.settle()
     assert p.n("#pcount") == int((st.pred == cls).sum())

@@ -428,6 +428,7 @@
       histograms();
       patches();
       confusionList();
+      for (const f of changed) f();
       document.body.dataset.explore = cols ? "1" : "0";
     }
 
@@ -471,8 +472,7 @@
     function patches() { // a page of the selection's samples that have exemplar patches
       const box = $("sel-patches");
       if (!cols || !selected || !head.patches || !run.exemplars) { box.replaceChildren(); return; }
-      core.load(base + "patches.js").then((p) => {
-        if (!p.rowsT) { p.rowsT = core.typed(p.row, Uint32Array); p.eT = core.typed(p.e, Int32Array); p.slotT = core.typed(p.slot, Int32Array); p.boxT = core.typed(p.box, Float32Array); }
+      patchTable().then((p) => {
         const have = [];
         for (const i of selectedRows()) {
           const j = bsearch(p.rowsT, cols.row[i]);
@@ -498,6 +498,13 @@
           nav.append(prev, el("span", null, " page " + (patchPage + 1) + " of " + pages + " "), next);
           box.replaceChildren(el("h3", null, have.length + " of " + nSel + " selected samples have a patch (the exemplars); the CSV lists them all"), grid, nav);
         });
+      });
+    }
+
+    function patchTable() { // the rows that have an exemplar patch, decoded once
+      return core.load(base + "patches.js").then((p) => {
+        if (!p.rowsT) { p.rowsT = core.typed(p.row, Uint32Array); p.eT = core.typed(p.e, Int32Array); p.slotT = core.typed(p.slot, Int32Array); p.boxT = core.typed(p.box, Float32Array); }
+        return p;
       });
     }
 
@@ -602,6 +609,46 @@
       core.track(job);
       return job;
     }
+
+    // ---------------------------------------------------------------- for the questions (ask.js)
+    const changed = []; // called whenever the views follow the state
+    core.explore = {
+      columns: columns,
+      changed: changed,
+      selection() { // the selection as the server is asked about it: its polygon, rows, filters
+        if (!cols || !state.polygon || !selected) return null;
+        const f = state.filters, rows = [];
+        for (let i = 0; i < cols.n; i++) if (selected[i]) rows.push(cols.row[i]);
+        return { polygon: state.polygon, rows: rows, filtered: !!(f.pred || f.label || f.correct || f.conf || f.source) };
+      },
+      point(row) { return cols ? bsearch(cols.row, row) : -1; }, // a sample row's point, -1: none
+      xy(i) { return [cols.x[i], cols.y[i]]; },
+      patchOf(row) { // where a sample's exemplar patch is, or null (it is not an exemplar)
+        return header().then((h) => (h.patches ? patchTable() : null)).then((p) => {
+          const j = p ? bsearch(p.rowsT, row) : -1;
+          if (j < 0) return null;
+          const slot = p.slotT[j], per = run.exemplars.per;
+          return pane.sources(slot).then((nm) => ({ e: p.eT[j], slot: slot, box: Array.from(p.boxT.slice(4 * j, 4 * j + 4)), names: nm, per: per }));
+        });
+      },
+      rowOfPatch(e) { // the sample row an exemplar patch was cut from, or null
+        return header().then((h) => (h.patches ? patchTable() : null)).then((p) => {
+          if (!p) return null;
+          if (!p.byE) { p.byE = new Map(); for (let j = 0; j < p.eT.length; j++) p.byE.set(p.eT[j], p.rowsT[j]); }
+          return p.byE.has(e) ? p.byE.get(e) : null;
+        });
+      },
+      sourceOf(row) { // the file name of a sample's image
+        return header().then((h) => {
+          const img = Math.floor(row / h.k), per = h.details.per;
+          return core.load(base + "detail-" + Math.floor(img / per) + ".js").then((d) => {
+            const uri = String(d.uri[img % per] || "");
+            const tail = uri.replace(/^tar:\/\//, "").split("::")[0].replace(/\/+$/, "");
+            return tail.slice(tail.lastIndexOf("/") + 1) || uri;
+          });
+        });
+      },
+    };
 
     const cellOf = (v, g) => Math.min(g - 1, Math.max(0, Math.floor(Math.fround(v * g))));
 

@@ -26,8 +26,9 @@
   let query = "";
   let syncing = false;
   let busy = 0;
-  // the explorer (explore.js) plugs in here: hash fields, overlay cells, card lines
-  const hooks = { write: [], read: [], overlay: [], card: [] };
+  // the explorer (explore.js) and the questions (ask.js) plug in here: hash fields, overlay
+  // cells, card lines (text or a node), an exemplar's source opened (pane, patch index)
+  const hooks = { write: [], read: [], overlay: [], card: [], source: [] };
 
   // ------------------------------------------------------------------ loading data files
   const loaded = new Map();
@@ -362,15 +363,15 @@
   }
 
   // ------------------------------------------------------------------ the card
-  function iconBox(pane, lv, cell) {
-    const cols = pane.run.sheet_columns, per = cols * cols;
+  function iconBox(pane, lv, cell, px) {
+    const cols = pane.run.sheet_columns, per = cols * cols, side = px || CARD_ICON;
     const page = Math.floor(cell.i / per), pos = cell.i % per;
     const rows = Math.ceil(Math.min(lv.cells - page * per, per) / cols);
     const d = el("div", "icon");
-    d.style.width = d.style.height = CARD_ICON + "px";
+    d.style.width = d.style.height = side + "px";
     d.style.backgroundImage = 'url("' + pane.root + "levels/" + lv.size + "/icons-" + page + '.png")';
-    d.style.backgroundSize = cols * CARD_ICON + "px " + rows * CARD_ICON + "px";
-    d.style.backgroundPosition = -(pos % cols) * CARD_ICON + "px " + -Math.floor(pos / cols) * CARD_ICON + "px";
+    d.style.backgroundSize = cols * side + "px " + rows * side + "px";
+    d.style.backgroundPosition = -(pos % cols) * side + "px " + -Math.floor(pos / cols) * side + "px";
     d.setAttribute("role", "img");
     d.setAttribute("aria-label", "icon of cell " + cell.ix + ", " + cell.iy);
     return d;
@@ -386,7 +387,8 @@
     b.style.width = b.style.height = px + "px";
     b.style.backgroundImage = 'url("' + pane.root + ex.dir + "patches-" + Math.floor(e / ex.per) + '.jpg")';
     b.style.backgroundPosition = -(pos % ex.cols) * px + "px " + -Math.floor(pos / ex.cols) * px + "px";
-    b.addEventListener("click", () => openSource(pane, slot, box, names));
+    b.dataset.e = String(e);
+    b.addEventListener("click", () => openSource(pane, slot, box, names, e));
     return b;
   }
 
@@ -427,7 +429,10 @@
     s.appendChild(el("h2", null, "Cell (" + cell.ix + ", " + cell.iy + ") of " + lv.size + " \u00d7 " + lv.size));
     s.appendChild(iconBox(pane, lv, cell));
     s.appendChild(el("p", "count", d.count[cell.i] + " activations"));
-    for (const f of hooks.card) { const line = f(pane, cell); if (line) s.appendChild(el("p", "passing", line)); }
+    for (const f of hooks.card) {
+      const line = f(pane, cell);
+      if (line) s.appendChild(typeof line === "string" ? el("p", "passing", line) : line);
+    }
     const attr = lv.kind === "attribution";
     s.appendChild(el("h4", null, attr ? "Top classes (mean attribution)" : "Top classes (predictions)"));
     const ol = el("ol", "top");
@@ -472,7 +477,7 @@
     });
   }
 
-  function openSource(pane, slot, box, names) {
+  function openSource(pane, slot, box, names, e) {
     const ex = pane.run.exemplars, i = slot % ex.per, n = Math.floor(slot / ex.per);
     const w = names ? names.w[i] : ex.thumb_px, h = names ? names.h[i] : ex.thumb_px;
     const sc = SOURCE_PX / Math.max(w, h, 1);
@@ -488,6 +493,7 @@
     m.style.left = 100 * box[0] + "%"; m.style.top = 100 * box[1] + "%";
     m.style.width = 100 * (box[2] - box[0]) + "%"; m.style.height = 100 * (box[3] - box[1]) + "%";
     $("source").hidden = false;
+    for (const f of hooks.source) f(pane, e);
     $("source-close").focus();
   }
 
@@ -678,11 +684,12 @@
     document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") closeSource(); });
     window.addEventListener("hashchange", readHash);
     panes.forEach(wire);
-    if (window.ATLAS_EXPLORE) { // the explorer's instruments over the first pane
-      window.ATLAS_EXPLORE({ panes: panes, hooks: hooks, load: load, track: track, typed: typed, el: el,
-        view: view, refresh: refresh, writeHash: writeHash, redraw: () => panes.forEach((q) => q.overlay.redraw()),
-        exemplarButton: exemplarButton, showCard: showCard });
-    }
+    const core = { panes: panes, hooks: hooks, load: load, track: track, typed: typed, el: el,
+      view: view, refresh: refresh, writeHash: writeHash, redraw: () => panes.forEach((q) => q.overlay.redraw()),
+      exemplarButton: exemplarButton, showCard: showCard, cardFacts: cardFacts, iconBox: iconBox,
+      closeSource: closeSource };
+    if (window.ATLAS_EXPLORE) window.ATLAS_EXPLORE(core); // the explorer's instruments over the first pane
+    if (window.ATLAS_ASK) window.ATLAS_ASK(core); // the questions to the model, when served
     document.body.dataset.maxZoom = panes[0].maxZoom;
     readHash().then(() => { document.body.dataset.ready = "1"; },
       (err) => { $("title").textContent = "The atlas data did not load: " + err; });
