@@ -24,6 +24,7 @@ import numpy as np
 from atlas_core.errors import ConfigError, StoreError
 from atlas_core.explore.columns import Columns
 from atlas_core.explore.geometry import Where, points_in_polygon
+from atlas_core.explore.opened import OpenRun
 from atlas_core.models.card import ModelCard
 from atlas_core.store import RunLocation, RunStore
 
@@ -49,10 +50,8 @@ class Atlas:
         card: ModelCard | None,
         manifest: dict[str, Any],
     ) -> None:
-        self.loc = loc
-        self.store = store
-        self.layer = layer
-        self.card = card
+        self.run = OpenRun(loc, store, layer, card, manifest)
+        self.loc, self.store, self.layer, self.card = loc, store, layer, card
         self.manifest = manifest
         self._locator: Locator | None = None
         self._painter: Painter | None = None
@@ -91,16 +90,14 @@ class Atlas:
     @property
     def levels(self) -> list[int]:
         """The grid sizes of this view, ascending (each a zoom level)."""
-        return self.store.level_sizes(self.layer)
+        return self.run.levels
 
     @property
     def n_samples(self) -> int:
         return self.store.n_images * self.store.k
 
     def class_name(self, c: int) -> str:
-        if c < 0:
-            return ""
-        return self.card.class_name(int(c)) if self.card else f"class {c}"
+        return self.run.class_name(c)
 
     @cached_property
     def columns(self) -> Columns:
@@ -358,7 +355,7 @@ class Atlas:
         from atlas_core.explore.locate import Locator
 
         if self._locator is None:
-            self._locator = Locator(self)
+            self._locator = Locator(self.run)
         return [self._locator(im) for im in images]
 
     def render(self, direction: np.ndarray, *, seed: int = 0) -> np.ndarray:
@@ -367,7 +364,7 @@ class Atlas:
         from atlas_core.explore.ondemand import Painter
 
         if self._painter is None:
-            self._painter = Painter(self)
+            self._painter = Painter(self.run)
         return self._painter(np.asarray(direction, np.float32), seed=seed)
 
     def show(self, height: int = 640) -> Any:

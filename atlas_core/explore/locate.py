@@ -26,7 +26,7 @@ from atlas_core.models import Preprocess, load_model
 from atlas_core.reduce import Landmarks, apply_bounds, place
 
 if TYPE_CHECKING:
-    from atlas_core.explore.atlas import Atlas
+    from atlas_core.explore.opened import OpenRun
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class Placement:
     (metric, PCA, seed and neighbours as the reduce stage recorded them), their raw positions,
     and the bounds that normalize the layout."""
 
-    def __init__(self, atlas: Atlas) -> None:
+    def __init__(self, atlas: OpenRun) -> None:
         node = atlas.store.layout_node(atlas.layer)
         attrs: dict[str, Any] = dict(node.array("layout").attrs)
         joint = attrs.get("joint_layers") or [atlas.layer]
@@ -132,7 +132,7 @@ class Locator:
     """Set up once per atlas (the model, the extractor at every position, the placement);
     each call locates one image: a path, bytes, or a PIL image."""
 
-    def __init__(self, atlas: Atlas, *, policy: DecodePolicy | None = None) -> None:
+    def __init__(self, atlas: OpenRun, *, policy: DecodePolicy | None = None) -> None:
         if atlas.card is None:
             raise ConfigError("run", atlas.loc.root, fix="this run records no model card.")
         self.atlas = atlas

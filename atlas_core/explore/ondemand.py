@@ -26,7 +26,7 @@ from atlas_core.models import load_model
 from atlas_core.store import CachedGroup, group_key
 
 if TYPE_CHECKING:
-    from atlas_core.explore.atlas import Atlas
+    from atlas_core.explore.opened import OpenRun
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Painter:
     """Set up once per atlas (the model, the renderer with the run's recipe, the cache); each
     call renders, or finds, the icon of one direction."""
 
-    def __init__(self, atlas: Atlas) -> None:
+    def __init__(self, atlas: OpenRun) -> None:
         if atlas.card is None:
             raise ConfigError("run", atlas.loc.root, fix="this run records no model card.")
         config = atlas.manifest.get("config") or {}

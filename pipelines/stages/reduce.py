@@ -296,15 +296,7 @@ def run(ctx: StageRun) -> StageResult:
         "joint_layers": joint,
         **quality,
     }
-    placement = {
-        "metric": r.metric,
-        "pca_dim": r.pca_dim,
-        "seed": r.seed,
-        "place_neighbors": r.place_neighbors,
-    }
-    for name in s.joint_layers or (s.layer,):
-        write_layout(store, name, norm, {**attrs, "placement": placement})
-        store.layout_node(name).put("landmark_rows", fit_rows.astype(np.int64))
+    _write_layouts(ctx, store, norm, attrs, fit_rows)
     log.info("reduce: %d rows (fit on %d with %s): %s", len(ok), len(fit_rows), where, quality)
     details = {
         "backend": where["backend"],
@@ -320,6 +312,23 @@ def run(ctx: StageRun) -> StageResult:
     }
     counts = {"rows": len(ok), "holes": int((~ok_mask).sum()), "fit_rows": len(fit_rows)}
     return StageResult(counts=counts, details=details)
+
+
+def _write_layouts(
+    ctx: StageRun, store: RunStore, norm: np.ndarray, attrs: dict[str, Any], fit_rows: np.ndarray
+) -> None:
+    """The normalized layout of every laid-out layer, with what places a new row in it: the
+    landmark rows and how they were searched (the atlas API's locate rebuilds it)."""
+    r = ctx.conf(ReduceConf)
+    placement = {
+        "metric": r.metric,
+        "pca_dim": r.pca_dim,
+        "seed": r.seed,
+        "place_neighbors": r.place_neighbors,
+    }
+    for name in ctx.s.joint_layers or (ctx.s.layer,):
+        write_layout(store, name, norm, {**attrs, "placement": placement})
+        store.layout_node(name).put("landmark_rows", fit_rows.astype(np.int64))
 
 
 def _backend(ctx: StageRun) -> str:
