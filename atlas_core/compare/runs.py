@@ -122,7 +122,8 @@ def check_same_images(a: RunStore, b: RunStore, run_b: str) -> str:
     for key in ("n_images", "k"):
         if a.attrs[key] != b.attrs[key]:
             raise _refuse(run_b, f"{key} is {b.attrs[key]} in B and {a.attrs[key]} in A")
-    n, step = a.n_images, max(int(a.attrs.get("chunk_images", 1024)), 1) * 64
+    chunk = max(int(a.attrs.get("chunk_images", 1024)), 1)
+    n, step = a.n_images, chunk * max(1, BLOCK_ROWS // chunk)  # whole objects, ~65k images
     for name in ("uri", "crop"):
         for s in range(0, n, step):
             x, y = a.images.read(name, s, s + step), b.images.read(name, s, s + step)
@@ -261,10 +262,9 @@ def diff_runs(
 
 
 def _layouts(pair: RunPair, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
-    return tuple(  # type: ignore[return-value]
-        at.store.layout_node(at.layer).read("layout", a, b).astype(np.float64)
-        for at in (pair.a, pair.b)
-    )
+    """Rows [a, b) of both layouts as stored (float32: cells by the grid stage's own rule)."""
+    la, lb = (at.store.layout_node(at.layer).read("layout", a, b) for at in (pair.a, pair.b))
+    return la, lb
 
 
 def _attrs(pair: RunPair, k: int, top: int, block: int) -> dict[str, Any]:
@@ -351,17 +351,22 @@ def _exemplars(pair: RunPair) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every sample row that is an exemplar in A's run or B's (patch in its sheet), A's first:
     (rows (R,) int64 ascending, side (R,) int8 0 = A 1 = B, e (R,) int64 its index in that
     run's exemplar index, i.e. its place in the patch sheets)."""
-    found: dict[int, tuple[int, int]] = {}
+    rows, side, e = [], [], []
     for s, at in enumerate((pair.a, pair.b)):
         ex = at.store.exemplars(at.layer).index()
         if ex is None:
             continue
-        for i in np.flatnonzero(ex["ok"] == 1):
-            found.setdefault(int(ex["row"][i]), (s, int(i)))
-    rows = np.array(sorted(found), np.int64)
-    side = np.array([found[r][0] for r in rows], np.int8)
-    e = np.array([found[r][1] for r in rows], np.int64)
-    return rows, side, e
+        good = np.flatnonzero(ex["ok"] == 1)
+        rows.append(ex["row"][good].astype(np.int64))
+        side.append(np.full(len(good), s, np.int8))
+        e.append(good.astype(np.int64))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int64)
+    r, sd, ei = np.concatenate(rows), np.concatenate(side), np.concatenate(e)
+    order = np.lexsort((sd, r))  # by row, A before B
+    r, sd, ei = r[order], sd[order], ei[order]
+    first = np.r_[True, r[1:] != r[:-1]]
+    return r[first], sd[first], ei[first]
 
 
 def _changes(
@@ -370,7 +375,12 @@ def _changes(
     """Per level, A's cells that changed most as plain records: the cell, its figures, where its
     samples went (B's cells, fractions) and up to PATCHES exemplar patches of its samples."""
     rows, side, e = _exemplars(pair)
-    lay = [at.store.layout_node(at.layer).take("layout", rows) for at in (pair.a, pair.b)]
+    lay = [
+        at.store.layout_node(at.layer).take("layout", rows)
+        if len(rows)
+        else np.zeros((0, 2), np.float32)
+        for at in (pair.a, pair.b)
+    ]
     out: dict[int, list[dict[str, Any]]] = {}
     for g, lv in diff.levels.items():
         t = lv.a

@@ -165,7 +165,12 @@
       return L.latLngBounds(this.toLatLng(ix / g, iy / g), this.toLatLng((ix + 1) / g, (iy + 1) / g));
     }
 
-    showLevel(g) { // the zoom at which this run's viewer shows level g, if it has one
+    levelZoom(g) { // the zoom at which this run's viewer first shows level g (cells ~64 px without)
+      const lv = this.levels.find((l) => l.size === g);
+      return lv ? lv.zmin : Math.max(0, Math.round(Math.log2(g * 64 / this.T)));
+    }
+
+    showLevel(g) {
       const lv = this.levels.find((l) => l.size === g);
       if (lv && (this.map.getZoom() < lv.zmin || this.map.getZoom() > lv.zmax)) this.map.setZoom(lv.zmin, { animate: false });
     }
@@ -188,7 +193,7 @@
         for (let i = 0; i < t.ix.length; i++) {
           const v = heat.of(t, i);
           if (!Number.isFinite(v)) continue;
-          ctx.fillStyle = "rgba(200, 40, 20, " + (0.08 + 0.77 * Math.min(1, Math.max(0, v))).toFixed(3) + ")";
+          ctx.fillStyle = "rgba(200, 40, 20, " + (0.05 + 0.6 * Math.min(1, Math.max(0, v))).toFixed(3) + ")";
           ctx.fillRect(...rect(t.ix[i], t.iy[i]));
           drawn.heat += 1;
         }
@@ -220,8 +225,8 @@
       if (!cells.length) return;
       let b = null;
       for (const [ix, iy] of cells) { const c = this.cellBounds(g, ix, iy); b = b ? b.extend(c) : c; }
-      const lv = this.levels.find((l) => l.size === g);
-      this.map.fitBounds(b.pad(1.5), { animate: false, maxZoom: lv ? lv.zmax : this.map.getMaxZoom() });
+      const z = Math.max(this.levelZoom(g), this.map.getZoom()); // never closer than asked
+      this.map.fitBounds(b.pad(0.5), { animate: false, maxZoom: z });
     }
   }
 
