@@ -322,17 +322,7 @@ def main() -> None:
         }
         for mode, rows in results.items()
     }
-    ratios = [
-        {
-            "rows": s["rows"],
-            "time_in_memory_over_streamed": round(m["seconds"] / s["seconds"], 2),
-            "cpu_in_memory_over_streamed": round(m["cpu_seconds"] / s["cpu_seconds"], 2),
-            "memory_in_memory_over_streamed": round(
-                m["peak_above_baseline_mb"] / max(s["peak_above_baseline_mb"], 1e-9), 2
-            ),
-        }
-        for s, m in zip(results["streamed"], results["in_memory"], strict=True)
-    ]
+    ratios = _ratios(results)
     log.info("growth exponents %s; peer ratios %s", growth, ratios)
     write(
         "diff",
@@ -346,6 +336,21 @@ def main() -> None:
             "command": _command(args.sizes, args.knn_sizes),
         },
     )
+
+
+def _ratios(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The peer (every row in memory) over the streamed diff, per size."""
+    return [
+        {
+            "rows": s["rows"],
+            "time_in_memory_over_streamed": round(m["seconds"] / s["seconds"], 2),
+            "cpu_in_memory_over_streamed": round(m["cpu_seconds"] / s["cpu_seconds"], 2),
+            "memory_in_memory_over_streamed": round(
+                m["peak_above_baseline_mb"] / max(s["peak_above_baseline_mb"], 1e-9), 2
+            ),
+        }
+        for s, m in zip(results["streamed"], results["in_memory"], strict=True)
+    ]
 
 
 def _command(sizes: str, knn_sizes: str) -> dict[str, Any]:

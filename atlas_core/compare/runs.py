@@ -228,6 +228,13 @@ def diff_runs(
     rows_per_block: sample rows per block (default :func:`block_rows`)."""
     if k < 1:
         raise ConfigError("k", k, valid=">= 1", fix="give the neighbours per sample, e.g. 10.")
+    if largest < 0 or top < 1:
+        raise ConfigError(
+            "largest" if largest < 0 else "top",
+            largest if largest < 0 else top,
+            valid="largest >= 0, top >= 1",
+            fix="give how many changes to list per level (e.g. 50) and destinations per cell.",
+        )
     if score not in SCORES:
         raise ConfigError("score", score, choices=SCORES, fix="pick one of the choices.")
     clock = _Clock()

@@ -245,5 +245,8 @@ def test_bad_settings_stop_before_any_work(tiny_pair, tmp_path, capsys) -> None:
         == 2
     )
     assert "k: 0 is not valid" in capsys.readouterr().err and not out.exists()
+    args = [str(tiny_pair.early), str(tiny_pair.late), "--largest", "-1", "--out", str(out)]
+    assert command.main(args) == 2
+    assert "largest: -1 is not valid" in capsys.readouterr().err and not out.exists()
     assert command.main([str(tiny_pair.early), str(tmp_path / "nothing")]) == 2
     assert "finished run directory" in capsys.readouterr().err
