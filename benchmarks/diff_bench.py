@@ -16,7 +16,11 @@ the growth exponents (log f2/f1 over log n2/n1) and a brute-force check: the per
 of 2,000 random rows and every figure of three random cells of levels 20 and 160, recomputed by
 Python loops over their rows.
 
-    python -m benchmarks.diff_bench [--sizes 100000,1000000]   -> benchmarks/results/diff.json
+Then the command's whole path on run stores of the same sizes, and the exact kNN graph timed
+apart (benchmarks/diff_command_bench.py), into the same file under ``command``.
+
+    python -m benchmarks.diff_bench [--sizes 100000,1000000] [--knn-sizes 25000,50000,100000]
+        -> benchmarks/results/diff.json
 """
 
 from __future__ import annotations
@@ -282,6 +286,7 @@ def _exponent(rows: list[dict[str, Any]], key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--knn-sizes", default="25000,50000,100000", help="exact kNN timed at")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--mode", default="streamed", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -317,17 +322,7 @@ def main() -> None:
         }
         for mode, rows in results.items()
     }
-    ratios = [
-        {
-            "rows": s["rows"],
-            "time_in_memory_over_streamed": round(m["seconds"] / s["seconds"], 2),
-            "cpu_in_memory_over_streamed": round(m["cpu_seconds"] / s["cpu_seconds"], 2),
-            "memory_in_memory_over_streamed": round(
-                m["peak_above_baseline_mb"] / max(s["peak_above_baseline_mb"], 1e-9), 2
-            ),
-        }
-        for s, m in zip(results["streamed"], results["in_memory"], strict=True)
-    ]
+    ratios = _ratios(results)
     log.info("growth exponents %s; peer ratios %s", growth, ratios)
     write(
         "diff",
@@ -338,8 +333,39 @@ def main() -> None:
             "results": results,
             "growth_exponent": growth,
             "peer_ratios": ratios,
+            "command": _command(args.sizes, args.knn_sizes),
         },
     )
+
+
+def _ratios(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The peer (every row in memory) over the streamed diff, per size."""
+    return [
+        {
+            "rows": s["rows"],
+            "time_in_memory_over_streamed": round(m["seconds"] / s["seconds"], 2),
+            "cpu_in_memory_over_streamed": round(m["cpu_seconds"] / s["cpu_seconds"], 2),
+            "memory_in_memory_over_streamed": round(
+                m["peak_above_baseline_mb"] / max(s["peak_above_baseline_mb"], 1e-9), 2
+            ),
+        }
+        for s, m in zip(results["streamed"], results["in_memory"], strict=True)
+    ]
+
+
+def _command(sizes: str, knn_sizes: str) -> dict[str, Any]:
+    """The command's whole path and the exact kNN (diff_command_bench), stores in a temporary
+    folder (``ATLAS_BENCH_TMP`` to choose its disk)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks import diff_command_bench as cb
+
+    ints = [int(x) for x in sizes.split(",") if x]
+    knn = [int(x) for x in knn_sizes.split(",") if x]
+    with tempfile.TemporaryDirectory(dir=os.environ.get("ATLAS_BENCH_TMP")) as tmp:
+        return cb.run(ints, knn, Path(tmp))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,15 @@ list of the largest changes. Nothing here reads a store: the caller reads, this 
 - :class:`Diff`, :class:`LevelDiff`, :class:`CellTable` (result.py): the tables and figures;
 - neighbours.py: the preservation definition and an exact cosine kNN for small runs;
 - predictions.py: flip and transition codes.
+
+Beside the core, reading stores (not imported here, so the core stays store-free):
+
+- knn.py: :func:`~atlas_core.compare.knn.knn_graph`, a run's kNN graph in activation space
+  streamed block by block from its store: the one function a neighbour index replaces;
+- runs.py: the driver of ``atlas diff``: :func:`~atlas_core.compare.runs.open_pair` (two runs
+  over the same images, else a ConfigError naming what differs) and
+  :func:`~atlas_core.compare.runs.diff_runs` (both stores streamed in blocks, the diff written
+  as its own Zarr group and ``diff.json``).
 """
 
 from atlas_core.compare.accumulate import DiffAccumulator

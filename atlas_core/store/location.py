@@ -12,6 +12,8 @@ layout of a run directory is written down here once:
     <root>/icon-cache/            the default icon cache
     <root>/viewer/, atlas.png     the main view's files; a view's under <root>/views/<slug>/
     <extractions>/<fingerprint>/  a shared extraction: a run location of its own
+    <root>/diffs/<run A>/         the diff of run A against this run (``atlas diff``), a folder
+                                  of its own: diff.zarr/, diff.json, diff.html and its files
 
 The root is a local path or an fsspec URL; ``storage_options`` are fsspec's options for it
 (kept as a sorted tuple so the value is frozen and hashable; secrets in it are redacted by
@@ -30,11 +32,13 @@ import fsspec
 from atlas_core.store.markers import Markers, is_local, write_bytes_atomic
 
 if TYPE_CHECKING:
+    from atlas_core.store.diff_store import DiffStore
     from atlas_core.store.icon_cache import IconCache
     from atlas_core.store.run_store import RunStore
 
 Mode = Literal["r", "r+", "a", "w", "w-"]
 STORE = "atlas.zarr"
+DIFF_STORE = "diff.zarr"
 
 
 def view_prefix(slug: str) -> str:
@@ -136,6 +140,38 @@ class RunLocation:
     def exemplars_dir(self, layer: str) -> str:
         """The view's exemplar sheets of ``layer`` (patches-<n>.jpg, sources-<n>.jpg)."""
         return self.file("exemplars", layer)
+
+    # ------------------------------------------------------------------ a diff's folder
+    def diff_of(self, name: str) -> RunLocation:
+        """The default folder of the diff of the run named ``name`` (run A, a folder's name)
+        against this run (run B): ``<root>/diffs/<name>``. A diff folder is a location of its
+        own: the paths below are under its root."""
+        return self.child("diffs", name)
+
+    @property
+    def diff_store_url(self) -> str:
+        """The diff's Zarr group (format ``activation-atlas-diff``)."""
+        return self.url(DIFF_STORE)
+
+    @property
+    def diff_json_url(self) -> str:
+        """The diff's overall figures and per-level summaries."""
+        return self.url("diff.json")
+
+    @property
+    def diff_page_url(self) -> str:
+        """The diff's page (opens from disk)."""
+        return self.url("diff.html")
+
+    def diff_asset(self, *parts: str) -> str:
+        """A file of the diff's page: its script and style, ``data/<file>.js``, ``lib/...``."""
+        return self.url(*parts)
+
+    def open_diff_store(self, mode: Mode = "r") -> DiffStore:
+        """The diff's Zarr group at :attr:`diff_store_url`."""
+        from atlas_core.store.diff_store import DiffStore
+
+        return DiffStore.open(self.diff_store_url, mode, self.storage_options)
 
     # ------------------------------------------------------------------ opening
     def fs(self) -> tuple[Any, str]:

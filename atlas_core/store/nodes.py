@@ -245,3 +245,76 @@ class Exemplars(Node):
         if not self.has("ok"):
             return None
         return {n: self.read(n) for n in self.ARRAYS if n != "judge"}
+
+
+# ---------------------------------------------------------------------- the diff of two runs
+# A diff's own Zarr group (atlas_core.store.diff_store.DiffStore; docs/run-store.md, "The diff of
+# two runs"). Dims: ``ns`` sample rows, ``cs`` rows per chunk (the diff's block), ``k`` the kNN
+# graphs' width; per level and side ``M`` kept cells and ``top`` destinations listed per cell.
+
+
+def _dsmp(dtype: Any, fill: Any, *tail: Any) -> ArraySpec:
+    return ArraySpec(dtype, fill, ("ns", *tail), chunk="cs")
+
+
+class DiffRows(Node):
+    """``samples``: the diff's per-sample arrays, row for row with both runs' sample rows.
+    kept: 1 where both runs kept the sample; preservation: its p_i (NaN: undefined); flip: 1/0,
+    -1 not counted; transition: a code of atlas_core.compare.TRANSITIONS, -1 not counted;
+    knn_a, knn_b: each run's k nearest sample rows in its own activation space, -1 padded."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "kept": _dsmp("uint8", 0),
+        "preservation": _dsmp("float32", NAN),
+        "flip": _dsmp("int8", -1),
+        "transition": _dsmp("int8", -1),
+        "knn_a": _dsmp("int32", -1, "k"),
+        "knn_b": _dsmp("int32", -1, "k"),
+    }
+
+
+class DiffCells(Node):
+    """``levels/<G>/<a|b>``: one run's kept cells at grid size G and the diff's figures over
+    them (the columns of atlas_core.compare.CellTable, ``cell`` as (ix, iy))."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "cell": _cells("int32", -1, 2),
+        "count": _cells("int64", 0),
+        "both": _cells("int64", 0),
+        "flow_cell": _cells("int64", -1, "top"),
+        "flow_count": _cells("int64", 0, "top"),
+        "flow_frac": _cells("float32", NAN, "top"),
+        "destinations": _cells("int64", 0),
+        "spread": _cells("float32", NAN),
+        "stay": _cells("float32", NAN),
+        "preservation": _cells("float32", NAN),
+        "preservation_n": _cells("int64", 0),
+        "preservation_sum": _cells("float64", NAN),
+        "flips": _cells("int64", 0),
+        "flip_n": _cells("int64", 0),
+        "flip_rate": _cells("float32", NAN),
+        "transitions": _cells("int64", 0, 5),
+    }
+
+
+class DiffLevel(Node):
+    """``levels/<G>``: cells kept in one run only, and A's cells that changed most.
+    appeared (K, 2) int32 (ix, iy) kept in B only; emptied kept in A only; largest (L,) int64
+    rows of ``a``'s table, largest change first; largest_score (L,) float64 their scores."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "appeared": ArraySpec("int32", -1, ("K", 2)),
+        "emptied": ArraySpec("int32", -1, ("K", 2)),
+        "largest": ArraySpec("int64", -1, ("L",)),
+        "largest_score": ArraySpec("float64", NAN, ("L",)),
+    }
+
+
+class DiffTotals(Node):
+    """The diff's root arrays: every (label, pred_a, pred_b) that occurred (T, 3) int64 (label
+    -1 where none) and how many samples each (T,) int64."""
+
+    ARRAYS: ClassVar[dict[str, ArraySpec]] = {
+        "triples": ArraySpec("int64", -1, ("T", 3)),
+        "triple_count": ArraySpec("int64", 0, ("T",)),
+    }

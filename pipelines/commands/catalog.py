@@ -13,4 +13,5 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ('RUN_DIR --polygon "x,y ..." -o F', "the samples in a polygon as CSV or Parquet"),
     "neighbours": ("RUN_DIR --row N", "the samples nearest one, in activation space"),
     "locate": ("RUN_DIR IMAGE ...", "where new images land: cells, places, top classes"),
+    "diff": ("RUN_A RUN_B [--k 10] [--json]", "what changed between two runs over the same images"),
 }
