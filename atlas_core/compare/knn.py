@@ -57,6 +57,33 @@ def knn_graph(
     return blocked_knn(lambda a, b: acts.acts(a, b), kept, k, block_rows=block_rows, device=device)
 
 
+def stored_or_exact(
+    store: RunStore,
+    layer: str,
+    k: int,
+    kept: np.ndarray,
+    *,
+    block_rows: int = 65_536,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The run's own kNN graph where its neighbours stage stored one with at least ``k``
+    neighbours per row (``layers/<L>/neighbours/rows``: linear to read, built once by the
+    run's index), else :func:`knn_graph`'s exact search. From the stored graph, neighbours
+    that are not ``kept`` become -1 (the preservation counts only the rest), so a row may have
+    fewer than ``k``; when both runs kept every row the two are the same graph."""
+    node = store.neighbours(layer)
+    if not node.has("rows") or node.array("rows").shape[1] < k:
+        yield from knn_graph(store, layer, k, kept, block_rows=block_rows)
+        return
+    kept = np.asarray(kept, bool)
+    n = len(kept)
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        ids = node.read("rows", a, b)[:, :k].astype(np.int64)
+        ids = np.where((ids >= 0) & kept[np.maximum(ids, 0)], ids, -1)
+        ids[~kept[a:b]] = -1
+        yield a, ids
+
+
 def blocked_knn(
     read: Callable[[int, int], np.ndarray],
     kept: np.ndarray,

@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import Any
 
-from atlas_core.compare.knn import KnnGraph, knn_graph
+from atlas_core.compare.knn import KnnGraph, stored_or_exact
 from atlas_core.compare.result import SCORES
 from atlas_core.compare.runs import DiffResult, diff_runs, open_pair
 from atlas_core.compose.diff_page import write_diff_page
@@ -51,7 +51,7 @@ def run_diff(
     out: str | None = None,
     largest: int = 50,
     score: str = "auto",
-    knn: KnnGraph = knn_graph,
+    knn: KnnGraph = stored_or_exact,
     rows_per_block: int | None = None,
 ) -> tuple[RunLocation, DiffResult]:
     """The command's whole path: check, diff, page. Returns (the diff's folder, the result)."""
