@@ -84,19 +84,19 @@ def model_card(s: Settings) -> ModelCard:
     (then kept for the process: a sweep's jobs share it). A layer the model lacks, or whose
     output is neither a feature map nor tokens, stops the run here, naming it."""
     layers, mass = s.extracted_layers, s.exemplars.field_mass
-    key = (s.model.spec, layers, mass)
-    if key in _CARDS:
-        return _CARDS[key]
     try:
         stored = RunStore.open(s.location.store_url, "r", s.storage_options).attrs
         card = ModelCard.from_json(stored.get("model_card") or {})
     except StoreError:
         card = None
-    if card is None or not card.covers(s.model.spec, layers, mass):
+    if card is not None and card.covers(s.model.spec, layers, mass):
+        return card  # the run's own record comes first
+    key = (s.model.spec, layers, mass)
+    if key not in _CARDS:
         with setting("model"):
-            card = ModelCard.of(cached_model(s.model.spec, "cpu", role="card"), layers, mass=mass)
-    _CARDS[key] = card
-    return card
+            model = cached_model(s.model.spec, "cpu", role="card")
+            _CARDS[key] = ModelCard.of(model, layers, mass=mass)
+    return _CARDS[key]
 
 
 def _needs_no_logits(s: Settings) -> None:

@@ -15,6 +15,7 @@ import pytest
 import zarr
 from PIL import Image
 
+import pipelines.commands.run as run_module
 from pipelines.commands.run import run
 from pipelines.core.common import cached_model
 from tests.conftest import debug_settings, make_images
@@ -53,10 +54,15 @@ def labelled(tmp_path_factory, local_ray):
     )
     model = cached_model(s.model.spec, "cpu", role="card")  # the driver's card names classes
     saved, model.class_names = model.class_names, _names(model.num_classes)
+    cards = run_module._CARDS  # the process keeps each card: an earlier test's has other names
+    kept = dict(cards)
+    cards.clear()
     try:
         run(s, {})
     finally:
         model.class_names = saved
+        cards.clear()
+        cards.update(kept)
     return base / "run"
 
 

@@ -18,7 +18,7 @@ from atlas_core.quality import (
     pooled_features,
     prototypes,
 )
-from atlas_core.store import RunStore
+from atlas_core.store import RunLocation, RunStore
 from pipelines.commands.run import run
 from pipelines.stages.plausibility import places, read_patches
 from tests.conftest import debug_settings
@@ -51,7 +51,7 @@ def test_a_level_in_tasks_against_a_pool_equals_the_library(judged) -> None:
         level = store.level(s.layer, size)
         place, ok = places(store, s.layer, size, store.exemplars(s.layer).index())
         pool = choose_pool(np.flatnonzero(ok.any(1)), 5, seed=s.seed + size)
-        patches = read_patches(str(run_dir), {}, attrs, place.reshape(-1))
+        patches = read_patches(RunLocation.of(str(run_dir)), s.layer, attrs, place.reshape(-1))
         feats = pooled_features(judge.module, judge.preprocess, patches, input_px=32)
         stored = store.exemplars(s.layer).take("judge", place.reshape(-1))
         assert np.allclose(stored[ok.reshape(-1)], feats[ok.reshape(-1)], atol=2e-3)  # float16

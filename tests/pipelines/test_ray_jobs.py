@@ -279,8 +279,10 @@ def test_a_submitted_job_survives_a_lost_worker(tmp_path: Path) -> None:
     gpu = r["gpu"]  # GPUs asked where CUDA does not work: refused before any work, naming why
     assert gpu["returncode"] != 0 and not gpu["wrote_store"], gpu
     assert "where CUDA does not work" in gpu["output"] and "device=cpu knowingly" in gpu["output"]
-    failed = json.loads((tmp_path / "gpu" / "manifest.json").read_text())
-    assert failed["status"] == "failed" and "CUDA" in failed["error"]
+    # refused before any work: failed.json, and no manifest (none to replace, none written)
+    assert not (tmp_path / "gpu" / "manifest.json").exists()
+    failed = json.loads((tmp_path / "gpu" / "failed.json").read_text())
+    assert "CUDA" in failed["error"]
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     ex = manifest["stages"]["extract"]["counts"]
     assert (ex["images_expected"], ex["images_ok"], ex["images_failed"], ex["images_lost"]) == (
