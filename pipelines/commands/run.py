@@ -17,6 +17,7 @@ import os
 import platform
 import subprocess
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -376,6 +377,7 @@ def _record_failure(
     }
     try:
         record = {"error": error, "time": time.time(), "date": s.date, "started": started}
+        record["traceback"] = traceback.format_exc(limit=8)
         loc.write_json(loc.failed_url, redact({**record, "run_dir": s.run_dir}))
         if started:
             parts = {"status": "failed", "stages": done, "error": error}

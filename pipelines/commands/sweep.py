@@ -123,13 +123,7 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
         manifest = run(s, resolved)
     except LeaseHeld:  # another run owns run_dir: nothing of its is touched
         raise
-    except Exception as exc:  # recorded where the run would have been, and in the index
-        record_failure(
-            s.run_dir,
-            f"{type(exc).__name__}: {exc}",
-            {"traceback": traceback.format_exc(limit=8)},
-            s.storage_options,
-        )
+    except Exception:  # run() recorded it in failed.json; a scheduled run's index shows it
         if s.run_root:
             write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
         raise
