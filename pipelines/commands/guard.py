@@ -121,7 +121,8 @@ def _not_a_secret(value: Any) -> bool:
 
 def check_composed(raw: dict[str, Any]) -> None:
     """Every check of an unresolved composed config (with or without its ``hydra`` node)."""
-    hydra = raw.get("hydra") if isinstance(raw.get("hydra"), dict) else {}
+    node = raw.get("hydra")
+    hydra: dict[str, Any] = node if isinstance(node, dict) else {}
     check_targets({k: v for k, v in raw.items() if k != "hydra"})
     check_targets(hydra, "hydra", HYDRA_TARGETS)
     for name in _LOGGING:
