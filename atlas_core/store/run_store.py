@@ -261,7 +261,7 @@ class RunStore:
         whose group is ``prefix`` (``""``: the run's main view)."""
         out = copy.copy(self)
         out.prefix = prefix
-        if self.source is self:  # its own extraction stays its own (parent None)
+        if self.source is self:  # its own extraction stays its own (parent stays None)
             out.source = out
         return out
 
