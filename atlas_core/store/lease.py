@@ -58,6 +58,27 @@ class LeaseHeld(AtlasError):
         )
 
 
+def _gone(held: dict[str, Any]) -> bool:
+    """The lease's owner ran on this host and its process no longer exists (killed, crashed):
+    no need to wait for the timeout. (Hosts are told apart by name: containers sharing a host
+    name must not share a run directory's file system with separate process namespaces.)"""
+    if held.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(held.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's process)
+        return False
+    return False
+
+
 def _now_iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
@@ -135,17 +156,24 @@ class Lease:
         held = self._read()
         if held is not None and held.get("id") != self.id:
             age = time.time() - float(held.get("heartbeat", 0))
-            if age <= float(held.get("timeout_s", self.timeout_s)):
+            if _gone(held):
+                log.warning(
+                    "taking over the lease of %s: its owner (pid %s on this host) no longer runs",
+                    self.run_dir,
+                    held.get("pid"),
+                )
+            elif age <= float(held.get("timeout_s", self.timeout_s)):
                 raise LeaseHeld(self.run_dir, held, self.timeout_s)
-            log.warning(
-                "taking over the lease of %s: its owner (pid %s on %s, since %s) has had no "
-                "heartbeat for %.0f s",
-                self.run_dir,
-                held.get("pid"),
-                held.get("host"),
-                held.get("started_at"),
-                age,
-            )
+            else:
+                log.warning(
+                    "taking over the lease of %s: its owner (pid %s on %s, since %s) has had no "
+                    "heartbeat for %.0f s",
+                    self.run_dir,
+                    held.get("pid"),
+                    held.get("host"),
+                    held.get("started_at"),
+                    age,
+                )
         write_json_atomic(self.fs, self.path, self.record)
 
     # ------------------------------------------------------------------ heartbeat

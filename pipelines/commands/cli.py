@@ -20,8 +20,11 @@ def main() -> None:
 
         sys.stdout.write(help_text())
         sys.exit(0)
+    from pipelines.commands import guard
     from pipelines.commands.main import main as hydra_main
     from pipelines.core import ray_ops
+
+    guard.EXIT_ON_ERROR[0] = True  # a config Hydra must not act on: the message, exit 2
 
     try:
         hydra_main()  # a failed sweep job exits 1 when the multirun ends (SweepSummary)

@@ -64,7 +64,11 @@ def record_failure(run_dir: str, error: str, extra: dict[str, Any], opts: dict[s
     """``<run_dir>/failed.json``: why a run (a sweep's job) failed; the index shows it."""
     import time
 
-    fs, path = fsspec.core.url_to_fs(run_dir, **opts)
-    fs.makedirs(path, exist_ok=True)
-    with fs.open(f"{path.rstrip('/')}/failed.json", "w") as f:
-        json.dump({"error": error, "time": time.time(), **extra}, f, indent=2, default=str)
+    from atlas_core.store.location import RunLocation
+    from pipelines.core.common import redact, redact_overrides
+
+    loc = RunLocation.of(run_dir, opts)
+    record = redact({"error": error, "time": time.time(), **extra})
+    if isinstance(record.get("overrides"), list):
+        record["overrides"] = redact_overrides(record["overrides"])
+    loc.write_json(loc.failed_url, record)  # whole or not at all

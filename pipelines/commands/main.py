@@ -8,7 +8,8 @@
     atlas --help                            # config groups and options
 
 Only this module sees a DictConfig; it turns it into frozen dataclasses at once. No ``_target_``
-is ever instantiated: a config that carries one outside the (empty) allowlist is refused.
+is ever instantiated: a config that carries one outside the (empty) allowlist is refused, and
+Hydra's own part of the config is checked before Hydra acts on it (:mod:`pipelines.commands.guard`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from atlas_core.errors import AtlasError, ConfigError
+from pipelines.commands import guard
 from pipelines.core.settings import Settings
 from pipelines.settings import register as register_schemas
 
@@ -32,19 +34,7 @@ TARGET_ALLOWLIST: frozenset[str] = frozenset()
 
 def check_targets(node: Any, path: str = "") -> None:
     """Refuse any ``_target_`` not in the allowlist (this project instantiates nothing)."""
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k == "_target_" and v not in TARGET_ALLOWLIST:
-                raise ConfigError(
-                    f"{path}._target_".lstrip("."),
-                    v,
-                    choices=sorted(TARGET_ALLOWLIST),
-                    fix="this project instantiates no classes from config; remove it.",
-                )
-            check_targets(v, f"{path}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            check_targets(v, f"{path}[{i}]")
+    guard.check_targets(node, path, TARGET_ALLOWLIST)
 
 
 def to_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
@@ -55,6 +45,8 @@ def to_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
     """
     from pipelines.settings import REGISTRY, schema
 
+    raw = OmegaConf.to_container(cfg, resolve=False)  # a literal secret, before it is resolved
+    guard.check_secrets(raw.get("storage_options") if isinstance(raw, dict) else None)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(resolved, dict):
         raise ConfigError(
@@ -97,6 +89,7 @@ def check_keys(node: Any, schema: Any, path: str = "") -> None:
 # from a wheel, so `atlas` works from any folder); Hydra reads it from there.
 CONF_DIR = str(resources.files("atlas_conf"))
 register_schemas()
+guard.install()
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -122,12 +115,32 @@ def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) 
     return sweep.run_job(job, resolved, overrides, sweep_dir)
 
 
+def _refused(cfg: DictConfig, exc: Exception) -> None:
+    """Settings refused: a scheduled run (``run_root``) records it under its date."""
+    from pipelines.commands.sweep import record_refused
+
+    try:
+        root, date = cfg.get("run_root"), cfg.get("date")
+        node = cfg.get("storage_options")
+        opts = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    except Exception:  # the config cannot even be read: nothing to record
+        return
+    if root and isinstance(opts, dict):
+        record_refused(
+            str(root), str(date) if date else None, {str(k): v for k, v in opts.items()}, exc
+        )
+
+
 def _single(cfg: DictConfig) -> None:
     from pipelines.commands.sweep import run_one
     from pipelines.core import ray_ops
 
     try:
-        settings, resolved = to_settings(cfg)
+        try:
+            settings, resolved = to_settings(cfg)
+        except AtlasError as exc:  # a scheduled date refused before it started is recorded
+            _refused(cfg, exc)
+            raise
         settings, manifest = run_one(settings, resolved)
     except (ConfigError, AtlasError) as exc:
         log.error("%s", exc)

@@ -11,12 +11,15 @@ links (one declared output, :func:`pipelines.stages._viewer.write_links`), then
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
 import subprocess
 import time
+import traceback
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import metadata
@@ -27,6 +30,7 @@ from atlas_core.errors import ConfigError, StoreError
 from atlas_core.models.card import ModelCard
 from atlas_core.reduce import choose_backend
 from atlas_core.store import Markers, RunStore, fingerprint
+from atlas_core.store.lease import Lease
 from pipelines.core import ray_ops
 from pipelines.core.common import cached_model, hardware, inject_fault, redact, test_fault
 from pipelines.core.settings import Settings, setting
@@ -324,20 +328,40 @@ def run(s: Settings, resolved_config: dict[str, Any] | None = None) -> dict[str,
     ``<run_dir>/manifest.json``, atomically). A failure is recorded in ``failed.json``; a run
     that had started a stage also writes its manifest with status failed, the error and the
     stages that finished, while a failure before any work (a typo against a finished run)
-    never replaces the manifest there. Then it raises."""
+    never replaces the manifest there. Then it raises. The run holds the run directory's lease
+    (:func:`own`) throughout."""
     t0 = time.perf_counter()
     loc = s.location
     started = [False]
+    with own(s):  # another run in this run_dir: LeaseHeld, and nothing of its is touched
+        try:
+            inject_fault(test_fault(), "run", 0, s.run_dir)
+            plan = plan_run(s, check(s))
+            parts = _stages(plan, loc.markers(), started)
+        except Exception as exc:
+            ray_ops.count("atlas_runs", 1, {"status": "failed"})
+            _record_failure(s, resolved_config, t0, exc, started[0])
+            raise
+        ray_ops.count("atlas_runs", 1, {"status": "done"})
+        return _write_manifest(s, resolved_config, t0, {"status": "done", **parts})
+
+
+@contextlib.contextmanager
+def own(s: Settings) -> Iterator[Lease]:
+    """The run directory's lease for the run's whole life (``<run_dir>/.lease.json``, a
+    heartbeat every ``lease_s / 4``): a second run there refuses with the owner named
+    (:class:`LeaseHeld`); a lease whose owner died is taken over (``lease_s``)."""
+    info = {"model": s.model.name, "layer": s.layer, "stages": list(s.stages)}
     try:
-        inject_fault(test_fault(), "run", 0, s.run_dir)
-        plan = plan_run(s, check(s))
-        parts = _stages(plan, loc.markers(), started)
-    except Exception as exc:
-        ray_ops.count("atlas_runs", 1, {"status": "failed"})
-        _record_failure(s, resolved_config, t0, exc, started[0])
-        raise
-    ray_ops.count("atlas_runs", 1, {"status": "done"})
-    return _write_manifest(s, resolved_config, t0, {"status": "done", **parts})
+        lease = Lease.acquire(s.run_dir, s.storage_options, info, timeout_s=s.lease_s)
+    except OSError as exc:
+        raise ConfigError(
+            "run_dir", s.run_dir, fix=f"choose a directory you can write to ({exc})."
+        ) from exc
+    with lease:
+        yield lease
+    if lease.lost:
+        log.error("another run took %s over while this one ran: check its outputs", s.run_dir)
 
 
 def _record_failure(
@@ -353,6 +377,7 @@ def _record_failure(
     }
     try:
         record = {"error": error, "time": time.time(), "date": s.date, "started": started}
+        record["traceback"] = traceback.format_exc(limit=8)
         loc.write_json(loc.failed_url, redact({**record, "run_dir": s.run_dir}))
         if started:
             parts = {"status": "failed", "stages": done, "error": error}

@@ -26,6 +26,8 @@ import fsspec
 from hydra.experimental.callback import Callback
 
 from atlas_core.errors import AtlasError, ConfigError
+from atlas_core.store.lease import LeaseHeld
+from atlas_core.store.location import RunLocation
 from pipelines.commands.index import record_failure, write_index
 from pipelines.core.settings import Settings
 
@@ -85,6 +87,22 @@ def scheduled(s: Settings, run_root: str, date: str | None) -> Settings:
     )
 
 
+def record_refused(run_root: str, date: str | None, opts: dict[str, Any], exc: Exception) -> None:
+    """A scheduled run whose settings were refused before it could start (a bad data path, a
+    typo): recorded as ``<run_root>/<date>/failed.json`` and in the root's index, so a weekly
+    run that never started is seen. Never raises (the refusal is the error to report)."""
+    day = date or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    if not _DATE.match(str(day)):
+        return
+    try:
+        run_dir = RunLocation.of(run_root, opts).child(str(day)).root
+        extra = {"date": day, "started": False, "refused": True}
+        record_failure(run_dir, f"{type(exc).__name__}: {exc}", extra, opts)
+        write_index(run_root, f"scheduled runs {run_root}", opts)
+    except Exception as err:  # an unreachable run root: the refusal is reported anyway
+        log.warning("could not record the refused run under %s: %s", run_root, err)
+
+
 def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
     """One run; a scheduled one (``run_root``) goes to ``<run_root>/<date>`` and rebuilds the
     root's index. Returns the settings it ran with and the manifest."""
@@ -103,13 +121,9 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
         }
     try:
         manifest = run(s, resolved)
-    except Exception as exc:  # recorded where the run would have been, and in the index
-        record_failure(
-            s.run_dir,
-            f"{type(exc).__name__}: {exc}",
-            {"traceback": traceback.format_exc(limit=8)},
-            s.storage_options,
-        )
+    except LeaseHeld:  # another run owns run_dir: nothing of its is touched
+        raise
+    except Exception:  # run() recorded it in failed.json; a scheduled run's index shows it
         if s.run_root:
             write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
         raise
@@ -151,12 +165,13 @@ def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
     from pipelines.commands.run import run
 
     wanted = tuple(sorted(set(s.extract.layers) | set(s.layers)))
+    dirs = {layer: _under(s, layer) for layer in s.layers}  # every folder checked first
     failed: list[str] = []
     for layer in s.layers:
         one = s.with_(
             layer=layer,
             layers=(),
-            run_dir=f"{s.run_dir.rstrip('/')}/{layer}",
+            run_dir=dirs[layer],
             extractions=f"{s.run_dir.rstrip('/')}/extractions",
             extract=replace(s.extract, layers=wanted),
         )
@@ -177,9 +192,34 @@ def per_layer(s: Settings, resolved: dict[str, Any]) -> dict[str, Any]:
     return index
 
 
+def _under(s: Settings, layer: str) -> str:
+    """``<run_dir>/<layer>``, refused when the name would leave ``run_dir``."""
+    try:
+        return s.location.child(layer).root
+    except ValueError:
+        raise ConfigError(
+            "layers",
+            list(s.layers),
+            fix=f"{layer!r} would name a folder outside {s.run_dir}; give layer names.",
+        ) from None
+
+
 class SweepSummary(Callback):
     """When a multirun ends: the sweep's summary from its index, and exit 1 when a job failed
-    (configured in conf/config.yaml under ``hydra.callbacks``)."""
+    (configured in conf/config.yaml under ``hydra.callbacks``). A job whose ``run_dir`` is
+    outside the sweep's folder is not in its index: each job's own outcome is counted too."""
+
+    def __init__(self) -> None:
+        self.jobs_failed: list[str] = []
+        self.jobs = 0
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        from hydra.core.utils import JobStatus
+
+        self.jobs += 1
+        value = getattr(job_return, "_return_value", None)
+        if job_return.status == JobStatus.FAILED or value == "failed":
+            self.jobs_failed.append(",".join(getattr(job_return, "overrides", None) or []))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         sweep_dir = str(config.hydra.sweep.dir)
@@ -187,12 +227,15 @@ class SweepSummary(Callback):
             with fsspec.open(f"{sweep_dir.rstrip('/')}/index.json", "r") as f:
                 index = json.load(f)
         except (FileNotFoundError, json.JSONDecodeError):
-            return
+            index = {}
         failed = [r["run"] for r in index.get("runs", []) if r.get("status") == "failed"]
+        if len(self.jobs_failed) > len(failed):
+            log.error("sweep jobs failed outside the sweep's index: %s", self.jobs_failed)
+            failed = self.jobs_failed
         log.info(
             "sweep %s: %d jobs, %d failed%s",
             sweep_dir,
-            len(index.get("runs", [])),
+            max(self.jobs, len(index.get("runs", []))),
             len(failed),
             f" ({', '.join(failed)})" if failed else "",
         )

@@ -149,6 +149,19 @@ def redact(value: Any, under: str = "") -> Any:
     return value
 
 
+def redact_overrides(overrides: list[str]) -> list[str]:
+    """Command-line overrides (``key=value``) with the values of secrets replaced (the keys
+    :func:`redact` replaces: under ``storage_options``, or naming a secret)."""
+    out = []
+    for line in overrides:
+        key, eq, _ = str(line).partition("=")
+        name = key.lstrip("+~")
+        last = name.rsplit(".", 1)[-1]
+        under = name.startswith("storage_options.") and last not in _PLAIN
+        out.append(f"{key}={REDACTED}" if eq and (under or _SECRET.search(last)) else str(line))
+    return out
+
+
 def test_fault() -> str:
     """The fault the reliability tests inject: the ``ATLAS_TEST_FAULT`` environment variable of
     the driver (empty in normal runs), handed to tasks and actors as a plain value. It is no

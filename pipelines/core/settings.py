@@ -102,16 +102,29 @@ class DataConf(Group):
     path: str | None = None  # the folder, file list or tar folder (glob) of the images
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # folder and tar: the files taken
     limit: int | None = None  # at most this many inputs, in listing order (null: all)
-    labels: str = "none"  # none | folder (ImageNet synset folders -> images/label)
+    # none | folder (ImageNet synset folders -> images/label) | file (data.labels_file)
+    labels: str = "none"
+    # labels=file: lines 'path,class' (.csv) or 'path<TAB>class', paths relative to data.path
+    # (folder; whole for filelist and tar), classes as ImageNet indices or names
+    labels_file: str | None = None
     max_pixels: int = 64_000_000  # larger images are refused as decompression bombs
     min_side: int = 8  # images with a shorter side are refused as too small
+    max_bytes: int = 256 * 2**20  # larger files are refused from their size, never read
 
     def __post_init__(self) -> None:
         self._tuples()
         self._choice("source", SOURCES)
-        self._choice("labels", ("none", "folder"))
+        self._choice("labels", ("none", "folder", "file"))
         self._ranges({"n_images": (1, None), "limit": (1, None), "max_pixels": (1, None)})
-        self._ranges({"min_side": (1, None)})
+        self._ranges({"min_side": (1, None), "max_bytes": (1, None)})
+        if self.labels == "file" and not self.labels_file:
+            raise ConfigError(
+                "data.labels_file", None, fix="data.labels=file needs data.labels_file=<path>."
+            )
+        if self.labels == "file" and self.source == "photos":
+            raise ConfigError(
+                "data.labels", self.labels, fix="the built-in photos carry their own labels."
+            )
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ConfigError(
                 "data.scales", list(self.scales), valid="(0, 1]", fix="give crop scales in (0, 1]."
@@ -123,10 +136,20 @@ class DataConf(Group):
             raise ConfigError(
                 "data.path", self.path, fix="point data.path at an existing directory."
             )
+        labels_file = os.path.expanduser(str(self.labels_file))
+        if here and self.labels == "file" and "://" not in labels_file:
+            if not os.path.isfile(labels_file):
+                raise ConfigError(
+                    "data.labels_file",
+                    self.labels_file,
+                    fix="point data.labels_file at an existing file ('path,class' lines).",
+                )
 
     @property
     def decode(self) -> DecodePolicy:
-        return DecodePolicy(max_pixels=self.max_pixels, min_side=self.min_side)
+        return DecodePolicy(
+            max_pixels=self.max_pixels, min_side=self.min_side, max_bytes=self.max_bytes
+        )
 
 
 @dataclass(frozen=True)
@@ -505,6 +528,10 @@ class Settings:
     run_root: str | None = None
     date: str | None = None  # scheduled runs: the run's date (YYYY-MM-DD; null: today, UTC)
     keep_runs: int | None = None  # scheduled runs: keep the newest N dated runs (null: all)
+    # a run owns its run_dir (<run_dir>/.lease.json: host, pid, heartbeat every lease_s / 4);
+    # another run there refuses, naming the owner, until the lease has had no heartbeat for
+    # lease_s seconds (its owner died; one on this host that no longer runs is taken over now)
+    lease_s: float = 120.0
     # one atlas per layer from one extraction: <run_dir>/<layer>/ each, <run_dir>/index.html
     layers: tuple[str, ...] = ()
     extract: ExtractConf = field(default_factory=ExtractConf)
@@ -523,6 +550,7 @@ class Settings:
         object.__setattr__(self, "stages", tuple(self.stages))
         if self.keep_runs is not None:
             in_range("keep_runs", self.keep_runs, 1, None)
+        in_range("lease_s", self.lease_s, 1, None)
         missing = [x for x in self.reduce.joint_layers if x not in self.extracted_layers]
         if missing:
             raise ConfigError(

@@ -25,6 +25,7 @@ import torch
 
 from atlas_core.data import (
     InputManifest,
+    file_labels,
     file_list_manifest,
     folder_labels,
     folder_manifest,
@@ -87,19 +88,25 @@ class ExtractJob:
 def build_manifest(data: DataConf, seed: int) -> InputManifest:
     """The frozen list of inputs the data settings name."""
     with setting("data", rename={"n": "n_images", "tars": "path"}):
+        if data.source == "photos":
+            return photo_crops(data.n_images, seed=seed, scales=data.scales)
         if data.source == "filelist":
-            return file_list_manifest(str(data.path), limit=data.limit)
-        if data.source == "tar":
+            man = file_list_manifest(str(data.path), limit=data.limit)
+        elif data.source == "tar":
             path = str(data.path)
             found = glob.glob(os.path.join(path, "*.tar") if os.path.isdir(path) else path)
-            return tar_manifest(sorted(found), extensions=data.extensions)
-        if data.source == "folder":
+            man = tar_manifest(sorted(found), extensions=data.extensions)
+        else:
             man = folder_manifest(str(data.path), extensions=data.extensions, limit=data.limit)
             if data.labels == "folder":
                 labels, names = folder_labels(man.uris)
                 man = replace(man, labels=labels, label_names=names)
-            return man
-        return photo_crops(data.n_images, seed=seed, scales=data.scales)
+    if data.labels == "file":
+        with setting("data", rename={"labels": "labels_file"}):
+            root = str(data.path) if data.source == "folder" else None
+            labels, names = file_labels(man.uris, str(data.labels_file), root=root)
+        man = replace(man, labels=labels, label_names=names)
+    return man
 
 
 def run(ctx: StageRun) -> StageResult:

@@ -124,9 +124,10 @@ class RenderActor:
         self.items = 0
 
     def render(self, item: RenderItem, group: int) -> dict[str, int]:
+        cache = self.work.cache
+        bad = cache.bad if cache is not None else 0
         done, new = self.work(item, group)
         write_item(self.setup.loc, self.setup.layer, item, done)
-        cache = self.work.cache
         if cache is not None and new:
             cache.put_many(new)
         source = "rendered" if new or cache is None else "cache"
@@ -141,6 +142,7 @@ class RenderActor:
             "icons_rendered": rendered,
             "groups_rendered": groups,
             "groups_cached": n_parts - groups,
+            "cache_unreadable": (cache.bad - bad) if cache is not None else 0,
         }
 
     def _fault(self) -> None:
@@ -197,7 +199,9 @@ def run(ctx: StageRun) -> StageResult:
             r.steps,
             r.attempts,
         )
-        done = {"icons": 0, "icons_rendered": 0, "groups_rendered": 0, "groups_cached": 0}
+        done = dict.fromkeys(
+            ("icons", "icons_rendered", "groups_rendered", "groups_cached", "cache_unreadable"), 0
+        )
 
         def count(_: RenderItem, out: dict[str, int]) -> None:
             for k in done:
@@ -315,6 +319,8 @@ def _summarize(
         "icons_rendered_now": done.get("icons_rendered", 0),
         "groups_rendered": done.get("groups_rendered", 0),
         "groups_from_cache": done.get("groups_cached", 0),
+        # icon-cache entries found unreadable (torn, corrupt): removed and rendered again
+        "cache_entries_unreadable": done.get("cache_unreadable", 0),
         "actor_restarts": restarts,
     }
     return StageResult(counts=counts, details=details)
