@@ -79,6 +79,16 @@ def _rel(target: str, root: RunLocation) -> str | None:
     return rel.replace(os.sep, "/")
 
 
+def short_names(names: list[str]) -> list[str]:
+    """What tells the runs apart: a sweep job's folder is named by all its overrides
+    (``a=1,b=2``), so each name keeps only the overrides not every run shares (the whole name
+    when that leaves nothing)."""
+    parts = [n.split(",") for n in names]
+    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
+    out = [",".join(x for x in p if x not in shared) for p in parts]
+    return [o or n for o, n in zip(out, names, strict=True)]
+
+
 def row_cells(at: Atlas, size: int) -> np.ndarray:
     """(N * k,) int32: each sample row's flat cell (``iy * size + ix``) at grid ``size``, -1
     where the row is a hole or its cell was dropped (fewer than ``grid.min_count`` samples)."""
@@ -107,7 +117,8 @@ def page_record(
     """``window.ATLAS_SWEEP``: the runs (titles, viewers and diffs relative to the page,
     figures), the levels and their data files."""
     out = []
-    for r, at in zip(runs, atlases, strict=True):
+    labels = short_names([r.name for r in runs])
+    for r, at, label in zip(runs, atlases, labels, strict=True):
         data = at.loc.file("viewer", "data", "atlas.js")
         viewer = _rel(data, root) if at.loc.exists(data) else None
         diff = r.figures.get("diff")
@@ -116,6 +127,7 @@ def page_record(
         out.append(
             {
                 "name": r.name,
+                "label": label,
                 "title": f"{model} {at.layer}",
                 "viewer": viewer,
                 "page": viewer.rsplit("/", 2)[0] + "/index.html" if viewer else None,
@@ -124,7 +136,14 @@ def page_record(
             }
         )
     levels_out = [{"size": g, "file": f"{ASSETS}/data/level-{g}.js"} for g in levels]
-    return {"first": first, "runs": out, "levels": levels_out, "rows": atlases[0].n_samples}
+    first_label = next((o["label"] for o in out if o["name"] == first), first)
+    return {
+        "first": first,
+        "first_label": first_label,
+        "runs": out,
+        "levels": levels_out,
+        "rows": atlases[0].n_samples,
+    }
 
 
 def write_sweep_page(root: RunLocation, runs: list[PageRun], *, first: str) -> str:

@@ -80,8 +80,9 @@ def compare_sweep(
         log.info("sweep: %d finished runs, nothing to compare", len(done))
         return []
     first, shown = done[0], [done[0]]
+    folder = first[1].rstrip("/").rsplit("/", 1)[-1]
     for name, run_dir in done[1:]:
-        rec = diff_into(first, run_dir, RunLocation.of(run_dir, opts).diff_of(first[0]).root, opts)
+        rec = diff_into(first, run_dir, RunLocation.of(run_dir, opts).diff_of(folder).root, opts)
         if "error" not in rec:
             shown.append((name, run_dir))
     if len(shown) < 2:

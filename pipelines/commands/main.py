@@ -58,7 +58,7 @@ def _sweep_job(
     except AtlasError as exc:  # a bad setting fails this job only
         return sweep.job_failed(out, sweep_dir, exc, overrides, {})
     job = sweep.for_job(settings, overrides, out, sweep_dir)
-    job, resolved = sweep_phases.first_phase(job, resolved, overrides, num)
+    job, resolved = sweep_phases.first_phase(job, resolved, overrides, num, sweep_dir)
     return sweep.run_job(job, resolved, overrides, sweep_dir)
 
 

@@ -2,9 +2,9 @@
 extra commands (``sweep.align``, on by default).
 
 Phase 1, each job as Hydra runs it (:func:`first_phase`): the job records its overrides, its
-number in the sweep and its folders in ``<run_dir>/sweep-job.json``; when alignment applies to it
-(it asks for the reduce stage and sets neither ``reduce.align_with`` nor ``reduce.joint_layers``)
-it only extracts.
+number in the sweep and its folders in ``<sweep>/sweep-jobs/<number>.json``; when alignment
+applies to it (it asks for the reduce stage and sets neither ``reduce.align_with`` nor
+``reduce.joint_layers``) it only extracts.
 
 Phase 2, when the multirun ends (:func:`finish`, called by the sweep's Hydra callback): every
 recorded job whose extraction finished is composed again from its overrides and grouped with the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from collections.abc import Callable
@@ -35,7 +36,7 @@ from pipelines.commands.index import record_failure, write_index
 from pipelines.core.settings import AlignConf, Settings
 
 log = logging.getLogger("atlas.sweep")
-JOB_FILE = "sweep-job.json"
+JOBS = "sweep-jobs"  # <sweep>/sweep-jobs/<num>.json: each job as phase 1 recorded it
 Compose = Callable[[list[str]], tuple[Settings, dict[str, Any]]]
 
 
@@ -47,10 +48,10 @@ def aligns(s: Settings) -> bool:
 
 
 def first_phase(
-    s: Settings, resolved: dict[str, Any], overrides: list[str], num: int
+    s: Settings, resolved: dict[str, Any], overrides: list[str], num: int, sweep_dir: str
 ) -> tuple[Settings, dict[str, Any]]:
-    """Record the job (``sweep-job.json``) and return what it runs now: the extraction alone
-    when alignment applies, else the job as it is."""
+    """Record the job (``<sweep_dir>/sweep-jobs/<num>.json``) and return what it runs now: the
+    extraction alone when alignment applies, else the job as it is."""
     align = aligns(s)
     record = {
         "overrides": list(overrides),
@@ -60,7 +61,8 @@ def first_phase(
         "align": align,
         "time": time.time(),
     }
-    s.location.write_json(s.location.url(JOB_FILE), record)
+    root = RunLocation.of(sweep_dir, s.storage_options)
+    root.write_json(root.url(JOBS, f"{int(num):06d}.json"), record)
     if not align:
         return s, resolved
     log.info("sweep job %d: extracting now, laying out with the sweep's other runs at its end", num)
@@ -91,18 +93,20 @@ def recorded_jobs(
     """Every job of the sweep that recorded itself, in the sweep's order (job number)."""
     root = RunLocation.of(sweep_dir, storage_options)
     fs, base = root.fs()
+    folder = f"{base}/{JOBS}"
     out = []
-    for path in sorted(fs.ls(base, detail=False)) if fs.exists(base) else []:
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        rec = root.read_json(root.url(name, JOB_FILE))
+    for path in sorted(fs.ls(folder, detail=False)) if fs.exists(folder) else []:
+        rec = root.read_json(root.url(JOBS, path.rstrip("/").rsplit("/", 1)[-1]))
         if rec is None:
             continue
+        run_dir = str(rec["run_dir"])
+        name = os.path.relpath(run_dir, sweep_dir) if root.is_local else run_dir.rsplit("/", 1)[-1]
         try:
             s, resolved = compose(list(rec["overrides"]))
         except (ConfigError, KeyError) as exc:  # its failure is already recorded by phase 1
             log.warning("sweep job %s: its settings do not compose again (%s); skipped", name, exc)
             continue
-        s = s.with_(run_dir=str(rec["run_dir"]), extractions=rec.get("extractions"))
+        s = s.with_(run_dir=run_dir, extractions=rec.get("extractions"))
         resolved = {**resolved, "run_dir": s.run_dir, "extractions": s.extractions}
         out.append(Job(name, int(rec.get("num", 0)), s, resolved, bool(rec.get("align"))))
     return sorted(out, key=lambda j: (j.num, j.name))

@@ -112,8 +112,8 @@
       ["trustworthiness", num(f.trustworthiness, 3)],
       ["icon fidelity", num(f.fidelity, 3)],
       ["plausibility margin", num(f.plausibility, 3)],
-      ["neighbourhood preservation vs " + S.first, first ? "reference" : num(f.neighbourhood_preservation, 3)],
-      ["flip rate vs " + S.first, first ? "reference" : num(f.flip_rate, 3)],
+      ["neighbourhood preservation vs the first run", first ? "reference" : num(f.neighbourhood_preservation, 3)],
+      ["flip rate vs the first run", first ? "reference" : num(f.flip_rate, 3)],
     ];
     for (const [k, v] of rows) { dl.appendChild(el("dt", null, k)); dl.appendChild(el("dd", null, v)); }
     return dl;
@@ -135,17 +135,19 @@
       this.T = this.run ? this.run.tile_px : 256;
       this.levels = this.run ? this.run.levels.slice().sort((x, y) => x.size - y.size) : [];
       const box = el("section", "pane");
-      box.appendChild(el("h2", null, r.name + " (" + r.title + ")" + (this.run ? "" : ", no viewer: cells only")));
+      const h2 = el("h2", null, r.label + " (" + r.title + ")" + (this.run ? "" : ", no viewer: cells only"));
+      h2.title = r.name;
+      box.appendChild(h2);
       const body = el("div", "body");
       this.div = el("div", "map");
       this.div.id = "map-" + i;
-      this.div.setAttribute("aria-label", "the atlas of " + r.name + ": arrow keys pan, + and - zoom");
+      this.div.setAttribute("aria-label", "the atlas of " + r.label + ": arrow keys pan, + and - zoom");
       body.appendChild(this.div);
       const side = el("div", "side");
       side.appendChild(figureList(r));
       const links = el("p", "links");
       if (r.page) links.appendChild(link(r.page, "viewer"));
-      if (r.diff) { links.appendChild(document.createTextNode(" \u00b7 ")); links.appendChild(link(r.diff, "diff vs " + S.first)); }
+      if (r.diff) { links.appendChild(document.createTextNode(" \u00b7 ")); links.appendChild(link(r.diff, "diff vs the first run")); }
       side.appendChild(links);
       body.appendChild(side);
       box.appendChild(body);
@@ -154,7 +156,7 @@
       const finest = this.levels[this.levels.length - 1];
       this.map = L.map(this.div, {
         crs: L.CRS.Simple, minZoom: 0, maxZoom: finest ? finest.zmax + 1 : 6, zoomSnap: 1,
-        attributionControl: false, fadeAnimation: false, zoomAnimation: false,
+        attributionControl: false, fadeAnimation: false, zoomAnimation: false, inertia: false,
       });
       const bg = this.run ? this.run.background : 240;
       this.div.style.background = "rgb(" + [bg, bg, bg] + ")";
@@ -251,8 +253,8 @@
       state.hover = { pane: i, cell: c, samples: rows.length, to };
       view.hover = { run: S.runs[i].name, pane: i, cell: [c % g, Math.floor(c / g)], samples: rows.length };
       view.marks = to.map((m) => m.map(([t, n]) => [t % g, Math.floor(t / g), n]));
-      $("hover").textContent = rows.length + " samples in " + S.runs[i].name + "'s cell (" + (c % g) + ", " +
-        Math.floor(c / g) + "); outlined in the other maps where they went";
+      $("hover").textContent = rows.length + " samples in cell (" + (c % g) + ", " + Math.floor(c / g) + ") of " +
+        S.runs[i].label + ": where they went is outlined in the other maps";
     }
     for (const p of panes) p.overlay.redraw();
   }
@@ -281,7 +283,7 @@
     }
     $("title").textContent = S.runs.length + " atlases of the sweep, over the same images";
     $("note").textContent = "Pan and zoom move every map. Hover a cell: the cells its samples went to are outlined " +
-      "in the other maps, shaded by their share. Figures against " + S.first + ", the sweep's first run.";
+      "in the other maps, shaded by their share. Figures against the sweep's first run, " + S.first_label + ".";
     S.runs.forEach((r, i) => panes.push(new Pane(i, r)));
     view.marks = panes.map(() => []);
     for (const lv of S.levels) {
