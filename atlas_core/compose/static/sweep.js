@@ -205,11 +205,16 @@
         return;
       }
       const marks = h.to[this.i] || [];
+      ctx.font = "bold 12px system-ui, sans-serif";
       for (const [c, n] of marks) {
         const r = this.cellRect(g, c, toPx), f = n / Math.max(1, h.samples);
-        ctx.fillStyle = "rgba(255, 190, 0, " + (0.2 + 0.6 * f).toFixed(3) + ")";
+        ctx.fillStyle = "rgba(255, 190, 0, " + (0.08 + 0.3 * f).toFixed(3) + ")";
         ctx.fillRect(...r);
-        ctx.lineWidth = 2; ctx.strokeStyle = "#000"; ctx.strokeRect(...r);
+        ctx.lineWidth = 6; ctx.strokeStyle = "#000"; ctx.strokeRect(...r);
+        ctx.lineWidth = 2; ctx.strokeStyle = "#ffbe00"; ctx.strokeRect(...r);
+        const label = Math.round(100 * f) + "%", w = ctx.measureText(label).width + 6;
+        ctx.fillStyle = "#000"; ctx.fillRect(r[0], r[1], w, 16);
+        ctx.fillStyle = "#fff"; ctx.fillText(label, r[0] + 3, r[1] + 12);
       }
     }
   }
