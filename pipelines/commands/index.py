@@ -1,6 +1,8 @@
 """The index of runs under one folder (a sweep's folder, a schedule's root): ``index.json`` and
 ``index.html`` (atlas_core/compose/index.py), rebuilt from every run's ``manifest.json`` (or its
-``failed.json``), so it is correct however the runs were launched and can be rebuilt any time."""
+``failed.json``), so it is correct however the runs were launched and can be rebuilt any time.
+A run's ``compare.json`` (its diff against the sweep's first run or the previous date) joins its
+row; a schedule's rows give each figure's trend over the dates (``trends``)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ from typing import Any
 import fsspec
 
 from atlas_core.compose.index import index_html, run_row
+from atlas_core.compose.sweep_page import PAGE as SWEEP_PAGE
+from atlas_core.compose.trend import trends
+from pipelines.commands.compare_runs import COMPARE_FILE, compare_fields
 
 log = logging.getLogger(__name__)
 SKIP = ("extractions", "icon-cache")
@@ -49,11 +54,14 @@ def write_index(
             rows.append(run_row(name, None, str(failed.get("error", ""))))
         else:
             rows.append(run_row(name, manifest))
+        rows[-1] |= compare_fields(_read_json(fs, f"{path}/{COMPARE_FILE}"))
     index = {"title": title, "runs": rows, "failed": sum(r["status"] == "failed" for r in rows)}
+    index["trends"] = trends(rows)
+    compare = SWEEP_PAGE if fs.exists(f"{base}/{SWEEP_PAGE}") else None
     with fs.open(f"{base}/index.json", "w") as f:
         json.dump(index, f, indent=2, default=str)
     with fs.open(f"{base}/index.html", "w") as f:
-        f.write(index_html(title, rows))
+        f.write(index_html(title, rows, compare=compare))
     log.info(
         "index of %d runs (%d failed) written to %s/index.html", len(rows), index["failed"], root
     )

@@ -7,8 +7,9 @@
     atlas preset=r3 cluster=ray_cluster     # paper-quality settings on a cluster
     atlas --help                            # config groups and options
 
-Only this module sees a DictConfig; it turns it into frozen dataclasses at once. No ``_target_``
-is ever instantiated: a config that carries one outside the (empty) allowlist is refused, and
+Only this module (and :mod:`pipelines.commands.composed`, which it calls) sees a DictConfig; it
+turns it into frozen dataclasses at once. No ``_target_`` is ever instantiated: a config that
+carries one outside the (empty) allowlist is refused, and
 Hydra's own part of the config is checked before Hydra acts on it (:mod:`pipelines.commands.guard`).
 """
 
@@ -17,73 +18,17 @@ from __future__ import annotations
 import logging
 import sys
 from importlib import resources
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ValidationError
 
 from atlas_core.errors import AtlasError, ConfigError
 from pipelines.commands import guard
-from pipelines.core.settings import Settings
+from pipelines.commands.composed import TARGET_ALLOWLIST, check_keys, check_targets, to_settings
 from pipelines.settings import register as register_schemas
 
 log = logging.getLogger("atlas")
-TARGET_ALLOWLIST: frozenset[str] = frozenset()
-
-
-def check_targets(node: Any, path: str = "") -> None:
-    """Refuse any ``_target_`` not in the allowlist (this project instantiates nothing)."""
-    guard.check_targets(node, path, TARGET_ALLOWLIST)
-
-
-def to_settings(cfg: DictConfig) -> tuple[Settings, dict[str, Any]]:
-    """(Settings, the resolved config as plain values) from a composed config.
-
-    Every value is validated by the group schemas (pipelines/settings.py); a key the schema does
-    not declare (``+foo=bar``) and any ``_target_`` are refused here, naming the key.
-    """
-    from pipelines.settings import REGISTRY, schema
-
-    raw = OmegaConf.to_container(cfg, resolve=False)  # a literal secret, before it is resolved
-    guard.check_secrets(raw.get("storage_options") if isinstance(raw, dict) else None)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    if not isinstance(resolved, dict):
-        raise ConfigError(
-            "config", type(resolved).__name__, fix="the root config must be a mapping."
-        )
-    resolved.pop("hydra", None)
-    check_targets(resolved)
-    check_keys(resolved, OmegaConf.to_container(OmegaConf.structured(Settings)))
-    try:
-        settings = OmegaConf.to_object(OmegaConf.merge(schema(Settings), resolved))
-    except ValidationError as exc:  # a value of the wrong type, e.g. steps=abc
-        raise ConfigError(
-            str(exc.full_key),
-            exc.value if hasattr(exc, "value") else None,
-            fix=str(exc.msg).splitlines()[0],
-        ) from None
-    if not isinstance(settings, Settings):
-        raise ConfigError("config", type(settings).__name__, fix="the root must be the settings.")
-    return REGISTRY.check(settings), {str(k): v for k, v in resolved.items()}
-
-
-def check_keys(node: Any, schema: Any, path: str = "") -> None:
-    """Refuse keys the schema does not declare (Hydra's ``+key=value`` adds them silently)."""
-    if not isinstance(node, dict) or not isinstance(schema, dict):
-        return
-    for k, v in node.items():
-        where = f"{path}.{k}".lstrip(".")
-        if k not in schema:
-            raise ConfigError(
-                where,
-                v,
-                choices=sorted(schema),
-                fix=f"{where} is not a setting; remove it or use one of the keys listed.",
-            )
-        if schema[k] is not None and not str(k).endswith(("options", "extras")):
-            check_keys(v, schema[k], where)
-
+__all__ = ["CONF_DIR", "TARGET_ALLOWLIST", "check_keys", "check_targets", "main", "to_settings"]
 
 # The config tree: conf/ at the repository's root, installed as the package atlas_conf (also
 # from a wheel, so `atlas` works from any folder); Hydra reads it from there.
@@ -99,19 +44,24 @@ def main(cfg: DictConfig) -> str | None:
 
     hc = HydraConfig.get()
     if hc.mode == RunMode.MULTIRUN:  # Ray stays up across jobs; `atlas` shuts it down
-        return _sweep_job(cfg, list(hc.overrides.task), hc.runtime.output_dir, hc.sweep.dir)
+        return _sweep_job(
+            cfg, list(hc.overrides.task), hc.runtime.output_dir, hc.sweep.dir, hc.job.num
+        )
     _single(cfg)
     return None
 
 
-def _sweep_job(cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str) -> str:
-    from pipelines.commands import sweep
+def _sweep_job(
+    cfg: DictConfig, overrides: list[str], out: str, sweep_dir: str, num: int = 0
+) -> str:
+    from pipelines.commands import sweep, sweep_phases
 
     try:
         settings, resolved = to_settings(cfg)
     except AtlasError as exc:  # a bad setting fails this job only
         return sweep.job_failed(out, sweep_dir, exc, overrides, {})
     job = sweep.for_job(settings, overrides, out, sweep_dir)
+    job, resolved = sweep_phases.first_phase(job, resolved, overrides, num, sweep_dir)
     return sweep.run_job(job, resolved, overrides, sweep_dir)
 
 

@@ -6,10 +6,13 @@ model, data, extract settings and set of layers share one extraction under
 same set). A failed job writes ``failed.json`` and the sweep goes on; after every job the sweep's
 ``index.json`` and ``index.html`` are rebuilt, and when the multirun ends a Hydra callback
 (:class:`SweepSummary`) reads that index: ``atlas`` exits 1 when any job failed. No state is
-kept in the process between jobs.
+kept in the process between jobs. Runs over the same images get one aligned layout and a
+comparison page when the multirun ends (``sweep.align``, ``sweep.compare``:
+:mod:`pipelines.commands.sweep_phases`).
 
 A scheduled run (``run_root=...``) writes ``<run_root>/<date>`` (today, UTC, unless ``date=``),
-resumes when the same date runs again, and rebuilds ``<run_root>/index.html``.
+resumes when the same date runs again, diffs itself against the previous date
+(``<date>/diff-prev/``) and rebuilds ``<run_root>/index.html``.
 """
 
 from __future__ import annotations
@@ -128,6 +131,9 @@ def run_one(s: Settings, resolved: dict[str, Any]) -> tuple[Settings, dict[str, 
             write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
         raise
     if s.run_root:
+        from pipelines.commands.compare_runs import compare_with_previous
+
+        compare_with_previous(s.run_root, str(s.date), s.storage_options)
         expire(s.run_root, s.keep_runs, s.storage_options)
         write_index(s.run_root, f"scheduled runs {s.run_root}", s.storage_options)
     return s, manifest
@@ -222,7 +228,11 @@ class SweepSummary(Callback):
             self.jobs_failed.append(",".join(getattr(job_return, "overrides", None) or []))
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
+        from pipelines.commands.composed import compose_job
+        from pipelines.commands.sweep_phases import finish
+
         sweep_dir = str(config.hydra.sweep.dir)
+        finish(sweep_dir, compose_job)  # aligned layouts, diffs, the comparison page
         try:
             with fsspec.open(f"{sweep_dir.rstrip('/')}/index.json", "r") as f:
                 index = json.load(f)

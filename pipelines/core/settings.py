@@ -501,6 +501,19 @@ class PatchesConf(Group):
         )
 
 
+@dataclass(frozen=True)
+class SweepConf(Group):
+    """sweep: what a sweep (``atlas -m ...``) does beyond running its jobs. Its runs over the
+    same images (same data settings, ``extract.samples_per_image`` and seed) get one aligned
+    layout (their reduce fits every such run's activations together, as ``reduce.align_with``
+    does by hand) and a comparison page at the sweep's root; a run whose settings set
+    ``reduce.align_with`` or ``reduce.joint_layers`` itself is left as it is."""
+
+    GROUP: ClassVar[str] = "sweep"
+    align: bool = True  # align the layouts of the sweep's runs that share their images
+    compare: bool = True  # the sweep's comparison page and each run's diff against the first
+
+
 # ------------------------------------------------------------------------------ the root
 S = TypeVar("S", bound="Settings")
 
@@ -544,6 +557,7 @@ class Settings:
     patches: PatchesConf = field(default_factory=PatchesConf)
     neighbours: NeighboursConf = field(default_factory=NeighboursConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
+    sweep: SweepConf = field(default_factory=SweepConf)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", tuple(self.layers))

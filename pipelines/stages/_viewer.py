@@ -374,6 +374,7 @@ def write_points(
     if ex is not None:
         good = np.flatnonzero((ex["ok"] == 1) & (ex["row"] >= 0))
         writer.add_patches(ex["row"][good], good, ex["slot"][good], ex["box"][good])
+    # the labels live with the images: in the shared extraction when the run has one (a sweep)
     names = store.source.array("images/label").attrs.get("names") if labelled else None
     label_names = [str(v) for v in names] if isinstance(names, list) else []
     head = writer.finish(

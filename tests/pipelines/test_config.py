@@ -78,7 +78,7 @@ def test_settings_stages_and_resources_are_declared_in_agreement() -> None:
     assert set(declared) == set(entries)
     for key, default in declared.items():
         assert entries[key] == default and type(entries[key]) is type(default), key
-    stage_groups = {g for g in tree if g not in ("model", "data", "classes", "cluster")}
+    stage_groups = {g for g in tree if g not in ("model", "data", "classes", "cluster", "sweep")}
     assert stage_groups == set(REGISTRY.groups())
     assert {f.name for f in dataclasses.fields(Settings)} >= set(tree)
 
