@@ -165,7 +165,11 @@ def test_a_secret_from_the_environment_is_written_nowhere(tmp_path: Path) -> Non
     leaks = [str(p) for p in files if SECRET.encode() in p.read_bytes()]
     assert leaks == []
     assert not any("storage_options" in str(p.relative_to(sweep)) for p in sweep.rglob("*"))
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and p.name != "extractions")
+    jobs = sorted(
+        p.name
+        for p in sweep.iterdir()
+        if p.is_dir() and p.name not in ("extractions", "sweep-jobs")
+    )
     assert len(jobs) == 2 and all("layer=blocks." in j for j in jobs)
     manifest = json.loads(next(sweep.rglob("manifest.json")).read_text())
     assert manifest["config"]["storage_options"]["password"] == "***redacted***"
