@@ -45,6 +45,7 @@ def test_the_wheel_installed_elsewhere_builds_an_atlas(tmp_path: Path) -> None:
         "atlas_conf/model/tiny.yaml",
         "pipelines/stages/render.py",
         "atlas_core/compose/static/viewer.js",
+        "atlas_core/compose/static/common.js",
         "atlas_core/compose/static/vendor/leaflet-1.9.4/leaflet.js",
     } <= names
     venv = tmp_path / "venv"
@@ -98,6 +99,7 @@ def test_the_wheel_installed_elsewhere_builds_an_atlas(tmp_path: Path) -> None:
         "viewer/data/atlas.js",
         "viewer/data/links.js",
         "viewer/viewer.js",
+        "viewer/common.js",
         "atlas.png",
     ):
         assert (run / f).is_file(), f

@@ -2,8 +2,9 @@
 
 ``diff.html`` in the diff's folder opens from disk, like a run's viewer: no inline script, the
 viewer's Content-Security-Policy, every string from data written with ``textContent``. Its own
-script and style (``diff.js``, ``diff.css``) are copied beside it; Leaflet is read from a run's
-viewer (``viewer/lib/leaflet/``, by a relative path) or copied when neither run has a viewer.
+script and style (``diff.js``, ``diff.css``) and the pages' shared ``common.js`` are copied
+beside it; Leaflet is read from a run's viewer (``viewer/lib/leaflet/``, by a relative path) or
+copied when neither run has a viewer.
 Each run's ``viewer/data/atlas.js`` is loaded by a relative path when it exists (the way a
 viewer's side-by-side page loads another run's): its tiles are drawn under the heat layers, and
 the exemplar sheets the patches come from are the runs' own. Without a viewer the map draws the
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from atlas_core.compare.runs import DiffResult, RunPair
     from atlas_core.explore import Atlas
 
-_STATIC = ("diff.js", "diff.css")
+_STATIC = ("common.js", "diff.js", "diff.css")
 _COLUMNS = {  # CellTable column -> typed array of the page
     "count": "u4",
     "both": "u4",
@@ -74,6 +75,7 @@ _PAGE = """<!doctype html>
 <script src="data/diff.js"></script>
 __RUNS__
 <script src="__LIB__leaflet.js"></script>
+<script src="common.js"></script>
 <script src="diff.js"></script>
 </body></html>
 """

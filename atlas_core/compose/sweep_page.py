@@ -34,7 +34,7 @@ from atlas_core.store import RunLocation
 
 PAGE = "compare.html"
 ASSETS = "compare"
-_STATIC = ("sweep.js", "sweep.css")
+_STATIC = ("common.js", "sweep.js", "sweep.css")
 
 _HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
@@ -55,6 +55,7 @@ _HTML = """<!doctype html>
 <script src="compare/data/sweep.js"></script>
 __RUNS__
 <script src="__LIB__leaflet.js"></script>
+<script src="compare/common.js"></script>
 <script src="compare/sweep.js"></script>
 </body></html>
 """

@@ -25,7 +25,7 @@ CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; object-src 'none'"
 )
-_STATIC = ("viewer.js", "explore.js", "ask.js", "viewer.css")
+_STATIC = ("common.js", "viewer.js", "explore.js", "ask.js", "viewer.css")
 _LEAFLET = ("leaflet.js", "leaflet.css", "LICENSE")
 
 _PAGE = """<!doctype html>
@@ -127,6 +127,7 @@ Enter, to see a cell. Arrow keys pan, + and - zoom.</p></aside>
 </div>
 __SCRIPTS__
 <script src="__PREFIX__lib/leaflet/leaflet.js"></script>
+<script src="__PREFIX__common.js"></script>
 <script src="__PREFIX__explore.js"></script>
 <script src="__PREFIX__ask.js"></script>
 <script src="__PREFIX__viewer.js"></script>

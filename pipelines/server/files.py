@@ -8,8 +8,8 @@ followed) is not inside its folder. The file is opened without following a final
 must be a regular file.
 
 What the viewer reads (``atlas_core/compose/static/viewer.js``): ``viewer/index.html`` and
-``compare-<i>.html``, its ``viewer.js``, ``viewer.css`` and ``lib/leaflet/``, the data scripts
-``viewer/data/*.js``, tiles ``viewer/tiles/<G>/<z>/<x>/<y>.<ext>``, icon sheets
+``compare-<i>.html``, its ``common.js``, ``viewer.js``, ``viewer.css`` and ``lib/leaflet/``, the
+data scripts ``viewer/data/*.js``, tiles ``viewer/tiles/<G>/<z>/<x>/<y>.<ext>``, icon sheets
 ``viewer/levels/<G>/icons-<n>.png``, exemplar sheets ``exemplars/<layer>/{patches,sources}-<n>.jpg``
 (``../exemplars/`` from the page); a class view has the same under ``views/<slug>/``, and its
 patch report is ``views/<slug>/patches/`` (a page, its style sheet and PNGs).

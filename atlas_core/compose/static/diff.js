@@ -11,6 +11,7 @@
  */
 (function () {
   "use strict";
+  const C = window.ATLAS_COMMON;
   const D = window.ATLAS_DIFF;
   const RUNS = window.ATLAS_RUNS || [];
   const SIDES = ["a", "b"];
@@ -26,51 +27,14 @@
   window.DIFF_VIEW = view;
   const panes = {};
   const state = { level: null, change: -1, heat: "lost", oneside: false };
-  let busy = 0;
 
   // ------------------------------------------------------------------ data files
-  const loaded = new Map();
-  const waiting = new Map();
-  window.ATLAS_PUT = function (src, payload) {
-    loaded.set(src, payload);
-    const w = waiting.get(src);
-    if (w) { waiting.delete(src); w.resolve(payload); }
-  };
-
-  function load(rel) {
-    const url = new URL(rel, location.href).href;
-    if (loaded.has(url)) return Promise.resolve(loaded.get(url));
-    if (waiting.has(url)) return waiting.get(url).promise;
-    const w = {};
-    w.promise = new Promise((resolve, reject) => { w.resolve = resolve; w.reject = reject; });
-    waiting.set(url, w);
-    const s = document.createElement("script");
-    s.src = url;
-    s.addEventListener("error", () => { waiting.delete(url); w.reject(new Error("could not load " + rel)); });
-    document.head.appendChild(s);
-    busy += 1;
-    document.body.dataset.busy = String(busy);
-    const done = () => { busy -= 1; document.body.dataset.busy = String(busy); };
-    w.promise.then(done, done);
-    return w.promise;
-  }
-
-  function typed(b64, T) {
-    const bin = atob(b64);
-    const u8 = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
-    return new T(u8.buffer);
-  }
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  const load = C.loader(C.busy());
+  const typed = C.typed;
+  const el = C.el;
+  const num = C.num;
 
   const pct = (v) => (v === null || v === undefined || Number.isNaN(v) ? "n/a" : Math.round(100 * v) + "%");
-  const num = (v, d) => (v === null || v === undefined ? "n/a" : (+v).toFixed(d));
 
   function table(t) { // a side's cell table as typed arrays, indexed by flat cell
     const c = {
@@ -94,27 +58,7 @@
   }
 
   // ------------------------------------------------------------------ the maps
-  const Overlay = L.Layer.extend({
-    onAdd(map) {
-      this.canvas = L.DomUtil.create("canvas", "diff-overlay leaflet-zoom-hide");
-      map.getPanes().overlayPane.appendChild(this.canvas);
-      map.on("moveend zoomend resize viewreset", this.redraw, this);
-      this.redraw();
-    },
-    onRemove(map) {
-      L.DomUtil.remove(this.canvas);
-      map.off("moveend zoomend resize viewreset", this.redraw, this);
-    },
-    redraw() {
-      if (!this._map) return;
-      const map = this._map, size = map.getSize(), c = this.canvas;
-      c.width = size.x; c.height = size.y;
-      L.DomUtil.setPosition(c, map.containerPointToLayerPoint([0, 0]));
-      const ctx = c.getContext("2d");
-      ctx.clearRect(0, 0, size.x, size.y);
-      if (this.draw) this.draw(ctx, (ll) => map.latLngToContainerPoint(ll));
-    },
-  });
+  const Overlay = C.overlay("diff-overlay");
 
   function runOf(side) { // the run's viewer record (its data/atlas.js), if the page loaded one
     const rel = D.runs[side].viewer;
@@ -145,13 +89,7 @@
       this.div.style.background = "rgb(" + [bg, bg, bg] + ")";
       if (this.run) {
         const root = new URL("../", entry.src).href; // data/atlas.js lives in viewer/data/
-        this.levels.forEach((lv, i) => {
-          const last = i === this.levels.length - 1;
-          L.tileLayer(root + "tiles/" + lv.size + "/{z}/{x}/{y}." + this.run.tile_ext, {
-            tileSize: T, minZoom: lv.zmin, maxZoom: last ? finest.zmax + 1 : lv.zmax,
-            minNativeZoom: lv.zmin, maxNativeZoom: lv.zmax, noWrap: true, bounds: bounds, keepBuffer: 1,
-          }).addTo(this.map);
-        });
+        C.tiles(this.map, root, this.run, this.levels, bounds, finest.zmax + 1);
       }
       this.overlay = new Overlay();
       this.overlay.draw = (ctx, toPx) => this.draw(ctx, toPx);

@@ -12,6 +12,7 @@
  */
 (function () {
   "use strict";
+  const C = window.ATLAS_COMMON;
   const RUNS = window.ATLAS_RUNS || [];
   const $ = (id) => document.getElementById(id);
   const LABEL_FONT = "11px system-ui, sans-serif";
@@ -25,55 +26,15 @@
   let selected = null; // {size, ix, iy}
   let query = "";
   let syncing = false;
-  let busy = 0;
   // the explorer (explore.js) and the questions (ask.js) plug in here: hash fields, overlay
   // cells, card lines (text or a node), an exemplar's source opened (pane, patch index)
   const hooks = { write: [], read: [], overlay: [], card: [], source: [] };
 
   // ------------------------------------------------------------------ loading data files
-  const loaded = new Map();
-  const waiting = new Map();
-  window.ATLAS_PUT = function (src, payload) {
-    loaded.set(src, payload);
-    const w = waiting.get(src);
-    if (w) { waiting.delete(src); w.resolve(payload); }
-  };
-
-  function load(url) {
-    if (loaded.has(url)) return Promise.resolve(loaded.get(url));
-    if (waiting.has(url)) return waiting.get(url).promise;
-    const w = {};
-    w.promise = new Promise((resolve, reject) => { w.resolve = resolve; w.reject = reject; });
-    waiting.set(url, w);
-    const s = document.createElement("script");
-    s.src = url;
-    s.addEventListener("error", () => { waiting.delete(url); w.reject(new Error("could not load " + url)); });
-    document.head.appendChild(s);
-    track(w.promise);
-    return w.promise;
-  }
-
-  function track(promise) {
-    busy += 1;
-    document.body.dataset.busy = String(busy);
-    const done = () => { busy -= 1; document.body.dataset.busy = String(busy); };
-    promise.then(done, done);
-  }
-
-  function typed(b64, T) {
-    if (Uint8Array.fromBase64) return new T(Uint8Array.fromBase64(b64).buffer); // 4x atob's loop
-    const bin = atob(b64);
-    const u8 = new Uint8Array(bin.length);
-    for (let i = 0; i < bin.length; i++) u8[i] = bin.charCodeAt(i);
-    return new T(u8.buffer);
-  }
-
-  function el(tag, cls, text) {
-    const e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  const track = C.busy();
+  const load = C.loader(track);
+  const typed = C.typed;
+  const el = C.el;
 
   const measure = (function () {
     const ctx = document.createElement("canvas").getContext("2d");
@@ -90,27 +51,7 @@
   }
 
   // ------------------------------------------------------------------ the canvas overlay
-  const Overlay = L.Layer.extend({
-    onAdd(map) {
-      this.canvas = L.DomUtil.create("canvas", "atlas-overlay leaflet-zoom-hide");
-      map.getPanes().overlayPane.appendChild(this.canvas);
-      map.on("moveend zoomend resize viewreset", this.redraw, this);
-      this.redraw();
-    },
-    onRemove(map) {
-      L.DomUtil.remove(this.canvas);
-      map.off("moveend zoomend resize viewreset", this.redraw, this);
-    },
-    redraw() {
-      if (!this._map) return;
-      const map = this._map, size = map.getSize(), c = this.canvas;
-      c.width = size.x; c.height = size.y;
-      L.DomUtil.setPosition(c, map.containerPointToLayerPoint([0, 0]));
-      const ctx = c.getContext("2d");
-      ctx.clearRect(0, 0, size.x, size.y);
-      if (this.draw) this.draw(ctx, (ll) => map.latLngToContainerPoint(ll), size);
-    },
-  });
+  const Overlay = C.overlay("atlas-overlay");
 
   class Pane {
     constructor(entry, index, parent) {
@@ -147,14 +88,7 @@
         keyboardPanDelta: 120,
       });
       this.div.style.background = "rgb(" + [this.run.background, this.run.background, this.run.background] + ")";
-      this.levels.forEach((lv, i) => {
-        const last = i === this.levels.length - 1;
-        L.tileLayer(this.root + "tiles/" + lv.size + "/{z}/{x}/{y}." + this.run.tile_ext, {
-          tileSize: T, minZoom: lv.zmin, maxZoom: last ? this.maxZoom : lv.zmax,
-          minNativeZoom: lv.zmin, maxNativeZoom: lv.zmax, noWrap: true, bounds: bounds,
-          keepBuffer: 1,
-        }).addTo(this.map);
-      });
+      C.tiles(this.map, this.root, this.run, this.levels, bounds, this.maxZoom);
       this.overlay = new Overlay();
       this.overlay.draw = (ctx, toPx, size) => this.drawOverlay(ctx, toPx, size);
       this.overlay.addTo(this.map);
