@@ -263,8 +263,8 @@ def change_score(table: CellTable, score: str = "auto") -> np.ndarray:
             if table.flip_n.sum()
             else "moved"
         )
-    if score == "neighbours":
-        return table.preservation_n - table.preservation_sum
+    if score == "neighbours":  # rounded: the same fractions summed in another order tie
+        return np.round(table.preservation_n - table.preservation_sum, 9)
     if score == "flips":
         return table.flips.astype(np.float64)
     return (table.both - table.flow_count[:, 0]).astype(np.float64)
