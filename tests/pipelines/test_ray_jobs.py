@@ -61,7 +61,10 @@ def _ray(args: list[str], env: dict[str, str]) -> None:
 def start_cluster() -> dict:
     """Head + two workers, each from `ray start`, in this process's network namespace."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = _env(secrets.token_hex(32))
+    # the GCS checks each node's health every second instead of every 3 s: a killed worker is
+    # declared dead after 5 refused checks (~5 s, not ~15 s); a slow one still has Ray's default
+    # 10 s to answer each check, so a busy machine marks nothing dead by mistake
+    env = {**_env(secrets.token_hex(32)), "RAY_health_check_period_ms": "1000"}
     gcs, dash = _port(), _port()
     _ray(
         [
