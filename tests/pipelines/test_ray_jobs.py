@@ -66,38 +66,43 @@ def start_cluster() -> dict:
     # 10 s to answer each check, so a busy machine marks nothing dead by mistake
     env = {**_env(secrets.token_hex(32)), "RAY_health_check_period_ms": "1000"}
     gcs, dash = _port(), _port()
-    _ray(
-        [
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--num-cpus=0",
-            "--num-gpus=0",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env,
-    )
-    ports = {}
-    for name in ("a", "b"):
-        ports[name] = _port()
+    ports: dict[str, int] = {}
+    cluster = {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
+    try:
         _ray(
             [
                 "start",
-                f"--address=127.0.0.1:{gcs}",
+                "--head",
                 "--node-ip-address=127.0.0.1",
-                "--num-cpus=4",
-                "--num-gpus=1",
-                f"--node-manager-port={ports[name]}",
-                f"--resources={json.dumps({f'worker_{name}': 1})}",
+                f"--port={gcs}",
+                "--num-cpus=0",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
             ],
             env,
         )
-    return {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
+        for name in ("a", "b"):
+            ports[name] = _port()
+            _ray(
+                [
+                    "start",
+                    f"--address=127.0.0.1:{gcs}",
+                    "--node-ip-address=127.0.0.1",
+                    "--num-cpus=4",
+                    "--num-gpus=1",
+                    f"--node-manager-port={ports[name]}",
+                    f"--resources={json.dumps({f'worker_{name}': 1})}",
+                ],
+                env,
+            )
+    except BaseException:  # a node that failed to start: the others do not outlive the test
+        stop_cluster(cluster)
+        raise
+    return cluster
 
 
 def stop_cluster(cluster: dict) -> None:
