@@ -49,12 +49,18 @@ def test_the_wheel_installed_elsewhere_builds_an_atlas(tmp_path: Path) -> None:
         "atlas_core/compose/static/vendor/leaflet-1.9.4/leaflet.js",
     } <= names
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # no pip of its own (ensurepip takes seconds): this environment's pip installs into it
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300
+    )
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, ray, ...
     py = venv / "bin" / "python"
     subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        [
+            *(sys.executable, "-m", "pip", "--python", str(py)),
+            *("install", "-q", "--no-deps", "--no-index", str(wheel)),
+        ],
         check=True,
         timeout=300,
         capture_output=True,

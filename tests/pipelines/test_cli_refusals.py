@@ -34,6 +34,33 @@ def _atlas(
     )
 
 
+def _atlas_all(tmp: Path, *commands: list[str]) -> list[subprocess.CompletedProcess[str]]:
+    """Several ``atlas`` commands at once (each its own process), in order of ``commands``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipelines", *args],
+            cwd=tmp,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in commands
+    ]
+    done = []
+    try:
+        for args, p in zip(commands, procs, strict=True):
+            stdout, stderr = p.communicate(timeout=300)
+            done.append(subprocess.CompletedProcess(args, p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return done
+
+
 def _text(out: subprocess.CompletedProcess[str]) -> str:
     return out.stdout + out.stderr
 
@@ -41,41 +68,43 @@ def _text(out: subprocess.CompletedProcess[str]) -> str:
 def test_a_callback_target_is_refused_before_hydra_instantiates_it(tmp_path: Path) -> None:
     pwned = tmp_path / "pwned"
     evil = "+hydra.callbacks.evil"
-    out = _atlas(
-        tmp_path,
-        "debug=fast",
-        f"run_dir={tmp_path / 'r'}",
-        f"{evil}._target_=builtins.open",
-        f"{evil}.file={pwned}",
-        f"{evil}.mode=w",
-    )
-    assert out.returncode == 2, _text(out)[-3000:]
-    assert "hydra.callbacks.evil._target_: 'builtins.open' is not valid" in _text(out)
-    assert not pwned.exists() and not (tmp_path / "r").exists()
     # the same from a config folder of the user's (--config-dir), added as a Hydra group
     conf = tmp_path / "conf" / "hydra" / "callbacks"
     conf.mkdir(parents=True)
     (conf / "evil.yaml").write_text(
         f"evil:\n  _target_: builtins.open\n  file: {pwned}\n  mode: w\n"
     )
-    out = _atlas(
+    # the three commands run at once (each its own process): each is refused on its own
+    cli, config_dir, logging_class = _atlas_all(
         tmp_path,
-        "--config-dir",
-        str(tmp_path / "conf"),
-        "debug=fast",
-        "hydra/callbacks=evil",
-        f"run_dir={tmp_path / 'r'}",
+        [
+            "debug=fast",
+            f"run_dir={tmp_path / 'r'}",
+            f"{evil}._target_=builtins.open",
+            f"{evil}.file={pwned}",
+            f"{evil}.mode=w",
+        ],
+        [
+            "--config-dir",
+            str(tmp_path / "conf"),
+            "debug=fast",
+            "hydra/callbacks=evil",
+            f"run_dir={tmp_path / 'r'}",
+        ],
+        # and a logging config naming a class of its own (dictConfig would import and call it)
+        [
+            "debug=fast",
+            "hydra.job_logging.handlers.console.class=subprocess.Popen",
+            f"run_dir={tmp_path / 'r'}",
+        ],
     )
-    assert out.returncode == 2 and "builtins.open" in _text(out), _text(out)[-3000:]
-    assert not pwned.exists()
-    # and a logging config naming a class of its own (dictConfig would import and call it)
-    out = _atlas(
-        tmp_path,
-        "debug=fast",
-        "hydra.job_logging.handlers.console.class=subprocess.Popen",
-        f"run_dir={tmp_path / 'r'}",
-    )
-    assert out.returncode == 2 and "subprocess.Popen" in _text(out), _text(out)[-3000:]
+    assert cli.returncode == 2, _text(cli)[-3000:]
+    assert "hydra.callbacks.evil._target_: 'builtins.open' is not valid" in _text(cli)
+    text = _text(config_dir)
+    assert config_dir.returncode == 2 and "builtins.open" in text, text[-3000:]
+    text = _text(logging_class)
+    assert logging_class.returncode == 2 and "subprocess.Popen" in text, text[-3000:]
+    assert not pwned.exists() and not (tmp_path / "r").exists()
 
 
 def test_a_literal_credential_is_refused_with_the_fix(tmp_path: Path) -> None:

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -49,37 +51,59 @@ def _atlas(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[s
     return out
 
 
+@contextmanager
+def _reference(cmd: list[str], env: dict[str, str], log_path: Path) -> Iterator[Callable[[], None]]:
+    """The uninterrupted reference run, started in the background beside the scenario (its own
+    run directory and its own local Ray, so the two overlap their imports and Ray's start);
+    yields the function that waits for it to succeed. Never outlives the test."""
+    with open(log_path, "w") as ref_log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=ref_log, stderr=ref_log)
+
+    def finish() -> None:
+        assert proc.wait(timeout=300) == 0, log_path.read_text()[-3000:]
+
+    try:
+        yield finish
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
 def test_a_killed_driver_resumes_where_it_stopped(tmp_path: Path) -> None:
     make_images(tmp_path / "imgs", 48, size=64, seed=9)
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", FAULT_ENV: "sleep:mid:0.5"}
-    log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as driver_log:
-        proc = subprocess.Popen(
-            _cmd(tmp_path / "imgs", run_dir),
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-            stdout=driver_log,
-            stderr=driver_log,
+    plain = {k: v for k, v in env.items() if k != FAULT_ENV}  # the reference has no fault
+    with _reference(
+        _cmd(tmp_path / "imgs", ref_dir), plain, tmp_path / "ref.log"
+    ) as finish_reference:
+        log_path = tmp_path / "driver.log"
+        with open(log_path, "w") as driver_log:
+            proc = subprocess.Popen(
+                _cmd(tmp_path / "imgs", run_dir),
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
+                stdout=driver_log,
+                stderr=driver_log,
+            )
+        markers = run_dir / "markers" / "extract"
+        deadline = time.time() + 180
+        while time.time() < deadline and not (markers.exists() and any(markers.glob("*.json"))):
+            assert proc.poll() is None, log_path.read_text()[-3000:]  # the driver must still run
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+        # a worker busy at the kill may still finish its shard: identical bytes, then its marker
+        time.sleep(3)
+        committed = len(list(markers.glob("*.json")))
+        assert 1 <= committed < 6
+        resumed = _atlas(_cmd(tmp_path / "imgs", run_dir), plain)  # the resumed run has no fault
+        assert f"{6 - committed} shards to run, {committed} already committed" in (
+            resumed.stdout + resumed.stderr
         )
-    markers = run_dir / "markers" / "extract"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (markers.exists() and any(markers.glob("*.json"))):
-        assert proc.poll() is None, log_path.read_text()[-3000:]  # the driver must still run
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait(timeout=30)
-    # a worker busy at the kill may still finish its shard: identical bytes, then its marker
-    time.sleep(3)
-    committed = len(list(markers.glob("*.json")))
-    assert 1 <= committed < 6
-    env.pop(FAULT_ENV)  # the resumed and reference runs have no fault
-    resumed = _atlas(_cmd(tmp_path / "imgs", run_dir), env)
-    assert f"{6 - committed} shards to run, {committed} already committed" in (
-        resumed.stdout + resumed.stderr
-    )
-    _atlas(_cmd(tmp_path / "imgs", ref_dir), env)
+        finish_reference()
     assert_same_store(
         run_dir, ref_dir, ("images/status", "layers/blocks.2/acts", "images/top_class")
     )
@@ -97,36 +121,44 @@ def test_a_driver_killed_in_the_exemplars_stage_resumes_to_the_same_store(tmp_pa
     run_dir, ref_dir = tmp_path / "run", tmp_path / "ref"
     every = "[extract,reduce,grid,exemplars,render,plausibility,compose]"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _atlas(
-        _cmd(
-            tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages="[extract,reduce,grid]"
-        ),
+    with _reference(
+        _cmd(tmp_path / "imgs", ref_dir, "exemplars.rows_per_task=8", stages=every),
         env,
-    )
-    env_slow = {**env, FAULT_ENV: "sleep:patch:0.7"}
-    with open(tmp_path / "driver.log", "w") as driver_log:
-        proc = subprocess.Popen(
-            _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every),
-            cwd=ROOT,
-            env=env_slow,
-            start_new_session=True,
-            stdout=driver_log,
-            stderr=driver_log,
+        tmp_path / "ref.log",
+    ) as finish_reference:
+        _atlas(
+            _cmd(
+                tmp_path / "imgs",
+                run_dir,
+                "exemplars.rows_per_task=8",
+                stages="[extract,reduce,grid]",
+            ),
+            env,
         )
-    sheets = run_dir / "exemplars" / "blocks.2"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (sheets.exists() and any(sheets.glob("patches-*"))):
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(2)
-    assert not (run_dir / "markers" / "stage-exemplars.json").exists()  # killed mid-stage
-    resumed = _atlas(
-        _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every), env
-    )
-    assert "reduce: complete, skipped" in resumed.stdout + resumed.stderr
-    _atlas(_cmd(tmp_path / "imgs", ref_dir, "exemplars.rows_per_task=8", stages=every), env)
+        env_slow = {**env, FAULT_ENV: "sleep:patch:0.7"}
+        with open(tmp_path / "driver.log", "w") as driver_log:
+            proc = subprocess.Popen(
+                _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every),
+                cwd=ROOT,
+                env=env_slow,
+                start_new_session=True,
+                stdout=driver_log,
+                stderr=driver_log,
+            )
+        sheets = run_dir / "exemplars" / "blocks.2"
+        deadline = time.time() + 180
+        while time.time() < deadline and not (sheets.exists() and any(sheets.glob("patches-*"))):
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(2)
+        assert not (run_dir / "markers" / "stage-exemplars.json").exists()  # killed mid-stage
+        resumed = _atlas(
+            _cmd(tmp_path / "imgs", run_dir, "exemplars.rows_per_task=8", stages=every), env
+        )
+        assert "reduce: complete, skipped" in resumed.stdout + resumed.stderr
+        finish_reference()
     ex = "layers/blocks.2/exemplars"
     assert_same_store(
         run_dir,

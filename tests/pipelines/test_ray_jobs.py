@@ -61,40 +61,48 @@ def _ray(args: list[str], env: dict[str, str]) -> None:
 def start_cluster() -> dict:
     """Head + two workers, each from `ray start`, in this process's network namespace."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a limit
-    env = _env(secrets.token_hex(32))
+    # the GCS checks each node's health every second instead of every 3 s: a killed worker is
+    # declared dead after 5 refused checks (~5 s, not ~15 s); a slow one still has Ray's default
+    # 10 s to answer each check, so a busy machine marks nothing dead by mistake
+    env = {**_env(secrets.token_hex(32)), "RAY_health_check_period_ms": "1000"}
     gcs, dash = _port(), _port()
-    _ray(
-        [
-            "start",
-            "--head",
-            "--node-ip-address=127.0.0.1",
-            f"--port={gcs}",
-            "--num-cpus=0",
-            "--num-gpus=0",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-        ],
-        env,
-    )
-    ports = {}
-    for name in ("a", "b"):
-        ports[name] = _port()
+    ports: dict[str, int] = {}
+    cluster = {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
+    try:
         _ray(
             [
                 "start",
-                f"--address=127.0.0.1:{gcs}",
+                "--head",
                 "--node-ip-address=127.0.0.1",
-                "--num-cpus=4",
-                "--num-gpus=1",
-                f"--node-manager-port={ports[name]}",
-                f"--resources={json.dumps({f'worker_{name}': 1})}",
+                f"--port={gcs}",
+                "--num-cpus=0",
+                "--num-gpus=0",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
             ],
             env,
         )
-    return {"env": env, "gcs": gcs, "dash": dash, "ports": ports, "temp": temp}
+        for name in ("a", "b"):
+            ports[name] = _port()
+            _ray(
+                [
+                    "start",
+                    f"--address=127.0.0.1:{gcs}",
+                    "--node-ip-address=127.0.0.1",
+                    "--num-cpus=4",
+                    "--num-gpus=1",
+                    f"--node-manager-port={ports[name]}",
+                    f"--resources={json.dumps({f'worker_{name}': 1})}",
+                ],
+                env,
+            )
+    except BaseException:  # a node that failed to start: the others do not outlive the test
+        stop_cluster(cluster)
+        raise
+    return cluster
 
 
 def stop_cluster(cluster: dict) -> None:
@@ -175,6 +183,7 @@ def scenario(tmp: Path) -> dict:
     traces, run_dir, ref_dir = tmp / "traces", tmp / "run", tmp / "ref"
     traces.mkdir()
     cluster = start_cluster()
+    ref = None
     try:
         nodes = _nodes(cluster)
         submit = [RAY, "job", "submit", f"--address=http://127.0.0.1:{cluster['dash']}"]
@@ -185,6 +194,18 @@ def scenario(tmp: Path) -> dict:
             "cluster=ray_cluster",
             "cluster.address=auto",
         ]
+        # the local single-process reference, in its own process and local Ray, runs while the
+        # cluster refuses the first job; it has ended before the timed job starts
+        # (RAY_ADDRESS=local: its ray.init starts a Ray of its own, never joins the cluster)
+        ref_env = {k: v for k, v in os.environ.items() if not k.startswith("ATLAS_TEST")}
+        ref_cmd = [sys.executable, "-m", "pipelines", *_args(tmp / "imgs", ref_dir)]
+        with open(tmp / "ref.log", "w") as ref_log:
+            ref = subprocess.Popen(
+                [*ref_cmd, "cluster.num_cpus=2"],
+                env={**ref_env, "RAY_ADDRESS": "local"},
+                stdout=ref_log,
+                stderr=subprocess.STDOUT,
+            )
         refused = subprocess.run(
             [*submit, "--", *atlas, *_args(tmp / "imgs", tmp / "gpu")],
             env=cluster["env"],
@@ -192,6 +213,7 @@ def scenario(tmp: Path) -> dict:
             text=True,
             timeout=300,
         )
+        assert ref.wait(timeout=600) == 0, (tmp / "ref.log").read_text()[-3000:]
         runtime = {"env_vars": {"ATLAS_TEST_FAULT": f"sleep:mid:0.5;trace:start:{traces}"}}
         cmd = [
             *submit,
@@ -220,6 +242,9 @@ def scenario(tmp: Path) -> dict:
         interfaces = Path("/proc/self/net/dev").read_text().splitlines()[2:]
     finally:
         stop_cluster(cluster)
+        if ref is not None and ref.poll() is None:  # the scenario failed before it ended
+            ref.kill()
+            ref.wait()
     gpu_refusal = {
         "returncode": refused.returncode,
         "output": refused.stdout[-6000:],
@@ -227,15 +252,6 @@ def scenario(tmp: Path) -> dict:
     }
     if job.returncode != 0:  # the test reports the job's own output
         return {"returncode": job.returncode, "output": output[-4000:], "gpu": gpu_refusal}
-    from pipelines.commands.run import run
-    from pipelines.core import ray_ops
-    from tests.conftest import debug_settings
-
-    s, resolved = debug_settings(*_args(tmp / "imgs", ref_dir), "cluster.num_cpus=2")
-    try:
-        run(s, resolved)
-    finally:
-        ray_ops.shutdown()
     a = zarr.open_group(str(run_dir / "atlas.zarr"), mode="r")
     b = zarr.open_group(str(ref_dir / "atlas.zarr"), mode="r")
     return {
