@@ -47,7 +47,7 @@ def diff_into(
     name, other = against
     record: dict[str, Any] = {"against": name}
     try:
-        diff_loc, result = run_diff(other, run_dir, out=out)
+        diff_loc, result = run_diff(other, run_dir, out=out, storage_options=opts)
     except (ConfigError, StoreError) as exc:
         log.warning("no diff of %s against %s: %s", run_dir, name, exc)
         record["error"] = str(exc)

@@ -53,10 +53,12 @@ def run_diff(
     score: str = "auto",
     knn: KnnGraph = stored_or_exact,
     rows_per_block: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> tuple[RunLocation, DiffResult]:
-    """The command's whole path: check, diff, page. Returns (the diff's folder, the result)."""
-    pair = open_pair(run_a, run_b)
-    loc = RunLocation.of(out) if out else pair.b.loc.diff_of(pair.names[0])
+    """The command's whole path: check, diff, page. Returns (the diff's folder, the result).
+    ``storage_options`` serve both runs and the diff's folder (one object store)."""
+    pair = open_pair(run_a, run_b, storage_options=storage_options)
+    loc = RunLocation.of(out, storage_options) if out else pair.b.loc.diff_of(pair.names[0])
     result = diff_runs(
         pair, loc, k=k, largest=largest, score=score, knn=knn, rows_per_block=rows_per_block
     )

@@ -110,4 +110,9 @@ def test_scheduled_runs_on_two_dates_and_a_rerun(s3) -> None:
     assert [r["run"] for r in index["runs"]] == ["2026-01-01", "2026-01-02"]
     assert all(r["status"] == "done" and r["date"] == r["run"] for r in index["runs"])
     assert b"2026-01-02/atlas.png" in fs.cat("atlas/scheduled/index.html")
+    # the second date diffed itself against the first, on the object store too
+    diffed = json.loads(fs.cat("atlas/scheduled/2026-01-02/compare.json"))
+    assert "error" not in diffed and diffed["against"] == "2026-01-01", diffed
+    assert 0 <= diffed["neighbourhood_preservation"] <= 1
+    assert fs.exists("atlas/scheduled/2026-01-02/diff-prev/diff.html")
     log.info("scheduled runs: 2 dates, 1 re-run resumed with every stage skipped; index of 2")
