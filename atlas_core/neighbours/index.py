@@ -11,6 +11,12 @@ Determinism: every matrix product runs on one torch thread (a product's rounding
 many threads split it); parallelism is over independent work units (blocks of queries, cells), so
 results and bytes depend on the data, the parameters and the seed only. Ties (equal cosines) go
 to the lower row, in every path.
+
+On CUDA (``device="cuda"``: the build's k-means and assignment, and the all-rows graph) the
+products and top-k selections run on the GPU, one work unit at a time, with the unit rows held
+there (n x C x 4 bytes); the tie rules and the merging are the CPU's. Cosines then carry the
+GPU's float32 rounding: the same on one kind of GPU run to run, not bit-equal to the CPU's, so a
+neighbour whose cosine ties another's within rounding may change places.
 """
 
 from __future__ import annotations
@@ -109,21 +115,22 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def _topk(cos: Any, cand_rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The best ``k`` of each row of ``cos`` (b, m) torch float32 over candidates ``cand_rows``
-    (m,): rows (b, k) int64 and cosines (b, k) float32, best first, ties to the lower row;
-    -inf (excluded) entries are never returned (-1 and NaN fill the tail)."""
+    """The best ``k`` of each row of ``cos`` (b, m) torch float32 (on any device) over
+    candidates ``cand_rows`` (m,): rows (b, k) int64 and cosines (b, k) float32, best first,
+    ties to the lower row; -inf (excluded) entries are never returned (-1 and NaN fill the
+    tail)."""
     import torch
 
     b, m = cos.shape
     kk = min(k, m)
     vals_t, idx_t = torch.topk(cos, kk, dim=1)
-    vals, rows = vals_t.numpy(), cand_rows[idx_t.numpy()]
+    vals, rows = vals_t.cpu().numpy(), cand_rows[idx_t.cpu().numpy()]
     order = np.lexsort((rows, -vals), axis=1)
     vals, rows = np.take_along_axis(vals, order, 1), np.take_along_axis(rows, order, 1)
     # a tie at the k-th value with more candidates than places: topk chose among them freely
-    crowded = (cos >= vals_t[:, -1:]).sum(1).numpy() > kk if kk else np.zeros(b, bool)
+    crowded = (cos >= vals_t[:, -1:]).sum(1).cpu().numpy() > kk if kk else np.zeros(b, bool)
     for i in np.flatnonzero(crowded):
-        c = cos[i].numpy()
+        c = cos[i].cpu().numpy()
         sel = np.flatnonzero(c >= vals[i, -1])
         best = sel[np.lexsort((cand_rows[sel], -c[sel]))[:kk]]
         rows[i], vals[i] = cand_rows[best], c[best]
@@ -161,29 +168,39 @@ def _split(ranges: list[tuple[int, int]], cap: int) -> list[list[tuple[int, int]
     return [c for c in chunks if c]
 
 
-def _assign(units: Callable[[int, int], np.ndarray], n: int, centroids: np.ndarray, threads: int):
+def _assign(
+    units: Callable[[int, int], np.ndarray],
+    n: int,
+    centroids: np.ndarray,
+    threads: int,
+    device: str = "cpu",
+) -> np.ndarray:
     """Nearest centroid (highest cosine, ties to the lower index) of rows 0..n, where
-    ``units(a, b)`` gives unit rows a..b as float32: (n,) int64."""
+    ``units(a, b)`` gives unit rows a..b as float32: (n,) int64. Off the CPU one block at a
+    time (``threads`` then only matter on the CPU)."""
     import torch
 
-    c = torch.from_numpy(centroids)
+    c = torch.from_numpy(centroids).to(device)
     step = max(1, _BLOCK_VALUES // max(1, len(centroids)))
 
     def one(a: int) -> np.ndarray:
-        return torch.argmax(torch.from_numpy(units(a, min(n, a + step))) @ c.T, dim=1).numpy()
+        u = torch.from_numpy(units(a, min(n, a + step))).to(device)
+        return torch.argmax(u @ c.T, dim=1).cpu().numpy()
 
     with one_thread():
-        parts = _map(one, list(range(0, n, step)), threads)
+        parts = _map(one, list(range(0, n, step)), threads if device == "cpu" else 1)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _kmeans(sample: np.ndarray, lists: int, iters: int, seed: int, threads: int) -> np.ndarray:
+def _kmeans(
+    sample: np.ndarray, lists: int, iters: int, seed: int, threads: int, device: str = "cpu"
+) -> np.ndarray:
     """Spherical k-means of unit rows ``sample`` (s, C): unit centroids (lists, C) float32.
     Seeded initial centroids (distinct sample rows); a cell that empties keeps its centroid."""
     rng = np.random.default_rng(seed)
     cent = sample[np.sort(rng.choice(len(sample), lists, replace=False))].copy()
     for _ in range(iters):
-        assign = _assign(lambda a, b: sample[a:b], len(sample), cent, threads)
+        assign = _assign(lambda a, b: sample[a:b], len(sample), cent, threads, device)
         counts = np.bincount(assign, minlength=lists)
         full = counts > 0
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[full]
@@ -215,12 +232,17 @@ class NeighbourIndex:
 
     @classmethod
     def build(
-        cls, blocks: Blocks, params: NeighbourParams | None = None, *, threads: int = 1
+        cls,
+        blocks: Blocks,
+        params: NeighbourParams | None = None,
+        *,
+        threads: int = 1,
+        device: str = "cpu",
     ) -> NeighbourIndex:
         """The index of ``blocks``: (row_offset, (b, C) float32) in ascending row order, as read
         from the store; rows holding NaN are absent. Holds the present rows (n x C x 2 bytes as
         float16), and at most twice that while building. ``threads`` splits the work, never the
-        results."""
+        results; ``device``: where the k-means and the assignment multiply (module docstring)."""
         p = params or NeighbourParams()
         got = _read(blocks, p.vector_dtype)
         n, dim = got.vectors.shape
@@ -232,13 +254,13 @@ class NeighbourIndex:
             rng = np.random.default_rng(p.seed)
             take = np.sort(rng.choice(n, min(n, p.train_per_list * lists), replace=False))
             sample = got.vectors[take].astype(np.float32) / np.maximum(norms[take, None], 1e-30)
-            centroids = _kmeans(sample, lists, p.iters, p.seed, threads)
+            centroids = _kmeans(sample, lists, p.iters, p.seed, threads, device)
             del sample
 
             def units(a: int, b: int) -> np.ndarray:
                 return got.vectors[a:b].astype(np.float32) / np.maximum(norms[a:b, None], 1e-30)
 
-            assign = _assign(units, n, centroids, threads)
+            assign = _assign(units, n, centroids, threads, device)
         order = np.argsort(assign, kind="stable")
         offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=lists))])
         log.info("neighbour index: %d of %d rows present, %d lists", n, got.n_rows, lists)
@@ -289,31 +311,37 @@ class NeighbourIndex:
 
     def _scan(
         self,
-        q: np.ndarray,
+        q: Any,
         ranges: list[tuple[int, int]],
         own: np.ndarray | None,
         k: int,
         allowed: np.ndarray | None = None,
-        table: np.ndarray | None = None,
+        table: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Best k of unit queries ``q`` (b, C) over the positions in ``ranges`` (ascending,
         not overlapping: the positions are then sorted, which the exclusion relies on), never the
         position ``own[i]`` for query i (-1: none); ``allowed`` (b, lists) bool: the cells each
-        query may take rows from (None: all in ``ranges``); ``table``: see _units."""
+        query may take rows from (None: all in ``ranges``); ``table``: see _units, or every unit
+        row as a torch tensor, with ``q`` a tensor on its device (the graph's path)."""
         import torch
 
         best = (np.full((len(q), k), -1, np.int64), np.full((len(q), k), np.nan, np.float32))
-        qt = torch.from_numpy(q)
+        qt = q if torch.is_tensor(q) else torch.from_numpy(q)
         for chunk in _split(ranges, max(1, _BLOCK_VALUES // len(q))):
-            cos = (qt @ torch.from_numpy(self._units(chunk, table)).T).numpy()
+            if torch.is_tensor(table):
+                cand = torch.cat([table[lo:hi] for lo, hi in chunk])
+            else:
+                cand = torch.from_numpy(self._units(chunk, table))
+            cos = qt @ cand.T
             pos = np.concatenate([np.arange(lo, hi) for lo, hi in chunk])
             if allowed is not None:
                 cell = np.searchsorted(self.offsets, pos, side="right") - 1
-                cos[~allowed[:, cell]] = -np.inf
+                cos.masked_fill_(torch.from_numpy(~allowed[:, cell]).to(cos.device), -np.inf)
             if own is not None and (own >= 0).any():
                 i = np.flatnonzero(np.isin(own, pos))
-                cos[i, np.searchsorted(pos, own[i])] = -np.inf
-            best = _merge(best, _topk(torch.from_numpy(cos), self.rows[pos], k), k)
+                j = torch.from_numpy(np.searchsorted(pos, own[i])).to(cos.device)
+                cos[torch.from_numpy(i).to(cos.device), j] = -np.inf
+            best = _merge(best, _topk(cos, self.rows[pos], k), k)
         return best
 
     def _positions(self, exclude: np.ndarray | None, q: int) -> np.ndarray:
@@ -405,13 +433,16 @@ class NeighbourIndex:
         return cells
 
     def knn_graph(
-        self, k: int = 10, *, probe: int | None = None, threads: int = 1
+        self, k: int = 10, *, probe: int | None = None, threads: int = 1, device: str = "cpu"
     ) -> tuple[np.ndarray, np.ndarray]:
         """Every present row's ``k`` nearest other present rows: rows (n_rows, k) int64 and
         cosines (n_rows, k) float32, indexed by row (absent rows: -1 and NaN), best first, ties
         to the lower row, the row itself never included. The rows of one cell are searched
         together over the ``probe`` cells nearest to its centroid (default params.graph_probe;
-        exact with one cell)."""
+        exact with one cell). ``device``: where the products and top-k run (module docstring);
+        ``threads`` only matter on the CPU."""
+        import torch
+
         p = min(probe or self.params.graph_probe, self.lists)
         near = self._nearest_cells(self.centroids, p, own=True)
         units = []
@@ -428,12 +459,15 @@ class NeighbourIndex:
         for a in range(0, len(table), 65536):
             table[a : a + 65536] = self._units([(a, min(len(table), a + 65536))])
 
+        # (shares the array's memory on the CPU; a copy on the GPU)
+        held = torch.from_numpy(table).to(device)
+
         def one(unit: tuple[int, int, list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
             a, b, ranges = unit
-            return self._scan(table[a:b], ranges, np.arange(a, b), k, table=table)
+            return self._scan(held[a:b], ranges, np.arange(a, b), k, table=held)
 
-        with one_thread():
-            parts = _map(one, units, threads)
+        with one_thread(), torch.inference_mode():
+            parts = _map(one, units, threads if device == "cpu" else 1)
         rows = np.full((self.n_rows, k), -1, np.int64)
         cos = np.full((self.n_rows, k), np.nan, np.float32)
         for (lo, hi, _), (found, found_cos) in zip(units, parts, strict=True):

@@ -335,11 +335,19 @@ class NeighboursConf(NeighbourParams):
     GROUP: ClassVar[str] = "neighbours"
     seed: int = II("seed")  # the k-means sample's and centroids' seed: the run's unless set
     k: int = 10  # every sample's k nearest other samples are stored (0: the index only)
-    threads: int = field(default=1, metadata=NOT_FINGERPRINTED)  # never changes the index
+    # threads of the index task (auto: its CPUs, cluster.neighbours.num_cpus); never changes
+    # the index. On a GPU (cluster.neighbours.num_gpus) the products run there instead
+    threads: int | str = field(default="auto", metadata=NOT_FINGERPRINTED)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._ranges({"k": (0, 1000), "threads": (1, 256)})
+        self._ranges({"k": (0, 1000)})
+        if self.threads != "auto":
+            in_range("neighbours.threads", self.threads, 1, 256)
+
+    def threads_for(self, res: Resources) -> int:
+        """The index task's threads: as set, or its CPUs (at least one)."""
+        return int(self.threads) if self.threads != "auto" else max(1, int(res.num_cpus))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ exact cosines inside; exact with one list for small runs), and, with ``neighbour
 sample's k nearest other samples, which it writes into arrays the driver created; the driver
 stores the index's bytes (without the vectors: they are the activations). ``atlas neighbours``,
 the server and the notebook search it; ``atlas diff`` reads the stored neighbours of two runs.
-The index depends on the activations and its settings only, never on the threads.
+The index depends on the activations and its settings only, never on the threads; on a GPU (the
+task has one: `cluster.neighbours`) its cosines carry the GPU's float32 rounding.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from atlas_core.store import RunStore
 from atlas_core.store.check import missing_arrays
 from atlas_core.store.location import RunLocation
 from pipelines.core import ray_ops
-from pipelines.core.common import peak_rss_mb
+from pipelines.core.common import peak_rss_mb, resolve_device
 from pipelines.core.settings import NeighboursConf, Resources
 from pipelines.core.stage import Stage, StageResult, StageRun
 
@@ -39,20 +40,29 @@ class IndexJob:
     params: NeighbourParams
     k: int
     threads: int
+    device: str  # auto | cpu | cuda (resolved on the task's node)
 
 
 def index_task(job: IndexJob) -> tuple[bytes, dict[str, Any]]:
     """Task body: build the index; write every sample's ``k`` nearest (arrays the driver
     created), a storage object at a time; return the index's bytes and what built it."""
+    device = resolve_device(job.device)
     store = job.loc.open_store("r+")
-    index = NeighbourIndex.build(blocks(store, job.layer), job.params, threads=job.threads)
+    index = NeighbourIndex.build(
+        blocks(store, job.layer), job.params, threads=job.threads, device=device
+    )
     if job.k:
-        rows, cos = index.knn_graph(job.k, threads=job.threads)
+        rows, cos = index.knn_graph(job.k, threads=job.threads, device=device)
         node = store.neighbours(job.layer)
         for a, b in store.sample_ranges():
             node.write("rows", a, rows[a:b])
             node.write("cos", a, cos[a:b])
-    return index.to_bytes(), {**index.describe(), "peak_rss_mb_task": peak_rss_mb()}
+    return index.to_bytes(), {
+        **index.describe(),
+        "device": device,
+        "threads": job.threads if device == "cpu" else 1,
+        "peak_rss_mb_task": peak_rss_mb(),
+    }
 
 
 def run(ctx: StageRun) -> StageResult:
@@ -65,7 +75,7 @@ def run(ctx: StageRun) -> StageResult:
     ray_ops.init(s.cluster)
     res = ctx.resources()
     ray_ops.require("cluster.neighbours", res.num_cpus, res.num_gpus)
-    job = IndexJob(ctx.loc, s.layer, params, conf.k, conf.threads)
+    job = IndexJob(ctx.loc, s.layer, params, conf.k, conf.threads_for(res), ctx.device())
     (out,) = ray_ops.gather(
         [ray_ops.submit(index_task, job, num_cpus=res.num_cpus, num_gpus=res.num_gpus)],
         desc="neighbour index",

@@ -155,6 +155,12 @@ def test_resources_live_under_cluster_only() -> None:
     s, _ = to_settings(_compose("cluster=ray_cluster"))
     assert (s.cluster.extract.num_gpus, s.cluster.render.num_gpus) == (1, 1)
     assert (s.cluster.reduce_fit.num_gpus, s.cluster.reduce_search.num_gpus) == (1, 0.25)
+    # the neighbour index: the extraction's shape there, its CPUs as threads (one locally)
+    assert (s.cluster.neighbours.num_gpus, s.neighbours.threads_for(s.cluster.neighbours)) == (1, 4)
+    local, _ = to_settings(_compose())
+    assert local.neighbours.threads_for(local.cluster.neighbours) == 1
+    pinned, _ = to_settings(_compose("cluster=ray_cluster", "neighbours.threads=2"))
+    assert pinned.neighbours.threads_for(pinned.cluster.neighbours) == 2
     from dataclasses import fields
 
     for group in (s.extract, s.reduce, s.grid, s.render):
