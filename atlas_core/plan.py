@@ -16,9 +16,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from atlas_core.compose.points import CHUNK as POINTS_CHUNK
+from atlas_core.compose.points import DETAIL_IMAGES
+from atlas_core.neighbours import NeighbourParams
+
 AREA = 0.45  # share of the unit square a normalized UMAP layout covers (measured: 0.42-0.48)
 TILE_BYTES = 18_000  # a 256 px JPEG tile of icons (measured mean, 16-64 px icons)
 STATIC = (12, 230_000)  # the viewer's own files: Leaflet, script, style (files, bytes)
+# the neighbour index's throughput per thread: its FLOPs (k-means, every row's candidates) per
+# second, measured by `python -m benchmarks.neighbours_bench` here (1M x 112: 2.7 TFLOP for
+# the graph in 669 s on 2 threads); the task runs on CPUs unless cluster.neighbours asks a GPU
+KNN_GFLOPS_PER_THREAD = 2.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,10 @@ class RunShape:
     judge_input_px: int = 224
     cells_per_task: int = 2048
     sheets_per_task: int = 4
+    neighbours: NeighbourParams = field(default_factory=NeighbourParams)  # the index's settings
+    neighbours_k: int = 10  # every sample's k nearest are stored (0: the index only)
+    neighbour_threads: int = 1
+    neighbour_gpu: bool = False  # the index task has a GPU (cluster.neighbours.num_gpus)
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,9 @@ class Device:
     cpus: int = 2  # CPU tasks at once per node (grid, exemplars, compose)
     note: str = ""
     startup_s: float = 0.0  # per stage on GPUs: models loaded, kernels tuned, actors started
+    # the neighbour index's float32 products on one GPU, when cluster.neighbours has one
+    # (0: none; the task then runs on KNN_GFLOPS_PER_THREAD x its threads)
+    knn_gflops_s: float = 0.0
 
 
 CALIBRATION = {
@@ -115,6 +130,7 @@ CALIBRATION = {
         8,
         "published figures, per GPU worker (8 CPUs, 1 H100); not measured here",
         120.0,
+        knn_gflops_s=1_000.0,  # assumed (GPU products, CPU merges); not measured
     ),
     "a100": Device(
         "a100",
@@ -129,6 +145,7 @@ CALIBRATION = {
         8,
         "published figures, per GPU worker (8 CPUs, 1 A100); not measured here",
         120.0,
+        knn_gflops_s=600.0,  # assumed (GPU products, CPU merges); not measured
     ),
 }
 
@@ -176,6 +193,7 @@ def estimate(r: RunShape) -> Plan:
     sources = min(r.distinct_sources, ex_rows)
     _extraction(plan, r)
     _levels(plan, r, cells, ex_rows, sources)
+    _neighbours(plan, r)
     tiles = sum(sum(4**z for z in range(lo, hi + 1)) for lo, hi in r.zooms.values())
     icon = r.icon_px * r.icon_px * 3
     plan.bytes["viewer"] = (
@@ -188,6 +206,16 @@ def estimate(r: RunShape) -> Plan:
         + STATIC[0]
         + 4
     )
+    # the explorer's points (atlas_core.compose.points): base64 columns, 20 bytes a sample;
+    # per image its URI, top classes and sample places; the exemplar patches' places
+    n = r.n_images
+    plan.bytes["viewer"] += (
+        s * 20 * 4 / 3
+        + n * (r.uri_bytes + 3 + (4 * r.topk + 4 * r.k) * 4 / 3)
+        + ex_rows * 37
+        + 6_000
+    )
+    plan.objects["viewer"] += 2 + _objects(s, POINTS_CHUNK) + _objects(n, DETAIL_IMAGES)
     width = {g: min(g * r.icon_px, 4096) for g in r.levels}
     plan.bytes["overviews"] = sum(w * w * 3 * 0.25 for w in width.values())
     plan.objects["overviews"] = len(r.levels) + 1
@@ -212,6 +240,29 @@ def _extraction(plan: Plan, r: RunShape) -> None:
     )
     plan.bytes["layout"] = s * 16 * 0.85
     plan.objects["layout"] = 2 * (chunks + 1)
+
+
+def _neighbours(plan: Plan, r: RunShape) -> None:
+    """The neighbour index (without its vectors: they are the activations) and every sample's
+    k nearest (int64 rows and float32 cosines, about 6 bytes a neighbour compressed)."""
+    s = r.n_images * r.k
+    lists = r.neighbours.lists_for(s)
+    plan.bytes["neighbours"] = s * 9 + lists * r.channels[r.layer] * 4 + s * r.neighbours_k * 6
+    graph = 2 * (_objects(r.n_images, r.chunk_images) + 1) if r.neighbours_k else 0
+    plan.objects["neighbours"] = 3 + graph
+
+
+def knn_gflops(r: RunShape) -> float:
+    """The neighbour index's work: k-means over its training sample, every row assigned to a
+    list, and with ``neighbours_k`` every row's candidates (``graph_probe`` lists) scored."""
+    s, c, p = r.n_images * r.k, r.channels[r.layer], r.neighbours
+    lists = p.lists_for(s)
+    if lists == 1:
+        return 2.0 * s * s * c / 1e9 if r.neighbours_k else 0.0
+    train = min(s, p.train_per_list * lists)
+    build = 2.0 * c * lists * (p.iters * train + s)
+    graph = 2.0 * c * s * min(s, p.graph_probe * s / lists) if r.neighbours_k else 0.0
+    return (build + graph) / 1e9
 
 
 def _levels(plan: Plan, r: RunShape, cells: dict[int, int], ex_rows: int, sources: int) -> None:
@@ -261,6 +312,7 @@ def _stage_counts(
             "patches": ex_rows,
             "icons": icons,
         },
+        "neighbours": {"tasks": 1, "rows": s, "k": r.neighbours_k},
         "compose": {"tiles": tiles},
     }
 
@@ -290,6 +342,9 @@ def hours(
         * (r.judge_px / r.judge_input_px) ** 2
         / (dev.forward_gflops_s * dev.slots * w)
     )
+    knn_rate = KNN_GFLOPS_PER_THREAD * r.neighbour_threads
+    if r.neighbour_gpu and dev.knn_gflops_s:
+        knn_rate = dev.knn_gflops_s
     out = {
         "extract": extract + up,
         "reduce": fit + place + up,
@@ -297,6 +352,7 @@ def hours(
         "exemplars": ex,
         "render": render + up,
         "plausibility": judge + up,
+        "neighbours": knn_gflops(r) / knn_rate,
         "compose": compose,
     }
     return {k: float(f"{v / 3600:.3g}") for k, v in out.items()}

@@ -28,6 +28,7 @@ from atlas_core.models import ModelSpec, load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
 from atlas_core.models.weights import ARCHITECTURE_ONLY
+from atlas_core.neighbours import NeighbourParams
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
 from atlas_core.quality import feature_dim
 from pipelines.core.settings import Settings
@@ -114,6 +115,12 @@ def shape_of(
         zooms={v.size: (v.zmin, v.zmax) for v in lv},
         distinct_sources=distinct,
         uri_bytes=uri_bytes,
+        neighbours=NeighbourParams(
+            **{f: getattr(s.neighbours, f) for f in NeighbourParams.__dataclass_fields__}
+        ),
+        neighbours_k=s.neighbours.k,
+        neighbour_threads=s.neighbours.threads_for(s.cluster.of("neighbours")),
+        neighbour_gpu=s.cluster.of("neighbours").num_gpus > 0 and device != "cpu",
         **_judge(s, model),
     )
     return shape, gflops(model, s.layer), model.preprocess.size
