@@ -118,7 +118,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     reasons: dict[str, int] = {}
     for rep in skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
-        reasons[reason.removeprefix("Skipped: ")] = reasons.get(reason, 0) + 1
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
     if not reasons:
         return
     fixes = {
