@@ -24,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,6 +45,22 @@ _MAGIC = b"ATLASNN\x00"
 # Similarity values one work unit holds at once (float32: 16 MB).
 _BLOCK_VALUES = 1 << 22
 Blocks = Iterable[tuple[int, np.ndarray]]
+
+
+@contextmanager
+def _full_float32(device: str) -> Iterator[None]:
+    """CUDA products in full float32 inside the block (no TF32, whatever the process set)."""
+    if device == "cpu":
+        yield
+        return
+    import torch
+
+    was = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = was
 
 
 def _map(fn: Callable[[Any], T], items: Sequence[Any], threads: int) -> list[T]:
@@ -187,7 +204,7 @@ def _assign(
         u = torch.from_numpy(units(a, min(n, a + step))).to(device)
         return torch.argmax(u @ c.T, dim=1).cpu().numpy()
 
-    with one_thread():
+    with one_thread(), _full_float32(device):
         parts = _map(one, list(range(0, n, step)), threads if device == "cpu" else 1)
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
@@ -454,25 +471,55 @@ class NeighbourIndex:
             units += [(a, min(hi, a + step), ranges) for a in range(lo, hi, step)]
 
         # every row is scanned graph_probe times: convert the held vectors to unit float32 once
-        # (n x C x 4 bytes while the graph is built) instead of once per scan
-        table = np.empty(self.vectors.shape, np.float32)
-        for a in range(0, len(table), 65536):
-            table[a : a + 65536] = self._units([(a, min(len(table), a + 65536))])
+        # (n x C x 4 bytes while the graph is built, on the device that multiplies) instead of
+        # once per scan
+        n = len(self.vectors)
+        if device == "cpu":
+            held = torch.from_numpy(np.empty(self.vectors.shape, np.float32))
+        else:
+            held = torch.empty(self.vectors.shape, dtype=torch.float32, device=device)
+        for a in range(0, n, 65536):
+            held[a : a + 65536] = torch.from_numpy(self._units([(a, min(n, a + 65536))]))
 
-        # (shares the array's memory on the CPU; a copy on the GPU)
-        held = torch.from_numpy(table).to(device)
-
-        def one(unit: tuple[int, int, list[tuple[int, int]]]) -> tuple[np.ndarray, np.ndarray]:
+        def one(
+            unit: tuple[int, int, list[tuple[int, int]]], held: Any = held
+        ) -> tuple[np.ndarray, np.ndarray]:
             a, b, ranges = unit
             return self._scan(held[a:b], ranges, np.arange(a, b), k, table=held)
 
-        with one_thread(), torch.inference_mode():
+        with one_thread(), _full_float32(device), torch.inference_mode():
             parts = _map(one, units, threads if device == "cpu" else 1)
+        del one, held
+        if device != "cpu":  # give the GPU back to the tasks after this one in this worker
+            torch.cuda.empty_cache()
         rows = np.full((self.n_rows, k), -1, np.int64)
         cos = np.full((self.n_rows, k), np.nan, np.float32)
         for (lo, hi, _), (found, found_cos) in zip(units, parts, strict=True):
             rows[self.rows[lo:hi]], cos[self.rows[lo:hi]] = found, found_cos
         return rows, cos
+
+    def graph_device(self, device: str) -> str:
+        """``device`` for :meth:`knn_graph`, or ``cpu`` where that GPU's free memory cannot
+        hold the unit rows the graph keeps there (n x C x 4 bytes) with room to work: said in
+        the log, and the caller records which it got."""
+        if device == "cpu":
+            return device
+        import torch
+
+        need = len(self.vectors) * self.dim * 4 * 1.25 + 2**30
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if need <= free:
+            return device
+        log.warning(
+            "neighbour graph: %s has %.1f GB free, the %d x %d unit rows need %.1f GB: "
+            "computing it on the CPU",
+            device,
+            free / 1e9,
+            len(self.vectors),
+            self.dim,
+            need / 1e9,
+        )
+        return "cpu"
 
     def to_bytes(self, *, with_vectors: bool = False) -> bytes:
         """The index as bytes (a store keeps them as a uint8 array): a magic, a JSON header

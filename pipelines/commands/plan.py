@@ -120,7 +120,9 @@ def shape_of(
         ),
         neighbours_k=s.neighbours.k,
         neighbour_threads=s.neighbours.threads_for(s.cluster.of("neighbours")),
-        neighbour_gpu=s.cluster.of("neighbours").num_gpus > 0 and device != "cpu",
+        neighbour_gpu=device != "cpu"
+        and s.cluster.of("neighbours").num_gpus > 0
+        and s.cluster.of("neighbours").device != "cpu",
         **_judge(s, model),
     )
     return shape, gflops(model, s.layer), model.preprocess.size

@@ -51,8 +51,9 @@ def index_task(job: IndexJob) -> tuple[bytes, dict[str, Any]]:
     index = NeighbourIndex.build(
         blocks(store, job.layer), job.params, threads=job.threads, device=device
     )
+    graph_device = index.graph_device(device) if job.k else device
     if job.k:
-        rows, cos = index.knn_graph(job.k, threads=job.threads, device=device)
+        rows, cos = index.knn_graph(job.k, threads=job.threads, device=graph_device)
         node = store.neighbours(job.layer)
         for a, b in store.sample_ranges():
             node.write("rows", a, rows[a:b])
@@ -60,7 +61,8 @@ def index_task(job: IndexJob) -> tuple[bytes, dict[str, Any]]:
     return index.to_bytes(), {
         **index.describe(),
         "device": device,
-        "threads": job.threads if device == "cpu" else 1,
+        "graph_device": graph_device,
+        "threads": job.threads,
         "peak_rss_mb_task": peak_rss_mb(),
     }
 
