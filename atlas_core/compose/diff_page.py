@@ -19,14 +19,13 @@ cells alone. Data files:
 from __future__ import annotations
 
 import base64
-import os
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from atlas_core.compose.viewer import CSP, safe_json, static_files
+from atlas_core.compose.viewer import CSP, relative_url, safe_json, static_files
 from atlas_core.store import RunLocation
 
 if TYPE_CHECKING:
@@ -91,19 +90,10 @@ def b64(a: np.ndarray, dtype: str) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _rel(target: str, loc: RunLocation) -> str | None:
-    """``target`` (a local path) relative to the diff's folder, as a URL path; None when either
-    is not on the local disk (a page on disk cannot reach an object store)."""
-    if not loc.is_local or "://" in target.removeprefix("file://"):
-        return None
-    rel = os.path.relpath(target.removeprefix("file://"), loc.root.removeprefix("file://"))
-    return rel.replace(os.sep, "/")
-
-
 def _viewer(at: Atlas, loc: RunLocation) -> str | None:
     """The run's viewer data script relative to the diff's page, if the run has a viewer."""
     data = at.loc.file("viewer", "data", "atlas.js")
-    return _rel(data, loc) if at.loc.exists(data) else None
+    return relative_url(data, loc) if at.loc.exists(data) else None
 
 
 def _sheets(at: Atlas, loc: RunLocation) -> dict[str, Any] | None:
@@ -114,7 +104,7 @@ def _sheets(at: Atlas, loc: RunLocation) -> dict[str, Any] | None:
         return None
     a = node.attrs
     sheets = at.loc.file(str(a["sheets"]))
-    where = _rel(sheets, loc)
+    where = relative_url(sheets, loc)
     if where is None or not at.loc.exists(at.loc.file(str(a["sheets"]), "patches-0.jpg")):
         return None
     return {
@@ -180,7 +170,7 @@ def _leaflet(loc: RunLocation, pair: RunPair) -> tuple[str, dict[str, bytes]]:
     one, else the pinned copy written into the diff's folder."""
     for at in (pair.b, pair.a):
         lib = at.loc.file("viewer", "lib", "leaflet", "leaflet.js")
-        rel = _rel(lib, loc) if at.loc.exists(lib) else None
+        rel = relative_url(lib, loc) if at.loc.exists(lib) else None
         if rel is not None:
             return rel.rsplit("/", 1)[0] + "/", {}
     files = {k: v for k, v in static_files().items() if k.startswith("lib/leaflet/")}

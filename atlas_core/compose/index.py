@@ -15,6 +15,7 @@ import html
 from typing import Any
 
 from atlas_core.compose.trend import trends, trends_html
+from atlas_core.compose.viewer import url_path
 
 COLUMNS = (
     ("run", "run"),
@@ -85,9 +86,9 @@ def index_html(title: str, rows: list[dict[str, Any]], compare: str | None = Non
     e = html.escape
     cards, lines = [], []
     for r in rows:
-        run = e(str(r["run"]), quote=True)
+        run, url = e(str(r["run"]), quote=True), e(url_path(str(r["run"])), quote=True)
         thumb = (
-            f'<a href="{run}/viewer/index.html"><img src="{run}/atlas.png" alt="atlas {run}"></a>'
+            f'<a href="{url}/viewer/index.html"><img src="{url}/atlas.png" alt="atlas {run}"></a>'
             if r.get("status") != "failed"
             else f'<div class="failed">failed: {e(str(r.get("error", "")))}</div>'
         )
@@ -125,7 +126,7 @@ def _diff_note(r: dict[str, Any]) -> str:
     if r.get("diff_error"):
         against = e(str(r["against"]))
         return f'<br><span class="note">not diffed against {against}: other images</span>'
-    href = e(f"{r['run']}/{r['diff']}", quote=True)
+    href = e(url_path(f"{r['run']}/{r['diff']}"), quote=True)
     figures = (
         f"neighbourhood preservation {_fmt(r.get('neighbourhood_preservation'))}, "
         f"flip rate {_fmt(r.get('flip_rate'))}"

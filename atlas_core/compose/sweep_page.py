@@ -20,14 +20,13 @@ diffs).
 from __future__ import annotations
 
 import html
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from atlas_core.compose.diff_page import b64, static_dir
-from atlas_core.compose.viewer import CSP, put_script, safe_json, static_files
+from atlas_core.compose.viewer import CSP, put_script, relative_url, safe_json, static_files
 from atlas_core.explore import Atlas
 from atlas_core.grid.binning import cell_index
 from atlas_core.store import RunLocation
@@ -72,14 +71,6 @@ class PageRun:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def _rel(target: str, root: RunLocation) -> str | None:
-    """``target`` relative to the page's folder as a URL path; None off the local disk."""
-    if not root.is_local or "://" in target.removeprefix("file://"):
-        return None
-    rel = os.path.relpath(target.removeprefix("file://"), root.root.removeprefix("file://"))
-    return rel.replace(os.sep, "/")
-
-
 def short_names(names: list[str]) -> list[str]:
     """What tells the runs apart: a sweep job's folder is named by all its overrides
     (``a=1,b=2``), so each name keeps only the overrides not every run shares (the whole name
@@ -105,7 +96,7 @@ def row_cells(at: Atlas, size: int) -> np.ndarray:
 def _leaflet(root: RunLocation, atlases: list[Atlas]) -> tuple[str, dict[str, bytes]]:
     for at in atlases:
         lib = at.loc.file("viewer", "lib", "leaflet", "leaflet.js")
-        rel = _rel(lib, root) if at.loc.exists(lib) else None
+        rel = relative_url(lib, root) if at.loc.exists(lib) else None
         if rel is not None:
             return rel.rsplit("/", 1)[0] + "/", {}
     files = {k: v for k, v in static_files().items() if k.startswith("lib/leaflet/")}
@@ -121,9 +112,9 @@ def page_record(
     labels = short_names([r.name for r in runs])
     for r, at, label in zip(runs, atlases, labels, strict=True):
         data = at.loc.file("viewer", "data", "atlas.js")
-        viewer = _rel(data, root) if at.loc.exists(data) else None
+        viewer = relative_url(data, root) if at.loc.exists(data) else None
         diff = r.figures.get("diff")
-        diff_rel = _rel(at.loc.file(*str(diff).split("/")), root) if diff else None
+        diff_rel = relative_url(at.loc.file(*str(diff).split("/")), root) if diff else None
         model = at.manifest.get("model") or at.store.attrs.get("model") or "model"
         out.append(
             {

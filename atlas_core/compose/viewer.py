@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from atlas_core.compose.vendor import LEAFLET_VERSION
 from atlas_core.errors import AtlasError
@@ -133,6 +135,23 @@ __SCRIPTS__
 <script src="__PREFIX__viewer.js"></script>
 </body></html>
 """
+
+
+def url_path(path: str) -> str:
+    """A relative file path as a URL path: every character a browser would read otherwise
+    (``%``, ``#``, ``?``, spaces) percent-escaped; ``/`` and the characters a sweep's job
+    folders are named with (``=``, ``,``, ``+``, brackets) kept as they are."""
+    return quote(path, safe="/=,+[]@:~")
+
+
+def relative_url(target: str, root: Any) -> str | None:
+    """``target`` (a local path) relative to the folder of ``root`` (a RunLocation), as a URL
+    path; None when either is not on the local disk (a page on disk cannot reach an object
+    store)."""
+    if not root.is_local or "://" in target.removeprefix("file://"):
+        return None
+    rel = os.path.relpath(target.removeprefix("file://"), root.root.removeprefix("file://"))
+    return url_path(rel.replace(os.sep, "/"))
 
 
 def safe_json(obj: Any) -> str:

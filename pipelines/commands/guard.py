@@ -21,6 +21,7 @@ the message is logged and the process exits 2, as every other configuration mist
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -135,11 +136,23 @@ def _excluded(key: str, exclude: list[str]) -> bool:
     return key.startswith("hydra.") or any(key == e or key.startswith(f"{e}.") for e in exclude)
 
 
+MAX_JOB_DIR = 200  # bytes of a job folder's name (file systems allow 255)
+
+
+def job_dir_part(override: str) -> str:
+    """One override as part of a folder name: ``%`` and ``/`` percent-escaped, so a path value
+    (``model.weights=ckpts/step-1000.pt``) names one folder, not nested ones, and no two
+    overrides share a name."""
+    return override.replace("%", "%25").replace("/", "%2F")
+
+
 def job_dirname(overrides: Any, exclude: Any) -> str:
     """A sweep job's folder name: its overrides, sorted and joined by ``,`` (as Hydra's
     ``override_dirname``), leaving out ``exclude`` and every key under one of them
-    (``storage_options`` leaves out ``storage_options.password``). A name that would leave the
-    sweep's folder (a ``..`` part) is refused. Registered as the resolver ``atlas_job_dir``."""
+    (``storage_options`` leaves out ``storage_options.password``), each as one name part
+    (:func:`job_dir_part`); over ``MAX_JOB_DIR`` bytes it is cut and ends with a hash of the
+    whole. A value with a ``..`` path part is refused (it names a folder outside the sweep's
+    wherever it is used as a path). Registered as the resolver ``atlas_job_dir``."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = [str(o) for o in (overrides or [])]
@@ -147,8 +160,12 @@ def job_dirname(overrides: Any, exclude: Any) -> str:
     for override in OverridesParser.create().parse_overrides(lines):
         if not _excluded(override.key_or_group, [str(e) for e in (exclude or [])]):
             keep.append(str(override.input_line))
-    name = ",".join(sorted(keep))
-    check_job_dir(name)
+    check_job_dir(",".join(sorted(keep)))
+    name = ",".join(job_dir_part(o) for o in sorted(keep))
+    if len(name.encode()) > MAX_JOB_DIR:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        head = name.encode()[: MAX_JOB_DIR - 17].decode("utf-8", "ignore")
+        name = f"{head}~{digest}"
     return name
 
 

@@ -32,6 +32,7 @@ from atlas_core.compose.viewer import (
     safe_json,
     source_name,
     static_files,
+    url_path,
 )
 from atlas_core.errors import StoreError
 from atlas_core.store import Markers, RunStore
@@ -267,7 +268,8 @@ def _aligned(ctx: StageRun) -> list[tuple[str, str]]:
                 a.run_dir,
             )
             continue
-        out.append((os.path.basename(os.path.normpath(a.run_dir)), os.path.relpath(data, here)))
+        rel = url_path(os.path.relpath(data, here).replace(os.sep, "/"))
+        out.append((os.path.basename(os.path.normpath(a.run_dir)), rel))
     return out
 
 

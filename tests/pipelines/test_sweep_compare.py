@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -41,8 +43,9 @@ def sweep(tmp_path_factory):
     """The sweep's folder and its two jobs' folders (w0, then w1), after ``atlas -m``."""
     base = tmp_path_factory.mktemp("sweepcmp")
     make_images(base / "imgs", 24, size=64, seed=3)
+    (base / "ckpts").mkdir()
     for seed in (0, 1):
-        save_file(TinyNet(seed=seed).state_dict(), str(base / f"w{seed}.safetensors"))
+        save_file(TinyNet(seed=seed).state_dict(), str(base / "ckpts" / f"w{seed}.safetensors"))
     cmd = [
         sys.executable,
         "-c",
@@ -52,7 +55,8 @@ def sweep(tmp_path_factory):
         "data=folder",
         "data.path=imgs",
         *COMMON,
-        "model.weights=w0.safetensors,w1.safetensors",
+        # checkpoints by path: each job is still one folder of the sweep (the '/' escaped)
+        "model.weights=ckpts/w0.safetensors,ckpts/w1.safetensors",
         "cluster.num_cpus=2",
         f"hydra.sweep.dir={base / 'sweep'}",
     ]
@@ -71,7 +75,7 @@ def sweep(tmp_path_factory):
     records = sorted((root / "sweep-jobs").glob("*.json"))
     jobs = [Path(json.loads(p.read_text())["run_dir"]) for p in records]
     assert len(jobs) == 2 and [j.parent for j in jobs] == [root, root]
-    assert jobs[0].name.endswith("model.weights=w0.safetensors")
+    assert jobs[0].name.endswith("model.weights=ckpts%2Fw0.safetensors")
     return base, root, jobs
 
 
@@ -82,7 +86,7 @@ def manual(sweep, local_ray):
     base, _, _ = sweep
     data = ("data=folder", f"data.path={base / 'imgs'}", *COMMON)
     dirs = {n: base / "manual" / n for n in ("a", "b")}
-    weights = {"a": base / "w0.safetensors", "b": base / "w1.safetensors"}
+    weights = {"a": base / "ckpts" / "w0.safetensors", "b": base / "ckpts" / "w1.safetensors"}
     for n, d in dirs.items():
         s, _ = debug_settings(
             *data, f"model.weights={weights[n]}", f"run_dir={d}", "stages=[extract]"
@@ -149,6 +153,12 @@ def test_the_second_run_is_diffed_against_the_first_and_the_index_says_so(sweep)
     assert (jobs[1] / second["diff"]).is_file() and "against" not in first
     page = (root / "index.html").read_text()
     assert 'href="compare.html"' in page and f"diff vs {jobs[0].name}" in page
+    # the links are URLs: the folders' escaped '/' ('%2F') is itself escaped once more
+    links = re.findall(r'href="([^"]+)"', page)
+    viewers = [unquote(h) for h in links if h.endswith("/viewer/index.html")]
+    assert sorted(viewers) == sorted(f"{j.name}/viewer/index.html" for j in jobs)
+    assert all((root / v).is_file() for v in viewers)
+    assert (root / unquote(next(h for h in links if h.endswith("diff.html")))).is_file()
     assert (root / "compare.html").is_file()
     log.info(
         "sweep diff of the two checkpoints: neighbourhood preservation %.3f, flip rate %.3f",
