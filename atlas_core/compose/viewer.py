@@ -17,11 +17,14 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from atlas_core.compose.vendor import LEAFLET_VERSION
 from atlas_core.errors import AtlasError
+
+if TYPE_CHECKING:
+    from atlas_core.store import RunLocation
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -144,7 +147,7 @@ def url_path(path: str) -> str:
     return quote(path, safe="/=,+[]@:~")
 
 
-def relative_url(target: str, root: Any) -> str | None:
+def relative_url(target: str, root: RunLocation) -> str | None:
     """``target`` (a local path) relative to the folder of ``root`` (a RunLocation), as a URL
     path; None when either is not on the local disk (a page on disk cannot reach an object
     store)."""

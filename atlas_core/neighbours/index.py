@@ -481,7 +481,7 @@ class NeighbourIndex:
         for a in range(0, n, 65536):
             held[a : a + 65536] = torch.from_numpy(self._units([(a, min(n, a + 65536))]))
 
-        def one(
+        def one(  # (held bound as a default, so that `del` below frees it)
             unit: tuple[int, int, list[tuple[int, int]]], held: Any = held
         ) -> tuple[np.ndarray, np.ndarray]:
             a, b, ranges = unit

@@ -28,7 +28,6 @@ from atlas_core.models import ModelSpec, load_model
 from atlas_core.models.layers import layer_shapes, run_until, stop_at
 from atlas_core.models.registry import LoadedModel
 from atlas_core.models.weights import ARCHITECTURE_ONLY
-from atlas_core.neighbours import NeighbourParams
 from atlas_core.plan import CALIBRATION, RunShape, estimate, hours
 from atlas_core.quality import feature_dim
 from pipelines.core.settings import Settings
@@ -90,6 +89,7 @@ def shape_of(
     group = int(r.group) if r.group != "auto" else (16 if device == "cpu" else 256)
     sizes = s.grid.sizes
     lv = zoom_ranges(sizes, r.icon_px, s.compose.tile_px)
+    nres = s.cluster.of("neighbours")
     shape = RunShape(
         n_images=n,
         k=e.samples_per_image,
@@ -115,14 +115,10 @@ def shape_of(
         zooms={v.size: (v.zmin, v.zmax) for v in lv},
         distinct_sources=distinct,
         uri_bytes=uri_bytes,
-        neighbours=NeighbourParams(
-            **{f: getattr(s.neighbours, f) for f in NeighbourParams.__dataclass_fields__}
-        ),
+        neighbours=s.neighbours.params(),
         neighbours_k=s.neighbours.k,
-        neighbour_threads=s.neighbours.threads_for(s.cluster.of("neighbours")),
-        neighbour_gpu=device != "cpu"
-        and s.cluster.of("neighbours").num_gpus > 0
-        and s.cluster.of("neighbours").device != "cpu",
+        neighbour_threads=s.neighbours.threads_for(nres),
+        neighbour_gpu=device != "cpu" and nres.num_gpus > 0 and nres.device != "cpu",
         **_judge(s, model),
     )
     return shape, gflops(model, s.layer), model.preprocess.size

@@ -345,6 +345,12 @@ class NeighboursConf(NeighbourParams):
         if self.threads != "auto":
             in_range("neighbours.threads", self.threads, 1, 256)
 
+    def params(self) -> NeighbourParams:
+        """The library's settings of the index (without k and threads)."""
+        return NeighbourParams(
+            **{f: getattr(self, f) for f in NeighbourParams.__dataclass_fields__}
+        )
+
     def threads_for(self, res: Resources) -> int:
         """The index task's threads: as set, or its CPUs (at least one)."""
         return int(self.threads) if self.threads != "auto" else max(1, int(res.num_cpus))

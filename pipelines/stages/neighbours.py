@@ -73,7 +73,7 @@ def run(ctx: StageRun) -> StageResult:
     node = store.neighbours(s.layer)
     if conf.k:
         node.create(["rows", "cos"], {**store.sample_dims(), "k": conf.k})
-    params = NeighbourParams(**{f: getattr(conf, f) for f in NeighbourParams.__dataclass_fields__})
+    params = conf.params()
     ray_ops.init(s.cluster)
     res = ctx.resources()
     ray_ops.require("cluster.neighbours", res.num_cpus, res.num_gpus)
